@@ -1,0 +1,13 @@
+//! Plain, typed configuration of one rampart VM.
+//!
+//! The command line (and later QMP and snapshots) produce a [`VmConfig`]; [`VmConfig::validate`]
+//! checks every cross-field rule. Nothing here performs I/O: host limits (such as the host's RAM)
+//! are passed in by the caller through [`HostLimits`].
+
+mod error;
+mod machine;
+mod size;
+
+pub use error::ConfigError;
+pub use machine::*;
+pub use size::parse_size;

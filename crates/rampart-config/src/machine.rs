@@ -1,0 +1,352 @@
+use std::path::PathBuf;
+
+use crate::ConfigError;
+
+/// Largest vCPU count rampart accepts (bounded by the MADT/APIC-ID layout it builds).
+pub const MAX_VCPUS: u32 = 254;
+/// Largest kernel command line, matching the x86-64 kernel's COMMAND_LINE_SIZE.
+pub const MAX_CMDLINE_LEN: usize = 2047;
+/// Smallest guest RAM rampart accepts.
+pub const MIN_MEMORY_BYTES: u64 = 16 << 20;
+/// Default guest RAM when `-m` is absent (QEMU's default is 128 MiB).
+pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
+
+/// The machine types rampart accepts: all are names for its one x86-64 machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MachineType {
+    #[default]
+    Q35,
+    Pc,
+    Microvm,
+}
+
+/// An accelerator (`-accel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The CPU model (`-cpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuModel {
+    /// Pass through what the accelerator supports (`kvm` only in QEMU; rampart treats it as `max`
+    /// under `tcg`).
+    Host,
+    /// Everything the accelerator can offer.
+    #[default]
+    Max,
+    /// The x86-64 baseline.
+    Qemu64,
+}
+
+/// CPU topology (`-smp`), already resolved: `cpus == sockets * cores * threads` is not required
+/// (QEMU allows fewer present CPUs than `maxcpus`), but `maxcpus == sockets * cores * threads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmpConfig {
+    pub cpus: u32,
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+    pub maxcpus: u32,
+}
+
+impl Default for SmpConfig {
+    fn default() -> Self {
+        SmpConfig {
+            cpus: 1,
+            sockets: 1,
+            cores: 1,
+            threads: 1,
+            maxcpus: 1,
+        }
+    }
+}
+
+impl SmpConfig {
+    /// Resolves QEMU's `-smp` properties the way QEMU does (prefer sockets, then cores for the
+    /// unspecified ones) and validates the result.
+    pub fn resolve(
+        cpus: Option<u32>,
+        sockets: Option<u32>,
+        cores: Option<u32>,
+        threads: Option<u32>,
+        maxcpus: Option<u32>,
+    ) -> Result<SmpConfig, ConfigError> {
+        for (name, v) in [
+            ("cpus", cpus),
+            ("sockets", sockets),
+            ("cores", cores),
+            ("threads", threads),
+            ("maxcpus", maxcpus),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::Smp(format!("{name}=0: must be at least 1")));
+            }
+        }
+        let threads_v = threads.unwrap_or(1);
+        let cores_v;
+        let sockets_v;
+        let base = maxcpus.or(cpus);
+        match (sockets, cores) {
+            (Some(s), Some(c)) => {
+                sockets_v = s;
+                cores_v = c;
+            }
+            (Some(s), None) => {
+                sockets_v = s;
+                let per = s.checked_mul(threads_v).unwrap_or(u32::MAX);
+                cores_v = base.map(|b| b.div_ceil(per)).unwrap_or(1).max(1);
+            }
+            (None, Some(c)) => {
+                cores_v = c;
+                let per = c.checked_mul(threads_v).unwrap_or(u32::MAX);
+                sockets_v = base.map(|b| b.div_ceil(per)).unwrap_or(1).max(1);
+            }
+            (None, None) => {
+                cores_v = 1;
+                sockets_v = base.map(|b| b.div_ceil(threads_v)).unwrap_or(1).max(1);
+            }
+        }
+        let total = u64::from(sockets_v) * u64::from(cores_v) * u64::from(threads_v);
+        let maxcpus_v = match maxcpus {
+            Some(m) => u64::from(m),
+            None => total,
+        };
+        let cpus_v = u64::from(cpus.unwrap_or(maxcpus_v as u32));
+        if total != maxcpus_v {
+            return Err(ConfigError::Smp(format!(
+                "sockets ({sockets_v}) * cores ({cores_v}) * threads ({threads_v}) = {total} \
+                 does not match maxcpus ({maxcpus_v})"
+            )));
+        }
+        if cpus_v > maxcpus_v {
+            return Err(ConfigError::Smp(format!(
+                "cpus ({cpus_v}) is more than maxcpus ({maxcpus_v})"
+            )));
+        }
+        if maxcpus_v > u64::from(MAX_VCPUS) {
+            return Err(ConfigError::Smp(format!(
+                "{maxcpus_v} CPUs requested, rampart supports at most {MAX_VCPUS}"
+            )));
+        }
+        Ok(SmpConfig {
+            cpus: cpus_v as u32,
+            sockets: sockets_v,
+            cores: cores_v,
+            threads: threads_v,
+            maxcpus: maxcpus_v as u32,
+        })
+    }
+}
+
+/// Where the guest's first serial port goes (`-serial`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SerialBackend {
+    /// The terminal (raw mode on a TTY; Ctrl-A x quits).
+    #[default]
+    Stdio,
+    /// No serial port at all.
+    None,
+    /// A serial port whose output is discarded.
+    Null,
+    /// Output appended to a file.
+    File(PathBuf),
+    /// A listening UNIX socket; `wait` blocks start-up until a client connects.
+    UnixServer { path: PathBuf, wait: bool },
+}
+
+/// What the guest kernel is and how it is started.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BootConfig {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+/// What happens at guest power-off, reboot, and start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LifecycleConfig {
+    /// `-no-reboot`: a guest reboot exits rampart (status 0).
+    pub no_reboot: bool,
+    /// `-no-shutdown`: a guest power-off stops the VM but keeps the process.
+    pub no_shutdown: bool,
+    /// `-S`: create the VM paused.
+    pub start_paused: bool,
+}
+
+/// Limits of the host that validation checks against (gathered by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    /// Physical RAM of the host in bytes.
+    pub host_memory_bytes: u64,
+}
+
+/// The whole, validated configuration of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub name: Option<String>,
+    pub uuid: Option<[u8; 16]>,
+    pub machine: MachineType,
+    /// Accelerators in fallback order; empty means "choose" (hardware KVM if usable, else tcg).
+    pub accel: Vec<Accel>,
+    pub cpu: CpuModel,
+    pub memory_bytes: u64,
+    pub smp: SmpConfig,
+    pub boot: BootConfig,
+    pub serial: SerialBackend,
+    pub lifecycle: LifecycleConfig,
+    /// `-nodefaults`: no default devices (no serial port unless `-serial` is given).
+    pub nodefaults: bool,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            name: None,
+            uuid: None,
+            machine: MachineType::default(),
+            accel: Vec::new(),
+            cpu: CpuModel::default(),
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            smp: SmpConfig::default(),
+            boot: BootConfig::default(),
+            serial: SerialBackend::default(),
+            lifecycle: LifecycleConfig::default(),
+            nodefaults: false,
+        }
+    }
+}
+
+impl VmConfig {
+    /// Checks every rule that spans fields or depends on the host.
+    pub fn validate(&self, host: &HostLimits) -> Result<(), ConfigError> {
+        let mib = self.memory_bytes >> 20;
+        if self.memory_bytes < MIN_MEMORY_BYTES {
+            return Err(ConfigError::Memory {
+                requested_mib: mib,
+                reason: format!("at least {} MiB are needed", MIN_MEMORY_BYTES >> 20),
+            });
+        }
+        if self.memory_bytes % (1 << 20) != 0 {
+            return Err(ConfigError::Memory {
+                requested_mib: mib,
+                reason: "must be a whole number of MiB".into(),
+            });
+        }
+        if self.memory_bytes > host.host_memory_bytes {
+            return Err(ConfigError::Memory {
+                requested_mib: mib,
+                reason: format!(
+                    "more than the host's {} MiB of RAM",
+                    host.host_memory_bytes >> 20
+                ),
+            });
+        }
+        if self.boot.cmdline.len() > MAX_CMDLINE_LEN {
+            return Err(ConfigError::CmdlineTooLong {
+                len: self.boot.cmdline.len(),
+                max: MAX_CMDLINE_LEN,
+            });
+        }
+        if self.boot.cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
+        }
+        if self.boot.kernel.is_none() {
+            if self.boot.initrd.is_some() {
+                return Err(ConfigError::NeedsKernel { option: "-initrd" });
+            }
+            if !self.boot.cmdline.is_empty() {
+                return Err(ConfigError::NeedsKernel { option: "-append" });
+            }
+            return Err(ConfigError::NoKernel);
+        }
+        if let Some(name) = &self.name {
+            if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control()) {
+                return Err(ConfigError::Invalid(
+                    "-name: must be 1 to 256 printable characters".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostLimits {
+        HostLimits {
+            host_memory_bytes: 8 << 30,
+        }
+    }
+
+    fn with_kernel() -> VmConfig {
+        VmConfig {
+            boot: BootConfig {
+                kernel: Some("/k".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn smp_plain_count_becomes_sockets() {
+        let s = SmpConfig::resolve(Some(4), None, None, None, None).unwrap();
+        assert_eq!((s.cpus, s.sockets, s.cores, s.threads, s.maxcpus), (4, 4, 1, 1, 4));
+    }
+
+    #[test]
+    fn smp_topology_fills_missing_values() {
+        let s = SmpConfig::resolve(Some(8), Some(2), None, Some(2), None).unwrap();
+        assert_eq!((s.sockets, s.cores, s.threads, s.maxcpus), (2, 2, 2, 8));
+        let s = SmpConfig::resolve(Some(2), None, None, None, Some(4)).unwrap();
+        assert_eq!((s.cpus, s.maxcpus), (2, 4));
+    }
+
+    #[test]
+    fn smp_rejects_zero_mismatch_and_too_many() {
+        assert!(SmpConfig::resolve(Some(0), None, None, None, None).is_err());
+        assert!(SmpConfig::resolve(Some(1000), None, None, None, None).is_err());
+        assert!(SmpConfig::resolve(Some(4), Some(1), Some(1), Some(1), None).is_err());
+        assert!(SmpConfig::resolve(Some(4), None, None, None, Some(2)).is_err());
+        assert!(
+            SmpConfig::resolve(None, Some(u32::MAX), Some(u32::MAX), Some(u32::MAX), None)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn rejects_memory_out_of_range() {
+        let mut c = with_kernel();
+        c.memory_bytes = 0;
+        assert!(c.validate(&host()).is_err());
+        c.memory_bytes = 16 << 30;
+        assert!(c.validate(&host()).is_err());
+        c.memory_bytes = 512 << 20;
+        assert!(c.validate(&host()).is_ok());
+    }
+
+    #[test]
+    fn rejects_long_cmdline_and_missing_kernel() {
+        let mut c = with_kernel();
+        c.boot.cmdline = "x".repeat(MAX_CMDLINE_LEN + 1);
+        assert!(matches!(
+            c.validate(&host()),
+            Err(ConfigError::CmdlineTooLong { .. })
+        ));
+        let c = VmConfig::default();
+        assert_eq!(c.validate(&host()), Err(ConfigError::NoKernel));
+    }
+}

@@ -1,0 +1,9 @@
+//! Device buses and the devices the guest sees.
+//!
+//! Every device reachable from the guest is attack surface: reads and writes arrive with
+//! guest-chosen offsets and sizes and must be bounded and validated.
+
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice, BusError};

@@ -1,0 +1,4 @@
+//! The rampart VM: guest memory, x86-64 boot, vCPUs and their accelerators, and the event loop.
+
+pub mod accel;
+pub mod arch;

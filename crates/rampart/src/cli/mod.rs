@@ -1,0 +1,1 @@
+//! QEMU-syntax command line → validated `VmConfig`.
