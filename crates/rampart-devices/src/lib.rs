@@ -4,6 +4,8 @@
 //! guest-chosen offsets and sizes and must be bounded and validated.
 
 pub mod bus;
+pub mod irq;
 pub mod legacy;
 
 pub use bus::{Bus, BusDevice, BusError};
+pub use irq::{InterruptLine, LineTrigger};
