@@ -92,6 +92,16 @@ pub fn host_unix_time() -> i64 {
     }
 }
 
+/// What a [`Cmos`] needs to be saved and restored (e.g. in a snapshot). The clock is kept
+/// as the guest's offset from host UTC time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmosState {
+    pub index: u8,
+    pub nmi_disabled: bool,
+    pub data: [u8; CMOS_SIZE],
+    pub guest_offset: i64,
+}
+
 /// CMOS RAM and RTC.
 pub struct Cmos {
     index: u8,
@@ -136,6 +146,25 @@ impl Cmos {
             offset: 0,
             clock,
         }
+    }
+
+    /// The device's state, for saving.
+    pub fn state(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            nmi_disabled: self.nmi_disabled,
+            data: self.data,
+            guest_offset: self.offset,
+        }
+    }
+
+    /// Replaces the device's state with a saved one. Any bytes are acceptable: the index is
+    /// masked to the RAM's size and the clock arithmetic saturates.
+    pub fn restore(&mut self, state: &CmosState) {
+        self.index = state.index & !NMI_DISABLE;
+        self.nmi_disabled = state.nmi_disabled;
+        self.data = state.data;
+        self.offset = state.guest_offset;
     }
 
     /// Whether the guest last wrote the index port with the NMI-disable bit set.

@@ -302,6 +302,43 @@ fn general_cmos_ram_keeps_guest_writes() {
 }
 
 #[test]
+fn restored_state_keeps_guest_clock_and_ram() {
+    // Arrange
+    let mut original = Harness::at(LEAP_DAY_EVENING);
+    original.set_clock([0x20, 0x30, 0x01, 0x02, 0x03, 0x04, 0x05]);
+    original.write(0x50, 0x77);
+    let state = original.cmos.state();
+    let mut copy = Harness::at(LEAP_DAY_EVENING);
+    // Act
+    copy.cmos.restore(&state);
+    // Assert
+    assert_eq!(copy.clock(), [0x20, 0x30, 0x01, 0x02, 0x03, 0x04, 0x05]);
+    assert_eq!(copy.read(0x50), 0x77);
+}
+
+#[test]
+fn restore_accepts_hostile_state() {
+    // Arrange
+    let mut h = Harness::at(LEAP_DAY_EVENING);
+    let mut data = [0xff; CMOS_SIZE];
+    data[usize::from(REG_B)] = B_BINARY | B_24H;
+    let state = CmosState {
+        index: 0xff,
+        nmi_disabled: true,
+        data,
+        guest_offset: i64::MAX,
+    };
+    // Act
+    h.cmos.restore(&state);
+    let mut b = [0u8];
+    h.cmos.read(1, &mut b);
+    let clock = h.clock();
+    // Assert
+    assert_eq!(b, [0xff], "register 0x7f");
+    assert_eq!(clock[0], 99, "binary, clamped to year 9999");
+}
+
+#[test]
 fn hostile_accesses_do_not_panic() {
     // Arrange
     let mut h = Harness::at(LEAP_DAY_EVENING);

@@ -31,7 +31,7 @@ pub mod serial;
 
 use thiserror::Error;
 
-pub use cmos::{host_unix_time, Cmos, HostClock, CMOS_PORT_LEN, CMOS_SIZE};
+pub use cmos::{host_unix_time, Cmos, CmosState, HostClock, CMOS_PORT_LEN, CMOS_SIZE};
 pub use i8042::{I8042CommandPort, I8042DataPort};
 pub use pm::{AcpiPmPort, ACPI_PM_PORT, ACPI_PM_PORT_LEN, ACPI_RESET_VALUE, ACPI_SLEEP_TYPE_S5};
 pub use ports::{PitChannel2, PostCodePort, SystemControlPortB};
@@ -64,4 +64,68 @@ pub const POST_CODE_PORT_LEN: u64 = 1;
 pub enum LegacyError {
     #[error("invalid saved UART state: {reason}")]
     SerialState { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::bus::{Bus, BusDevice};
+    use crate::irq::test_util::{eventfd_pair, CountingLine};
+
+    type Shared = Arc<Mutex<dyn BusDevice>>;
+
+    fn dev(d: impl BusDevice + 'static) -> Shared {
+        Arc::new(Mutex::new(d))
+    }
+
+    #[test]
+    fn standard_pc_layout_fits_on_one_bus_and_routes_by_port() {
+        // Arrange
+        let bus = Bus::new();
+        let (reset, reset_seen) = eventfd_pair();
+        let (pm_reset, pm_reset_seen) = eventfd_pair();
+        let (poweroff, poweroff_seen) = eventfd_pair();
+        let line = Arc::new(CountingLine::default());
+        let layout: Vec<(Shared, u16, u64)> = vec![
+            (
+                dev(SerialDevice::new(line, Box::new(io::sink()))),
+                COM1_PORT,
+                SERIAL_PORT_LEN,
+            ),
+            (dev(I8042DataPort::new()), I8042_DATA_PORT, I8042_PORT_LEN),
+            (dev(SystemControlPortB::new()), PORT_B, PORT_B_LEN),
+            (
+                dev(I8042CommandPort::new(reset)),
+                I8042_COMMAND_PORT,
+                I8042_PORT_LEN,
+            ),
+            (dev(Cmos::new(1 << 30, 0)), CMOS_PORT, CMOS_PORT_LEN),
+            (dev(PostCodePort::new()), POST_CODE_PORT, POST_CODE_PORT_LEN),
+            (
+                dev(AcpiPmPort::new(poweroff, pm_reset)),
+                ACPI_PM_PORT,
+                ACPI_PM_PORT_LEN,
+            ),
+        ];
+        for (d, port, len) in layout {
+            bus.insert(d, u64::from(port), len).unwrap();
+        }
+        let mut status_d = [0u8];
+        // Act
+        bus.write(0x64, &[0xfe]);
+        bus.write(0x600, &[0x34]);
+        bus.write(0x600, &[ACPI_RESET_VALUE]);
+        bus.write(0x70, &[0x8d]);
+        bus.read(0x71, &mut status_d);
+        let wide_reaches_nothing = bus.read(0x60, &mut [0u8; 2]);
+        // Assert
+        assert_eq!(reset_seen.read().unwrap(), 1);
+        assert_eq!(poweroff_seen.read().unwrap(), 1);
+        assert_eq!(pm_reset_seen.read().unwrap(), 1);
+        assert_eq!(status_d, [0x80]);
+        assert!(!wide_reaches_nothing, "a 2-byte access straddles 0x60/0x61");
+    }
 }
