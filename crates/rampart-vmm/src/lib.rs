@@ -2,3 +2,9 @@
 
 pub mod accel;
 pub mod arch;
+pub mod boot;
+pub mod console;
+pub mod io;
+pub mod signals;
+pub mod vcpu;
+pub mod vm;
