@@ -11,3 +11,5 @@ mod size;
 pub use error::ConfigError;
 pub use machine::*;
 pub use size::parse_size;
+
+pub mod props;

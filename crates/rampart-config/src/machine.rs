@@ -73,8 +73,18 @@ impl Default for SmpConfig {
 }
 
 impl SmpConfig {
-    /// Resolves QEMU's `-smp` properties the way QEMU does (prefer sockets, then cores for the
-    /// unspecified ones) and validates the result.
+    /// Resolves QEMU's `-smp` properties the way QEMU (6.2 and later) does, and validates the
+    /// result.
+    ///
+    /// Rules, as in QEMU's generic `-smp` parser:
+    /// - every given value must be at least 1;
+    /// - with neither `cpus` nor `maxcpus`, omitted topology values are 1;
+    /// - otherwise `maxcpus` defaults to `cpus`, and omitted values are computed from it with
+    ///   integer division, preferring **cores** over sockets (QEMU's rule since 6.2; older
+    ///   versioned machine types preferred sockets, rampart always uses the current rule), and
+    ///   threads last;
+    /// - `sockets * cores * threads` must equal `maxcpus`, and `cpus <= maxcpus`;
+    /// - rampart's own limit: at most [`MAX_VCPUS`].
     pub fn resolve(
         cpus: Option<u32>,
         sockets: Option<u32>,
@@ -93,39 +103,45 @@ impl SmpConfig {
                 return Err(ConfigError::Smp(format!("{name}=0: must be at least 1")));
             }
         }
-        let threads_v = threads.unwrap_or(1);
-        let cores_v;
-        let sockets_v;
-        let base = maxcpus.or(cpus);
-        match (sockets, cores) {
-            (Some(s), Some(c)) => {
-                sockets_v = s;
-                cores_v = c;
+        // u128 arithmetic: three u32 factors cannot overflow it.
+        let (mut s, mut c, mut t) = (
+            sockets.map(u128::from),
+            cores.map(u128::from),
+            threads.map(u128::from),
+        );
+        if cpus.is_none() && maxcpus.is_none() {
+            s = s.or(Some(1));
+            c = c.or(Some(1));
+            t = t.or(Some(1));
+        } else {
+            let max = u128::from(maxcpus.or(cpus).unwrap_or(1));
+            match (s, c) {
+                (_, None) => {
+                    let sv = s.unwrap_or(1);
+                    let tv = t.unwrap_or(1);
+                    s = Some(sv);
+                    t = Some(tv);
+                    c = Some(max / (sv * tv));
+                }
+                (None, Some(cv)) => {
+                    let tv = t.unwrap_or(1);
+                    t = Some(tv);
+                    s = Some(max / (cv * tv));
+                }
+                (Some(_), Some(_)) => {}
             }
-            (Some(s), None) => {
-                sockets_v = s;
-                let per = s.checked_mul(threads_v).unwrap_or(u32::MAX);
-                cores_v = base.map(|b| b.div_ceil(per)).unwrap_or(1).max(1);
-            }
-            (None, Some(c)) => {
-                cores_v = c;
-                let per = c.checked_mul(threads_v).unwrap_or(u32::MAX);
-                sockets_v = base.map(|b| b.div_ceil(per)).unwrap_or(1).max(1);
-            }
-            (None, None) => {
-                cores_v = 1;
-                sockets_v = base.map(|b| b.div_ceil(threads_v)).unwrap_or(1).max(1);
+            if t.is_none() {
+                let per = s.unwrap_or(1) * c.unwrap_or(1);
+                t = Some(max.checked_div(per).unwrap_or(0));
             }
         }
-        let total = u64::from(sockets_v) * u64::from(cores_v) * u64::from(threads_v);
-        let maxcpus_v = match maxcpus {
-            Some(m) => u64::from(m),
-            None => total,
-        };
-        let cpus_v = u64::from(cpus.unwrap_or(maxcpus_v as u32));
+        let (s, c, t) = (s.unwrap_or(1), c.unwrap_or(1), t.unwrap_or(1));
+        let total = s * c * t;
+        let maxcpus_v = maxcpus.map(u128::from).unwrap_or(total);
+        let cpus_v = cpus.map(u128::from).unwrap_or(maxcpus_v);
         if total != maxcpus_v {
             return Err(ConfigError::Smp(format!(
-                "sockets ({sockets_v}) * cores ({cores_v}) * threads ({threads_v}) = {total} \
+                "sockets ({s}) * cores ({c}) * threads ({t}) = {total} \
                  does not match maxcpus ({maxcpus_v})"
             )));
         }
@@ -134,17 +150,19 @@ impl SmpConfig {
                 "cpus ({cpus_v}) is more than maxcpus ({maxcpus_v})"
             )));
         }
-        if maxcpus_v > u64::from(MAX_VCPUS) {
+        if maxcpus_v > u128::from(MAX_VCPUS) {
             return Err(ConfigError::Smp(format!(
                 "{maxcpus_v} CPUs requested, rampart supports at most {MAX_VCPUS}"
             )));
         }
+        // All values are now <= MAX_VCPUS, so they fit in u32.
+        let narrow = |v: u128| u32::try_from(v).unwrap_or(u32::MAX);
         Ok(SmpConfig {
-            cpus: cpus_v as u32,
-            sockets: sockets_v,
-            cores: cores_v,
-            threads: threads_v,
-            maxcpus: maxcpus_v as u32,
+            cpus: narrow(cpus_v),
+            sockets: narrow(s),
+            cores: narrow(c),
+            threads: narrow(t),
+            maxcpus: narrow(maxcpus_v),
         })
     }
 }
@@ -301,18 +319,40 @@ mod tests {
         }
     }
 
+    fn smp(
+        cpus: Option<u32>,
+        sockets: Option<u32>,
+        cores: Option<u32>,
+        threads: Option<u32>,
+        maxcpus: Option<u32>,
+    ) -> (u32, u32, u32, u32, u32) {
+        let s = SmpConfig::resolve(cpus, sockets, cores, threads, maxcpus).unwrap();
+        (s.cpus, s.sockets, s.cores, s.threads, s.maxcpus)
+    }
+
     #[test]
-    fn smp_plain_count_becomes_sockets() {
-        let s = SmpConfig::resolve(Some(4), None, None, None, None).unwrap();
-        assert_eq!((s.cpus, s.sockets, s.cores, s.threads, s.maxcpus), (4, 4, 1, 1, 4));
+    fn smp_plain_count_becomes_cores_as_in_qemu_6_2() {
+        assert_eq!(smp(Some(4), None, None, None, None), (4, 1, 4, 1, 4));
     }
 
     #[test]
     fn smp_topology_fills_missing_values() {
-        let s = SmpConfig::resolve(Some(8), Some(2), None, Some(2), None).unwrap();
-        assert_eq!((s.sockets, s.cores, s.threads, s.maxcpus), (2, 2, 2, 8));
-        let s = SmpConfig::resolve(Some(2), None, None, None, Some(4)).unwrap();
-        assert_eq!((s.cpus, s.maxcpus), (2, 4));
+        assert_eq!(smp(Some(8), Some(2), None, Some(2), None), (8, 2, 2, 2, 8));
+        assert_eq!(smp(Some(8), None, Some(2), None, None), (8, 4, 2, 1, 8));
+        assert_eq!(smp(Some(8), Some(2), Some(2), None, None), (8, 2, 2, 2, 8));
+        assert_eq!(smp(Some(2), None, None, None, Some(4)), (2, 1, 4, 1, 4));
+    }
+
+    #[test]
+    fn smp_topology_alone_defaults_the_rest_to_one() {
+        assert_eq!(smp(None, Some(2), None, None, None), (2, 2, 1, 1, 2));
+        assert_eq!(smp(None, None, Some(2), Some(2), None), (4, 1, 2, 2, 4));
+    }
+
+    #[test]
+    fn smp_uses_integer_division_like_qemu() {
+        // 5 CPUs over 2 sockets: 2 cores each, 4 != 5.
+        assert!(SmpConfig::resolve(Some(5), Some(2), None, None, None).is_err());
     }
 
     #[test]
@@ -322,9 +362,9 @@ mod tests {
         assert!(SmpConfig::resolve(Some(4), Some(1), Some(1), Some(1), None).is_err());
         assert!(SmpConfig::resolve(Some(4), None, None, None, Some(2)).is_err());
         assert!(
-            SmpConfig::resolve(None, Some(u32::MAX), Some(u32::MAX), Some(u32::MAX), None)
-                .is_err()
+            SmpConfig::resolve(None, Some(u32::MAX), Some(u32::MAX), Some(u32::MAX), None).is_err()
         );
+        assert!(SmpConfig::resolve(Some(2), Some(4), None, None, None).is_err());
     }
 
     #[test]

@@ -13,7 +13,10 @@ pub fn parse_size(what: &'static str, value: &str, default_unit: u64) -> Result<
     if v.is_empty() {
         return Err(err("empty"));
     }
-    let (digits, unit) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit() && *c != '.') {
+    let (digits, unit) = match v
+        .char_indices()
+        .find(|(_, c)| !c.is_ascii_digit() && *c != '.')
+    {
         Some((i, _)) => (&v[..i], &v[i..]),
         None => (v, ""),
     };
