@@ -21,7 +21,7 @@ use rampart_devices::legacy::{
 };
 use rampart_devices::BusDevice;
 use thiserror::Error;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -339,8 +339,15 @@ fn event_loop(
     let mut stdin_polled = false;
     let mut stdin_eof = false;
     if let Some(fd) = stdin_fd {
-        epoll_add(&epoll, fd, TOKEN_STDIN)?;
-        stdin_polled = true;
+        match epoll_add(&epoll, fd, TOKEN_STDIN) {
+            Ok(()) => stdin_polled = true,
+            // Regular files and /dev/null cannot be polled: there is no console input then.
+            Err(VmError::EventLoop(e)) if e.raw_os_error() == Some(libc::EPERM) => {
+                debug!("console input is not pollable (a file or /dev/null): ignored");
+                stdin_eof = true;
+            }
+            Err(e) => return Err(e),
+        }
     }
     let mut filter = EscapeFilter::default();
     let mut pending: VecDeque<u8> = VecDeque::new();

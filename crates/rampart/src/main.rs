@@ -1,3 +1,180 @@
-mod cli;
+//! `rampart`: a secure virtual machine monitor with QEMU's command line.
 
-fn main() {}
+mod cli;
+mod terminal;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use rampart_config::{HostLimits, SerialBackend, VmConfig};
+use rampart_vmm::signals::TerminationSignals;
+use rampart_vmm::vm::{self, ConsoleIo, HostResources, Outcome, SharedSink};
+use tracing::info;
+
+/// Writes straight to a descriptor, unbuffered: the guest's console output must appear at once.
+struct FdWriter(File);
+
+impl Write for FdWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn dup_file(fd: std::os::fd::BorrowedFd<'_>) -> Result<File> {
+    let owned: OwnedFd = fd
+        .try_clone_to_owned()
+        .context("duplicating a standard stream")?;
+    Ok(File::from(owned))
+}
+
+fn host_memory_bytes() -> u64 {
+    // SAFETY: sysinfo is plain data that the call fills in.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid sysinfo struct.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return u64::MAX;
+    }
+    u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit))
+}
+
+fn open_regular(what: &str, path: &Path) -> Result<File> {
+    let file = File::open(path).with_context(|| format!("{what} '{}'", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("{what} '{}'", path.display()))?;
+    if !meta.is_file() {
+        bail!("{what} '{}' is not a regular file", path.display());
+    }
+    Ok(file)
+}
+
+fn open_console(config: &VmConfig) -> Result<ConsoleIo> {
+    Ok(match &config.serial {
+        SerialBackend::None => ConsoleIo::None,
+        SerialBackend::Null => ConsoleIo::Output(SharedSink::new(Box::new(std::io::sink()))),
+        SerialBackend::File(path) => {
+            let f = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .with_context(|| format!("-serial file:{}", path.display()))?;
+            ConsoleIo::Output(SharedSink::new(Box::new(FdWriter(f))))
+        }
+        SerialBackend::Stdio => ConsoleIo::Stdio {
+            input: dup_file(std::io::stdin().as_fd())?,
+            output: SharedSink::new(Box::new(FdWriter(dup_file(std::io::stdout().as_fd())?))),
+        },
+        SerialBackend::UnixServer { path, .. } => {
+            bail!(
+                "-serial unix:{}: serial ports on UNIX sockets are not supported yet",
+                path.display()
+            )
+        }
+    })
+}
+
+fn run(config: VmConfig) -> Result<ExitCode> {
+    config
+        .validate(&HostLimits {
+            host_memory_bytes: host_memory_bytes(),
+        })
+        .context("invalid configuration")?;
+    let accel = vm::choose_accel(&config.accel)?;
+    // Host resources are opened once, before the VM is built; a reset reuses them.
+    let kernel_path = config.boot.kernel.as_deref().context("no -kernel")?;
+    let kernel = open_regular("-kernel", kernel_path)?;
+    let initrd = match &config.boot.initrd {
+        Some(p) => Some(open_regular("-initrd", p)?),
+        None => None,
+    };
+    let console = open_console(&config)?;
+    let signals = TerminationSignals::new()?;
+    let _raw = match &console {
+        ConsoleIo::Stdio { .. } => Some(terminal::RawTerminal::enter(libc::STDIN_FILENO)?),
+        _ => None,
+    };
+    let mut res = HostResources {
+        kernel,
+        initrd,
+        console,
+        signals,
+    };
+    loop {
+        match vm::run(&config, accel, &mut res)? {
+            Outcome::PowerOff => {
+                info!("guest powered off");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Outcome::Reset if config.lifecycle.no_reboot => {
+                info!("guest reset with -no-reboot: exiting");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Outcome::Reset => {
+                info!("guest reset: rebooting");
+            }
+            Outcome::Signal(sig) => {
+                info!("terminating on signal {sig}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Outcome::ConsoleQuit => {
+                info!("quit from the console (Ctrl-A x)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Outcome::Failure(message) => {
+                bail!("the VM stopped on a fatal error: {message}");
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAMPART_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // SAFETY: isatty only inspects the descriptor.
+        .with_ansi(unsafe { libc::isatty(libc::STDERR_FILENO) } == 1)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let parsed = cli::parse(std::env::args_os().skip(1));
+    let config = match parsed {
+        Ok(cli::Cli::Run(config)) => *config,
+        Ok(cli::Cli::Help) => {
+            print!("{}", cli::help_text());
+            return ExitCode::SUCCESS;
+        }
+        Ok(cli::Cli::Info(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(cli::Cli::Version) => {
+            print!("{}", cli::version_text());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("rampart: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging();
+    match run(config) {
+        Ok(code) => code,
+        Err(e) => {
+            terminal::restore();
+            eprintln!("rampart: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
