@@ -71,3 +71,14 @@ pub const CMOS_DATA_PORT: u16 = 0x71;
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 /// The S5 (soft-off) value for the sleep-control register: SLP_TYP=5 in bits 2-4, SLP_EN bit 5.
 pub const ACPI_S5_VALUE: u8 = (5 << 2) | (1 << 5);
+
+/// QEMU microvm's ACPI generic event device (hardware-reduced ACPI) register block: sleep
+/// control at +0, reset at +2. microvm has no i8042 and no port 0x600, so the guests also use
+/// these registers; in rampart (and on a PC) the addresses are unassigned and writes are dropped.
+pub const MICROVM_GED_REGS_ADDR: u64 = 0xfea0_0200;
+/// The GED sleep-control register (takes [`ACPI_S5_VALUE`]).
+pub const MICROVM_GED_SLEEP_CTL_ADDR: u64 = MICROVM_GED_REGS_ADDR;
+/// The GED reset register.
+pub const MICROVM_GED_RESET_ADDR: u64 = MICROVM_GED_REGS_ADDR + 2;
+/// The value that resets the machine when written to [`MICROVM_GED_RESET_ADDR`].
+pub const MICROVM_GED_RESET_VALUE: u8 = 0x42;

@@ -272,6 +272,29 @@ mod tests {
     }
 
     #[test]
+    fn reset_routine_tries_i8042_then_microvm_ged() {
+        let image = build(Program::Hello).unwrap();
+
+        let insns: Vec<_> = Decoder::with_ip(64, code64(&image), CODE64_ADDR, DecoderOptions::NONE)
+            .iter()
+            .take_while(|i| i.mnemonic() != Mnemonic::Int3)
+            .collect();
+        let i8042 = insns.iter().position(|i| {
+            i.mnemonic() == Mnemonic::Out && i.immediate8() == layout::I8042_COMMAND_PORT as u8
+        });
+        let ged = insns.iter().position(|i| {
+            i.mnemonic() == Mnemonic::Mov
+                && i.op1_kind() != OpKind::Register
+                && i.immediate(1) == layout::MICROVM_GED_RESET_ADDR
+        });
+
+        assert!(
+            matches!((i8042, ged), (Some(a), Some(b)) if a < b),
+            "{i8042:?} {ged:?}"
+        );
+    }
+
+    #[test]
     fn program_names_round_trip() {
         for program in Program::ALL {
             assert_eq!(program.name().parse::<Program>(), Ok(program));

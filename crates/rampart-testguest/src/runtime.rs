@@ -7,7 +7,8 @@
 //! - `put_hex8`: writes AL as two lowercase hex digits.
 //! - `put_hex32`: writes EAX as eight lowercase hex digits.
 //! - `cmos_read`: returns CMOS register AL in AL.
-//! - `reset`: pulls the i8042 reset line, then triple-faults if still running. Never returns.
+//! - `reset`: pulls the i8042 reset line, then writes QEMU microvm's ACPI GED reset register,
+//!   then triple-faults if still running. Never returns.
 
 use iced_x86::code_asm::{
     al, ax, bl, byte_ptr, ds, eax, ecx, edx, es, fs, gs, ptr, rax, rbx, rcx, rdx, rsi, rsp, ss,
@@ -19,7 +20,7 @@ use crate::BuildError;
 
 use crate::layout::{
     CMOS_DATA_PORT, CMOS_INDEX_PORT, COM1_LSR_PORT, COM1_PORT, DATA_SELECTOR, I8042_COMMAND_PORT,
-    I8042_RESET_CMD, STACK_TOP,
+    I8042_RESET_CMD, MICROVM_GED_RESET_ADDR, MICROVM_GED_RESET_VALUE, STACK_TOP,
 };
 
 /// How many times `putc` polls the line status register before sending anyway.
@@ -120,6 +121,9 @@ impl Guest64 {
         self.a.mov(ecx, CMOS_UIP_POLL_LIMIT)?;
         self.a.set_label(&mut again)?;
         self.cmos_read(CMOS_STATUS_A)?;
+        // 0xff: no RTC decodes the port; there is no update to wait for.
+        self.a.cmp(al, 0xffu32)?;
+        self.a.je(done)?;
         self.a.test(al, u32::from(CMOS_UIP))?;
         self.a.jz(done)?;
         self.a.pause()?;
@@ -256,6 +260,9 @@ impl Guest64 {
         a.set_label(&mut self.reset)?;
         a.mov(al, u32::from(I8042_RESET_CMD))?;
         a.out(u32::from(I8042_COMMAND_PORT), al)?;
+        // No i8042 (QEMU microvm): the hardware-reduced ACPI reset register.
+        a.mov(rax, MICROVM_GED_RESET_ADDR)?;
+        a.mov(byte_ptr(rax), u32::from(MICROVM_GED_RESET_VALUE))?;
         // Still running: an IDT with limit 0 turns the breakpoint into a triple fault.
         a.lidt(ptr(zero_idtr))?;
         a.int3()?;
