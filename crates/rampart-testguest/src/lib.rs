@@ -265,7 +265,7 @@ mod tests {
             .any(|i| {
                 i.mnemonic() == Mnemonic::Mov
                     && i.op1_kind() != OpKind::Register
-                    && i.immediate(1) == layout::UNASSIGNED_MMIO_ADDR
+                    && i.try_immediate(1).ok() == Some(layout::UNASSIGNED_MMIO_ADDR)
             });
 
         assert!(found);
@@ -280,12 +280,14 @@ mod tests {
             .take_while(|i| i.mnemonic() != Mnemonic::Int3)
             .collect();
         let i8042 = insns.iter().position(|i| {
-            i.mnemonic() == Mnemonic::Out && i.immediate8() == layout::I8042_COMMAND_PORT as u8
+            i.mnemonic() == Mnemonic::Out
+                && i.op0_kind() == OpKind::Immediate8
+                && i.immediate8() == layout::I8042_COMMAND_PORT as u8
         });
         let ged = insns.iter().position(|i| {
             i.mnemonic() == Mnemonic::Mov
                 && i.op1_kind() != OpKind::Register
-                && i.immediate(1) == layout::MICROVM_GED_RESET_ADDR
+                && i.try_immediate(1).ok() == Some(layout::MICROVM_GED_RESET_ADDR)
         });
 
         assert!(
