@@ -137,7 +137,7 @@ impl SmpConfig {
         }
         let (s, c, t) = (s.unwrap_or(1), c.unwrap_or(1), t.unwrap_or(1));
         let total = s * c * t;
-        let maxcpus_v = maxcpus.map(u128::from).unwrap_or(total);
+        let maxcpus_v = maxcpus.or(cpus).map(u128::from).unwrap_or(total);
         let cpus_v = cpus.map(u128::from).unwrap_or(maxcpus_v);
         if total != maxcpus_v {
             return Err(ConfigError::Smp(format!(
@@ -347,6 +347,16 @@ mod tests {
     fn smp_topology_alone_defaults_the_rest_to_one() {
         assert_eq!(smp(None, Some(2), None, None, None), (2, 2, 1, 1, 2));
         assert_eq!(smp(None, None, Some(2), Some(2), None), (4, 1, 2, 2, 4));
+    }
+
+    #[test]
+    fn smp_full_topology_must_multiply_to_cpus() {
+        let err = SmpConfig::resolve(Some(4), Some(1), Some(1), Some(1), None).unwrap_err();
+
+        assert!(
+            err.to_string().contains("does not match maxcpus (4)"),
+            "{err}"
+        );
     }
 
     #[test]
