@@ -1,0 +1,144 @@
+//! `--help`, `-version` and the `help` lists of `-machine`, `-accel` and `-cpu`.
+
+/// The full `--help` text. Keep it true: list only what the parser accepts.
+pub fn help_text() -> String {
+    r#"usage: rampart [options]
+
+rampart is a virtual machine monitor with QEMU's command line. Options may be
+written -opt or --opt; an option's argument is always the next word
+('-m 512', not '--m=512'). Unknown options, unknown properties and bad values
+are errors. Properties are written key=value,key=value; ',,' is a literal comma
+in a value; on|off|yes|no|true|false are booleans; a key given twice keeps the
+last value; -machine, -m, -smp and -name may be repeated and are merged.
+
+Machine:
+  -machine|-M [type=]NAME[,accel=ACCEL[:ACCEL...]]
+                   NAME: q35 (default), pc, microvm, or a versioned pc-q35-X.Y /
+                   pc-i440fx-X.Y (same machine). accel= lists accelerators in
+                   fallback order; it cannot be combined with -accel.
+  -machine help    list machine types
+  -accel [accel=]kvm|tcg
+                   accelerator; repeat to give a fallback order
+                   (-accel kvm -accel tcg). No accelerator properties.
+  -accel help      list accelerators
+  -enable-kvm      same as -accel kvm
+  -cpu host|max|qemu64
+                   CPU model (default max); feature flags are not supported yet
+  -cpu help        list CPU models
+  -m [size=]SIZE   guest RAM (default 128M); a bare number is MiB, suffixes
+                   K, M, G, T; slots= and maxmem= are not supported
+  -smp [cpus=]N[,sockets=S][,cores=C][,threads=T][,maxcpus=M][,dies=1][,clusters=1]
+                   vCPUs and topology (at most 254); omitted values are
+                   computed as QEMU 6.2+ does (cores preferred over sockets)
+
+Boot:
+  -kernel PATH     Linux kernel (bzImage or ELF) to boot; required
+  -initrd PATH     initial ramdisk
+  -append STRING   kernel command line, taken literally
+
+Console and display:
+  -serial BACKEND  the guest's COM1 (only one -serial): stdio (default), null,
+                   none, file:PATH (path taken literally, up to the end),
+                   unix:PATH,server=on[,wait=on|off] (listen; wait=on blocks
+                   start-up until a client connects; ',,' escapes a comma in
+                   PATH; client mode is not supported)
+  -nographic       accepted; rampart never has a display
+  -display none    the only display type
+
+Lifecycle and identity:
+  -no-reboot       exit when the guest reboots
+  -no-shutdown     keep the process when the guest powers off
+  -S               start with the vCPUs paused
+  -name [guest=]NAME[,debug-threads=on|off]
+                   VM name
+  -uuid UUID       VM UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)
+  -nodefaults      no default devices (no serial port unless -serial is given)
+
+Objects, devices and block nodes (parsed; no types are implemented yet, so
+every one is refused by name):
+  -object TYPE,id=ID[,key=value...]   or  -object '{"qom-type":TYPE,...}'
+  -device DRIVER[,key=value...]       or  -device '{"driver":DRIVER,...}'
+  -blockdev driver=DRIVER[,...]       or  -blockdev '{"driver":DRIVER,...}'
+                   dotted keys build nested values: a.b=1, list.0.x=1
+  -object help, -device help, -blockdev driver=help
+
+Information:
+  -h, -help, --help   print this help and exit
+  -version            print the version and exit
+"#
+    .to_string()
+}
+
+/// The `-version` text.
+pub fn version_text() -> String {
+    format!(
+        "rampart {} (QEMU-compatible command line)\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+pub(crate) fn machine_list() -> String {
+    "Supported machines are:\n\
+     q35                  x86-64 machine (default); also pc-q35-X.Y\n\
+     pc                   the same machine; also pc-i440fx-X.Y\n\
+     microvm              the same machine\n"
+        .to_string()
+}
+
+pub(crate) fn accel_list() -> String {
+    "Accelerators supported in rampart:\nkvm\ntcg\n".to_string()
+}
+
+pub(crate) fn cpu_list() -> String {
+    "Available CPUs:\n\
+     host                 the accelerator's CPU (max under tcg)\n\
+     max                  everything the accelerator offers (default)\n\
+     qemu64               the x86-64 baseline\n"
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_has_usage_line_and_every_option() {
+        let h = help_text();
+
+        assert!(h.starts_with("usage: rampart [options]"));
+        for opt in [
+            "-machine",
+            "-M",
+            "-accel",
+            "-enable-kvm",
+            "-cpu",
+            "-m ",
+            "-smp",
+            "-kernel",
+            "-initrd",
+            "-append",
+            "-serial",
+            "-nographic",
+            "-display",
+            "-no-reboot",
+            "-no-shutdown",
+            "-S ",
+            "-name",
+            "-uuid",
+            "-nodefaults",
+            "-object",
+            "-device",
+            "-blockdev",
+            "-version",
+            "--help",
+        ] {
+            assert!(h.contains(opt), "help does not mention {opt}");
+        }
+        assert!(h.contains("are errors"));
+    }
+
+    #[test]
+    fn version_names_the_program() {
+        assert!(version_text().starts_with("rampart 0."));
+    }
+}

@@ -1,0 +1,333 @@
+//! End-to-end tests of [`parse`]: argv in, `Cli` or `CliError` out.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use rampart_config::{
+    Accel, ConfigError, CpuModel, HostLimits, MachineType, SerialBackend, VmConfig,
+};
+
+use super::*;
+
+fn args(list: &[&str]) -> Vec<OsString> {
+    list.iter().map(OsString::from).collect()
+}
+
+fn run(list: &[&str]) -> VmConfig {
+    match parse(args(list)) {
+        Ok(Cli::Run(c)) => *c,
+        other => panic!("{list:?} did not give a config: {other:?}"),
+    }
+}
+
+fn err(list: &[&str]) -> String {
+    match parse(args(list)) {
+        Err(e) => e.to_string(),
+        Ok(other) => panic!("{list:?} was accepted: {other:?}"),
+    }
+}
+
+#[test]
+fn empty_command_line_gives_defaults_with_stdio_serial() {
+    let c = run(&[]);
+
+    assert_eq!(c, VmConfig::default());
+    assert_eq!(c.serial, SerialBackend::Stdio);
+}
+
+#[test]
+fn typical_command_line_builds_the_whole_config() {
+    let c = run(&[
+        "-M",
+        "q35",
+        "-accel",
+        "kvm",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "host",
+        "-m",
+        "2G",
+        "-smp",
+        "4",
+        "-kernel",
+        "/boot/vmlinuz",
+        "-initrd",
+        "/boot/initrd",
+        "-append",
+        "console=ttyS0 quiet",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-name",
+        "vm1",
+        "-uuid",
+        "00112233-4455-6677-8899-aabbccddeeff",
+    ]);
+
+    assert_eq!(c.machine, MachineType::Q35);
+    assert_eq!(c.accel, vec![Accel::Kvm, Accel::Tcg]);
+    assert_eq!(c.cpu, CpuModel::Host);
+    assert_eq!(c.memory_bytes, 2 << 30);
+    assert_eq!((c.smp.cpus, c.smp.cores), (4, 4));
+    assert_eq!(c.boot.kernel.as_deref(), Some("/boot/vmlinuz".as_ref()));
+    assert_eq!(c.boot.initrd.as_deref(), Some("/boot/initrd".as_ref()));
+    assert_eq!(c.boot.cmdline, "console=ttyS0 quiet");
+    assert!(c.lifecycle.no_reboot);
+    assert_eq!(c.name.as_deref(), Some("vm1"));
+    assert_eq!(c.uuid.map(|u| u[15]), Some(0xff));
+    let host = HostLimits {
+        host_memory_bytes: 8 << 30,
+    };
+    assert_eq!(c.validate(&host), Ok(()));
+}
+
+#[test]
+fn double_dash_options_are_equivalent() {
+    let one = run(&["-m", "512", "-smp", "2", "-S", "-no-shutdown"]);
+
+    let two = run(&["--m", "512", "--smp", "2", "--S", "--no-shutdown"]);
+
+    assert_eq!(one, two);
+    assert!(two.lifecycle.start_paused && two.lifecycle.no_shutdown);
+}
+
+#[test]
+fn help_and_version() {
+    assert_eq!(parse(args(&["-h"])).unwrap(), Cli::Help);
+    assert_eq!(parse(args(&["--help"])).unwrap(), Cli::Help);
+    assert_eq!(parse(args(&["-help", "-m", "bogus"])).unwrap(), Cli::Help);
+    assert_eq!(parse(args(&["-version"])).unwrap(), Cli::Version);
+}
+
+#[test]
+fn unknown_option_is_an_error_even_after_help() {
+    assert_eq!(
+        err(&["-h", "-hda", "x.img"]),
+        "unsupported option '-hda' (see --help)"
+    );
+}
+
+#[test]
+fn missing_argument_at_end_is_named() {
+    assert_eq!(err(&["-m"]), "option '-m' requires an argument");
+}
+
+#[test]
+fn help_lists_exit_through_info() {
+    for list in [
+        &["-M", "help"][..],
+        &["-machine", "?"],
+        &["-accel", "help"],
+        &["-cpu", "help"],
+        &["-device", "help"],
+    ] {
+        assert!(matches!(parse(args(list)), Ok(Cli::Info(_))), "{list:?}");
+    }
+}
+
+#[test]
+fn memory_forms() {
+    assert_eq!(run(&["-m", "512"]).memory_bytes, 512 << 20);
+    assert_eq!(run(&["-m", "512M"]).memory_bytes, 512 << 20);
+    assert_eq!(run(&["-m", "2G"]).memory_bytes, 2 << 30);
+    assert_eq!(run(&["-m", "size=1G"]).memory_bytes, 1 << 30);
+    assert_eq!(run(&["-m", "1G", "-m", "256"]).memory_bytes, 256 << 20);
+}
+
+#[test]
+fn memory_zero_parses_but_fails_validation() {
+    let c = run(&["-m", "0", "-kernel", "/k"]);
+    let host = HostLimits {
+        host_memory_bytes: 8 << 30,
+    };
+
+    assert_eq!(c.memory_bytes, 0);
+    assert!(matches!(c.validate(&host), Err(ConfigError::Memory { .. })));
+}
+
+#[test]
+fn memory_rejects_bad_size_and_hotplug() {
+    assert!(err(&["-m", "lots"]).contains("'lots'"));
+    assert!(err(&["-m", "12X"]).contains("-m"));
+    assert!(err(&["-m", "size="]).contains("missing size"));
+    let e = err(&["-m", "1G,slots=2,maxmem=4G"]);
+    assert!(e.contains("'slots'") && e.contains("hotplug"), "{e}");
+}
+
+#[test]
+fn smp_forms() {
+    let s = run(&["-smp", "cpus=4,sockets=2,cores=2,threads=1"]).smp;
+    assert_eq!((s.cpus, s.sockets, s.cores, s.threads), (4, 2, 2, 1));
+    let s = run(&["-smp", "2,maxcpus=4"]).smp;
+    assert_eq!((s.cpus, s.maxcpus), (2, 4));
+    let s = run(&["-smp", "8", "-smp", "threads=2"]).smp;
+    assert_eq!((s.cpus, s.cores, s.threads), (8, 4, 2));
+}
+
+#[test]
+fn smp_rejects_zero_too_many_and_mismatch() {
+    assert!(err(&["-smp", "0"]).contains("cpus=0"));
+    assert!(err(&["-smp", "1000"]).contains("at most 254"));
+    assert!(err(&["-smp", "4,sockets=1,cores=1,threads=1"]).contains("does not match"));
+    assert!(err(&["-smp", "4,dies=2"]).contains("dies"));
+    assert!(err(&["-smp", "4,books=1"]).contains("'books'"));
+    assert!(err(&["-smp", "four"]).contains("'four'"));
+}
+
+#[test]
+fn machine_and_accel_forms() {
+    let c = run(&["-machine", "type=pc-i440fx-8.2,accel=tcg:kvm"]);
+    assert_eq!(c.machine, MachineType::Pc);
+    assert_eq!(c.accel, vec![Accel::Tcg, Accel::Kvm]);
+    assert_eq!(run(&["-M", "microvm"]).machine, MachineType::Microvm);
+    assert_eq!(run(&["-enable-kvm"]).accel, vec![Accel::Kvm]);
+    assert_eq!(run(&["-accel", "accel=tcg"]).accel, vec![Accel::Tcg]);
+    assert_eq!(
+        run(&["-machine", "q35", "-machine", "accel=kvm"]).accel,
+        vec![Accel::Kvm]
+    );
+}
+
+#[test]
+fn machine_accel_and_accel_option_conflict() {
+    assert!(err(&["-machine", "accel=kvm", "-accel", "tcg"]).contains("cannot be used together"));
+    assert!(err(&["-enable-kvm", "-M", "q35,accel=tcg"]).contains("cannot be used together"));
+}
+
+#[test]
+fn machine_and_accel_rejections_name_the_culprit() {
+    assert!(err(&["-M", "virt"]).contains("'virt'"));
+    assert_eq!(
+        err(&["-M", "q35,usb=on"]).split(':').next(),
+        Some("-machine")
+    );
+    assert!(err(&["-M", "q35,frobnicate=1"]).contains("unknown property 'frobnicate'"));
+    assert!(err(&["-accel", "xen"]).contains("'xen'"));
+    let e = err(&["-accel", "tcg,thread=single"]);
+    assert!(e.contains("-accel") && e.contains("'thread'"), "{e}");
+}
+
+#[test]
+fn cpu_rejects_feature_flags_naming_them() {
+    assert!(err(&["-cpu", "host,+x2apic"]).contains("'+x2apic'"));
+    assert!(err(&["-cpu", "max,x2apic=on"]).contains("'x2apic=on'"));
+    assert!(err(&["-cpu", "486"]).contains("'486'"));
+}
+
+#[test]
+fn serial_forms_and_defaults() {
+    assert_eq!(run(&["-serial", "null"]).serial, SerialBackend::Null);
+    assert_eq!(run(&["-nodefaults"]).serial, SerialBackend::None);
+    assert_eq!(
+        run(&["-nodefaults", "-serial", "stdio"]).serial,
+        SerialBackend::Stdio
+    );
+    assert_eq!(
+        run(&["-serial", "file:/tmp/a,,b"]).serial,
+        SerialBackend::File("/tmp/a,,b".into())
+    );
+    assert_eq!(
+        run(&["-serial", "unix:/run/s,,1,server=on,wait=off"]).serial,
+        SerialBackend::UnixServer {
+            path: "/run/s,1".into(),
+            wait: false
+        }
+    );
+}
+
+#[test]
+fn serial_rejections() {
+    assert!(err(&["-serial", "stdio", "-serial", "null"]).contains("only one serial port"));
+    assert!(err(&["-serial", "unix:/s,server=off"]).contains("client"));
+    assert!(err(&["-serial", "unix:/s,server=maybe"]).contains("'maybe'"));
+    assert!(err(&["-serial", "vc"]).contains("'vc'"));
+}
+
+#[test]
+fn display_none_and_nographic_are_accepted_others_refused() {
+    assert_eq!(
+        run(&["-display", "none", "-nographic"]),
+        VmConfig::default()
+    );
+    assert!(err(&["-display", "gtk"]).contains("no display"));
+    assert!(err(&["-display", "sdl,gl=on"]).contains("'gl'"));
+}
+
+#[test]
+fn name_forms() {
+    assert_eq!(
+        run(&["-name", "guest=db,debug-threads=on"]).name.as_deref(),
+        Some("db")
+    );
+    assert!(err(&["-name", "db,debug-threads=perhaps"]).contains("'perhaps'"));
+    assert!(err(&["-name", "db,process=x"]).contains("'process'"));
+}
+
+#[test]
+fn uuid_must_be_well_formed() {
+    assert!(err(&["-uuid", "not-a-uuid"]).contains("-uuid"));
+}
+
+#[test]
+fn non_utf8_kernel_and_initrd_paths_are_kept() {
+    let mut argv = args(&["-kernel"]);
+    argv.push(OsString::from_vec(b"/boot/k\xff".to_vec()));
+    argv.push("-initrd".into());
+    argv.push(OsString::from_vec(b"/boot/\xfei".to_vec()));
+
+    let Ok(Cli::Run(c)) = parse(argv) else {
+        panic!("non-UTF-8 paths refused");
+    };
+
+    assert_eq!(
+        c.boot.kernel.unwrap().as_os_str().as_bytes(),
+        b"/boot/k\xff"
+    );
+    assert_eq!(
+        c.boot.initrd.unwrap().as_os_str().as_bytes(),
+        b"/boot/\xfei"
+    );
+}
+
+#[test]
+fn non_utf8_append_is_refused() {
+    let mut argv = args(&["-append"]);
+    argv.push(OsString::from_vec(b"quiet \xff".to_vec()));
+
+    assert!(matches!(
+        parse(argv),
+        Err(CliError::Invalid {
+            option: "-append",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn append_is_taken_literally_with_commas() {
+    assert_eq!(run(&["-append", "a=1,,b,c"]).boot.cmdline, "a=1,,b,c");
+}
+
+#[test]
+fn empty_kernel_path_is_refused() {
+    assert!(err(&["-kernel", ""]).contains("empty path"));
+}
+
+#[test]
+fn objects_devices_and_blockdevs_are_refused_by_type() {
+    assert_eq!(
+        err(&["-device", "virtio-blk-pci,drive=hd0"]),
+        "-device virtio-blk-pci: unknown device type 'virtio-blk-pci'"
+    );
+    assert_eq!(
+        err(&[
+            "-object",
+            r#"{"qom-type":"authz-list","id":"a0","rules":[{"match":"*","policy":"allow"}]}"#
+        ]),
+        "-object authz-list: unknown object type 'authz-list'"
+    );
+    assert!(err(&["-blockdev", "driver=raw,node-name=n,file.filename=/x"]).contains("'raw'"));
+    assert!(err(&["-object", "secret,id=s,data.=x"]).starts_with("-object: invalid parameter"));
+}
