@@ -1,7 +1,7 @@
 use crate::ConfigError;
 
-/// Parses a QEMU-style size: a number with an optional suffix `B`, `K`, `M`, `G`, `T`
-/// (binary multiples, case-insensitive). A bare number is multiplied by `default_unit`
+/// Parses a QEMU-style size: a number with an optional suffix `B`, `K`, `M`, `G`, `T`, `P`, `E`
+/// (binary multiples, case-insensitive; `KB`/`KiB` spellings are also accepted). A bare number is multiplied by `default_unit`
 /// (QEMU's `-m 512` means 512 MiB).
 pub fn parse_size(what: &'static str, value: &str, default_unit: u64) -> Result<u64, ConfigError> {
     let err = |reason| ConfigError::InvalidSize {
@@ -27,6 +27,8 @@ pub fn parse_size(what: &'static str, value: &str, default_unit: u64) -> Result<
         "M" | "MB" | "MIB" => 1 << 20,
         "G" | "GB" | "GIB" => 1 << 30,
         "T" | "TB" | "TIB" => 1 << 40,
+        "P" | "PB" | "PIB" => 1 << 50,
+        "E" | "EB" | "EIB" => 1 << 60,
         _ => return Err(err("unknown unit suffix")),
     };
     if digits.is_empty() {
@@ -76,6 +78,8 @@ mod tests {
         assert_eq!(parse_size("m", "512M", 1 << 20).unwrap(), 512 << 20);
         assert_eq!(parse_size("m", "4096k", 1 << 20).unwrap(), 4 << 20);
         assert_eq!(parse_size("m", "1.5G", 1 << 20).unwrap(), 3 << 29);
+        assert_eq!(parse_size("m", "1P", 1 << 20).unwrap(), 1 << 50);
+        assert_eq!(parse_size("m", "2e", 1 << 20).unwrap(), 2 << 60);
     }
 
     #[test]
@@ -86,5 +90,6 @@ mod tests {
         assert!(parse_size("m", "1.2.3", 1).is_err());
         assert!(parse_size("m", "99999999999999999999", 1).is_err());
         assert!(parse_size("m", "99999999999T", 1).is_err());
+        assert!(parse_size("m", "16E", 1).is_err());
     }
 }

@@ -74,7 +74,7 @@ fn convert(
                 if key.is_empty() || key.len() > limits.max_key_len {
                     return Err(PropsError::BadKey {
                         key: key.chars().take(limits.max_key_len).collect(),
-                        reason: "member names must be 1 to max_key_len bytes",
+                        reason: "member name is empty or too long",
                     });
                 }
                 out.insert(key.clone(), convert(member, depth + 1, nodes, limits)?);

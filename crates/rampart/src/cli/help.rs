@@ -25,8 +25,8 @@ Machine:
   -cpu host|max|qemu64
                    CPU model (default max); feature flags are not supported yet
   -cpu help        list CPU models
-  -m [size=]SIZE   guest RAM (default 128M); a bare number is MiB, suffixes
-                   K, M, G, T; slots= and maxmem= are not supported
+  -m [size=]SIZE   guest RAM (default 128M); a bare number is MiB, binary
+                   suffixes K, M, G, T; slots= and maxmem= are not supported
   -smp [cpus=]N[,sockets=S][,cores=C][,threads=T][,maxcpus=M][,dies=1][,clusters=1]
                    vCPUs and topology (at most 254); omitted values are
                    computed as QEMU 6.2+ does (cores preferred over sockets)

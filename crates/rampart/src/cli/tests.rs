@@ -331,3 +331,42 @@ fn objects_devices_and_blockdevs_are_refused_by_type() {
     assert!(err(&["-blockdev", "driver=raw,node-name=n,file.filename=/x"]).contains("'raw'"));
     assert!(err(&["-object", "secret,id=s,data.=x"]).starts_with("-object: invalid parameter"));
 }
+
+#[test]
+fn random_arguments_never_panic() {
+    const OPTIONS: &[&str] = &[
+        "-m",
+        "-smp",
+        "-machine",
+        "-serial",
+        "-object",
+        "-device",
+        "-blockdev",
+        "-cpu",
+        "-accel",
+        "-name",
+        "-uuid",
+        "-display",
+        "-kernel",
+        "-append",
+    ];
+    const ALPHABET: &[u8] = b"a=,.0123{}[]\":-_x\xff help?no";
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |bound: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % bound as u64) as usize
+    };
+    for _ in 0..3000 {
+        let mut argv = Vec::new();
+        for _ in 0..=next(3) {
+            argv.push(OsString::from(OPTIONS[next(OPTIONS.len())]));
+            let len = next(24);
+            let arg: Vec<u8> = (0..len).map(|_| ALPHABET[next(ALPHABET.len())]).collect();
+            argv.push(OsString::from_vec(arg));
+        }
+
+        let _ = parse(argv);
+    }
+}
