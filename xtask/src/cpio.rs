@@ -356,6 +356,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn lists_the_same_names_with_host_cpio_when_installed() {
+        // Arrange
+        let bytes = sample();
+        let child = std::process::Command::new("cpio")
+            .args(["-t", "--quiet"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            eprintln!("cpio is not installed; skipping the cross-check");
+            return;
+        };
+
+        // Act
+        child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+
+        // Assert
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed = String::from_utf8(out.stdout).unwrap();
+        let ours: Vec<_> = parse(&bytes).unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(listed.lines().collect::<Vec<_>>(), ours);
+    }
+
+    #[test]
     fn is_byte_for_byte_reproducible() {
         assert_eq!(sample(), sample());
     }
