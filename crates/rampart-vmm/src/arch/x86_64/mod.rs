@@ -1,5 +1,7 @@
 //! x86-64 machine model: memory layout, e820, kernel loading, boot parameters, ACPI, CPUID.
 
+pub mod acpi;
+pub mod bootparams;
 pub mod bzimage;
 pub mod cpu;
 pub mod cpuid;
