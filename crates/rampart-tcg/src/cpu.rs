@@ -1,0 +1,515 @@
+//! The architectural register file of one x86-64 CPU.
+
+use crate::flags::Flags;
+use crate::mmu::Tlb;
+use iced_x86::Register;
+
+/// Segment register index in [`Cpu::seg`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum SegReg {
+    /// ES
+    Es = 0,
+    /// CS
+    Cs = 1,
+    /// SS
+    Ss = 2,
+    /// DS
+    Ds = 3,
+    /// FS
+    Fs = 4,
+    /// GS
+    Gs = 5,
+}
+
+impl SegReg {
+    /// From an iced segment register.
+    pub fn from_iced(r: Register) -> Option<Self> {
+        Some(match r {
+            Register::ES => SegReg::Es,
+            Register::CS => SegReg::Cs,
+            Register::SS => SegReg::Ss,
+            Register::DS => SegReg::Ds,
+            Register::FS => SegReg::Fs,
+            Register::GS => SegReg::Gs,
+            _ => return None,
+        })
+    }
+}
+
+/// Access-rights bits of [`Segment::attr`] (the VMX "access rights" layout).
+pub mod attr {
+    /// Accessed / type bit 0.
+    pub const ACCESSED: u16 = 1 << 0;
+    /// Code: readable; data: writable.
+    pub const RW: u16 = 1 << 1;
+    /// Code: conforming; data: expand-down.
+    pub const DC: u16 = 1 << 2;
+    /// Code (1) or data (0).
+    pub const CODE: u16 = 1 << 3;
+    /// Code/data (1) or system (0) descriptor.
+    pub const S: u16 = 1 << 4;
+    /// Descriptor privilege level shift.
+    pub const DPL_SHIFT: u16 = 5;
+    /// Present.
+    pub const P: u16 = 1 << 7;
+    /// Available to software.
+    pub const AVL: u16 = 1 << 12;
+    /// 64-bit code segment.
+    pub const L: u16 = 1 << 13;
+    /// Default operation size 32-bit.
+    pub const DB: u16 = 1 << 14;
+    /// Granularity 4 KiB.
+    pub const G: u16 = 1 << 15;
+}
+
+/// A segment register with its hidden (descriptor-cache) part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Segment {
+    /// Visible selector.
+    pub selector: u16,
+    /// Base address.
+    pub base: u64,
+    /// Limit in bytes (already scaled by G).
+    pub limit: u32,
+    /// Access rights, see [`attr`].
+    pub attr: u16,
+}
+
+impl Segment {
+    /// Descriptor privilege level.
+    pub fn dpl(&self) -> u8 {
+        ((self.attr >> attr::DPL_SHIFT) & 3) as u8
+    }
+
+    /// Build the hidden part from a raw 8-byte code/data descriptor.
+    pub fn from_descriptor(selector: u16, raw: u64) -> Self {
+        let base = ((raw >> 16) & 0xff_ffff) | (((raw >> 56) & 0xff) << 24);
+        let mut limit = ((raw & 0xffff) | (((raw >> 48) & 0xf) << 16)) as u32;
+        let attr = (((raw >> 40) & 0xff) | (((raw >> 52) & 0xf) << 12)) as u16;
+        if attr & attr::G != 0 {
+            limit = (limit << 12) | 0xfff;
+        }
+        Self {
+            selector,
+            base,
+            limit,
+            attr,
+        }
+    }
+}
+
+/// GDTR / IDTR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DescriptorTable {
+    /// Linear base address.
+    pub base: u64,
+    /// Limit (last valid byte offset).
+    pub limit: u16,
+}
+
+/// Minimal x87 state: enough for FNINIT/FNSTCW/FNSTSW/FXSAVE round trips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FpuState {
+    /// Control word.
+    pub fcw: u16,
+    /// Status word.
+    pub fsw: u16,
+    /// Abridged tag word (FXSAVE format).
+    pub ftw: u8,
+    /// ST0-ST7 as raw 80-bit values.
+    pub st: [[u8; 10]; 8],
+}
+
+impl Default for FpuState {
+    fn default() -> Self {
+        Self {
+            fcw: 0x37f,
+            fsw: 0,
+            ftw: 0,
+            st: [[0; 10]; 8],
+        }
+    }
+}
+
+/// CR0 bits.
+pub mod cr0 {
+    /// Protection enable.
+    pub const PE: u64 = 1 << 0;
+    /// Monitor coprocessor.
+    pub const MP: u64 = 1 << 1;
+    /// Emulation.
+    pub const EM: u64 = 1 << 2;
+    /// Task switched.
+    pub const TS: u64 = 1 << 3;
+    /// Extension type (always 1).
+    pub const ET: u64 = 1 << 4;
+    /// Numeric error.
+    pub const NE: u64 = 1 << 5;
+    /// Write protect.
+    pub const WP: u64 = 1 << 16;
+    /// Alignment mask.
+    pub const AM: u64 = 1 << 18;
+    /// Not write-through.
+    pub const NW: u64 = 1 << 29;
+    /// Cache disable.
+    pub const CD: u64 = 1 << 30;
+    /// Paging.
+    pub const PG: u64 = 1 << 31;
+}
+
+/// CR4 bits the model supports.
+pub mod cr4 {
+    /// Page size extensions.
+    pub const PSE: u64 = 1 << 4;
+    /// Physical address extension.
+    pub const PAE: u64 = 1 << 5;
+    /// Machine check enable.
+    pub const MCE: u64 = 1 << 6;
+    /// Global pages.
+    pub const PGE: u64 = 1 << 7;
+    /// Performance counter enable.
+    pub const PCE: u64 = 1 << 8;
+    /// FXSAVE/FXRSTOR and SSE enabled.
+    pub const OSFXSR: u64 = 1 << 9;
+    /// Unmasked SIMD FP exceptions.
+    pub const OSXMMEXCPT: u64 = 1 << 10;
+    /// Time-stamp disable.
+    pub const TSD: u64 = 1 << 2;
+    /// Debugging extensions.
+    pub const DE: u64 = 1 << 3;
+    /// Every bit a guest may set (the baseline model: no SMEP/SMAP/PCID/XSAVE/FSGSBASE).
+    pub const SUPPORTED: u64 = TSD | DE | PSE | PAE | MCE | PGE | PCE | OSFXSR | OSXMMEXCPT;
+}
+
+/// EFER bits.
+pub mod efer {
+    /// SYSCALL enable.
+    pub const SCE: u64 = 1 << 0;
+    /// Long mode enable.
+    pub const LME: u64 = 1 << 8;
+    /// Long mode active.
+    pub const LMA: u64 = 1 << 10;
+    /// No-execute enable.
+    pub const NXE: u64 = 1 << 11;
+    /// Writable bits.
+    pub const WRITABLE: u64 = SCE | LME | NXE;
+}
+
+/// Callback answering CPUID (leaf, subleaf) -> [eax, ebx, ecx, edx].
+pub type CpuidFn = Box<dyn FnMut(u32, u32) -> [u32; 4] + Send>;
+
+/// I/O port read waiting for [`Cpu::complete_io_in`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PendingIn {
+    pub port: u16,
+    pub size: u8,
+}
+
+/// One x86-64 CPU.
+pub struct Cpu {
+    /// RAX..R15 in encoding order.
+    pub gpr: [u64; 16],
+    /// Instruction pointer.
+    pub rip: u64,
+    /// RFLAGS (lazy arithmetic flags).
+    pub flags: Flags,
+    /// ES, CS, SS, DS, FS, GS (index with [`SegReg`]).
+    pub seg: [Segment; 6],
+    /// Task register.
+    pub tr: Segment,
+    /// LDT register.
+    pub ldtr: Segment,
+    /// GDTR.
+    pub gdtr: DescriptorTable,
+    /// IDTR.
+    pub idtr: DescriptorTable,
+    /// Control registers.
+    pub cr0: u64,
+    /// Page-fault linear address.
+    pub cr2: u64,
+    /// Page-table base.
+    pub cr3: u64,
+    /// CR4.
+    pub cr4: u64,
+    /// Task priority (CR8).
+    pub cr8: u64,
+    /// EFER.
+    pub efer: u64,
+    /// Debug registers DR0-DR7 (stored only; breakpoints are not implemented).
+    pub dr: [u64; 8],
+    /// Model-specific registers other than EFER, FS/GS base (allow-listed indices only).
+    pub msr: crate::exec::system::MsrFile,
+    /// XMM0-15.
+    pub xmm: [u128; 16],
+    /// MXCSR.
+    pub mxcsr: u32,
+    /// x87 state.
+    pub fpu: FpuState,
+    /// Time-stamp counter (advances by one per retired instruction).
+    pub tsc: u64,
+    /// CPUID provider.
+    pub cpuid: CpuidFn,
+    /// Halted until the next interrupt.
+    pub halted: bool,
+    /// Interrupts are blocked for one instruction (after STI or MOV/POP SS).
+    pub interrupt_shadow: bool,
+    pub(crate) pending_in: Option<PendingIn>,
+    pub(crate) pending_shutdown: bool,
+    pub(crate) tlb: Tlb,
+    /// Where the current instruction will continue (set before execution).
+    pub(crate) next_rip: u64,
+    pub(crate) warned_ud: std::collections::BTreeSet<u32>,
+}
+
+impl std::fmt::Debug for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cpu")
+            .field("gpr", &self.gpr)
+            .field("rip", &format_args!("{:#x}", self.rip))
+            .field("rflags", &format_args!("{:#x}", self.flags.bits()))
+            .field("cs", &self.seg[SegReg::Cs as usize])
+            .field("cr0", &self.cr0)
+            .field("cr3", &self.cr3)
+            .field("cr4", &self.cr4)
+            .field("efer", &self.efer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Register value and write helpers keyed by iced's `Register`.
+impl Cpu {
+    /// A CPU in the architectural power-on state (real mode at F000:FFF0).
+    pub fn new() -> Self {
+        let data = Segment {
+            selector: 0,
+            base: 0,
+            limit: 0xffff,
+            attr: attr::P | attr::S | attr::RW | attr::ACCESSED,
+        };
+        let mut seg = [data; 6];
+        seg[SegReg::Cs as usize] = Segment {
+            selector: 0xf000,
+            base: 0xffff_0000,
+            limit: 0xffff,
+            attr: attr::P | attr::S | attr::CODE | attr::RW | attr::ACCESSED,
+        };
+        Self {
+            gpr: [0; 16],
+            rip: 0xfff0,
+            flags: Flags::default(),
+            seg,
+            tr: Segment {
+                attr: attr::P | 0xb,
+                limit: 0xffff,
+                ..Segment::default()
+            },
+            ldtr: Segment {
+                attr: attr::P | 0x2,
+                limit: 0xffff,
+                ..Segment::default()
+            },
+            gdtr: DescriptorTable {
+                base: 0,
+                limit: 0xffff,
+            },
+            idtr: DescriptorTable {
+                base: 0,
+                limit: 0xffff,
+            },
+            cr0: cr0::ET | cr0::CD | cr0::NW,
+            cr2: 0,
+            cr3: 0,
+            cr4: 0,
+            cr8: 0,
+            efer: 0,
+            dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
+            msr: crate::exec::system::MsrFile::default(),
+            xmm: [0; 16],
+            mxcsr: 0x1f80,
+            fpu: FpuState::default(),
+            tsc: 0,
+            cpuid: Box::new(crate::exec::system::baseline_cpuid),
+            halted: false,
+            interrupt_shadow: false,
+            pending_in: None,
+            pending_shutdown: false,
+            tlb: Tlb::default(),
+            next_rip: 0,
+            warned_ud: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Put the CPU in 64-bit mode with flat segments, paging on with the given CR3, CPL 0:
+    /// the state the Linux 64-bit boot protocol expects (the loader builds the tables).
+    pub fn enter_long_mode_flat(&mut self, cr3: u64) {
+        let code = Segment {
+            selector: 0x10,
+            base: 0,
+            limit: u32::MAX,
+            attr: attr::P | attr::S | attr::CODE | attr::RW | attr::ACCESSED | attr::L | attr::G,
+        };
+        let data = Segment {
+            selector: 0x18,
+            base: 0,
+            limit: u32::MAX,
+            attr: attr::P | attr::S | attr::RW | attr::ACCESSED | attr::DB | attr::G,
+        };
+        self.seg = [data; 6];
+        self.seg[SegReg::Cs as usize] = code;
+        self.tr = Segment {
+            selector: 0,
+            base: 0,
+            limit: 0x67,
+            attr: attr::P | 0xb,
+        };
+        self.cr0 = cr0::PE | cr0::ET | cr0::NE | cr0::PG | cr0::WP;
+        self.cr4 = cr4::PAE;
+        self.cr3 = cr3;
+        self.efer = efer::LME | efer::LMA | efer::NXE | efer::SCE;
+        self.tlb.flush_all();
+    }
+
+    /// Current privilege level.
+    pub fn cpl(&self) -> u8 {
+        (self.seg[SegReg::Cs as usize].selector & 3) as u8
+    }
+
+    /// Whether the CPU runs 64-bit code (long mode and CS.L).
+    pub fn in_64bit_mode(&self) -> bool {
+        self.efer & efer::LMA != 0 && self.seg[SegReg::Cs as usize].attr & attr::L != 0
+    }
+
+    /// Flush the software TLB (after the embedder edits CR0/CR3/CR4/EFER or page tables directly).
+    pub fn flush_tlb(&mut self) {
+        self.tlb.flush_all();
+    }
+
+    /// Read a general-purpose register of any width (0 for non-GPRs).
+    pub fn reg(&self, r: Register) -> u64 {
+        match gpr_slot(r) {
+            Some((i, Width::Low8)) => self.gpr[i] & 0xff,
+            Some((i, Width::High8)) => (self.gpr[i] >> 8) & 0xff,
+            Some((i, Width::W16)) => self.gpr[i] & 0xffff,
+            Some((i, Width::W32)) => self.gpr[i] & 0xffff_ffff,
+            Some((i, Width::W64)) => self.gpr[i],
+            None => 0,
+        }
+    }
+
+    /// Write a general-purpose register with x86 merge rules (32-bit writes zero-extend).
+    pub fn set_reg(&mut self, r: Register, v: u64) {
+        match gpr_slot(r) {
+            Some((i, Width::Low8)) => self.gpr[i] = (self.gpr[i] & !0xff) | (v & 0xff),
+            Some((i, Width::High8)) => self.gpr[i] = (self.gpr[i] & !0xff00) | ((v & 0xff) << 8),
+            Some((i, Width::W16)) => self.gpr[i] = (self.gpr[i] & !0xffff) | (v & 0xffff),
+            Some((i, Width::W32)) => self.gpr[i] = v & 0xffff_ffff,
+            Some((i, Width::W64)) => self.gpr[i] = v,
+            None => {}
+        }
+    }
+
+    /// The base used for linear addresses through segment `r`.
+    pub(crate) fn seg_base(&self, r: Register) -> u64 {
+        match SegReg::from_iced(r) {
+            Some(s @ (SegReg::Fs | SegReg::Gs)) => self.seg[s as usize].base,
+            Some(s) if !self.in_64bit_mode() => self.seg[s as usize].base,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Width {
+    Low8,
+    High8,
+    W16,
+    W32,
+    W64,
+}
+
+/// Map an iced GPR to (index into `gpr`, width).
+fn gpr_slot(r: Register) -> Option<(usize, Width)> {
+    if r.is_gpr8() {
+        let n = r.number();
+        return Some(match n {
+            0..=3 => (n, Width::Low8),
+            4..=7 => (n - 4, Width::High8),
+            _ => (n - 4, Width::Low8),
+        });
+    }
+    let w = if r.is_gpr16() {
+        Width::W16
+    } else if r.is_gpr32() {
+        Width::W32
+    } else if r.is_gpr64() {
+        Width::W64
+    } else {
+        return None;
+    };
+    Some((r.number(), w))
+}
+
+/// GPR indices.
+pub mod gpr {
+    /// RAX
+    pub const RAX: usize = 0;
+    /// RCX
+    pub const RCX: usize = 1;
+    /// RDX
+    pub const RDX: usize = 2;
+    /// RBX
+    pub const RBX: usize = 3;
+    /// RSP
+    pub const RSP: usize = 4;
+    /// RBP
+    pub const RBP: usize = 5;
+    /// RSI
+    pub const RSI: usize = 6;
+    /// RDI
+    pub const RDI: usize = 7;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn high_byte_registers_alias_bits_8_to_15() {
+        let mut c = Cpu::new();
+        c.set_reg(Register::RAX, 0x1122_3344_5566_7788);
+        c.set_reg(Register::AH, 0xaa);
+        assert_eq!(c.reg(Register::RAX), 0x1122_3344_5566_aa88);
+        assert_eq!(c.reg(Register::AH), 0xaa);
+        c.set_reg(Register::SIL, 0x55);
+        assert_eq!(c.gpr[gpr::RSI], 0x55);
+        c.set_reg(Register::R15L, 0x66);
+        assert_eq!(c.gpr[15], 0x66);
+    }
+
+    #[test]
+    fn thirty_two_bit_writes_zero_extend() {
+        let mut c = Cpu::new();
+        c.gpr[3] = u64::MAX;
+        c.set_reg(Register::EBX, 1);
+        assert_eq!(c.gpr[3], 1);
+        c.gpr[3] = u64::MAX;
+        c.set_reg(Register::BX, 1);
+        assert_eq!(c.gpr[3], 0xffff_ffff_ffff_0001);
+    }
+
+    #[test]
+    fn decodes_flat_code_descriptor() {
+        let s = Segment::from_descriptor(0x10, 0x00af_9b00_0000_ffff);
+        assert_eq!(s.base, 0);
+        assert_eq!(s.limit, u32::MAX);
+        assert_ne!(s.attr & attr::L, 0);
+        assert_eq!(s.dpl(), 0);
+    }
+}

@@ -1,0 +1,249 @@
+//! Instruction execution: operand access shared by all families, and the mnemonic dispatch.
+
+pub(crate) mod arith;
+pub(crate) mod bits;
+pub(crate) mod control;
+pub(crate) mod logic;
+pub(crate) mod mov;
+pub(crate) mod msr;
+pub(crate) mod muldiv;
+pub(crate) mod segment;
+pub(crate) mod shift;
+pub(crate) mod stack;
+pub(crate) mod string;
+pub mod system;
+
+use crate::cpu::Cpu;
+use crate::exception::{Exception, Res};
+use crate::flags::size_mask;
+use crate::memory::GuestMemory;
+use crate::mmu::{is_canonical, Access, AccessKind};
+use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
+
+/// Where an operand lives once its address is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Loc {
+    /// A general-purpose register.
+    Reg(Register),
+    /// Linear address.
+    Mem(u64),
+}
+
+/// Size in bytes of operand `op`.
+pub(crate) fn op_size(instr: &Instruction, op: u32) -> u8 {
+    match instr.op_kind(op) {
+        OpKind::Register => instr.op_register(op).size() as u8,
+        OpKind::Immediate8 | OpKind::Immediate8_2nd => 1,
+        OpKind::Immediate16 | OpKind::Immediate8to16 => 2,
+        OpKind::Immediate32 | OpKind::Immediate8to32 => 4,
+        OpKind::Immediate64 | OpKind::Immediate8to64 | OpKind::Immediate32to64 => 8,
+        _ => instr.memory_size().size() as u8,
+    }
+}
+
+/// Sign-extend the low `size` bytes of `v`.
+pub(crate) fn sext(v: u64, size: u8) -> u64 {
+    match size {
+        1 => v as u8 as i8 as i64 as u64,
+        2 => v as u16 as i16 as i64 as u64,
+        4 => v as u32 as i32 as i64 as u64,
+        _ => v,
+    }
+}
+
+impl Cpu {
+    fn data_access(&self, kind: AccessKind) -> Access {
+        Access {
+            kind,
+            user: self.cpl() == 3,
+        }
+    }
+
+    /// Linear address of memory operand `op`, with the canonical check (#SS for stack accesses).
+    pub(crate) fn mem_la(&self, instr: &Instruction, op: u32) -> Res<u64> {
+        let la = instr
+            .virtual_address(op, 0, |r, _, _| {
+                Some(if r.is_segment_register() {
+                    self.seg_base(r)
+                } else {
+                    self.reg(r)
+                })
+            })
+            .unwrap_or(0);
+        self.check_canonical(la, instr.memory_segment() == Register::SS)?;
+        Ok(la)
+    }
+
+    pub(crate) fn check_canonical(&self, la: u64, stack: bool) -> Res<()> {
+        if is_canonical(la) {
+            Ok(())
+        } else if stack {
+            Err(Exception::ss(0).into())
+        } else {
+            Err(Exception::gp(0).into())
+        }
+    }
+
+    /// Resolve operand `op` to a register or linear address.
+    pub(crate) fn loc(&self, instr: &Instruction, op: u32) -> Res<Loc> {
+        match instr.op_kind(op) {
+            OpKind::Register => Ok(Loc::Reg(instr.op_register(op))),
+            _ => Ok(Loc::Mem(self.mem_la(instr, op)?)),
+        }
+    }
+
+    /// Read `size` bytes (1..=8) at linear address `la`.
+    pub(crate) fn read_mem(&mut self, mem: &mut dyn GuestMemory, la: u64, size: u8) -> Res<u64> {
+        let mut b = [0u8; 8];
+        let n = (size as usize).min(8);
+        let access = self.data_access(AccessKind::Read);
+        self.read_linear(mem, la, &mut b[..n], access)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Write the low `size` bytes (1..=8) of `v` at linear address `la`.
+    pub(crate) fn write_mem(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        la: u64,
+        size: u8,
+        v: u64,
+    ) -> Res<()> {
+        let n = (size as usize).min(8);
+        let user = self.cpl() == 3;
+        self.write_linear(mem, la, &v.to_le_bytes()[..n], user)
+    }
+
+    /// Check that a write of `size` bytes at `la` would succeed, without writing.
+    pub(crate) fn probe_write(&mut self, mem: &mut dyn GuestMemory, la: u64, size: u8) -> Res<()> {
+        let access = self.data_access(AccessKind::Write);
+        self.split(mem, la, size as usize, access).map(|_| ())
+    }
+
+    pub(crate) fn read_loc(&mut self, mem: &mut dyn GuestMemory, loc: Loc, size: u8) -> Res<u64> {
+        match loc {
+            Loc::Reg(r) => Ok(self.reg(r)),
+            Loc::Mem(la) => self.read_mem(mem, la, size),
+        }
+    }
+
+    pub(crate) fn write_loc(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        loc: Loc,
+        size: u8,
+        v: u64,
+    ) -> Res<()> {
+        match loc {
+            Loc::Reg(r) => {
+                self.set_reg(r, v & size_mask(size));
+                Ok(())
+            }
+            Loc::Mem(la) => self.write_mem(mem, la, size, v),
+        }
+    }
+
+    /// Read operand `op` (register, memory or immediate), masked to its size.
+    pub(crate) fn read_op(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        instr: &Instruction,
+        op: u32,
+    ) -> Res<u64> {
+        let size = op_size(instr, op);
+        match instr.op_kind(op) {
+            OpKind::Register => Ok(self.reg(instr.op_register(op))),
+            OpKind::Memory => {
+                let la = self.mem_la(instr, op)?;
+                self.read_mem(mem, la, size)
+            }
+            OpKind::Immediate8
+            | OpKind::Immediate8_2nd
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64 => Ok(instr.immediate(op) & size_mask(size)),
+            _ => Err(self.unimplemented(instr)),
+        }
+    }
+}
+
+/// Execute one decoded instruction.
+pub(crate) fn execute(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
+    match i.mnemonic() {
+        M::Add | M::Adc | M::Sub | M::Sbb | M::Cmp => arith::alu2(cpu, mem, i),
+        M::Inc | M::Dec | M::Neg => arith::unary(cpu, mem, i),
+        M::Xadd => arith::xadd(cpu, mem, i),
+        M::Cmpxchg => arith::cmpxchg(cpu, mem, i),
+        M::Cmpxchg8b => arith::cmpxchg8b(cpu, mem, i),
+        M::And | M::Or | M::Xor | M::Test => logic::alu2(cpu, mem, i),
+        M::Not => logic::not(cpu, mem, i),
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr => {
+            shift::shift(cpu, mem, i)
+        }
+        M::Shld | M::Shrd => shift::double(cpu, mem, i),
+        M::Mov => mov::mov(cpu, mem, i),
+        M::Movzx | M::Movsx | M::Movsxd => mov::extend(cpu, mem, i),
+        M::Lea => mov::lea(cpu, i),
+        M::Xchg => mov::xchg(cpu, mem, i),
+        M::Cbw | M::Cwde | M::Cdqe | M::Cwd | M::Cdq | M::Cqo => mov::convert(cpu, i),
+        M::Nop | M::Pause | M::Lfence | M::Mfence | M::Sfence | M::Endbr64 | M::Endbr32 => Ok(()),
+        M::Prefetchw
+        | M::Prefetcht0
+        | M::Prefetcht1
+        | M::Prefetcht2
+        | M::Prefetchnta
+        | M::Clflush => mov::touch_only(cpu, i),
+        M::Push | M::Pop | M::Pushfq | M::Popfq | M::Pushf | M::Popf | M::Leave | M::Enter => {
+            stack::exec(cpu, mem, i)
+        }
+        M::Jmp | M::Call | M::Ret | M::Loop | M::Loope | M::Loopne | M::Jrcxz | M::Jecxz => {
+            control::branch(cpu, mem, i)
+        }
+        M::Int3
+        | M::Int
+        | M::Int1
+        | M::Into
+        | M::Ud2
+        | M::Ud0
+        | M::Ud1
+        | M::Iretq
+        | M::Iretd
+        | M::Iret => control::interrupt(cpu, mem, i),
+        M::Movsb
+        | M::Movsw
+        | M::Movsd
+        | M::Movsq
+        | M::Stosb
+        | M::Stosw
+        | M::Stosd
+        | M::Stosq
+        | M::Lodsb
+        | M::Lodsw
+        | M::Lodsd
+        | M::Lodsq
+        | M::Cmpsb
+        | M::Cmpsw
+        | M::Cmpsd
+        | M::Cmpsq
+        | M::Scasb
+        | M::Scasw
+        | M::Scasd
+        | M::Scasq
+            if i.is_string_instruction() =>
+        {
+            string::exec(cpu, mem, i)
+        }
+        M::Bt | M::Bts | M::Btr | M::Btc => bits::bit_test(cpu, mem, i),
+        M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt => bits::scan(cpu, mem, i),
+        M::Bswap => bits::bswap(cpu, i),
+        M::Mul | M::Imul | M::Div | M::Idiv => muldiv::exec(cpu, mem, i),
+        m if control::is_jcc(m) => control::jcc(cpu, i),
+        m if mov::is_cmov(m) => mov::cmov(cpu, mem, i),
+        m if mov::is_setcc(m) => mov::setcc(cpu, mem, i),
+        _ => system::exec(cpu, mem, i),
+    }
+}

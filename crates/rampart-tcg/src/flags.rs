@@ -1,0 +1,309 @@
+//! RFLAGS with lazily computed arithmetic flags.
+//!
+//! Most instructions overwrite CF/PF/AF/ZF/SF/OF and the next instruction overwrites them again
+//! without looking. So the common ALU operations only record *what* they did (operation kind,
+//! operands, result, size) and the six arithmetic flags are materialized on demand. Everything
+//! that is not an arithmetic flag (IF, DF, TF, ...) lives in `other`, always exact.
+
+/// Carry flag.
+pub const CF: u64 = 1 << 0;
+/// Reserved bit 1, always set.
+pub const FIXED1: u64 = 1 << 1;
+/// Parity flag.
+pub const PF: u64 = 1 << 2;
+/// Auxiliary (BCD) carry flag.
+pub const AF: u64 = 1 << 4;
+/// Zero flag.
+pub const ZF: u64 = 1 << 6;
+/// Sign flag.
+pub const SF: u64 = 1 << 7;
+/// Trap flag.
+pub const TF: u64 = 1 << 8;
+/// Interrupt enable flag.
+pub const IF: u64 = 1 << 9;
+/// Direction flag.
+pub const DF: u64 = 1 << 10;
+/// Overflow flag.
+pub const OF: u64 = 1 << 11;
+/// I/O privilege level (2 bits).
+pub const IOPL: u64 = 3 << 12;
+/// Nested task.
+pub const NT: u64 = 1 << 14;
+/// Resume flag.
+pub const RF: u64 = 1 << 16;
+/// Virtual-8086 mode.
+pub const VM: u64 = 1 << 17;
+/// Alignment check.
+pub const AC: u64 = 1 << 18;
+/// Virtual interrupt flag.
+pub const VIF: u64 = 1 << 19;
+/// Virtual interrupt pending.
+pub const VIP: u64 = 1 << 20;
+/// CPUID-available flag.
+pub const ID: u64 = 1 << 21;
+
+/// The six arithmetic status flags.
+pub const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
+/// Every bit software can ever see set in RFLAGS.
+pub const DEFINED: u64 = ARITH | FIXED1 | TF | IF | DF | IOPL | NT | RF | VM | AC | VIF | VIP | ID;
+
+/// The kind of the last flag-producing operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LazyOp {
+    /// The arithmetic flags in `Flags::other` are exact.
+    Materialized,
+    /// `res = a + b + carry`.
+    Add,
+    /// `res = a - b - carry` (also CMP and NEG with `a = 0`).
+    Sub,
+    /// AND/OR/XOR/TEST: CF=OF=0, AF=0, PF/ZF/SF from `res`.
+    Logic,
+    /// INC: like ADD of 1 but CF is preserved (kept in `carry`).
+    Inc,
+    /// DEC: like SUB of 1 but CF is preserved (kept in `carry`).
+    Dec,
+}
+
+/// RFLAGS: exact non-arithmetic bits plus a lazily evaluated record of the last ALU operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flags {
+    other: u64,
+    op: LazyOp,
+    size: u8,
+    a: u64,
+    b: u64,
+    res: u64,
+    carry: bool,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Self::from_bits(FIXED1)
+    }
+}
+
+/// Mask of the low `size` bytes (size is 1, 2, 4 or 8).
+pub fn size_mask(size: u8) -> u64 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    }
+}
+
+/// Sign bit of a `size`-byte value.
+pub fn sign_bit(size: u8) -> u64 {
+    match size {
+        1 => 0x80,
+        2 => 0x8000,
+        4 => 0x8000_0000,
+        _ => 1 << 63,
+    }
+}
+
+/// PF is set when the low byte has an even number of one bits.
+pub fn parity(v: u64) -> bool {
+    (v as u8).count_ones() & 1 == 0
+}
+
+/// PF, ZF and SF for a `size`-byte result.
+pub fn pzs(res: u64, size: u8) -> u64 {
+    let r = res & size_mask(size);
+    let mut f = 0;
+    if parity(r) {
+        f |= PF;
+    }
+    if r == 0 {
+        f |= ZF;
+    }
+    if r & sign_bit(size) != 0 {
+        f |= SF;
+    }
+    f
+}
+
+impl Flags {
+    /// Flags with every bit exact, from a raw RFLAGS value (reserved bits are normalized).
+    pub fn from_bits(bits: u64) -> Self {
+        Self {
+            other: (bits & DEFINED) | FIXED1,
+            op: LazyOp::Materialized,
+            size: 8,
+            a: 0,
+            b: 0,
+            res: 0,
+            carry: false,
+        }
+    }
+
+    /// The full architectural RFLAGS value.
+    pub fn bits(&self) -> u64 {
+        (self.other & !ARITH) | self.arith()
+    }
+
+    /// Replace the whole register (reserved bits are normalized).
+    pub fn set_bits(&mut self, bits: u64) {
+        *self = Self::from_bits(bits);
+    }
+
+    /// Only the six arithmetic flags, evaluated now.
+    pub fn arith(&self) -> u64 {
+        let size = self.size;
+        let m = size_mask(size);
+        let sb = sign_bit(size);
+        let (a, b, r) = (self.a & m, self.b & m, self.res & m);
+        match self.op {
+            LazyOp::Materialized => self.other & ARITH,
+            LazyOp::Logic => pzs(r, size),
+            LazyOp::Add | LazyOp::Inc => {
+                let mut f = pzs(r, size);
+                let cf = match self.op {
+                    LazyOp::Inc => self.carry,
+                    _ => (a as u128 + b as u128 + self.carry as u128) > m as u128,
+                };
+                if cf {
+                    f |= CF;
+                }
+                if (a ^ b ^ r) & 0x10 != 0 {
+                    f |= AF;
+                }
+                if (a ^ r) & (b ^ r) & sb != 0 {
+                    f |= OF;
+                }
+                f
+            }
+            LazyOp::Sub | LazyOp::Dec => {
+                let mut f = pzs(r, size);
+                let cf = match self.op {
+                    LazyOp::Dec => self.carry,
+                    _ => (a as u128) < (b as u128 + self.carry as u128),
+                };
+                if cf {
+                    f |= CF;
+                }
+                if (a ^ b ^ r) & 0x10 != 0 {
+                    f |= AF;
+                }
+                if (a ^ b) & (a ^ r) & sb != 0 {
+                    f |= OF;
+                }
+                f
+            }
+        }
+    }
+
+    /// Whether `flag` (one of the constants above) is set.
+    pub fn get(&self, flag: u64) -> bool {
+        if flag & ARITH != 0 {
+            self.arith() & flag != 0
+        } else {
+            self.other & flag != 0
+        }
+    }
+
+    /// Set or clear individual flags; materializes the arithmetic flags first.
+    pub fn set(&mut self, flag: u64, on: bool) {
+        self.materialize();
+        if on {
+            self.other |= flag;
+        } else {
+            self.other &= !flag;
+        }
+    }
+
+    /// Evaluate the lazy record into exact bits.
+    pub fn materialize(&mut self) {
+        if self.op != LazyOp::Materialized {
+            let a = self.arith();
+            self.other = (self.other & !ARITH) | a;
+            self.op = LazyOp::Materialized;
+        }
+    }
+
+    /// Overwrite exactly the arithmetic flags in `mask` with those in `value`.
+    pub fn set_arith(&mut self, mask: u64, value: u64) {
+        self.materialize();
+        let mask = mask & ARITH;
+        self.other = (self.other & !mask) | (value & mask);
+    }
+
+    /// Record an ALU operation whose flags are computed lazily.
+    pub fn record(&mut self, op: LazyOp, size: u8, a: u64, b: u64, res: u64, carry: bool) {
+        let carry = match op {
+            // INC/DEC keep CF: capture it before the record is replaced.
+            LazyOp::Inc | LazyOp::Dec => self.get(CF),
+            _ => carry,
+        };
+        self.op = op;
+        self.size = size;
+        self.a = a;
+        self.b = b;
+        self.res = res;
+        self.carry = carry;
+    }
+
+    /// Evaluate a condition code (the low 4 bits of Jcc/SETcc/CMOVcc opcodes).
+    pub fn condition(&self, cc: u8) -> bool {
+        let f = self.arith();
+        let cf = f & CF != 0;
+        let zf = f & ZF != 0;
+        let sf = f & SF != 0;
+        let of = f & OF != 0;
+        let pf = f & PF != 0;
+        let r = match cc >> 1 {
+            0 => of,
+            1 => cf,
+            2 => zf,
+            3 => cf || zf,
+            4 => sf,
+            5 => pf,
+            6 => sf != of,
+            _ => zf || (sf != of),
+        };
+        r ^ (cc & 1 != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_overflow_sets_of_and_sf_not_cf() {
+        let mut f = Flags::default();
+        f.record(LazyOp::Add, 1, 0x7f, 1, 0x80, false);
+        assert_eq!(f.arith(), OF | SF | AF);
+    }
+
+    #[test]
+    fn sub_borrow_sets_cf() {
+        let mut f = Flags::default();
+        f.record(LazyOp::Sub, 4, 0, 1, 0xffff_ffff, false);
+        assert_eq!(f.arith(), CF | SF | AF | PF);
+    }
+
+    #[test]
+    fn inc_preserves_previous_carry() {
+        let mut f = Flags::from_bits(CF);
+        f.record(LazyOp::Inc, 8, 0xffff_ffff_ffff_ffff, 1, 0, false);
+        assert_eq!(f.arith(), CF | ZF | PF | AF);
+    }
+
+    #[test]
+    fn reserved_bits_are_normalized() {
+        let f = Flags::from_bits(u64::MAX);
+        assert_eq!(f.bits(), DEFINED);
+        assert_eq!(Flags::from_bits(0).bits(), FIXED1);
+    }
+
+    #[test]
+    fn conditions_follow_signed_compare() {
+        let mut f = Flags::default();
+        // cmp -1, 1 (as i8): less, below is false (0xff > 1 unsigned).
+        f.record(LazyOp::Sub, 1, 0xff, 1, 0xfe, false);
+        assert!(f.condition(0xc)); // L
+        assert!(!f.condition(0x2)); // B
+        assert!(f.condition(0x7)); // A
+    }
+}

@@ -1,0 +1,347 @@
+//! rampart's software CPU: a memory-safe x86-64 interpreter.
+//!
+//! # Architecture
+//!
+//! - [`cpu`]: the register file ([`Cpu`]): 16 GPRs, RIP, RFLAGS ([`flags`], with lazily evaluated
+//!   arithmetic flags), segment registers with their hidden parts, CR0/2/3/4/8, EFER, GDTR/IDTR/
+//!   TR/LDTR, an allow-listed MSR file, XMM0-15 + MXCSR and minimal x87 state.
+//! - [`memory`]: the [`GuestMemory`] trait, the only way the CPU touches guest-physical memory
+//!   (bounds-checked, never a pointer), with MMIO as a synchronous callback, and the
+//!   [`memory::FlatMemory`] implementation used by tests.
+//! - [`mmu`]: linear-to-physical translation (4-level long-mode walk, 4K/2M/1G pages, U/S, R/W with
+//!   CR0.WP, NX, A/D bits, #PF error codes and CR2) behind a small software TLB; all linear
+//!   accesses are split at page boundaries and checked before anything is written.
+//! - decode (in this file): instructions are fetched through the MMU (also across a page boundary)
+//!   and decoded by `iced-x86`.
+//! - `exec/`: one file per instruction family (`arith`, `logic`, `shift`, `mov`, `stack`,
+//!   `control`, `string`, `bits`, `muldiv`, `system`), dispatched on iced's `Mnemonic`. Every
+//!   instruction computes first and commits last, so a fault leaves the architectural state as it
+//!   was before the instruction (rep string instructions commit per iteration, as hardware does).
+//! - [`exception`]: exception and interrupt delivery through the long-mode IDT (interrupt/trap
+//!   gates, IST, TSS.RSPn stack switch, error codes, #DF, triple fault) and IRETQ.
+//!
+//! # Run loop
+//!
+//! [`Cpu::run`] executes up to `budget` instructions and returns an [`Exit`]: port I/O, HLT,
+//! shutdown (triple fault), the budget, or a problem the embedder must see (a physical access
+//! nothing claims, an unimplemented mode). Port reads leave the instruction half-done: the
+//! embedder answers with [`Cpu::complete_io_in`] before running again. MMIO is not an exit but a
+//! callback of the [`GuestMemory`] implementation (see [`memory`] for why).
+//!
+//! # Safety
+//!
+//! No `unsafe` code. Any byte sequence the guest can produce is decoded and either executed or
+//! answered with #UD (logged once per mnemonic); nothing a guest does can panic the interpreter.
+//!
+//! # Scope today
+//!
+//! 64-bit mode only (real mode and 32-bit protected mode for the SMP trampoline come next). The
+//! integer ISA of the census is implemented; SSE, x87 arithmetic, SYSCALL/SYSRET and string I/O are
+//! next. `lock`-prefixed read-modify-write instructions are executed as plain read-modify-write,
+//! which is exact on one vCPU; the SMP hook is [`GuestMemory::compare_exchange`].
+
+#![forbid(unsafe_code)]
+
+pub mod cpu;
+pub mod exception;
+mod exec;
+pub mod flags;
+pub mod memory;
+pub mod mmu;
+
+pub use cpu::{Cpu, SegReg, Segment};
+pub use exec::system::{baseline_cpuid, MsrFile};
+pub use memory::{FlatMemory, GuestMemory, MemFault, MmioHandler};
+
+use exception::{vector, Event, Exception, Res, Source};
+use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+use mmu::{Access, AccessKind};
+
+/// Why [`Cpu::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `IN`: answer with [`Cpu::complete_io_in`] before running again.
+    IoIn {
+        /// Port.
+        port: u16,
+        /// Access size in bytes (1, 2 or 4).
+        size: u8,
+    },
+    /// `OUT`, already retired.
+    IoOut {
+        /// Port.
+        port: u16,
+        /// Access size in bytes (1, 2 or 4).
+        size: u8,
+        /// Value written (low `size` bytes).
+        value: u32,
+    },
+    /// `HLT` (or halted and no interrupt was injected).
+    Halt,
+    /// Triple fault: the machine resets or stops.
+    Shutdown,
+    /// The instruction budget ran out.
+    InstructionLimit,
+    /// A guest-physical access nothing claimed; RIP is at the faulting instruction.
+    PhysicalMemory(MemFault),
+    /// The guest entered a mode or feature this CPU does not implement yet.
+    Unsupported {
+        /// Where.
+        rip: u64,
+        /// What.
+        what: &'static str,
+    },
+}
+
+impl From<MemFault> for Exit {
+    fn from(f: MemFault) -> Self {
+        Exit::PhysicalMemory(f)
+    }
+}
+
+/// Longest legal x86 instruction.
+const MAX_INSN_LEN: usize = 15;
+
+impl Cpu {
+    /// Run until an exit, for at most `budget` instructions.
+    pub fn run(&mut self, mem: &mut dyn GuestMemory, budget: u64) -> Exit {
+        if self.pending_shutdown {
+            return Exit::Shutdown;
+        }
+        if let Some(p) = self.pending_in {
+            return Exit::IoIn {
+                port: p.port,
+                size: p.size,
+            };
+        }
+        for _ in 0..budget {
+            if self.halted {
+                return Exit::Halt;
+            }
+            match self.step(mem) {
+                Ok(()) => {}
+                Err(Event::Exit(e)) => return e,
+                Err(Event::Exception(x)) => {
+                    if let Err(e) = self.deliver(mem, x) {
+                        if e == Exit::Shutdown {
+                            self.pending_shutdown = true;
+                        }
+                        return e;
+                    }
+                }
+            }
+        }
+        Exit::InstructionLimit
+    }
+
+    /// Finish a pending `IN` with the value the device returned.
+    pub fn complete_io_in(&mut self, value: u32) {
+        if let Some(p) = self.pending_in.take() {
+            match p.size {
+                1 => self.set_reg(iced_x86::Register::AL, value as u64),
+                2 => self.set_reg(iced_x86::Register::AX, value as u64),
+                _ => self.set_reg(iced_x86::Register::EAX, value as u64),
+            }
+        }
+    }
+
+    /// Deliver an external interrupt now if RFLAGS.IF is set and no interrupt shadow is active.
+    /// Returns whether it was accepted; if not, the embedder keeps it pending and retries after
+    /// the next [`Cpu::run`].
+    pub fn inject_external_interrupt(&mut self, mem: &mut dyn GuestMemory, vector: u8) -> bool {
+        if !self.flags.get(flags::IF)
+            || self.interrupt_shadow
+            || self.pending_in.is_some()
+            || self.pending_shutdown
+        {
+            return false;
+        }
+        let exc = Exception {
+            vector,
+            error_code: None,
+            source: Source::External,
+        };
+        if let Err(e) = self.deliver(mem, exc) {
+            tracing::warn!(vector, exit = ?e, "external interrupt delivery failed");
+            if e == Exit::Shutdown {
+                self.pending_shutdown = true;
+            }
+        }
+        true
+    }
+
+    /// Execute one instruction (faults are returned, not delivered).
+    fn step(&mut self, mem: &mut dyn GuestMemory) -> Res<()> {
+        if !self.in_64bit_mode() {
+            return Err(Event::Exit(Exit::Unsupported {
+                rip: self.rip,
+                what: "execution outside 64-bit mode",
+            }));
+        }
+        self.interrupt_shadow = false;
+        let instr = self.fetch_decode(mem)?;
+        self.next_rip = instr.next_ip();
+        exec::execute(self, mem, &instr)?;
+        self.rip = self.next_rip;
+        self.tsc = self.tsc.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Fetch up to 15 bytes at RIP through the MMU and decode one instruction. The second page of
+    /// an instruction that crosses a page boundary is only touched if the instruction needs it.
+    fn fetch_decode(&mut self, mem: &mut dyn GuestMemory) -> Res<Instruction> {
+        let la = self.rip;
+        let access = Access {
+            kind: AccessKind::Fetch,
+            user: self.cpl() == 3,
+        };
+        let mut bytes = [0u8; MAX_INSN_LEN];
+        let first = MAX_INSN_LEN.min((memory::PAGE_SIZE - la % memory::PAGE_SIZE) as usize);
+        self.read_linear(mem, la, &mut bytes[..first], access)?;
+        let mut decoder = Decoder::with_ip(64, &bytes[..first], la, DecoderOptions::NONE);
+        let mut instr = decoder.decode();
+        if decoder.last_error() == DecoderError::NoMoreBytes && first < MAX_INSN_LEN {
+            let la2 = la.wrapping_add(first as u64);
+            self.read_linear(mem, la2, &mut bytes[first..], access)?;
+            let mut d2 = Decoder::with_ip(64, &bytes, la, DecoderOptions::NONE);
+            instr = d2.decode();
+            if d2.last_error() == DecoderError::NoMoreBytes {
+                return Err(Exception::gp(0).into());
+            }
+        } else if decoder.last_error() == DecoderError::NoMoreBytes {
+            return Err(Exception::gp(0).into());
+        }
+        if instr.is_invalid() {
+            return Err(Exception::ud().into());
+        }
+        Ok(instr)
+    }
+
+    /// Raise #UD for an instruction this CPU does not implement, logging each mnemonic once.
+    pub(crate) fn unimplemented(&mut self, instr: &Instruction) -> Event {
+        let code = instr.code() as u32;
+        if self.warned_ud.insert(code) {
+            tracing::warn!(rip = self.rip, code = ?instr.code(), "unimplemented instruction, raising #UD");
+        }
+        Exception::fault(vector::UD, None).into()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    /// xorshift64*: deterministic, dependency-free randomness for tests.
+    fn rng(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_end_cleanly() {
+        let mut seed = 0x5eed_0001u64;
+        for _ in 0..3000 {
+            let len = (rng(&mut seed) % 64) as usize + 1;
+            let bytes: Vec<u8> = (0..len).map(|_| rng(&mut seed) as u8).collect();
+            let mut m = Machine::new();
+            m.load_code(&bytes);
+            // Random registers so memory operands point anywhere.
+            for r in m.cpu.gpr.iter_mut() {
+                *r = match rng(&mut seed) % 3 {
+                    0 => rng(&mut seed),
+                    1 => DATA + (rng(&mut seed) % 0x1000),
+                    _ => rng(&mut seed) % 0x40_0000,
+                };
+            }
+            m.cpu.gpr[4] = STACK_TOP - (rng(&mut seed) % 0x100) * 8;
+            let t = m.run(200);
+            assert!(matches!(
+                t.exit,
+                Exit::Halt
+                    | Exit::InstructionLimit
+                    | Exit::Shutdown
+                    | Exit::IoIn { .. }
+                    | Exit::IoOut { .. }
+                    | Exit::PhysicalMemory(_)
+                    | Exit::Unsupported { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn instruction_crossing_into_unmapped_page_faults_on_second_page() {
+        let mut m = Machine::new();
+        // Map 4 KiB pages for the code region so the second page can be missing:
+        // PD entry 0 -> page table at 0xa000 mapping 0..2 MiB, with page 0x10_1000 absent.
+        for p in 0..512u64 {
+            m.mem.write_u64(0xa000 + p * 8, (p << 12) | 7).unwrap();
+        }
+        m.mem.write_u64(0xa000 + 0x101 * 8, 0).unwrap();
+        m.mem.write_u64(0x3000, 0xa000 | 7).unwrap();
+        // mov eax, imm32 starting 2 bytes before the page end.
+        m.mem.load(CODE + 0xffe, &[0xb8, 1]).unwrap();
+        m.cpu.rip = CODE + 0xffe;
+        let t = m.run(10);
+        assert_eq!(t.exception, Some(14));
+        assert_eq!(t.cpu.cr2, CODE + 0x1000);
+        assert_eq!(t.error_code(), 0x10); // fetch, not present (NXE on)
+        assert_eq!(t.mem_u64(t.cpu.gpr[4] + 8), CODE + 0xffe);
+    }
+
+    #[test]
+    fn instruction_crossing_a_page_boundary_executes() {
+        let mut m = Machine::new();
+        m.mem
+            .load(CODE + 0xffe, &[0xb8, 0x78, 0x56, 0x34, 0x12, 0xf4])
+            .unwrap();
+        m.cpu.rip = CODE + 0xffe;
+        let t = m.run(10);
+        assert_eq!(t.exit, Exit::Halt);
+        assert_eq!(t.cpu.gpr[0], 0x1234_5678);
+    }
+
+    #[test]
+    fn fault_without_usable_idt_is_a_triple_fault() {
+        let mut m = Machine::new();
+        m.cpu.idtr.limit = 0;
+        m.load_code(&[0x0f, 0x0b]);
+        let t = m.run(10);
+        assert_eq!(t.exit, Exit::Shutdown);
+    }
+
+    #[test]
+    fn external_interrupt_wakes_halted_cpu_and_iretq_returns() {
+        let mut m = Machine::new();
+        // Vector 0x1f handler: iretq.
+        m.mem.load(HANDLERS + 0x1f * 16, &[0x48, 0xcf]).unwrap();
+        m.load_code(&[0xfb, 0xf4, 0xb8, 7, 0, 0, 0, 0xf4]); // sti; hlt; mov eax,7; hlt
+        assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+        assert!(m.cpu.inject_external_interrupt(&mut m.mem, 0x1f));
+        assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+        assert_eq!(m.cpu.gpr[0], 7);
+        assert_eq!(m.cpu.gpr[4], STACK_TOP);
+        assert!(m.cpu.flags.get(flags::IF));
+    }
+
+    #[test]
+    fn user_mode_interrupt_switches_to_rsp0() {
+        let mut m = Machine::new();
+        m.cpu.seg[SegReg::Cs as usize].selector = USER_CS;
+        m.cpu.seg[SegReg::Cs as usize].attr |= 3 << cpu::attr::DPL_SHIFT;
+        m.cpu.seg[SegReg::Ss as usize].selector = USER_DS;
+        m.load_code(&[0x0f, 0x0b]); // ud2 at CPL 3
+        let t = m.run(10);
+        assert_eq!(t.exception, Some(6));
+        assert_eq!(t.cpu.gpr[4], RSP0 - 40);
+        assert_eq!(t.mem_u64(RSP0 - 8), USER_DS as u64);
+        assert_eq!(t.mem_u64(RSP0 - 16), STACK_TOP);
+        assert_eq!(t.mem_u64(RSP0 - 32), USER_CS as u64);
+        assert_eq!(t.cpu.cpl(), 0);
+    }
+}

@@ -1,0 +1,456 @@
+//! Linear-to-physical translation: the long-mode 4-level page walk and a small software TLB.
+//!
+//! Supported: 4-level paging (CR0.PG with EFER.LMA) with 4 KiB, 2 MiB and 1 GiB pages, U/S,
+//! R/W with CR0.WP, NX with EFER.NXE, accessed/dirty bits, reserved-bit checks, #PF error codes
+//! and CR2; and paging disabled (linear = physical). Legacy 32-bit and PAE paging without long
+//! mode are not implemented yet (the walk reports them as an unsupported exit). SMEP/SMAP/PKE are
+//! not advertised by the baseline CPU model and so never enabled.
+//!
+//! The TLB caches the *combined* permissions of a completed walk. It is flushed entirely on
+//! every CR3 write, INVLPG (single page), and any CR0/CR4/EFER paging-bit change. Global pages are
+//! flushed with everything else, which is always architecturally allowed.
+
+use crate::cpu::{cr0, efer, Cpu};
+use crate::exception::{vector, Event, Exception};
+use crate::memory::{GuestMemory, PAGE_SIZE};
+use crate::Exit;
+
+/// Physical-address width of the model (bits). Matches the CPUID 0x80000008 report.
+pub const PHYS_ADDR_BITS: u32 = 40;
+const ADDR_MASK: u64 = ((1u64 << PHYS_ADDR_BITS) - 1) & !0xfff;
+
+const PTE_P: u64 = 1 << 0;
+const PTE_W: u64 = 1 << 1;
+const PTE_U: u64 = 1 << 2;
+const PTE_A: u64 = 1 << 5;
+const PTE_D: u64 = 1 << 6;
+const PTE_PS: u64 = 1 << 7;
+const PTE_NX: u64 = 1 << 63;
+
+/// #PF error-code bits.
+pub mod pf {
+    /// The page was present (protection violation).
+    pub const PRESENT: u32 = 1 << 0;
+    /// The access was a write.
+    pub const WRITE: u32 = 1 << 1;
+    /// The access came from CPL 3.
+    pub const USER: u32 = 1 << 2;
+    /// A reserved bit was set in a paging entry.
+    pub const RSVD: u32 = 1 << 3;
+    /// The access was an instruction fetch.
+    pub const FETCH: u32 = 1 << 4;
+}
+
+/// The kind of memory access being translated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessKind {
+    /// Data read.
+    Read,
+    /// Data write.
+    Write,
+    /// Instruction fetch.
+    Fetch,
+}
+
+/// One access: its kind and whether it is checked with user privilege.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// Read, write or fetch.
+    pub kind: AccessKind,
+    /// Checked as a CPL-3 access.
+    pub user: bool,
+}
+
+const TLB_ENTRIES: usize = 64;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct TlbEntry {
+    /// Virtual page number + 1 (0 = empty).
+    tag: u64,
+    /// Physical page base.
+    ppage: u64,
+    writable: bool,
+    user: bool,
+    nx: bool,
+    dirty: bool,
+}
+
+/// A direct-mapped software TLB of 4 KiB translations.
+#[derive(Debug, Clone)]
+pub struct Tlb {
+    entries: [TlbEntry; TLB_ENTRIES],
+}
+
+impl Default for Tlb {
+    fn default() -> Self {
+        Self {
+            entries: [TlbEntry::default(); TLB_ENTRIES],
+        }
+    }
+}
+
+impl Tlb {
+    /// Drop every translation.
+    pub fn flush_all(&mut self) {
+        self.entries = [TlbEntry::default(); TLB_ENTRIES];
+    }
+
+    /// Drop the translation of the page containing `la`.
+    pub fn flush_page(&mut self, la: u64) {
+        let vpn = la >> 12;
+        let e = &mut self.entries[(vpn as usize) % TLB_ENTRIES];
+        if e.tag == vpn.wrapping_add(1) {
+            *e = TlbEntry::default();
+        }
+    }
+
+    fn lookup(&self, vpn: u64) -> Option<&TlbEntry> {
+        let e = &self.entries[(vpn as usize) % TLB_ENTRIES];
+        (e.tag == vpn.wrapping_add(1)).then_some(e)
+    }
+
+    fn insert(&mut self, vpn: u64, e: TlbEntry) {
+        self.entries[(vpn as usize) % TLB_ENTRIES] = TlbEntry {
+            tag: vpn.wrapping_add(1),
+            ..e
+        };
+    }
+}
+
+/// Whether `la` is canonical for 48-bit linear addresses.
+pub fn is_canonical(la: u64) -> bool {
+    let top = (la as i64) >> 47;
+    top == 0 || top == -1
+}
+
+pub(crate) fn read_phys_u64(mem: &mut dyn GuestMemory, gpa: u64) -> Result<u64, Event> {
+    let mut b = [0u8; 8];
+    mem.read(gpa, &mut b)
+        .map_err(|e| Event::Exit(Exit::from(e)))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+impl Cpu {
+    /// Translate a linear address for `access`, raising #PF as the hardware would.
+    pub fn translate(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        la: u64,
+        access: Access,
+    ) -> Result<u64, Event> {
+        if self.cr0 & cr0::PG == 0 {
+            return Ok(la & 0xffff_ffff);
+        }
+        if self.efer & efer::LMA == 0 {
+            return Err(Event::Exit(Exit::Unsupported {
+                rip: self.rip,
+                what: "paging outside long mode",
+            }));
+        }
+        let vpn = la >> 12;
+        if let Some(e) = self.tlb.lookup(vpn) {
+            if self.permits(e.writable, e.user, e.nx, access)
+                && (access.kind != AccessKind::Write || e.dirty)
+            {
+                return Ok(e.ppage | (la & 0xfff));
+            }
+        }
+        self.walk(mem, la, access)
+    }
+
+    fn permits(&self, writable: bool, user: bool, nx: bool, a: Access) -> bool {
+        if a.user && !user {
+            return false;
+        }
+        match a.kind {
+            AccessKind::Write => writable || (!a.user && self.cr0 & cr0::WP == 0),
+            AccessKind::Fetch => !(nx && self.efer & efer::NXE != 0),
+            AccessKind::Read => true,
+        }
+    }
+
+    fn page_fault(&mut self, la: u64, access: Access, bits: u32) -> Event {
+        let mut code = bits;
+        if access.kind == AccessKind::Write {
+            code |= pf::WRITE;
+        }
+        if access.user {
+            code |= pf::USER;
+        }
+        if access.kind == AccessKind::Fetch && self.efer & efer::NXE != 0 {
+            code |= pf::FETCH;
+        }
+        self.cr2 = la;
+        Event::Exception(Exception::fault(vector::PF, Some(code)))
+    }
+
+    fn walk(&mut self, mem: &mut dyn GuestMemory, la: u64, access: Access) -> Result<u64, Event> {
+        if !is_canonical(la) {
+            return Err(Exception::gp(0).into());
+        }
+        let nxe = self.efer & efer::NXE != 0;
+        let mut rsvd_hi = !((1u64 << PHYS_ADDR_BITS) - 1) & !PTE_NX;
+        if !nxe {
+            rsvd_hi |= PTE_NX;
+        }
+        let mut table = self.cr3 & ADDR_MASK;
+        let (mut writable, mut user, mut nx) = (true, true, false);
+        let mut entries: [(u64, u64); 4] = [(0, 0); 4];
+        let mut depth = 0;
+        let mut level = 4u32;
+        let (page_base, page_size) = loop {
+            let shift = 12 + 9 * (level - 1);
+            let idx = (la >> shift) & 0x1ff;
+            let addr = table + idx * 8;
+            let pte = read_phys_u64(mem, addr)?;
+            if pte & PTE_P == 0 {
+                return Err(self.page_fault(la, access, 0));
+            }
+            let large = pte & PTE_PS != 0;
+            // Reserved: high physical bits, NX without NXE, PS at level 4, large-page low bits.
+            let mut rsvd = pte & rsvd_hi != 0 || (level == 4 && large);
+            if large && (level == 3 || level == 2) {
+                let low_mask = ((1u64 << shift) - 1) & !0x1fff; // bits 13..shift-1 must be 0
+                rsvd |= pte & low_mask & ADDR_MASK != 0;
+            }
+            if rsvd {
+                return Err(self.page_fault(la, access, pf::PRESENT | pf::RSVD));
+            }
+            writable &= pte & PTE_W != 0;
+            user &= pte & PTE_U != 0;
+            nx |= pte & PTE_NX != 0;
+            entries[depth] = (addr, pte);
+            depth += 1;
+            if level == 1 || (large && level <= 3) {
+                let size = 1u64 << shift;
+                break ((pte & ADDR_MASK) & !(size - 1), size);
+            }
+            table = pte & ADDR_MASK;
+            level -= 1;
+        };
+        if !self.permits(writable, user, nx, access) {
+            return Err(self.page_fault(la, access, pf::PRESENT));
+        }
+        // Set accessed bits on every level, dirty on the leaf for writes.
+        let is_write = access.kind == AccessKind::Write;
+        for (i, &(addr, pte)) in entries[..depth].iter().enumerate() {
+            let leaf = i + 1 == depth;
+            let mut new = pte | PTE_A;
+            if leaf && is_write {
+                new |= PTE_D;
+            }
+            if new != pte {
+                let mut found = [0u8; 8];
+                mem.compare_exchange(addr, &pte.to_le_bytes(), &new.to_le_bytes(), &mut found)
+                    .map_err(|e| Event::Exit(Exit::from(e)))?;
+            }
+        }
+        let leaf_dirty = is_write || entries[depth - 1].1 & PTE_D != 0;
+        let pa = page_base + (la & (page_size - 1));
+        self.tlb.insert(
+            la >> 12,
+            TlbEntry {
+                tag: 0,
+                ppage: pa & !0xfff,
+                writable,
+                user,
+                nx,
+                dirty: leaf_dirty,
+            },
+        );
+        Ok(pa)
+    }
+
+    /// Read `buf.len()` (at most 16) bytes at linear address `la`, splitting at page boundaries.
+    /// Both pages are translated before anything is read.
+    pub(crate) fn read_linear(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        la: u64,
+        buf: &mut [u8],
+        access: Access,
+    ) -> Result<(), Event> {
+        let (first, second) = self.split(mem, la, buf.len(), access)?;
+        let (a, b) = buf.split_at_mut(first.1);
+        mem.read(first.0, a)
+            .map_err(|e| Event::Exit(Exit::from(e)))?;
+        if let Some(pa2) = second {
+            mem.read(pa2, b).map_err(|e| Event::Exit(Exit::from(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Write `buf` (at most 16 bytes) at linear address `la`; both pages are checked first.
+    pub(crate) fn write_linear(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        la: u64,
+        buf: &[u8],
+        user: bool,
+    ) -> Result<(), Event> {
+        let access = Access {
+            kind: AccessKind::Write,
+            user,
+        };
+        let (first, second) = self.split(mem, la, buf.len(), access)?;
+        let (a, b) = buf.split_at(first.1);
+        mem.write(first.0, a)
+            .map_err(|e| Event::Exit(Exit::from(e)))?;
+        if let Some(pa2) = second {
+            mem.write(pa2, b).map_err(|e| Event::Exit(Exit::from(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Translate the one or two pages an access touches: ((pa, len in first page), pa of second).
+    pub(crate) fn split(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        la: u64,
+        len: usize,
+        access: Access,
+    ) -> Result<((u64, usize), Option<u64>), Event> {
+        let in_first = (PAGE_SIZE - (la % PAGE_SIZE)) as usize;
+        let pa1 = self.translate(mem, la, access)?;
+        if len <= in_first {
+            return Ok(((pa1, len), None));
+        }
+        let la2 = la.wrapping_add(in_first as u64);
+        let pa2 = self.translate(mem, la2, access)?;
+        Ok(((pa1, in_first), Some(pa2)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::FlatMemory;
+
+    const R: Access = Access {
+        kind: AccessKind::Read,
+        user: false,
+    };
+    const W: Access = Access {
+        kind: AccessKind::Write,
+        user: false,
+    };
+    const UR: Access = Access {
+        kind: AccessKind::Read,
+        user: true,
+    };
+    const X: Access = Access {
+        kind: AccessKind::Fetch,
+        user: false,
+    };
+
+    /// PML4 at 0x1000, PDPT at 0x2000, PD at 0x3000, PT at 0x4000 mapping VA 0x40_0000.. .
+    fn setup(pte_flags: u64) -> (Cpu, FlatMemory) {
+        let mut m = FlatMemory::new(0x20_0000);
+        m.write_u64(0x1000, 0x2000 | 7).unwrap();
+        m.write_u64(0x2000, 0x3000 | 7).unwrap();
+        m.write_u64(0x3000 + 2 * 8, 0x4000 | 7).unwrap();
+        m.write_u64(0x4000, 0x9000 | pte_flags).unwrap();
+        // A 2 MiB page at VA 0x20_0000 -> PA 0 (supervisor only).
+        m.write_u64(0x3000 + 8, PTE_PS | 3).unwrap();
+        let mut c = Cpu::new();
+        c.enter_long_mode_flat(0x1000);
+        (c, m)
+    }
+
+    #[test]
+    fn walks_four_levels_and_sets_accessed_and_dirty() {
+        let (mut c, mut m) = setup(PTE_P | PTE_W);
+        assert_eq!(c.translate(&mut m, 0x40_0123, R).unwrap(), 0x9123);
+        assert_eq!(m.read_u64(0x4000).unwrap() & (PTE_A | PTE_D), PTE_A);
+        assert_eq!(c.translate(&mut m, 0x40_0123, W).unwrap(), 0x9123);
+        assert_eq!(m.read_u64(0x4000).unwrap() & (PTE_A | PTE_D), PTE_A | PTE_D);
+    }
+
+    #[test]
+    fn maps_two_megabyte_pages() {
+        let (mut c, mut m) = setup(PTE_P);
+        assert_eq!(c.translate(&mut m, 0x2f_f00f, R).unwrap(), 0xf_f00f);
+    }
+
+    #[test]
+    fn not_present_faults_with_cr2_and_code() {
+        let (mut c, mut m) = setup(PTE_P);
+        let e = c.translate(&mut m, 0x40_1000, W).unwrap_err();
+        assert_eq!(
+            e,
+            Event::Exception(Exception::fault(vector::PF, Some(pf::WRITE)))
+        );
+        assert_eq!(c.cr2, 0x40_1000);
+    }
+
+    #[test]
+    fn write_to_read_only_page_faults_only_with_wp() {
+        let (mut c, mut m) = setup(PTE_P);
+        let e = c.translate(&mut m, 0x40_0000, W).unwrap_err();
+        assert_eq!(
+            e,
+            Event::Exception(Exception::fault(vector::PF, Some(pf::WRITE | pf::PRESENT)))
+        );
+        c.cr0 &= !cr0::WP;
+        c.flush_tlb();
+        assert!(c.translate(&mut m, 0x40_0000, W).is_ok());
+    }
+
+    #[test]
+    fn user_access_to_supervisor_page_faults() {
+        let (mut c, mut m) = setup(PTE_P);
+        let e = c.translate(&mut m, 0x40_0000, UR).unwrap_err();
+        assert_eq!(
+            e,
+            Event::Exception(Exception::fault(vector::PF, Some(pf::USER | pf::PRESENT)))
+        );
+    }
+
+    #[test]
+    fn fetch_from_nx_page_faults_with_fetch_bit() {
+        let (mut c, mut m) = setup(PTE_P | PTE_NX);
+        let e = c.translate(&mut m, 0x40_0000, X).unwrap_err();
+        assert_eq!(
+            e,
+            Event::Exception(Exception::fault(vector::PF, Some(pf::FETCH | pf::PRESENT)))
+        );
+    }
+
+    #[test]
+    fn reserved_physical_bits_fault_with_rsvd() {
+        let (mut c, mut m) = setup(PTE_P | (1 << 45));
+        let e = c.translate(&mut m, 0x40_0000, R).unwrap_err();
+        assert_eq!(
+            e,
+            Event::Exception(Exception::fault(vector::PF, Some(pf::RSVD | pf::PRESENT)))
+        );
+    }
+
+    #[test]
+    fn tlb_is_used_until_invalidated() {
+        let (mut c, mut m) = setup(PTE_P | PTE_W);
+        c.translate(&mut m, 0x40_0000, R).unwrap();
+        m.write_u64(0x4000, 0xa000 | 3).unwrap();
+        assert_eq!(c.translate(&mut m, 0x40_0000, R).unwrap(), 0x9000);
+        c.tlb.flush_page(0x40_0000);
+        assert_eq!(c.translate(&mut m, 0x40_0000, R).unwrap(), 0xa000);
+    }
+
+    #[test]
+    fn non_canonical_address_is_gp() {
+        let (mut c, mut m) = setup(PTE_P);
+        let e = c.translate(&mut m, 0x8000_0000_0000, R).unwrap_err();
+        assert_eq!(e, Event::Exception(Exception::gp(0)));
+    }
+
+    #[test]
+    fn page_table_outside_ram_is_a_clean_exit() {
+        let (mut c, mut m) = setup(PTE_P);
+        c.cr3 = 0x1_0000_0000;
+        c.flush_tlb();
+        assert!(matches!(
+            c.translate(&mut m, 0, R),
+            Err(Event::Exit(Exit::PhysicalMemory(_)))
+        ));
+    }
+}
