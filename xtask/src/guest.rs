@@ -106,6 +106,14 @@ fn read_recorded(out: &Path) -> Option<BTreeMap<String, String>> {
     all_there.then(|| parse_versions(&text))
 }
 
+/// A Linux x86 boot image carries "HdrS" at offset 0x202 (the boot protocol's setup header).
+pub fn check_bzimage(kernel: &[u8]) -> Result<()> {
+    if kernel.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
+        bail!("the kernel image has no x86 boot protocol header (\"HdrS\" at 0x202)");
+    }
+    Ok(())
+}
+
 /// Reads a file no larger than `max` bytes.
 fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
     let len = std::fs::metadata(path)
@@ -208,6 +216,8 @@ pub fn run(args: &GuestArgs) -> Result<()> {
         &kernel_root.join(format!("boot/vmlinuz-{}", set.release)),
         MAX_KERNEL_LEN,
     )?;
+    check_bzimage(&kernel)
+        .with_context(|| format!("{} {}", kernel_pkg.name, kernel_pkg.version))?;
     let busybox_bin = busybox_root.join("bin/busybox");
     let busybox_bytes = read_capped(&busybox_bin, MAX_BUSYBOX_LEN)?;
     let applets = applets(&busybox_bin)?;
@@ -297,6 +307,18 @@ mod tests {
         ));
         assert!(!matches(&recorded, &[("linux-image-amd64", "6.1.200-1")]));
         assert!(!matches(&recorded, &[("missing", "x")]));
+    }
+
+    #[test]
+    fn accepts_only_images_with_the_boot_protocol_header() {
+        // Arrange
+        let mut image = vec![0u8; 0x300];
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+
+        // Act / Assert
+        assert!(check_bzimage(&image).is_ok());
+        assert!(check_bzimage(&[0u8; 0x300]).is_err());
+        assert!(check_bzimage(b"short").is_err());
     }
 
     #[test]
