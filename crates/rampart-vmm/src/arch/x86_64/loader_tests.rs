@@ -362,4 +362,17 @@ fn real_debian_kernel_decompresses_and_loads() {
     let (_tmp, mut initrd) = file_with(&[7; 4096 * 3]);
     let (addr, _) = load_initrd(&mem, &mut initrd, &k).unwrap();
     assert!(addr.0 >= k.kernel_end.0);
+
+    // The vmlinux inside, loaded as an ELF on its own, is a PVH kernel (CONFIG_PVH=y).
+    let image = std::fs::read(&path).unwrap();
+    let info = bzimage::parse_setup_header(&image, image.len() as u64).unwrap();
+    let start = info.payload_offset as usize;
+    let payload = &image[start..start + info.payload_length as usize];
+    let (_, vmlinux) = decompress::decompress(payload, decompress::MAX_DECOMPRESSED_SIZE).unwrap();
+    let (_tmp, mut elf) = file_with(&vmlinux);
+    let mem = GuestMemoryMmap::from_ranges(&ram_regions(512 * MIB)).unwrap();
+    let pvh = load_kernel(&mem, &mut elf).unwrap();
+    eprintln!("vmlinux inside: {pvh:?}");
+    assert_eq!(pvh.protocol, BootProtocol::Pvh);
+    assert!(pvh.entry.0 > pvh.kernel_start.0 && pvh.entry.0 < pvh.kernel_end.0);
 }
