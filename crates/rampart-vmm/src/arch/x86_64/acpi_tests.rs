@@ -226,15 +226,22 @@ fn rejects_tables_outside_guest_ram() {
     );
 }
 
-/// Development aid: writes the tables to `$RAMPART_ACPI_DUMP/{dsdt,facp,apic}.dat` for
-/// `iasl -d`. Run with `RAMPART_ACPI_DUMP=/tmp/acpi cargo test -p rampart-vmm -- --ignored dump_`.
+/// Development aid: writes the tables to `$RAMPART_ACPI_DUMP/{dsdt,facp,apic}.dat` (default
+/// `$TMPDIR/rampart-acpi`) for `iasl -d`. Run with
+/// `cargo test -p rampart-vmm -- --ignored dump_tables --nocapture`.
 #[test]
-#[ignore = "development aid: needs RAMPART_ACPI_DUMP and, to read the result, iasl"]
+#[ignore = "development aid: writes files for iasl -d"]
 fn dump_tables_for_iasl() {
-    let dir = std::env::var("RAMPART_ACPI_DUMP").expect("set RAMPART_ACPI_DUMP to a directory");
+    let dir = std::env::var("RAMPART_ACPI_DUMP").unwrap_or_else(|_| {
+        std::env::temp_dir()
+            .join("rampart-acpi")
+            .to_string_lossy()
+            .into_owned()
+    });
     std::fs::create_dir_all(&dir).unwrap();
     let s = smp(2, 2, 2);
     std::fs::write(format!("{dir}/dsdt.dat"), build_dsdt()).unwrap();
     std::fs::write(format!("{dir}/facp.dat"), build_fadt(0xe0040)).unwrap();
     std::fs::write(format!("{dir}/apic.dat"), build_madt(&s).unwrap()).unwrap();
+    eprintln!("ACPI tables written to {dir}: run `iasl -d {dir}/*.dat`");
 }
