@@ -297,6 +297,25 @@ mod tests {
     }
 
     #[test]
+    fn reset_routine_faults_on_unmapped_memory_after_emptying_the_idt() {
+        let image = build(Program::Hello).unwrap();
+
+        let insns: Vec<_> = Decoder::with_ip(64, code64(&image), CODE64_ADDR, DecoderOptions::NONE)
+            .iter()
+            .take_while(|i| i.mnemonic() != Mnemonic::Int3)
+            .collect();
+        let lidt = insns.iter().position(|i| i.mnemonic() == Mnemonic::Lidt);
+        let unmapped = insns.iter().position(|i| {
+            i.mnemonic() == Mnemonic::Mov && i.try_immediate(1).ok() == Some(layout::PD_COUNT << 30)
+        });
+
+        assert!(
+            matches!((lidt, unmapped), (Some(a), Some(b)) if a < b),
+            "{lidt:?} {unmapped:?}"
+        );
+    }
+
+    #[test]
     fn program_names_round_trip() {
         for program in Program::ALL {
             assert_eq!(program.name().parse::<Program>(), Ok(program));

@@ -8,7 +8,7 @@
 //! - `put_hex32`: writes EAX as eight lowercase hex digits.
 //! - `cmos_read`: returns CMOS register AL in AL.
 //! - `reset`: pulls the i8042 reset line, then writes QEMU microvm's ACPI GED reset register,
-//!   then triple-faults if still running. Never returns.
+//!   then triple-faults if still running (page fault with an empty IDT). Never returns.
 
 use iced_x86::code_asm::{
     al, ax, bl, byte_ptr, ds, eax, ecx, edx, es, fs, gs, ptr, rax, rbx, rcx, rdx, rsi, rsp, ss,
@@ -20,7 +20,7 @@ use crate::BuildError;
 
 use crate::layout::{
     CMOS_DATA_PORT, CMOS_INDEX_PORT, COM1_LSR_PORT, COM1_PORT, DATA_SELECTOR, I8042_COMMAND_PORT,
-    I8042_RESET_CMD, MICROVM_GED_RESET_ADDR, MICROVM_GED_RESET_VALUE, STACK_TOP,
+    I8042_RESET_CMD, MICROVM_GED_RESET_ADDR, MICROVM_GED_RESET_VALUE, PD_COUNT, STACK_TOP,
 };
 
 /// How many times `putc` polls the line status register before sending anyway.
@@ -32,6 +32,9 @@ const CMOS_UIP_POLL_LIMIT: u32 = 100_000;
 /// CMOS status register A and its update-in-progress bit.
 const CMOS_STATUS_A: u8 = 0x0a;
 const CMOS_UIP: u8 = 1 << 7;
+
+/// The first guest-virtual address the page tables leave unmapped (they map 0..4 GiB).
+const UNMAPPED_ADDR: u64 = PD_COUNT << 30;
 
 /// The 64-bit code being assembled at [`crate::layout::CODE64_ADDR`].
 pub struct Guest64 {
@@ -263,8 +266,12 @@ impl Guest64 {
         // No i8042 (QEMU microvm): the hardware-reduced ACPI reset register.
         a.mov(rax, MICROVM_GED_RESET_ADDR)?;
         a.mov(byte_ptr(rax), u32::from(MICROVM_GED_RESET_VALUE))?;
-        // Still running: an IDT with limit 0 turns the breakpoint into a triple fault.
+        // Still running: with an IDT of limit 0 any exception becomes a triple fault. The
+        // first one is a page fault on the first unmapped address (4 GiB): kvm-pvm delivers
+        // that one, while its instruction emulator gives up on `int3` (KVM emulation failure).
         a.lidt(ptr(zero_idtr))?;
+        a.mov(rax, UNMAPPED_ADDR)?;
+        a.mov(al, byte_ptr(rax))?;
         a.int3()?;
         a.ud2()?;
         a.set_label(&mut halt)?;
