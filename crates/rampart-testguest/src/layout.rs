@@ -76,8 +76,6 @@ pub const ACPI_S5_VALUE: u8 = (5 << 2) | (1 << 5);
 /// control at +0, reset at +2. microvm has no i8042 and no port 0x600, so the guests also use
 /// these registers; in rampart (and on a PC) the addresses are unassigned and writes are dropped.
 pub const MICROVM_GED_REGS_ADDR: u64 = 0xfea0_0200;
-/// The GED sleep-control register (takes [`ACPI_S5_VALUE`]).
-pub const MICROVM_GED_SLEEP_CTL_ADDR: u64 = MICROVM_GED_REGS_ADDR;
 /// The GED reset register.
 pub const MICROVM_GED_RESET_ADDR: u64 = MICROVM_GED_REGS_ADDR + 2;
 /// The value that resets the machine when written to [`MICROVM_GED_RESET_ADDR`].
