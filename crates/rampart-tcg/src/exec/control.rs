@@ -1,7 +1,7 @@
 //! JMP, Jcc, CALL, RET, LOOP/LOOPE/LOOPNE, JRCXZ/JECXZ, INT3/INT n/INT1, UD0/1/2, IRET.
 
 use super::mov::cc;
-use crate::cpu::Cpu;
+use crate::cpu::{attr, Cpu, SegReg, Segment};
 use crate::exception::{vector, Event, Exception, Res, Source};
 use crate::memory::GuestMemory;
 use crate::mmu::is_canonical;
@@ -105,6 +105,7 @@ pub(crate) fn branch(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) 
             cpu.next_rip = t;
             Ok(())
         }
+        M::Retf => far_return(cpu, mem, i),
         M::Loop | M::Loope | M::Loopne | M::Jrcxz | M::Jecxz => {
             let ecx = matches!(
                 i.code(),
@@ -138,6 +139,60 @@ pub(crate) fn branch(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) 
         }
         _ => Err(cpu.unimplemented(i)),
     }
+}
+
+/// RETF (LRETQ/LRETL) in 64-bit mode: same privilege, or to an outer ring (then SS:RSP are
+/// popped too). Linux uses `lretq` to reload CS after switching GDTs.
+fn far_return(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
+    let size: u8 = match i.code() {
+        Code::Retfq | Code::Retfq_imm16 => 8,
+        Code::Retfd | Code::Retfd_imm16 => 4,
+        _ => return Err(cpu.unimplemented(i)),
+    };
+    let extra = if i.op_count() == 1 {
+        i.immediate(0) & 0xffff
+    } else {
+        0
+    };
+    let rsp = cpu.gpr[4];
+    let new_rip = cpu.read_stack(mem, rsp, size)?;
+    let sel = cpu.read_stack(mem, rsp.wrapping_add(size as u64), size)? as u16;
+    let cpl = cpu.cpl();
+    let rpl = (sel & 3) as u8;
+    if sel & !3 == 0 || rpl < cpl {
+        return Err(Exception::gp((sel & !3) as u32).into());
+    }
+    let cs = Segment::from_descriptor(sel, cpu.read_descriptor(mem, sel)?);
+    let conforming = cs.attr & attr::DC != 0;
+    let is_code = cs.attr & attr::S != 0 && cs.attr & attr::CODE != 0;
+    if !is_code || (conforming && cs.dpl() > rpl) || (!conforming && cs.dpl() != rpl) {
+        return Err(Exception::gp((sel & !3) as u32).into());
+    }
+    if cs.attr & attr::P == 0 {
+        return Err(Exception::np((sel & !3) as u32).into());
+    }
+    if rpl != cpl {
+        return Err(Event::Exit(crate::Exit::Unsupported {
+            rip: cpu.rip,
+            what: "far return to an outer ring",
+        }));
+    }
+    let target_64 = cs.attr & attr::L != 0;
+    let new_rip = if target_64 {
+        new_rip
+    } else {
+        new_rip & 0xffff_ffff
+    };
+    if !is_canonical(new_rip) {
+        return Err(Exception::gp(0).into());
+    }
+    cpu.seg[SegReg::Cs as usize] = Segment {
+        selector: sel,
+        ..cs
+    };
+    cpu.gpr[4] = rsp.wrapping_add(2 * size as u64).wrapping_add(extra);
+    cpu.next_rip = new_rip;
+    Ok(())
 }
 
 pub(crate) fn interrupt(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
@@ -255,6 +310,36 @@ mod tests {
             Ok(())
         });
         assert_eq!(t.cpu.gpr[4], STACK_TOP);
+    }
+
+    #[test]
+    fn lretq_reloads_cs_at_same_privilege() {
+        let t = run_asm(|a| {
+            let mut l = a.create_label();
+            a.push(KERNEL_CS as i32)?;
+            a.lea(rax, ptr(l))?;
+            a.push(rax)?;
+            a.db(&[0x48, 0xcb])?; // lretq
+            a.ud2()?;
+            a.set_label(&mut l)?;
+            a.mov(ebx, 1)?;
+            Ok(())
+        });
+        assert_eq!(t.exception, None);
+        assert_eq!(t.cpu.gpr[3], 1);
+        assert_eq!(t.cpu.gpr[4], STACK_TOP);
+    }
+
+    #[test]
+    fn lretq_to_data_segment_is_gp() {
+        let t = run_asm(|a| {
+            a.push(KERNEL_DS as i32)?;
+            a.push(0)?;
+            a.db(&[0x48, 0xcb])?; // lretq
+            Ok(())
+        });
+        assert_eq!(t.exception, Some(13));
+        assert_eq!(t.error_code(), KERNEL_DS as u64);
     }
 
     #[test]

@@ -200,9 +200,15 @@ pub(crate) fn execute(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction)
         M::Push | M::Pop | M::Pushfq | M::Popfq | M::Pushf | M::Popf | M::Leave | M::Enter => {
             stack::exec(cpu, mem, i)
         }
-        M::Jmp | M::Call | M::Ret | M::Loop | M::Loope | M::Loopne | M::Jrcxz | M::Jecxz => {
-            control::branch(cpu, mem, i)
-        }
+        M::Jmp
+        | M::Call
+        | M::Ret
+        | M::Retf
+        | M::Loop
+        | M::Loope
+        | M::Loopne
+        | M::Jrcxz
+        | M::Jecxz => control::branch(cpu, mem, i),
         M::Int3
         | M::Int
         | M::Int1
