@@ -90,7 +90,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => false,
@@ -154,10 +156,22 @@ mod tests {
         let bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder(Vec::new())));
         bus.insert(d(), 0x100, 0x10).unwrap();
-        assert!(matches!(bus.insert(d(), 0x10f, 1), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(d(), 0xf0, 0x11), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(d(), 0, 0), Err(BusError::BadRange { .. })));
-        assert!(matches!(bus.insert(d(), u64::MAX, 2), Err(BusError::BadRange { .. })));
+        assert!(matches!(
+            bus.insert(d(), 0x10f, 1),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), 0xf0, 0x11),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), 0, 0),
+            Err(BusError::BadRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), u64::MAX, 2),
+            Err(BusError::BadRange { .. })
+        ));
         bus.insert(d(), 0x110, 1).unwrap();
         bus.insert(d(), 0xff, 1).unwrap();
     }

@@ -5,36 +5,33 @@ use std::fs::File;
 
 use rampart_config::VmConfig;
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use crate::arch::x86_64::acpi::{self, AcpiError};
+use crate::arch::x86_64::bootparams::{self, BootInfo, BootParamsError};
 use crate::arch::x86_64::cpu::{self, CpuSetupError};
-use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
+use crate::arch::x86_64::layout::PVH_INFO_START;
 use crate::arch::x86_64::loader::{self, BootProtocol, LoaderError};
 use crate::arch::x86_64::regs::CpuState;
 
 #[derive(Debug, Error)]
 pub enum BootError {
     #[error("-kernel: {0}")]
-    Kernel(#[source] LoaderError),
+    Kernel(LoaderError),
     #[error("-initrd: {0}")]
-    Initrd(#[source] LoaderError),
-    #[error("-append: the command line is {len} bytes, this kernel accepts at most {max}")]
-    CmdlineTooLong { len: usize, max: usize },
-    #[error("writing the command line into guest memory: {0}")]
-    Cmdline(vm_memory::GuestMemoryError),
+    Initrd(LoaderError),
+    #[error("-append: {0}")]
+    Cmdline(BootParamsError),
+    #[error("boot parameters: {0}")]
+    BootParams(BootParamsError),
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] AcpiError),
     #[error("boot CPU set-up: {0}")]
     Cpu(#[from] CpuSetupError),
 }
 
-/// What the loaded guest looks like, for the boot-parameter and ACPI builders.
-#[derive(Debug, Clone, Copy)]
-pub struct LoadedGuest {
-    pub kernel: loader::KernelEntry,
-    pub initrd: Option<(GuestAddress, u64)>,
-    pub cmdline_len: usize,
-}
-
-/// Loads everything the guest needs into `mem` and returns the boot CPU's state.
+/// Loads everything the guest needs into `mem` (kernel, initrd, command line, ACPI tables,
+/// boot_params or PVH start_info, GDT, page tables) and returns the boot CPU's state.
 pub fn prepare(
     mem: &GuestMemoryMmap,
     config: &VmConfig,
@@ -46,32 +43,26 @@ pub fn prepare(
         Some(f) => Some(loader::load_initrd(mem, f, &kernel).map_err(BootError::Initrd)?),
         None => None,
     };
-    let cmdline = config.boot.cmdline.as_bytes();
-    let max = kernel.cmdline_limit().min(CMDLINE_MAX_SIZE as usize - 1);
-    if cmdline.len() > max {
-        return Err(BootError::CmdlineTooLong {
-            len: cmdline.len(),
-            max,
-        });
-    }
-    let mut with_nul = cmdline.to_vec();
-    with_nul.push(0);
-    mem.write_slice(&with_nul, GuestAddress(CMDLINE_START))
+    let cmdline_len = bootparams::write_cmdline(mem, &config.boot.cmdline, &kernel)
         .map_err(BootError::Cmdline)?;
-    let guest = LoadedGuest {
-        kernel,
+    let rsdp = acpi::create_acpi_tables(mem, &config.smp)?;
+    let info = BootInfo {
+        cmdline_len,
         initrd,
-        cmdline_len: cmdline.len(),
+        rsdp: Some(rsdp),
+        mem_size: config.memory_bytes,
     };
+    let start_info =
+        bootparams::write_boot_info(mem, &kernel, &info).map_err(BootError::BootParams)?;
     cpu::write_gdt_idt(mem)?;
-    let state = match guest.kernel.protocol {
+    let state = match kernel.protocol {
         BootProtocol::Linux64 => {
             let cr3 = cpu::write_page_tables(mem)?;
-            cpu::linux64_boot_state(guest.kernel.entry, cr3)
+            cpu::linux64_boot_state(kernel.entry, cr3)
         }
         BootProtocol::Pvh => cpu::pvh_boot_state(
-            guest.kernel.entry,
-            GuestAddress(crate::arch::x86_64::layout::PVH_INFO_START),
+            kernel.entry,
+            start_info.unwrap_or(GuestAddress(PVH_INFO_START)),
         ),
     };
     Ok(state)

@@ -50,9 +50,8 @@ impl TerminationSignals {
             return Err(SignalError::Create(std::io::Error::last_os_error()));
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        Ok(TerminationSignals {
-            fd: unsafe { File::from_raw_fd(fd) },
-        })
+        let fd = unsafe { File::from_raw_fd(fd) };
+        Ok(TerminationSignals { fd })
     }
 
     /// Reads one pending signal, if any.

@@ -52,6 +52,9 @@ pub enum VmError {
     AccelUnavailable(&'static str, String),
 }
 
+/// A device as the buses hold it.
+type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
 /// How a VM run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -225,7 +228,7 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
     };
     let below_4g = crate::arch::x86_64::layout::low_ram_end(config.memory_bytes);
     let above_4g = config.memory_bytes - below_4g;
-    let mut pio: Vec<(Arc<Mutex<dyn BusDevice>>, u16, u64)> = vec![
+    let mut pio: Vec<(SharedDevice, u16, u64)> = vec![
         (
             Arc::new(Mutex::new(I8042DataPort::new())),
             I8042_DATA_PORT,

@@ -41,7 +41,7 @@ fn host_memory_bytes() -> u64 {
     if unsafe { libc::sysinfo(&mut info) } != 0 {
         return u64::MAX;
     }
-    u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit))
+    info.totalram.saturating_mul(u64::from(info.mem_unit))
 }
 
 fn open_regular(what: &str, path: &Path) -> Result<File> {
@@ -86,7 +86,6 @@ fn run(config: VmConfig) -> Result<ExitCode> {
             host_memory_bytes: host_memory_bytes(),
         })
         .context("invalid configuration")?;
-    let accel = vm::choose_accel(&config.accel)?;
     // Host resources are opened once, before the VM is built; a reset reuses them.
     let kernel_path = config.boot.kernel.as_deref().context("no -kernel")?;
     let kernel = open_regular("-kernel", kernel_path)?;
@@ -95,6 +94,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         None => None,
     };
     let console = open_console(&config)?;
+    let accel = vm::choose_accel(&config.accel)?;
     let signals = TerminationSignals::new()?;
     let _raw = match &console {
         ConsoleIo::Stdio { .. } => Some(terminal::RawTerminal::enter(libc::STDIN_FILENO)?),
@@ -134,6 +134,23 @@ fn run(config: VmConfig) -> Result<ExitCode> {
     }
 }
 
+/// The error and its causes on one line, skipping causes whose text a message already includes
+/// (some errors print their source themselves).
+fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAMPART_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -148,6 +165,8 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    // Logging first: the parser warns about deprecated forms.
+    init_logging();
     let parsed = cli::parse(std::env::args_os().skip(1));
     let config = match parsed {
         Ok(cli::Cli::Run(config)) => *config,
@@ -168,12 +187,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging();
     match run(config) {
         Ok(code) => code,
         Err(e) => {
             terminal::restore();
-            eprintln!("rampart: {e:#}");
+            eprintln!("rampart: {}", error_message(&e));
             ExitCode::FAILURE
         }
     }

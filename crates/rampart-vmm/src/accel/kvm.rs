@@ -444,40 +444,6 @@ fn from_kvm_sregs(k: &kvm_sregs) -> SpecialRegs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segment_conversion_round_trips() {
-        let s = Segment {
-            base: 0x1000,
-            limit: 0xfffff,
-            selector: 0x10,
-            type_: 0xb,
-            present: true,
-            dpl: 0,
-            db: false,
-            s: true,
-            l: true,
-            g: true,
-            avl: false,
-            unusable: false,
-        };
-        assert_eq!(from_kvm_segment(&to_kvm_segment(&s)), s);
-    }
-
-    #[test]
-    fn lvt_delivery_mode_is_replaced_and_other_bits_kept() {
-        let mut regs = [0 as std::os::raw::c_char; 1024];
-        regs[0x350] = 0x30; // vector bits
-        regs[0x351] = 0x07; // old delivery mode 0b111
-        set_lvt(&mut regs, 0x350, 0b100);
-        assert_eq!(regs[0x350] as u8, 0x30);
-        assert_eq!(regs[0x351] as u8, 0x04);
-    }
-}
-
 /// Leaf 0x1 EDX bits of the x86-64 baseline CPU (`-cpu qemu64`): FPU, VME, DE, PSE, TSC, MSR,
 /// PAE, MCE, CX8, APIC, SEP, MTRR, PGE, MCA, CMOV, PAT, PSE36, CLFLUSH, MMX, FXSR, SSE, SSE2.
 const BASELINE_LEAF1_EDX: u32 = 0x0789_fbff;
@@ -546,4 +512,38 @@ pub fn vcpu_cpuid(
         .collect();
     CpuId::from_entries(&kvm_entries)
         .map_err(|e| AccelError::Unsupported(format!("CPUID table too large: {e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_conversion_round_trips() {
+        let s = Segment {
+            base: 0x1000,
+            limit: 0xfffff,
+            selector: 0x10,
+            type_: 0xb,
+            present: true,
+            dpl: 0,
+            db: false,
+            s: true,
+            l: true,
+            g: true,
+            avl: false,
+            unusable: false,
+        };
+        assert_eq!(from_kvm_segment(&to_kvm_segment(&s)), s);
+    }
+
+    #[test]
+    fn lvt_delivery_mode_is_replaced_and_other_bits_kept() {
+        let mut regs = [0 as std::os::raw::c_char; 1024];
+        regs[0x350] = 0x30; // vector bits
+        regs[0x351] = 0x07; // old delivery mode 0b111
+        set_lvt(&mut regs, 0x350, 0b100);
+        assert_eq!(regs[0x350] as u8, 0x30);
+        assert_eq!(regs[0x351] as u8, 0x04);
+    }
 }
