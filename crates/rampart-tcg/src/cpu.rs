@@ -250,6 +250,8 @@ pub struct Cpu {
     pub tsc: u64,
     /// CPUID provider.
     pub cpuid: CpuidFn,
+    /// MSRs implemented by the embedder (local APIC, kvmclock), consulted first.
+    pub msr_hook: Option<Box<dyn crate::exec::msr::MsrHook>>,
     /// Halted until the next interrupt.
     pub halted: bool,
     /// Interrupts are blocked for one instruction (after STI or MOV/POP SS).
@@ -336,6 +338,7 @@ impl Cpu {
             fpu: FpuState::default(),
             tsc: 0,
             cpuid: Box::new(crate::exec::system::baseline_cpuid),
+            msr_hook: None,
             halted: false,
             interrupt_shadow: false,
             pending_in: None,

@@ -50,6 +50,7 @@ pub mod memory;
 pub mod mmu;
 
 pub use cpu::{Cpu, SegReg, Segment};
+pub use exec::msr::MsrHook;
 pub use exec::system::{baseline_cpuid, MsrFile};
 pub use memory::{FlatMemory, GuestMemory, MemFault, MmioHandler};
 

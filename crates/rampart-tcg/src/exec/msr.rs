@@ -122,9 +122,22 @@ impl MsrFile {
     }
 }
 
+/// MSRs the embedder implements (local APIC, kvmclock, ...): consulted before the CPU's own.
+pub trait MsrHook: Send {
+    /// `None`: not an MSR of the hook; `Some(Err(()))`: #GP.
+    fn read(&mut self, idx: u32) -> Option<Result<u64, ()>>;
+    /// `None`: not an MSR of the hook; `Some(Err(()))`: #GP.
+    fn write(&mut self, idx: u32, value: u64) -> Option<Result<(), ()>>;
+}
+
 impl Cpu {
     /// RDMSR semantics (without the CPL check).
-    pub fn read_msr(&self, idx: u32) -> Res<u64> {
+    pub fn read_msr(&mut self, idx: u32) -> Res<u64> {
+        if let Some(hook) = self.msr_hook.as_mut() {
+            if let Some(r) = hook.read(idx) {
+                return r.map_err(|()| Exception::gp(0).into());
+            }
+        }
         Ok(match idx {
             index::TSC => self.tsc,
             index::BIOS_SIGN_ID => 0,
@@ -138,6 +151,11 @@ impl Cpu {
 
     /// WRMSR semantics (without the CPL check): reserved bits and non-canonical addresses #GP.
     pub fn write_msr(&mut self, idx: u32, v: u64) -> Res<()> {
+        if let Some(hook) = self.msr_hook.as_mut() {
+            if let Some(r) = hook.write(idx, v) {
+                return r.map_err(|()| Exception::gp(0).into());
+            }
+        }
         let canonical_needed = matches!(
             idx,
             index::FS_BASE
