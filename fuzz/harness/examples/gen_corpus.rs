@@ -1,0 +1,272 @@
+//! Writes the seed corpus of every target into `fuzz/corpus/<target>/` (or the folder given as
+//! the first argument). Seeds are built here from scratch: small valid inputs of each format
+//! plus a few near-misses, so the fuzzer starts past the magic-number checks.
+//!
+//! `cargo run --release -p rampart-fuzz-harness --example gen_corpus`
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The xz and zstd samples the decompressor's own unit tests use (made by the project with
+/// `xz --x86 --lzma2` and `zstd -19`), so the fuzzer starts from kernel-like streams.
+const SAMPLE_XZ: &[u8] =
+    include_bytes!("../../../crates/rampart-vmm/src/arch/x86_64/testdata/sample.xz");
+const SAMPLE_ZST: &[u8] =
+    include_bytes!("../../../crates/rampart-vmm/src/arch/x86_64/testdata/sample.zst");
+
+const LZ4_LEGACY_MAGIC: u32 = 0x184c_2102;
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).expect("gzip into a Vec");
+    let mut out = e.finish().expect("gzip into a Vec");
+    out.extend((data.len() as u32).to_le_bytes()); // the kernel's size trailer
+    out
+}
+
+fn lz4_legacy(data: &[u8]) -> Vec<u8> {
+    let mut out = LZ4_LEGACY_MAGIC.to_le_bytes().to_vec();
+    for chunk in data.chunks(256) {
+        let block = lz4_flex::block::compress(chunk);
+        out.extend((block.len() as u32).to_le_bytes());
+        out.extend(block);
+    }
+    out.extend((data.len() as u32).to_le_bytes());
+    out
+}
+
+/// A little-endian field writer.
+fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
+    buf[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+/// An ELF64 x86-64 executable: one PT_LOAD of `code` at `paddr` (memsz `memsz`), entry at
+/// `paddr`, and a Xen PVH entry note if `pvh` is set.
+fn elf(code: &[u8], paddr: u64, memsz: u64, pvh: Option<u32>) -> Vec<u8> {
+    let phnum: u16 = if pvh.is_some() { 2 } else { 1 };
+    let note: Vec<u8> = match pvh {
+        Some(entry) => [
+            &4u32.to_le_bytes()[..],
+            &4u32.to_le_bytes(),
+            &18u32.to_le_bytes(), // XEN_ELFNOTE_PHYS32_ENTRY
+            b"Xen\0",
+            &entry.to_le_bytes(),
+        ]
+        .concat(),
+        None => Vec::new(),
+    };
+    let note_off = 64 + 56 * u64::from(phnum);
+    let code_off = (note_off + note.len() as u64).div_ceil(16) * 16;
+    let mut f = vec![0u8; 64];
+    put(&mut f, 0, b"\x7fELF\x02\x01\x01");
+    put(&mut f, 16, &2u16.to_le_bytes()); // ET_EXEC
+    put(&mut f, 18, &62u16.to_le_bytes()); // EM_X86_64
+    put(&mut f, 20, &1u32.to_le_bytes());
+    put(&mut f, 24, &paddr.to_le_bytes()); // e_entry
+    put(&mut f, 32, &64u64.to_le_bytes()); // e_phoff
+    put(&mut f, 52, &64u16.to_le_bytes());
+    put(&mut f, 54, &56u16.to_le_bytes());
+    put(&mut f, 56, &phnum.to_le_bytes());
+    let phdr = |ty: u32, off: u64, addr: u64, filesz: u64, memsz: u64| {
+        let mut p = Vec::new();
+        for field in [
+            &ty.to_le_bytes()[..],
+            &7u32.to_le_bytes(),
+            &off.to_le_bytes(),
+            &addr.to_le_bytes(),
+            &addr.to_le_bytes(),
+            &filesz.to_le_bytes(),
+            &memsz.to_le_bytes(),
+            &16u64.to_le_bytes(),
+        ] {
+            p.extend_from_slice(field);
+        }
+        p
+    };
+    f.extend(phdr(1, code_off, paddr, code.len() as u64, memsz));
+    if pvh.is_some() {
+        f.extend(phdr(4, note_off, 0, note.len() as u64, note.len() as u64));
+    }
+    f.extend(&note);
+    f.resize(code_off as usize, 0);
+    f.extend(code);
+    f
+}
+
+/// A bzImage: `setup_sects` setup sectors after the boot sector, then the protected-mode part
+/// holding `payload` at its start.
+fn bzimage(payload: &[u8], setup_sects: u8) -> Vec<u8> {
+    let sects = if setup_sects == 0 {
+        4
+    } else {
+        usize::from(setup_sects)
+    };
+    let setup_size = (sects + 1) * 512;
+    let pm_len = payload.len().div_ceil(16) * 16;
+    let mut f = vec![0u8; setup_size + pm_len];
+    f[0x1f1] = setup_sects;
+    put(&mut f, 0x1f4, &((pm_len / 16) as u32).to_le_bytes()); // syssize
+    put(&mut f, 0x1fe, &0xaa55u16.to_le_bytes()); // boot_flag
+    put(&mut f, 0x202, b"HdrS");
+    put(&mut f, 0x206, &0x020fu16.to_le_bytes()); // version 2.15
+    f[0x211] = 1; // loadflags: LOADED_HIGH
+    put(&mut f, 0x22c, &0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    put(&mut f, 0x230, &0x20_0000u32.to_le_bytes()); // kernel_alignment
+    put(&mut f, 0x236, &1u16.to_le_bytes()); // xloadflags: XLF_KERNEL_64
+    put(&mut f, 0x238, &2047u32.to_le_bytes()); // cmdline_size
+    put(&mut f, 0x248, &0u32.to_le_bytes()); // payload_offset
+    put(&mut f, 0x24c, &(payload.len() as u32).to_le_bytes()); // payload_length
+    put(&mut f, 0x258, &0x100_0000u64.to_le_bytes()); // pref_address
+    put(&mut f, 0x260, &0x40_0000u32.to_le_bytes()); // init_size
+    f[setup_size..setup_size + payload.len()].copy_from_slice(payload);
+    f
+}
+
+/// A tiny kernel: `mov eax, 1; hlt` at 1 MiB.
+fn tiny_vmlinux() -> Vec<u8> {
+    elf(&[0xb8, 1, 0, 0, 0, 0xf4], 0x10_0000, 0x2000, None)
+}
+
+fn write(root: &Path, target: &str, name: &str, data: &[u8]) {
+    let dir = root.join(target);
+    std::fs::create_dir_all(&dir).expect("creating the corpus folder");
+    std::fs::write(dir.join(name), data).expect("writing a seed");
+}
+
+fn boot_seeds(root: &Path) {
+    let vmlinux = tiny_vmlinux();
+    let gz = gzip(&vmlinux);
+    let lz4 = lz4_legacy(&vmlinux);
+    let bz_gz = bzimage(&gz, 1);
+    write(root, "bzimage_header", "valid-gzip", &bz_gz);
+    write(root, "bzimage_header", "setup-sects-0", &bzimage(&gz, 0));
+    write(root, "bzimage_header", "truncated", &bz_gz[..0x300]);
+    let mut old = bz_gz.clone();
+    put(&mut old, 0x206, &0x020bu16.to_le_bytes());
+    write(root, "bzimage_header", "old-protocol", &old);
+
+    write(root, "decompress", "gzip", &gz);
+    write(root, "decompress", "lz4-legacy", &lz4);
+    write(root, "decompress", "xz-bcj", SAMPLE_XZ);
+    write(root, "decompress", "zstd", SAMPLE_ZST);
+    write(root, "decompress", "elf", &vmlinux);
+    write(root, "decompress", "bzip2-magic", b"BZh91AY&SY");
+
+    write(root, "kernel_loader", "elf", &vmlinux);
+    let pvh = elf(&[0xf4; 32], 0x10_0000, 0x1000, Some(0x10_0010));
+    write(root, "kernel_loader", "elf-pvh", &pvh);
+    write(root, "kernel_loader", "bzimage-gzip", &bz_gz);
+    write(root, "kernel_loader", "bzimage-lz4", &bzimage(&lz4, 1));
+    write(
+        root,
+        "kernel_loader",
+        "bzimage-uncompressed",
+        &bzimage(&vmlinux, 2),
+    );
+    write(root, "kernel_loader", "bzimage-xz", &bzimage(SAMPLE_XZ, 1));
+}
+
+fn text_seeds(root: &Path) {
+    // First byte: bit 0 selects tight limits, bits 1-2 the implied key (keyval only).
+    let keyval: [(&str, u8, &str); 7] = [
+        ("flat", 0, "id=a0,size=64M,share=on"),
+        ("implied-qom-type", 2, "memory-backend-ram,id=m0,size=1G"),
+        ("implied-driver", 4, "virtio-blk-pci,drive=d0,,x,bus=pci.0"),
+        (
+            "dotted-list",
+            0,
+            "rules.0.match=*,rules.0.policy=allow,rules.1.match=x",
+        ),
+        ("nested", 1, "a.b.c=1,a.b.d=2,e=,f.0=x"),
+        ("inconsistent", 0, "a=1,a.b=2"),
+        ("array-gap", 1, "l.0=a,l.2=b"),
+    ];
+    for (name, sel, text) in keyval {
+        write(root, "keyval", name, &[&[sel], text.as_bytes()].concat());
+    }
+    let json: [(&str, u8, &str); 6] = [
+        (
+            "object",
+            0,
+            r#"{"qom-type":"authz-list","id":"a0","rules":[{"match":"*","policy":"allow"}],"n":3}"#,
+        ),
+        (
+            "numbers",
+            0,
+            r#"{"i":-1,"u":18446744073709551615,"f":1.5e300,"b":true,"z":null}"#,
+        ),
+        ("deep-tight", 1, r#"{"a":{"b":{"c":{"d":[1,[2]]}}}}"#),
+        ("long-key-tight", 1, r#"{"abcdefghijklmnop":1}"#),
+        ("not-object", 0, "[1,2,3]"),
+        ("escapes", 0, r#"{"s":"\u00e9\ud83d\ude00\n","":1}"#),
+    ];
+    for (name, sel, text) in json {
+        write(
+            root,
+            "json_props",
+            name,
+            &[&[sel], text.as_bytes()].concat(),
+        );
+    }
+}
+
+fn tcg_seeds(root: &Path) {
+    let seeds: [(&str, &[u8]); 14] = [
+        ("hlt", &[0xf4]),
+        (
+            "mov-add-loop",
+            &[
+                0xb8, 5, 0, 0, 0, 0x48, 0x01, 0xc3, 0xff, 0xc8, 0x75, 0xf9, 0xf4,
+            ],
+        ),
+        ("rep-stosb", &[0xf3, 0xaa, 0xf4]),
+        ("rep-movsq", &[0xf3, 0x48, 0xa5, 0xf4]),
+        ("port-io", &[0xe4, 0x60, 0x66, 0xe7, 0x80, 0xec, 0xef, 0xf4]),
+        ("int3-and-int", &[0xcc, 0xcd, 0x40, 0xf4]),
+        ("ud2", &[0x0f, 0x0b]),
+        (
+            "push-call-ret",
+            &[0x50, 0xe8, 0x01, 0, 0, 0, 0xf4, 0x58, 0xc3],
+        ),
+        (
+            "cpuid-rdtsc-rdmsr",
+            &[
+                0x0f, 0xa2, 0x0f, 0x31, 0xb9, 0x1b, 0, 0, 0xc0, 0x0f, 0x32, 0xf4,
+            ],
+        ),
+        ("lock-cmpxchg", &[0xf0, 0x48, 0x0f, 0xb1, 0x0b, 0xf4]),
+        // mov eax, [0xfee00030] (MMIO window); mov [0xfee000b0], eax
+        (
+            "mmio",
+            &[
+                0x8b, 0x04, 0x25, 0x30, 0, 0xe0, 0xfe, 0x89, 0x04, 0x25, 0xb0, 0, 0xe0, 0xfe, 0xf4,
+            ],
+        ),
+        // mov rax, cr3; mov cr3, rax; invlpg [rbx]
+        (
+            "cr3-invlpg",
+            &[0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8, 0x0f, 0x01, 0x3b, 0xf4],
+        ),
+        // sti; hlt; jmp back
+        ("sti-hlt-loop", &[0xfb, 0xf4, 0xeb, 0xfd]),
+        // mov rax, 1<<40 (unmapped); mov rbx, [rax]
+        (
+            "unmapped-read",
+            &[0x48, 0xb8, 0, 0, 0, 0, 0, 1, 0, 0, 0x48, 0x8b, 0x18, 0xf4],
+        ),
+    ];
+    for (name, code) in seeds {
+        write(root, "tcg_run", name, code);
+    }
+}
+
+fn main() {
+    let root: PathBuf = std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus"));
+    boot_seeds(&root);
+    text_seeds(&root);
+    tcg_seeds(&root);
+    println!("seed corpus written under {}", root.display());
+}

@@ -1,0 +1,44 @@
+//! What each rampart fuzz target runs, and the properties it checks beyond "no panic".
+//!
+//! Every target module has `pub fn run(data: &[u8])`: the libFuzzer binaries in
+//! `fuzz/fuzz_targets/` call it, and so does the stable replay test (`tests/replay.rs`), so a
+//! crash found by the fuzzer replays without a fuzzer or a nightly compiler. A property that
+//! does not hold panics with a message naming it: that is how libFuzzer learns of it.
+//!
+//! The allocation tracker ([`alloc_track`]) is installed as the global allocator of every
+//! binary that links this crate, so targets can bound the memory a hostile input makes the
+//! host allocate.
+
+pub mod alloc_track;
+pub mod bzimage_header;
+pub mod decompress;
+pub mod json_props;
+pub mod kernel_loader;
+pub mod keyval;
+pub mod tcg_run;
+
+mod props_check;
+
+/// The names of all targets, as the folders under `fuzz/corpus/` and `fuzz/regressions/`.
+pub const TARGETS: [&str; 6] = [
+    "bzimage_header",
+    "decompress",
+    "kernel_loader",
+    "keyval",
+    "json_props",
+    "tcg_run",
+];
+
+/// Runs target `name` on `data`; `None` if there is no target of that name.
+pub fn run_target(name: &str, data: &[u8]) -> Option<()> {
+    match name {
+        "bzimage_header" => bzimage_header::run(data),
+        "decompress" => decompress::run(data),
+        "kernel_loader" => kernel_loader::run(data),
+        "keyval" => keyval::run(data),
+        "json_props" => json_props::run(data),
+        "tcg_run" => tcg_run::run(data),
+        _ => return None,
+    }
+    Some(())
+}
