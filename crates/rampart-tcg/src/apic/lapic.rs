@@ -235,6 +235,16 @@ impl LocalApic {
         }
     }
 
+    /// The task-priority register (bits 7:0). CR8 is its bits 7:4.
+    pub fn task_priority(&self) -> u8 {
+        self.tpr as u8
+    }
+
+    /// Sets the task-priority register (MOV to CR8 writes `value << 4`).
+    pub fn set_task_priority(&mut self, tpr: u8) {
+        self.tpr = u32::from(tpr);
+    }
+
     /// Arbitration priority (for lowest-priority delivery).
     pub fn arbitration_priority(&self) -> u8 {
         let tpr = self.tpr as u8;

@@ -27,6 +27,8 @@ mod time;
 mod timer;
 
 #[cfg(test)]
+mod lapic_msr_tests;
+#[cfg(test)]
 mod lapic_tests;
 
 pub use ioapic::{IoApic, IOAPIC_PINS, IOAPIC_VERSION};

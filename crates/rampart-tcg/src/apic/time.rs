@@ -185,24 +185,24 @@ impl KvmClock {
         }
     }
 
-    /// WRMSR of a kvmclock MSR (`None`: not one; `Some(Err(()))`: #GP for an address beyond
-    /// the physical address space or a structure crossing a page).
+    /// WRMSR of a kvmclock MSR (`None`: not one). As with KVM these never #GP: an unusable
+    /// address (a time structure crossing a page, anything past 2^52) just leaves nothing to
+    /// write. The result type matches the CPU's MSR hook.
     pub fn write_msr(&mut self, msr: u32, value: u64) -> Option<Result<(), ()>> {
         match msr {
             MSR_KVM_SYSTEM_TIME_NEW | MSR_KVM_SYSTEM_TIME => {
-                let ok = self.write_system_time_msr(value).is_some() || value & 1 == 0;
-                Some(if ok { Ok(()) } else { Err(()) })
+                self.write_system_time_msr(value);
             }
             MSR_KVM_WALL_CLOCK_NEW | MSR_KVM_WALL_CLOCK => {
-                if value > MAX_GPA - 11 || (value & 0xfff) > 0x1000 - 12 {
-                    return Some(Err(()));
-                }
                 self.wall_clock_msr = value;
-                self.pending_wall = Some(value);
-                Some(Ok(()))
+                self.pending_wall = (value <= MAX_GPA - 11).then_some(value);
+                if self.pending_wall.is_none() {
+                    debug!(gpa = value, "kvmclock: wall clock address rejected");
+                }
             }
-            _ => None,
+            _ => return None,
         }
+        Some(Ok(()))
     }
 
     /// The `pvclock_vcpu_time_info` for VM time `now_ns` (little-endian, 32 bytes): version
@@ -305,18 +305,26 @@ mod tests {
     }
 
     #[test]
-    fn rejects_kvmclock_structure_crossing_a_page_or_past_phys_space() {
+    fn unusable_kvmclock_addresses_are_ignored_without_gp() {
         let mut clock = KvmClock::new();
         assert_eq!(clock.write_system_time_msr(0x1fe2 | 1), None);
         assert_eq!(clock.write_system_time_msr(0x1fe0 | 1), Some(0x1fe0));
         assert_eq!(clock.write_system_time_msr(u64::MAX), None);
         assert_eq!(
             clock.write_msr(MSR_KVM_SYSTEM_TIME_NEW, u64::MAX),
-            Some(Err(()))
+            Some(Ok(()))
         );
+        assert_eq!(clock.take_pending_write(), None);
         assert_eq!(
-            clock.write_msr(MSR_KVM_WALL_CLOCK_NEW, 0xffa),
-            Some(Err(()))
+            clock.write_msr(MSR_KVM_WALL_CLOCK_NEW, u64::MAX - 4),
+            Some(Ok(()))
+        );
+        assert_eq!(clock.take_pending_wall_clock(), None);
+        assert_eq!(clock.write_msr(MSR_KVM_WALL_CLOCK_NEW, 0xffc), Some(Ok(())));
+        assert_eq!(
+            clock.take_pending_wall_clock(),
+            Some(0xffc),
+            "RAM writes may cross pages"
         );
         assert_eq!(clock.write_msr(0x10, 1), None);
     }
