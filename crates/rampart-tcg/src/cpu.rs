@@ -379,14 +379,94 @@ impl Cpu {
         self.tlb.flush_all();
     }
 
-    /// Current privilege level.
+    /// INIT: the architectural reset state (real mode at F000:FFF0, EFER/CR0/CR4 cleared,
+    /// segments, descriptor tables and GPRs reset). As on hardware, INIT keeps the x87/SSE
+    /// state, the MSRs other than EFER, the TSC and the CPUID provider. The local APIC is the
+    /// embedder's (see `apic`).
+    pub fn reset(&mut self) {
+        let fresh = Cpu::new();
+        let cpuid = std::mem::replace(&mut self.cpuid, fresh.cpuid);
+        let msr = std::mem::take(&mut self.msr);
+        let warned = std::mem::take(&mut self.warned_ud);
+        let (xmm, mxcsr, fpu, tsc) = (self.xmm, self.mxcsr, self.fpu, self.tsc);
+        *self = Cpu {
+            cpuid,
+            msr,
+            warned_ud: warned,
+            xmm,
+            mxcsr,
+            fpu,
+            tsc,
+            ..fresh
+        };
+        // EDX holds the processor signature after reset (family/model/stepping of CPUID 1).
+        self.gpr[gpr::RDX] = (self.cpuid)(1, 0)[0] as u64;
+    }
+
+    /// Start an application processor at a startup IPI: real mode at `vector << 8`:0000 (CS.base
+    /// = `vector << 12`). Only CS:IP and the halted state change, as on hardware: the CPU is
+    /// expected to be in the state [`Cpu::reset`] leaves (the INIT that precedes a SIPI).
+    pub fn start_at_sipi(&mut self, vector: u8) {
+        self.seg[SegReg::Cs as usize] = Segment {
+            selector: (vector as u16) << 8,
+            base: (vector as u64) << 12,
+            limit: 0xffff,
+            attr: attr::P | attr::S | attr::CODE | attr::RW | attr::ACCESSED,
+        };
+        self.rip = 0;
+        self.halted = false;
+        self.pending_in = None;
+        self.pending_shutdown = false;
+        self.interrupt_shadow = false;
+    }
+
+    /// Current privilege level (0 in real mode).
     pub fn cpl(&self) -> u8 {
+        if self.cr0 & cr0::PE == 0 {
+            return 0;
+        }
         (self.seg[SegReg::Cs as usize].selector & 3) as u8
     }
 
     /// Whether the CPU runs 64-bit code (long mode and CS.L).
     pub fn in_64bit_mode(&self) -> bool {
         self.efer & efer::LMA != 0 && self.seg[SegReg::Cs as usize].attr & attr::L != 0
+    }
+
+    /// Whether the CPU is in real-address mode (CR0.PE clear).
+    pub fn in_real_mode(&self) -> bool {
+        self.cr0 & cr0::PE == 0
+    }
+
+    /// Default operand/address size of the running code in bits: 64, or 32/16 from CS.D.
+    pub fn code_bits(&self) -> u32 {
+        if self.in_64bit_mode() {
+            64
+        } else if self.seg[SegReg::Cs as usize].attr & attr::DB != 0 {
+            32
+        } else {
+            16
+        }
+    }
+
+    /// The mask applied to the stack pointer outside 64-bit mode (SS.B selects ESP or SP).
+    pub(crate) fn sp_mask(&self) -> u64 {
+        if self.in_64bit_mode() {
+            u64::MAX
+        } else if self.seg[SegReg::Ss as usize].attr & attr::DB != 0 {
+            0xffff_ffff
+        } else {
+            0xffff
+        }
+    }
+
+    /// Write the stack pointer with the width of the current stack (SP, ESP or RSP).
+    pub(crate) fn set_sp(&mut self, v: u64) {
+        match self.sp_mask() {
+            u64::MAX => self.gpr[gpr::RSP] = v,
+            0xffff => self.gpr[gpr::RSP] = (self.gpr[gpr::RSP] & !0xffff) | (v & 0xffff),
+            m => self.gpr[gpr::RSP] = v & m,
+        }
     }
 
     /// Flush the software TLB (after the embedder edits CR0/CR3/CR4/EFER or page tables directly).

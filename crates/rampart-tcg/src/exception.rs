@@ -2,7 +2,7 @@
 //! the long-mode IDT (64-bit interrupt and trap gates, IST, stack switch through TSS.RSPn, error
 //! codes, double and triple faults) and IRETQ.
 
-use crate::cpu::{attr, Cpu, SegReg, Segment};
+use crate::cpu::{attr, efer, Cpu, SegReg, Segment};
 use crate::flags;
 use crate::memory::GuestMemory;
 use crate::mmu::{is_canonical, Access, AccessKind};
@@ -215,11 +215,12 @@ impl Cpu {
     }
 
     fn deliver_once(&mut self, mem: &mut dyn GuestMemory, exc: Exception) -> Res<()> {
-        if !self.in_64bit_mode() {
-            return Err(Event::Exit(Exit::Unsupported {
-                rip: self.rip,
-                what: "interrupt delivery outside 64-bit mode",
-            }));
+        if self.efer & efer::LMA == 0 {
+            return if self.in_real_mode() {
+                self.deliver_real(mem, exc)
+            } else {
+                self.deliver_protected(mem, exc)
+            };
         }
         let v = exc.vector as u32;
         let ext = (exc.source == Source::External) as u32;
@@ -339,13 +340,10 @@ impl Cpu {
         Ok(())
     }
 
-    /// IRET with operand size `size` (4 or 8) in 64-bit mode.
+    /// IRET with operand size `size` (4 or 8) in long mode (64-bit or compatibility mode).
     pub(crate) fn iret(&mut self, mem: &mut dyn GuestMemory, size: u8) -> Res<()> {
-        if !self.in_64bit_mode() {
-            return Err(Event::Exit(Exit::Unsupported {
-                rip: self.rip,
-                what: "IRET outside 64-bit mode",
-            }));
+        if self.efer & efer::LMA == 0 {
+            return self.iret_legacy(mem, size);
         }
         let cpl = self.cpl();
         let mut vals = [0u64; 5];

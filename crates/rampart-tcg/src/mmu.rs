@@ -10,7 +10,7 @@
 //! every CR3 write, INVLPG (single page), and any CR0/CR4/EFER paging-bit change. Global pages are
 //! flushed with everything else, which is always architecturally allowed.
 
-use crate::cpu::{cr0, efer, Cpu};
+use crate::cpu::{cr0, cr4, efer, Cpu};
 use crate::exception::{vector, Event, Exception};
 use crate::memory::{GuestMemory, PAGE_SIZE};
 use crate::Exit;
@@ -141,12 +141,6 @@ impl Cpu {
         if self.cr0 & cr0::PG == 0 {
             return Ok(la & 0xffff_ffff);
         }
-        if self.efer & efer::LMA == 0 {
-            return Err(Event::Exit(Exit::Unsupported {
-                rip: self.rip,
-                what: "paging outside long mode",
-            }));
-        }
         let vpn = la >> 12;
         if let Some(e) = self.tlb.lookup(vpn) {
             if self.permits(e.writable, e.user, e.nx, access)
@@ -155,7 +149,123 @@ impl Cpu {
                 return Ok(e.ppage | (la & 0xfff));
             }
         }
+        if self.efer & efer::LMA == 0 {
+            return self.walk_legacy(mem, la & 0xffff_ffff, access);
+        }
         self.walk(mem, la, access)
+    }
+
+    /// The page walk outside long mode: PAE paging (CR4.PAE: a 4-entry PDPT, then 8-byte PD
+    /// and PT entries, 2 MiB or 4 KiB pages, NX with EFER.NXE) or 32-bit paging (4-byte
+    /// entries, 4 MiB pages with CR4.PSE, no NX). The PDPTEs are read at walk time rather than
+    /// cached at the CR3 load, and a reserved PDPTE bit is a #PF with RSVD rather than a #GP at
+    /// the MOV to CR3.
+    fn walk_legacy(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        la: u64,
+        access: Access,
+    ) -> Result<u64, Event> {
+        let pae = self.cr4 & cr4::PAE != 0;
+        let nxe = pae && self.efer & efer::NXE != 0;
+        let (mut table, idx_mask, entry_bytes, top_shift) = if pae {
+            let addr = (self.cr3 & 0xffff_ffe0) + ((la >> 30) & 3) * 8;
+            let pdpte = read_phys_u64(mem, addr)?;
+            if pdpte & PTE_P == 0 {
+                return Err(self.page_fault(la, access, 0));
+            }
+            // Reserved in a PAE PDPTE: bits 1-2, 5-8, 63 and the bits above the address width.
+            let rsvd = 0x1e6 | PTE_NX | !((1u64 << PHYS_ADDR_BITS) - 1);
+            if pdpte & rsvd != 0 {
+                return Err(self.page_fault(la, access, pf::PRESENT | pf::RSVD));
+            }
+            (pdpte & ADDR_MASK, 0x1ffu64, 8u64, 21u32)
+        } else {
+            (self.cr3 & 0xffff_f000, 0x3ffu64, 4u64, 22u32)
+        };
+        let mut rsvd_hi = if pae {
+            !((1u64 << PHYS_ADDR_BITS) - 1) & !PTE_NX
+        } else {
+            0
+        };
+        if pae && !nxe {
+            rsvd_hi |= PTE_NX;
+        }
+        let (mut writable, mut user, mut nx) = (true, true, false);
+        let mut entries: [(u64, u64); 2] = [(0, 0); 2];
+        let mut depth = 0;
+        let mut shift = top_shift;
+        let (page_base, page_size) = loop {
+            let addr = table + ((la >> shift) & idx_mask) * entry_bytes;
+            let pte = if pae {
+                read_phys_u64(mem, addr)?
+            } else {
+                let mut b = [0u8; 4];
+                mem.read(addr, &mut b)
+                    .map_err(|e| Event::Exit(Exit::from(e)))?;
+                u32::from_le_bytes(b) as u64
+            };
+            if pte & PTE_P == 0 {
+                return Err(self.page_fault(la, access, 0));
+            }
+            let large = shift != 12 && pte & PTE_PS != 0 && (pae || self.cr4 & cr4::PSE != 0);
+            let mut rsvd = pte & rsvd_hi != 0;
+            if large {
+                // Bits 13 up to the page-size bit must be 0 (no PSE-36 in the model).
+                let low = ((1u64 << shift) - 1) & !0x1fff;
+                rsvd |= pte & low != 0;
+            }
+            if rsvd {
+                return Err(self.page_fault(la, access, pf::PRESENT | pf::RSVD));
+            }
+            writable &= pte & PTE_W != 0;
+            user &= pte & PTE_U != 0;
+            nx |= nxe && pte & PTE_NX != 0;
+            entries[depth] = (addr, pte);
+            depth += 1;
+            if shift == 12 || large {
+                let size = 1u64 << shift;
+                let mask = if pae { ADDR_MASK } else { 0xffff_f000 };
+                break ((pte & mask) & !(size - 1), size);
+            }
+            table = pte & if pae { ADDR_MASK } else { 0xffff_f000 };
+            shift = 12;
+        };
+        if !self.permits(writable, user, nx, access) {
+            return Err(self.page_fault(la, access, pf::PRESENT));
+        }
+        let is_write = access.kind == AccessKind::Write;
+        for (i, &(addr, pte)) in entries[..depth].iter().enumerate() {
+            let mut new = pte | PTE_A;
+            if i + 1 == depth && is_write {
+                new |= PTE_D;
+            }
+            if new != pte {
+                let n = entry_bytes as usize;
+                let mut found = [0u8; 8];
+                mem.compare_exchange(
+                    addr,
+                    &pte.to_le_bytes()[..n],
+                    &new.to_le_bytes()[..n],
+                    &mut found[..n],
+                )
+                .map_err(|e| Event::Exit(Exit::from(e)))?;
+            }
+        }
+        let leaf_dirty = is_write || entries[depth - 1].1 & PTE_D != 0;
+        let pa = page_base + (la & (page_size - 1));
+        self.tlb.insert(
+            la >> 12,
+            TlbEntry {
+                tag: 0,
+                ppage: pa & !0xfff,
+                writable,
+                user,
+                nx,
+                dirty: leaf_dirty,
+            },
+        );
+        Ok(pa)
     }
 
     fn permits(&self, writable: bool, user: bool, nx: bool, a: Access) -> bool {

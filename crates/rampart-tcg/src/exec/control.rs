@@ -1,7 +1,8 @@
-//! JMP, Jcc, CALL, RET, LOOP/LOOPE/LOOPNE, JRCXZ/JECXZ, INT3/INT n/INT1, UD0/1/2, IRET.
+//! JMP, Jcc, CALL, RET, LOOP/LOOPE/LOOPNE, JCXZ/JECXZ/JRCXZ, INT3/INT n/INT1/INTO, UD0/1/2,
+//! IRET, in every mode (far transfers are in `far`).
 
 use super::mov::cc;
-use crate::cpu::{attr, Cpu, SegReg, Segment};
+use crate::cpu::{efer, Cpu, SegReg};
 use crate::exception::{vector, Event, Exception, Res, Source};
 use crate::memory::GuestMemory;
 use crate::mmu::is_canonical;
@@ -29,13 +30,38 @@ pub(crate) fn is_jcc(m: M) -> bool {
     )
 }
 
-/// Set the next RIP to `target` (#GP(0) if non-canonical, before anything else changes).
-fn jump_to(cpu: &mut Cpu, target: u64) -> Res<()> {
-    if !is_canonical(target) {
-        return Err(Exception::gp(0).into());
+/// Check a near branch target: canonical in 64-bit mode, within the CS limit otherwise (#GP(0)).
+fn check_target(cpu: &Cpu, target: u64) -> Res<()> {
+    let ok = if cpu.in_64bit_mode() {
+        is_canonical(target)
+    } else {
+        target <= cpu.seg[SegReg::Cs as usize].limit as u64
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Exception::gp(0).into())
     }
+}
+
+/// Set the next RIP to `target` (#GP(0) if it is not a valid IP, before anything else changes).
+fn jump_to(cpu: &mut Cpu, target: u64) -> Res<()> {
+    check_target(cpu, target)?;
     cpu.next_rip = target;
     Ok(())
+}
+
+/// The counter of LOOPcc/JCXZ is CX, ECX or RCX by the address size.
+fn counter_mask(code: Code) -> u64 {
+    use Code::*;
+    match code {
+        Loopne_rel8_16_CX | Loopne_rel8_32_CX | Loope_rel8_16_CX | Loope_rel8_32_CX
+        | Loop_rel8_16_CX | Loop_rel8_32_CX | Jcxz_rel8_16 | Jcxz_rel8_32 => 0xffff,
+        Loopne_rel8_16_ECX | Loopne_rel8_32_ECX | Loopne_rel8_64_ECX | Loope_rel8_16_ECX
+        | Loope_rel8_32_ECX | Loope_rel8_64_ECX | Loop_rel8_16_ECX | Loop_rel8_32_ECX
+        | Loop_rel8_64_ECX | Jecxz_rel8_16 | Jecxz_rel8_32 | Jecxz_rel8_64 => 0xffff_ffff,
+        _ => u64::MAX,
+    }
 }
 
 /// The branch target of a near JMP/CALL/Jcc: relative, or read from a register/memory operand.
@@ -61,62 +87,45 @@ pub(crate) fn branch(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) 
     match i.mnemonic() {
         M::Jmp => {
             if i.code().is_jmp_far() || i.code().is_jmp_far_indirect() {
-                return Err(cpu.unimplemented(i));
+                return super::far::far_jmp_call(cpu, mem, i);
             }
             let t = near_target(cpu, mem, i)?;
             jump_to(cpu, t)
         }
         M::Call => {
             if i.code().is_call_far() || i.code().is_call_far_indirect() {
-                return Err(cpu.unimplemented(i));
+                return super::far::far_jmp_call(cpu, mem, i);
             }
             let t = near_target(cpu, mem, i)?;
-            if !is_canonical(t) {
-                return Err(Exception::gp(0).into());
-            }
+            check_target(cpu, t)?;
             let size = i.stack_pointer_increment().unsigned_abs().min(8) as u8;
             cpu.push(mem, cpu.next_rip, size)?;
             cpu.next_rip = t;
             Ok(())
         }
         M::Ret => {
-            if i.code() != Code::Retnq
-                && i.code() != Code::Retnq_imm16
-                && i.code() != Code::Retnw
-                && i.code() != Code::Retnw_imm16
-            {
-                return Err(cpu.unimplemented(i));
-            }
-            let size = if matches!(i.code(), Code::Retnw | Code::Retnw_imm16) {
-                2
-            } else {
-                8
+            let size = match i.code() {
+                Code::Retnw | Code::Retnw_imm16 => 2,
+                Code::Retnd | Code::Retnd_imm16 => 4,
+                Code::Retnq | Code::Retnq_imm16 => 8,
+                _ => return Err(cpu.unimplemented(i)),
             };
             let t = cpu.read_stack(mem, cpu.gpr[4], size)?;
-            if !is_canonical(t) {
-                return Err(Exception::gp(0).into());
-            }
+            check_target(cpu, t)?;
             let extra = if i.op_count() == 1 {
                 i.immediate(0) & 0xffff
             } else {
                 0
             };
-            cpu.gpr[4] = cpu.gpr[4].wrapping_add(size as u64).wrapping_add(extra);
+            cpu.set_sp(cpu.gpr[4].wrapping_add(size as u64).wrapping_add(extra));
             cpu.next_rip = t;
             Ok(())
         }
-        M::Retf => far_return(cpu, mem, i),
-        M::Loop | M::Loope | M::Loopne | M::Jrcxz | M::Jecxz => {
-            let ecx = matches!(
-                i.code(),
-                Code::Loop_rel8_64_ECX
-                    | Code::Loope_rel8_64_ECX
-                    | Code::Loopne_rel8_64_ECX
-                    | Code::Jecxz_rel8_64
-            );
-            let mask = if ecx { 0xffff_ffff } else { u64::MAX };
+        M::Retf => super::far::far_return(cpu, mem, i),
+        M::Loop | M::Loope | M::Loopne | M::Jrcxz | M::Jecxz | M::Jcxz => {
+            let mask = counter_mask(i.code());
             let m = i.mnemonic();
-            let count = if matches!(m, M::Jrcxz | M::Jecxz) {
+            let count = if matches!(m, M::Jrcxz | M::Jecxz | M::Jcxz) {
                 cpu.gpr[1] & mask
             } else {
                 (cpu.gpr[1] & mask).wrapping_sub(1) & mask
@@ -131,68 +140,18 @@ pub(crate) fn branch(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) 
             if taken {
                 jump_to(cpu, i.near_branch_target())?;
             }
-            if !matches!(m, M::Jrcxz | M::Jecxz) {
-                // A 32-bit counter write zero-extends, like any 32-bit register write.
-                cpu.gpr[1] = count;
+            if !matches!(m, M::Jrcxz | M::Jecxz | M::Jcxz) {
+                // A 32-bit counter write zero-extends, like any 32-bit register write; CX merges.
+                cpu.gpr[1] = if mask == 0xffff {
+                    (cpu.gpr[1] & !0xffff) | count
+                } else {
+                    count
+                };
             }
             Ok(())
         }
         _ => Err(cpu.unimplemented(i)),
     }
-}
-
-/// RETF (LRETQ/LRETL) in 64-bit mode: same privilege, or to an outer ring (then SS:RSP are
-/// popped too). Linux uses `lretq` to reload CS after switching GDTs.
-fn far_return(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
-    let size: u8 = match i.code() {
-        Code::Retfq | Code::Retfq_imm16 => 8,
-        Code::Retfd | Code::Retfd_imm16 => 4,
-        _ => return Err(cpu.unimplemented(i)),
-    };
-    let extra = if i.op_count() == 1 {
-        i.immediate(0) & 0xffff
-    } else {
-        0
-    };
-    let rsp = cpu.gpr[4];
-    let new_rip = cpu.read_stack(mem, rsp, size)?;
-    let sel = cpu.read_stack(mem, rsp.wrapping_add(size as u64), size)? as u16;
-    let cpl = cpu.cpl();
-    let rpl = (sel & 3) as u8;
-    if sel & !3 == 0 || rpl < cpl {
-        return Err(Exception::gp((sel & !3) as u32).into());
-    }
-    let cs = Segment::from_descriptor(sel, cpu.read_descriptor(mem, sel)?);
-    let conforming = cs.attr & attr::DC != 0;
-    let is_code = cs.attr & attr::S != 0 && cs.attr & attr::CODE != 0;
-    if !is_code || (conforming && cs.dpl() > rpl) || (!conforming && cs.dpl() != rpl) {
-        return Err(Exception::gp((sel & !3) as u32).into());
-    }
-    if cs.attr & attr::P == 0 {
-        return Err(Exception::np((sel & !3) as u32).into());
-    }
-    if rpl != cpl {
-        return Err(Event::Exit(crate::Exit::Unsupported {
-            rip: cpu.rip,
-            what: "far return to an outer ring",
-        }));
-    }
-    let target_64 = cs.attr & attr::L != 0;
-    let new_rip = if target_64 {
-        new_rip
-    } else {
-        new_rip & 0xffff_ffff
-    };
-    if !is_canonical(new_rip) {
-        return Err(Exception::gp(0).into());
-    }
-    cpu.seg[SegReg::Cs as usize] = Segment {
-        selector: sel,
-        ..cs
-    };
-    cpu.gpr[4] = rsp.wrapping_add(2 * size as u64).wrapping_add(extra);
-    cpu.next_rip = new_rip;
-    Ok(())
 }
 
 pub(crate) fn interrupt(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
@@ -208,8 +167,19 @@ pub(crate) fn interrupt(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instructio
         M::Int => soft(i.immediate(0) as u8),
         M::Int1 => soft(vector::DB),
         M::Iretq => cpu.iret(mem, 8),
+        M::Iretd | M::Iret if cpu.efer & efer::LMA == 0 => {
+            let size = if i.mnemonic() == M::Iretd { 4 } else { 2 };
+            cpu.iret_legacy(mem, size)
+        }
         M::Iretd => cpu.iret(mem, 4),
-        // UD0/UD1/UD2, INTO (invalid in 64-bit mode) and 16-bit IRET.
+        M::Into if !cpu.in_64bit_mode() => {
+            if cpu.flags.get(crate::flags::OF) {
+                soft(vector::OF)
+            } else {
+                Ok(())
+            }
+        }
+        // UD0/UD1/UD2, INTO in 64-bit mode and 16-bit IRET in long mode.
         _ => Err(Exception::ud().into()),
     }
 }

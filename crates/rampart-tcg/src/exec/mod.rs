@@ -3,6 +3,8 @@
 pub(crate) mod arith;
 pub(crate) mod bits;
 pub(crate) mod control;
+pub(crate) mod far;
+pub(crate) mod legacy;
 pub(crate) mod logic;
 pub(crate) mod mov;
 pub(crate) mod msr;
@@ -61,6 +63,9 @@ impl Cpu {
 
     /// Linear address of memory operand `op`, with the canonical check (#SS for stack accesses).
     pub(crate) fn mem_la(&self, instr: &Instruction, op: u32) -> Res<u64> {
+        if !self.in_64bit_mode() {
+            return self.legacy_mem_la(instr, op);
+        }
         let la = instr
             .virtual_address(op, 0, |r, _, _| {
                 Some(if r.is_segment_register() {

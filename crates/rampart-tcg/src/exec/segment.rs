@@ -1,5 +1,6 @@
-//! Segment and descriptor-table instructions in 64-bit mode: MOV/POP to segment registers,
-//! MOV from them, LGDT/LIDT/SGDT/SIDT, LTR/LLDT/STR/SLDT, SWAPGS, SYSCALL, SYSRET.
+//! Segment and descriptor-table instructions: MOV/POP to segment registers (real-mode and
+//! protected-mode rules), MOV from them, LDS/LES/LSS/LFS/LGS, LGDT/LIDT/SGDT/SIDT in every
+//! operand size, LTR/LLDT/STR/SLDT, SWAPGS, SYSCALL, SYSRET.
 
 use super::msr::index;
 use super::op_size;
@@ -9,7 +10,7 @@ use crate::flags;
 use crate::memory::GuestMemory;
 use crate::mmu::is_canonical;
 use crate::Exit;
-use iced_x86::{Instruction, Mnemonic as M, OpKind};
+use iced_x86::{Code, Instruction, Mnemonic as M, OpKind};
 
 fn require_cpl0(cpu: &Cpu) -> Res<()> {
     if cpu.cpl() != 0 {
@@ -32,9 +33,19 @@ impl Cpu {
         if s == SegReg::Cs {
             return Err(Exception::ud().into());
         }
+        if self.in_real_mode() {
+            // Real mode: base = selector << 4; limit and attributes stay (as on hardware), but
+            // the segment becomes usable again if protected mode had nulled it.
+            let seg = &mut self.seg[s as usize];
+            seg.selector = sel;
+            seg.base = (sel as u64) << 4;
+            seg.attr |= attr::P | attr::S;
+            return Ok(());
+        }
         if sel & !3 == 0 {
-            // Null selector: allowed for DS/ES/FS/GS, and for SS below CPL 3 with RPL == CPL.
-            if s == SegReg::Ss && (cpl == 3 || rpl != cpl) {
+            // Null selector: allowed for DS/ES/FS/GS, and (64-bit mode only) for SS below CPL 3
+            // with RPL == CPL.
+            if s == SegReg::Ss && (cpl == 3 || rpl != cpl || !self.in_64bit_mode()) {
                 return Err(Exception::gp(0).into());
             }
             let seg = &mut self.seg[s as usize];
@@ -49,7 +60,8 @@ impl Cpu {
             }
             return Ok(());
         }
-        let d = Segment::from_descriptor(sel, self.read_descriptor(mem, sel)?);
+        let raw = self.read_descriptor(mem, sel)?;
+        let mut d = Segment::from_descriptor(sel, raw);
         let is_code = d.attr & attr::CODE != 0;
         if d.attr & attr::S == 0 {
             return Err(Exception::gp(code).into());
@@ -73,9 +85,43 @@ impl Cpu {
                 return Err(Exception::np(code).into());
             }
         }
+        self.mark_accessed(mem, sel, raw)?;
+        d.attr |= attr::ACCESSED;
         self.seg[s as usize] = d;
         Ok(())
     }
+}
+
+/// LDS/LES/LSS/LFS/LGS: load a far pointer (offset, then selector) from memory.
+pub(crate) fn load_far_pointer(
+    cpu: &mut Cpu,
+    mem: &mut dyn GuestMemory,
+    i: &Instruction,
+) -> Res<()> {
+    let s = match i.mnemonic() {
+        M::Lds => SegReg::Ds,
+        M::Les => SegReg::Es,
+        M::Lss => SegReg::Ss,
+        M::Lfs => SegReg::Fs,
+        _ => SegReg::Gs,
+    };
+    if i.op1_kind() != OpKind::Memory {
+        return Err(Exception::ud().into());
+    }
+    let size = op_size(i, 0);
+    let la = cpu.mem_la(i, 1)?;
+    let off = cpu.read_mem(mem, la, size)?;
+    let mut sel_la = la.wrapping_add(size as u64);
+    if !cpu.in_64bit_mode() {
+        sel_la &= 0xffff_ffff;
+    }
+    let sel = cpu.read_mem(mem, sel_la, 2)? as u16;
+    cpu.load_segment(mem, s, sel)?;
+    if s == SegReg::Ss {
+        cpu.interrupt_shadow = true;
+    }
+    cpu.set_reg(i.op0_register(), off);
+    Ok(())
 }
 
 /// MOV Sreg, r/m16 and MOV r/m, Sreg.
@@ -109,9 +155,14 @@ pub(crate) fn pop_sreg(
     size: u8,
 ) -> Res<()> {
     let s = SegReg::from_iced(i.op0_register()).ok_or(Exception::ud())?;
-    let sel = cpu.read_stack(mem, cpu.gpr[4], size)? as u16;
-    cpu.load_segment(mem, s, sel)?;
-    cpu.gpr[4] = cpu.gpr[4].wrapping_add(size as u64);
+    let old_sp = cpu.gpr[4];
+    let sel = cpu.read_stack(mem, old_sp, size)? as u16;
+    // The stack pointer moves with the old stack's size.
+    cpu.set_sp(old_sp.wrapping_add(size as u64));
+    if let Err(e) = cpu.load_segment(mem, s, sel) {
+        cpu.gpr[4] = old_sp;
+        return Err(e);
+    }
     if s == SegReg::Ss {
         cpu.interrupt_shadow = true;
     }
@@ -125,10 +176,21 @@ pub(crate) fn tables(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) 
             require_cpl0(cpu)?;
             let la = cpu.mem_la(i, 0)?;
             let limit = cpu.read_mem(mem, la, 2)? as u16;
-            let base = cpu.read_mem(mem, la.wrapping_add(2), 8)?;
-            if !is_canonical(base) {
-                return Err(Exception::gp(0).into());
-            }
+            let base = if cpu.in_64bit_mode() {
+                let base = cpu.read_mem(mem, la.wrapping_add(2), 8)?;
+                if !is_canonical(base) {
+                    return Err(Exception::gp(0).into());
+                }
+                base
+            } else {
+                // Outside 64-bit mode: a 32-bit base, of which 24 bits with a 16-bit operand.
+                let b = cpu.read_mem(mem, la.wrapping_add(2) & 0xffff_ffff, 4)?;
+                if matches!(i.code(), Code::Lgdt_m1632_16 | Code::Lidt_m1632_16) {
+                    b & 0xff_ffff
+                } else {
+                    b
+                }
+            };
             let t = if m == M::Lgdt {
                 &mut cpu.gdtr
             } else {
@@ -141,9 +203,20 @@ pub(crate) fn tables(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) 
         M::Sgdt | M::Sidt => {
             let t = if m == M::Sgdt { cpu.gdtr } else { cpu.idtr };
             let la = cpu.mem_la(i, 0)?;
-            cpu.probe_write(mem, la, 10)?;
-            cpu.write_mem(mem, la, 2, t.limit as u64)?;
-            cpu.write_mem(mem, la.wrapping_add(2), 8, t.base)
+            if cpu.in_64bit_mode() {
+                cpu.probe_write(mem, la, 10)?;
+                cpu.write_mem(mem, la, 2, t.limit as u64)?;
+                cpu.write_mem(mem, la.wrapping_add(2), 8, t.base)
+            } else {
+                let base = if matches!(i.code(), Code::Sgdt_m1632_16 | Code::Sidt_m1632_16) {
+                    t.base & 0xff_ffff
+                } else {
+                    t.base & 0xffff_ffff
+                };
+                cpu.probe_write(mem, la, 6)?;
+                cpu.write_mem(mem, la, 2, t.limit as u64)?;
+                cpu.write_mem(mem, la.wrapping_add(2) & 0xffff_ffff, 4, base)
+            }
         }
         M::Str | M::Sldt => {
             let sel = if m == M::Str {

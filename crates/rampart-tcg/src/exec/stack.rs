@@ -9,9 +9,20 @@ use crate::mmu::{Access, AccessKind};
 use iced_x86::{Code, Instruction, Mnemonic as M, OpKind, Register};
 
 impl Cpu {
-    /// Read `size` bytes of the stack at linear address `la` (#SS if non-canonical).
-    pub(crate) fn read_stack(&mut self, mem: &mut dyn GuestMemory, la: u64, size: u8) -> Res<u64> {
-        self.check_canonical(la, true)?;
+    /// Linear address of `size` bytes at stack pointer value `sp`: flat and canonical in
+    /// 64-bit mode, `SS:(sp & SP mask)` with the SS checks otherwise.
+    pub(crate) fn stack_la(&self, sp: u64, size: u8) -> Res<u64> {
+        if self.in_64bit_mode() {
+            self.check_canonical(sp, true)?;
+            Ok(sp)
+        } else {
+            self.seg_la(SegReg::Ss, sp & self.sp_mask(), size as u64)
+        }
+    }
+
+    /// Read `size` bytes of the stack at stack pointer value `sp` (#SS on a bad address).
+    pub(crate) fn read_stack(&mut self, mem: &mut dyn GuestMemory, sp: u64, size: u8) -> Res<u64> {
+        let la = self.stack_la(sp, size)?;
         let mut b = [0u8; 8];
         let access = Access {
             kind: AccessKind::Read,
@@ -21,19 +32,19 @@ impl Cpu {
         Ok(u64::from_le_bytes(b))
     }
 
-    /// Push `size` bytes; RSP changes only if the write succeeds.
+    /// Push `size` bytes; the stack pointer changes only if the write succeeds.
     pub(crate) fn push(&mut self, mem: &mut dyn GuestMemory, v: u64, size: u8) -> Res<()> {
-        let la = self.gpr[4].wrapping_sub(size as u64);
-        self.check_canonical(la, true)?;
+        let sp = self.gpr[4].wrapping_sub(size as u64) & self.sp_mask();
+        let la = self.stack_la(sp, size)?;
         self.write_mem(mem, la, size, v)?;
-        self.gpr[4] = la;
+        self.set_sp(sp);
         Ok(())
     }
 
     /// Pop `size` bytes.
     pub(crate) fn pop(&mut self, mem: &mut dyn GuestMemory, size: u8) -> Res<u64> {
         let v = self.read_stack(mem, self.gpr[4], size)?;
-        self.gpr[4] = self.gpr[4].wrapping_add(size as u64);
+        self.set_sp(self.gpr[4].wrapping_add(size as u64));
         Ok(v)
     }
 }
@@ -42,6 +53,7 @@ impl Cpu {
 fn stack_size(i: &Instruction) -> u8 {
     match i.code() {
         Code::Enterw_imm16_imm8 | Code::Leavew => 2,
+        Code::Enterd_imm16_imm8 | Code::Leaved => 4,
         Code::Enterq_imm16_imm8 | Code::Leaveq => 8,
         _ => i.stack_pointer_increment().unsigned_abs().min(8) as u8,
     }
@@ -89,12 +101,12 @@ pub(crate) fn exec(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) ->
             }
             Ok(())
         }
-        M::Pushf | M::Pushfq => {
+        M::Pushf | M::Pushfd | M::Pushfq => {
             let size = stack_size(i);
             let v = cpu.flags.bits() & !(flags::VM | flags::RF);
             cpu.push(mem, v, size)
         }
-        M::Popf | M::Popfq => {
+        M::Popf | M::Popfd | M::Popfq => {
             let size = stack_size(i);
             let v = cpu.pop(mem, size)?;
             let cpl = cpu.cpl();
@@ -105,11 +117,11 @@ pub(crate) fn exec(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) ->
         M::Leave => {
             let size = stack_size(i);
             let v = cpu.read_stack(mem, cpu.gpr[5], size)?;
-            cpu.gpr[4] = cpu.gpr[5].wrapping_add(size as u64);
-            let bp = if size == 2 {
-                Register::BP
-            } else {
-                Register::RBP
+            cpu.set_sp(cpu.gpr[5].wrapping_add(size as u64));
+            let bp = match size {
+                2 => Register::BP,
+                4 => Register::EBP,
+                _ => Register::RBP,
             };
             cpu.set_reg(bp, v);
             Ok(())
@@ -117,6 +129,59 @@ pub(crate) fn exec(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) ->
         M::Enter => enter(cpu, mem, i),
         _ => Err(cpu.unimplemented(i)),
     }
+}
+
+/// PUSHA/PUSHAD (outside 64-bit mode): AX, CX, DX, BX, the original SP, BP, SI, DI.
+pub(crate) fn pusha(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
+    let size = if i.mnemonic() == M::Pushad { 4 } else { 2 };
+    let old = cpu.gpr[4];
+    for n in 0..8 {
+        let v = if n == 4 { old } else { cpu.gpr[n] };
+        if let Err(e) = cpu.push(mem, v & size_mask(size), size) {
+            cpu.gpr[4] = old;
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// POPA/POPAD (outside 64-bit mode): the reverse of PUSHA; the saved SP is skipped.
+pub(crate) fn popa(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
+    let size: u8 = if i.mnemonic() == M::Popad { 4 } else { 2 };
+    let mut vals = [0u64; 8];
+    let mut sp = cpu.gpr[4];
+    for v in vals.iter_mut() {
+        *v = cpu.read_stack(mem, sp, size)?;
+        sp = sp.wrapping_add(size as u64);
+    }
+    let regs: [Register; 8] = if size == 4 {
+        [
+            Register::EDI,
+            Register::ESI,
+            Register::EBP,
+            Register::None,
+            Register::EBX,
+            Register::EDX,
+            Register::ECX,
+            Register::EAX,
+        ]
+    } else {
+        [
+            Register::DI,
+            Register::SI,
+            Register::BP,
+            Register::None,
+            Register::BX,
+            Register::DX,
+            Register::CX,
+            Register::AX,
+        ]
+    };
+    for (r, v) in regs.iter().zip(vals) {
+        cpu.set_reg(*r, v);
+    }
+    cpu.set_sp(sp);
+    Ok(())
 }
 
 /// ENTER imm16, imm8 (nesting level taken modulo 32, as the SDM specifies).
@@ -137,16 +202,16 @@ fn enter(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
             }
             cpu.push(mem, frame, size)?;
         }
-        let new_rsp = cpu.gpr[4].wrapping_sub(alloc);
+        let new_rsp = cpu.gpr[4].wrapping_sub(alloc) & cpu.sp_mask();
         // The final stack pointer must be writable.
-        cpu.check_canonical(new_rsp, true)?;
-        cpu.probe_write(mem, new_rsp, 1)?;
-        if size == 2 {
-            cpu.set_reg(Register::BP, frame);
-        } else {
-            cpu.gpr[5] = frame;
+        let la = cpu.stack_la(new_rsp, 1)?;
+        cpu.probe_write(mem, la, 1)?;
+        match size {
+            2 => cpu.set_reg(Register::BP, frame),
+            4 => cpu.set_reg(Register::EBP, frame),
+            _ => cpu.gpr[5] = frame,
         }
-        cpu.gpr[4] = new_rsp;
+        cpu.set_sp(new_rsp);
         Ok(())
     })();
     if result.is_err() {

@@ -23,6 +23,16 @@ fn accumulator(size: u8) -> Register {
     }
 }
 
+/// Write an index/count register of the given address-size mask: 16-bit writes merge, 32-bit
+/// writes zero-extend.
+fn merge(old: u64, new: u64, amask: u64) -> u64 {
+    if amask == 0xffff {
+        (old & !0xffff) | (new & 0xffff)
+    } else {
+        new & amask
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Movs,
@@ -41,19 +51,29 @@ pub(crate) fn exec(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) ->
         _ => Kind::Scas,
     };
     let size = i.memory_size().size().clamp(1, 8) as u8;
-    let a32 = (0..i.op_count())
-        .any(|n| matches!(i.op_kind(n), OpKind::MemorySegESI | OpKind::MemoryESEDI));
-    if (0..i.op_count()).any(|n| matches!(i.op_kind(n), OpKind::MemorySegSI | OpKind::MemoryESDI)) {
-        return Err(cpu.unimplemented(i));
-    }
-    let amask = if a32 { 0xffff_ffff } else { u64::MAX };
+    // The address size decides which index/count registers are used: SI/DI/CX, ESI/EDI/ECX
+    // or RSI/RDI/RCX.
+    let kinds = [i.op0_kind(), i.op1_kind()];
+    let amask: u64 = if kinds
+        .iter()
+        .any(|k| matches!(k, OpKind::MemorySegSI | OpKind::MemoryESDI))
+    {
+        0xffff
+    } else if kinds
+        .iter()
+        .any(|k| matches!(k, OpKind::MemorySegESI | OpKind::MemoryESEDI))
+    {
+        0xffff_ffff
+    } else {
+        u64::MAX
+    };
     let rep = i.has_rep_prefix() || i.has_repne_prefix();
     let step = if cpu.flags.get(DF) {
         (size as u64).wrapping_neg()
     } else {
         size as u64
     };
-    let src_base = cpu.seg_base(i.memory_segment());
+    let src_seg = i.memory_segment();
     let mut done = 0u64;
     loop {
         if rep {
@@ -67,36 +87,34 @@ pub(crate) fn exec(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) ->
         }
         let rsi = cpu.gpr[6] & amask;
         let rdi = cpu.gpr[7] & amask;
-        let src = src_base.wrapping_add(rsi);
-        let dst = cpu.seg_base(Register::ES).wrapping_add(rdi);
         let mut stop = false;
         match kind {
             Kind::Movs => {
-                cpu.check_canonical(src, false)?;
-                cpu.check_canonical(dst, false)?;
+                let src = cpu.string_la(src_seg, rsi, size)?;
+                let dst = cpu.string_la(Register::ES, rdi, size)?;
                 let v = cpu.read_mem(mem, src, size)?;
                 cpu.write_mem(mem, dst, size, v)?;
             }
             Kind::Stos => {
-                cpu.check_canonical(dst, false)?;
+                let dst = cpu.string_la(Register::ES, rdi, size)?;
                 let v = cpu.reg(accumulator(size));
                 cpu.write_mem(mem, dst, size, v)?;
             }
             Kind::Lods => {
-                cpu.check_canonical(src, false)?;
+                let src = cpu.string_la(src_seg, rsi, size)?;
                 let v = cpu.read_mem(mem, src, size)?;
                 cpu.set_reg(accumulator(size), v);
             }
             Kind::Cmps => {
-                cpu.check_canonical(src, false)?;
-                cpu.check_canonical(dst, false)?;
+                let src = cpu.string_la(src_seg, rsi, size)?;
+                let dst = cpu.string_la(Register::ES, rdi, size)?;
                 let a = cpu.read_mem(mem, src, size)?;
                 let b = cpu.read_mem(mem, dst, size)?;
                 add_sub(cpu, M::Cmp, size, a, b & size_mask(size));
                 stop = true;
             }
             Kind::Scas => {
-                cpu.check_canonical(dst, false)?;
+                let dst = cpu.string_la(Register::ES, rdi, size)?;
                 let b = cpu.read_mem(mem, dst, size)?;
                 let a = cpu.reg(accumulator(size));
                 add_sub(cpu, M::Cmp, size, a, b & size_mask(size));
@@ -104,16 +122,17 @@ pub(crate) fn exec(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) ->
             }
         }
         // With 32-bit addressing the index registers are written as ESI/EDI (zero-extended).
+        // With 16-bit addressing only SI/DI/CX change.
         if matches!(kind, Kind::Movs | Kind::Lods | Kind::Cmps) {
-            cpu.gpr[6] = rsi.wrapping_add(step) & amask;
+            cpu.gpr[6] = merge(cpu.gpr[6], rsi.wrapping_add(step), amask);
         }
         if matches!(kind, Kind::Movs | Kind::Stos | Kind::Cmps | Kind::Scas) {
-            cpu.gpr[7] = rdi.wrapping_add(step) & amask;
+            cpu.gpr[7] = merge(cpu.gpr[7], rdi.wrapping_add(step), amask);
         }
         if !rep {
             return Ok(());
         }
-        cpu.gpr[1] = (cpu.gpr[1] & amask).wrapping_sub(1) & amask;
+        cpu.gpr[1] = merge(cpu.gpr[1], (cpu.gpr[1] & amask).wrapping_sub(1), amask);
         done += 1;
         if stop {
             let zf = cpu.flags.get(ZF);
