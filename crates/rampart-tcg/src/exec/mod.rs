@@ -13,7 +13,15 @@ pub(crate) mod segment;
 pub(crate) mod shift;
 pub(crate) mod stack;
 pub(crate) mod string;
+pub(crate) mod sse;
+pub(crate) mod sse_cvt;
+pub(crate) mod sse_float;
+pub(crate) mod sse_fp;
+pub(crate) mod sse_fxsave;
+pub(crate) mod sse_int;
+pub(crate) mod sse_move;
 pub mod system;
+pub(crate) mod x87;
 
 use crate::cpu::Cpu;
 use crate::exception::{Exception, Res};
@@ -255,6 +263,8 @@ pub(crate) fn execute(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction)
         m if control::is_jcc(m) => control::jcc(cpu, i),
         m if mov::is_cmov(m) => mov::cmov(cpu, mem, i),
         m if mov::is_setcc(m) => mov::setcc(cpu, mem, i),
+        m if sse::handles(m) => sse::exec(cpu, mem, i),
+        m if x87::handles(m) => x87::exec(cpu, mem, i),
         _ => system::exec(cpu, mem, i),
     }
 }
