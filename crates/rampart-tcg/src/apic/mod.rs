@@ -85,6 +85,44 @@ pub struct ApicMessage {
     pub source_apic_id: u32,
 }
 
+impl ApicMessage {
+    /// The message a PCI MSI/MSI-X write of `data` to `address` puts on the APIC bus:
+    /// address 0xfee0_0000 | destination ID (bits 19:12) | destination mode (bit 2, logical);
+    /// data = vector (7:0) | delivery mode (10:8) | trigger mode (bit 15, level). `None` when
+    /// the address is not in the interrupt window or the delivery mode is reserved. Physical
+    /// destination 0xff is a broadcast. The extended destination ID is not supported.
+    pub fn from_msi(address: u64, data: u32) -> Option<ApicMessage> {
+        if address & !0xf_ffff != APIC_BASE_ADDR {
+            return None;
+        }
+        let vector = data as u8;
+        let mode = match (data >> 8) & 7 {
+            0 => DeliveryMode::Fixed,
+            1 => DeliveryMode::LowestPriority,
+            2 => DeliveryMode::Smi,
+            4 => DeliveryMode::Nmi,
+            5 => DeliveryMode::Init,
+            7 => DeliveryMode::ExtInt,
+            _ => return None,
+        };
+        let dest_id = ((address >> 12) & 0xff) as u32;
+        let dest = if address & (1 << 2) != 0 {
+            Destination::Logical(dest_id)
+        } else if dest_id == 0xff {
+            Destination::Broadcast
+        } else {
+            Destination::Physical(dest_id)
+        };
+        Some(ApicMessage {
+            dest,
+            vector,
+            mode,
+            level_triggered: data & (1 << 15) != 0,
+            source_apic_id: u32::MAX,
+        })
+    }
+}
+
 /// What a local APIC did with a message, for the vCPU that owns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
@@ -112,4 +150,37 @@ where
         .filter(|(_, apic)| apic.accepts_message(msg))
         .min_by_key(|(_, apic)| apic.arbitration_priority())
         .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msi_message_decodes_destination_vector_and_mode() {
+        let msg = ApicMessage::from_msi(0xfee0_3000, 0x0000_4041).expect("MSI");
+        assert_eq!(msg.dest, Destination::Physical(3));
+        assert_eq!(msg.vector, 0x41);
+        assert_eq!(msg.mode, DeliveryMode::Fixed);
+        assert!(!msg.level_triggered);
+        let logical = ApicMessage::from_msi(0xfee0_5004, 0x0000_8122).expect("MSI");
+        assert_eq!(logical.dest, Destination::Logical(5));
+        assert_eq!(logical.mode, DeliveryMode::LowestPriority);
+        assert!(logical.level_triggered);
+        let all = ApicMessage::from_msi(0xfeef_f000, 0x0000_0430).expect("MSI");
+        assert_eq!(all.dest, Destination::Broadcast);
+        assert_eq!(all.mode, DeliveryMode::Nmi);
+    }
+
+    #[test]
+    fn rejects_msi_outside_the_interrupt_window_or_with_reserved_mode() {
+        assert_eq!(ApicMessage::from_msi(0xfed0_0000, 0x41), None);
+        assert_eq!(ApicMessage::from_msi(0x1_fee0_0000, 0x41), None);
+        assert_eq!(ApicMessage::from_msi(0xfee0_0000, 0x341), None);
+        assert_eq!(
+            ApicMessage::from_msi(0xfee0_0000, 0x641),
+            None,
+            "SIPI is not an MSI mode"
+        );
+    }
 }
