@@ -183,4 +183,28 @@ mod tests {
             "SIPI is not an MSI mode"
         );
     }
+
+    /// The whole level-triggered path: I/O APIC → local APIC (TMR) → EOI broadcast → remote
+    /// IRR cleared → re-delivered while the line stays asserted.
+    #[test]
+    fn level_interrupt_round_trip_through_eoi_broadcast() {
+        let mut lapic = LocalApic::new(0, true);
+        lapic.mmio_write(0xf0, &0x1ffu32.to_le_bytes(), 0);
+        let mut io = IoApic::new(1);
+        io.mmio_write(0, &[0x10 + 2 * 9]);
+        io.mmio_write(0x10, &(0x39u32 | (1 << 15)).to_le_bytes());
+        let msg = io.set_irq(9, true).expect("level pin delivers");
+        assert!(lapic.accepts_message(&msg));
+        assert_eq!(lapic.deliver(&msg), Delivered::Accepted);
+        assert_eq!(lapic.acknowledge(), Some(0x39));
+        lapic.mmio_write(0xb0, &[0; 4], 0);
+        let v = lapic.take_eoi_broadcast().expect("level EOI is broadcast");
+        let again = io.eoi(v);
+        assert_eq!(again, vec![msg], "line still asserted");
+        io.set_irq(9, false);
+        lapic.deliver(&again[0]);
+        lapic.acknowledge();
+        lapic.mmio_write(0xb0, &[0; 4], 0);
+        assert_eq!(io.eoi(lapic.take_eoi_broadcast().unwrap()), vec![]);
+    }
 }
