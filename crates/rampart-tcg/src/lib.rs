@@ -265,6 +265,8 @@ impl Cpu {
 }
 
 #[cfg(test)]
+mod modes_tests;
+#[cfg(test)]
 pub(crate) mod testutil;
 #[cfg(test)]
 pub(crate) mod testutil32;

@@ -158,10 +158,11 @@ impl Machine32 {
         // TSS: ESP0, SS0.
         mem.load(TSS32 + 4, &(ESP0 as u32).to_le_bytes()).unwrap();
         mem.load(TSS32 + 8, &DS32.to_le_bytes()).unwrap();
-        // IDT: 32-bit interrupt gates (DPL 3) to stubs "mov byte [EXC_RECORD], v; hlt".
+        // IDT: 32-bit interrupt gates (DPL 3) to stubs "mov byte [ss:EXC_RECORD], v; hlt".
         for v in 0..32u64 {
             let stub = HANDLERS32 + v * 16;
-            let mut code = vec![0xc6, 0x05];
+            // SS override: DS may be the culprit.
+            let mut code = vec![0x36, 0xc6, 0x05];
             code.extend_from_slice(&(EXC_RECORD as u32).to_le_bytes());
             code.push(v as u8);
             code.push(0xf4);
@@ -200,6 +201,13 @@ impl Machine32 {
         let mut c = code.to_vec();
         c.push(0xf4);
         self.mem.load(CODE32, &c).unwrap();
+        finish(self.cpu, self.mem, 100_000)
+    }
+}
+
+impl Machine32 {
+    /// Run from the current CS:EIP (code already in memory).
+    pub fn run_code_at_current(self) -> Outcome {
         finish(self.cpu, self.mem, 100_000)
     }
 }

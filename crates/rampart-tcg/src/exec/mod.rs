@@ -11,8 +11,6 @@ pub(crate) mod msr;
 pub(crate) mod muldiv;
 pub(crate) mod segment;
 pub(crate) mod shift;
-pub(crate) mod stack;
-pub(crate) mod string;
 pub(crate) mod sse;
 pub(crate) mod sse_cvt;
 pub(crate) mod sse_float;
@@ -20,6 +18,8 @@ pub(crate) mod sse_fp;
 pub(crate) mod sse_fxsave;
 pub(crate) mod sse_int;
 pub(crate) mod sse_move;
+pub(crate) mod stack;
+pub(crate) mod string;
 pub mod system;
 pub(crate) mod x87;
 
