@@ -22,6 +22,9 @@ pub(crate) const PE: u32 = 0x20;
 /// the result is exact. Never stored in MXCSR.
 pub(crate) const TINY: u32 = 0x1_0000;
 
+/// Internal: the magnitude was rounded up (x87 reports it in FSW.C1). Never stored in MXCSR.
+pub(crate) const UP: u32 = 0x2_0000;
+
 /// Rounding control (MXCSR.RC and FCW.RC share the encoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Round {
@@ -271,6 +274,8 @@ pub(crate) fn round_pack(
     let e = exp + n - 1;
     let q = e.max(emin) - (p - 1);
     let (mut m, inexact) = shift_round(sig, sticky, q - exp, sign, rc);
+    let (truncated, _) = shift_round(sig, sticky, q - exp, sign, Round::Zero);
+    let up = if m > truncated { UP } else { 0 };
     let mut q = q;
     if m >> p != 0 {
         m >>= 1;
@@ -292,7 +297,7 @@ pub(crate) fn round_pack(
         }
     }
     if inexact {
-        flags |= PE;
+        flags |= PE | up;
     }
     if m == 0 {
         return (f.zero(sign), flags);
@@ -311,7 +316,7 @@ pub(crate) fn round_pack(
         } else {
             f.max_finite(sign)
         };
-        return (bits, OE | PE);
+        return (bits, OE | PE | if to_inf { UP } else { 0 });
     }
     let field = if normal { (e_res + bias) as u128 } else { 0 };
     let frac = if f.explicit_int { m } else { m & f.frac_mask() };
@@ -491,7 +496,7 @@ mod tests {
         unpack(F64, x.to_bits() as u128)
     }
     fn rn(bits: (u128, u32)) -> (f64, u32) {
-        (f64::from_bits(bits.0 as u64), bits.1)
+        (f64::from_bits(bits.0 as u64), bits.1 & !UP)
     }
 
     #[test]
@@ -552,6 +557,7 @@ mod tests {
             );
         }
         assert_eq!(sqrt(F64, d(4.0), Round::Nearest, false).1, 0);
+        assert_eq!(sqrt(F64, d(2.0), Round::Up, false).1, PE | UP);
     }
 
     #[test]

@@ -157,9 +157,18 @@ fn arith_lane(ctx: &mut Ctx, op: Op, f: Fmt, a: u128, b: u128) -> u128 {
     let (ua, ub) = (ctx.src(f, a), ctx.src(f, b));
     let unary = matches!(op, Op::Sqrt | Op::Rcp | Op::Rsqrt);
     if matches!(op, Op::Min | Op::Max) {
+        // With DAZ the flushed value is what the comparison saw and what is returned (also
+        // when a NaN makes the second operand the result).
+        let pick = |u: &Unpacked, raw: u128| {
+            if u.class == Class::Zero {
+                f.zero(u.sign)
+            } else {
+                raw
+            }
+        };
         if ua.is_nan() || ub.is_nan() {
             ctx.pre |= sf::IE;
-            return b;
+            return pick(&ub, b);
         }
         if is_den(&ua) || is_den(&ub) {
             ctx.pre |= sf::DE;
@@ -169,14 +178,6 @@ fn arith_lane(ctx: &mut Ctx, op: Op, f: Fmt, a: u128, b: u128) -> u128 {
             ord == Ordering::Less
         } else {
             ord == Ordering::Greater
-        };
-        // With DAZ the flushed value is what the comparison saw and what is returned.
-        let pick = |u: &Unpacked, raw: u128| {
-            if u.class == Class::Zero {
-                f.zero(u.sign)
-            } else {
-                raw
-            }
         };
         return if take_a { pick(&ua, a) } else { pick(&ub, b) };
     }

@@ -10,7 +10,7 @@
 //!
 //! Arithmetic is exact IEEE on the 80-bit format through `sse_float` with FCW.RC honoured.
 //! Limits (documented, not hidden): FCW.PC (precision control) is ignored — results are always
-//! rounded to 64-bit significands; C1 is not set on rounding up; unmasked exceptions set FSW.ES
+//! rounded to 64-bit significands; unmasked exceptions set FSW.ES
 //! and B and are reported as #MF (with CR0.NE) by the next x87 arithmetic instruction here, not
 //! by FWAIT; FIP/FDP/FOP are not recorded.
 
@@ -144,7 +144,7 @@ pub(crate) fn handles(m: M) -> bool {
 
 /// Exceptions raised by one instruction, in FSW bit order (IE..PE), plus the stack fault.
 struct Raised {
-    flags: u16,
+    flags: u32,
 }
 
 fn rc(f: &FpuState) -> Round {
@@ -154,8 +154,11 @@ fn rc(f: &FpuState) -> Round {
 /// Finish an instruction: merge flags, decide whether the result may be written.
 /// Returns false when an unmasked pre-computation exception suppresses the result.
 fn settle(f: &mut FpuState, r: Raised) -> bool {
-    let flags = r.flags & 0x7f;
+    let flags = (r.flags & 0x7f) as u16;
     f.fsw |= flags;
+    if r.flags & sf::UP != 0 {
+        f.fsw |= C1;
+    }
     let unmasked = flags & 0x3f & !(f.fcw & 0x3f);
     if unmasked != 0 {
         f.fsw |= ES | B;
@@ -201,18 +204,18 @@ fn st_operand(i: &Instruction, op: u32) -> usize {
 fn underflow_stack(f: &mut FpuState) -> Raised {
     f.fsw &= !C1;
     Raised {
-        flags: sf::IE as u16 | SF,
+        flags: sf::IE | SF as u32,
     }
 }
 
 /// Convert a value of format `from` to the 80-bit format (exact), with IE for SNaN and DE.
-fn widen(from: Fmt, bits: u128) -> (u128, u16) {
+fn widen(from: Fmt, bits: u128) -> (u128, u32) {
     let u = sf::unpack(from, bits);
     match u.class {
         Class::Zero => (F80.zero(u.sign), 0),
         Class::Inf => (F80.inf(u.sign), 0),
         Class::QNan => (sf::convert_nan(from, F80, bits), 0),
-        Class::SNan => (sf::convert_nan(from, F80, bits), sf::IE as u16),
+        Class::SNan => (sf::convert_nan(from, F80, bits), sf::IE),
         Class::Denormal | Class::Normal => {
             let de = if u.class == Class::Denormal {
                 sf::DE
@@ -220,7 +223,7 @@ fn widen(from: Fmt, bits: u128) -> (u128, u16) {
                 0
             };
             let (v, _) = sf::round_pack(F80, u.sign, u.exp, u.sig, false, Round::Nearest, false);
-            (v, de as u16)
+            (v, de)
         }
     }
 }
@@ -256,7 +259,7 @@ fn load(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
     let mut v = v;
     if !is_empty(f, 7) {
         // Stack overflow: C1 = 1, masked response pushes the indefinite.
-        flags = sf::IE as u16 | SF;
+        flags = sf::IE | SF as u32;
         f.fsw |= C1;
         v = F80.default_nan();
     } else {
@@ -276,7 +279,8 @@ fn store(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
     } else {
         st_get(&cpu.fpu, 0)
     };
-    let mut flags: u16 = if empty { sf::IE as u16 | SF } else { 0 };
+    let mut flags: u32 = if empty { sf::IE | SF as u32 } else { 0 };
+    cpu.fpu.fsw &= !C1;
     if i.op0_kind() == OpKind::Register {
         let d = st_operand(i, 0);
         if settle(&mut cpu.fpu, Raised { flags }) {
@@ -297,12 +301,16 @@ fn store(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
             match sf::to_int(u, bits, r) {
                 Some((v, inexact)) => {
                     if inexact {
-                        flags |= sf::PE as u16;
+                        flags |= sf::PE;
+                        let t = sf::to_int(u, bits, Round::Zero).map(|t| t.0);
+                        if t != Some(v) {
+                            flags |= sf::UP;
+                        }
                     }
                     (v as u64 as u128) & ((1u128 << bits) - 1)
                 }
                 None => {
-                    flags |= sf::IE as u16;
+                    flags |= sf::IE;
                     1u128 << (bits - 1)
                 }
             }
@@ -314,13 +322,13 @@ fn store(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
                 Class::Inf => to.inf(u.sign),
                 Class::QNan | Class::SNan => {
                     if u.class == Class::SNan {
-                        flags |= sf::IE as u16;
+                        flags |= sf::IE;
                     }
                     sf::convert_nan(F80, to, src)
                 }
                 _ => {
                     let (v, fl) = sf::round_pack(to, u.sign, u.exp, u.sig, false, r, false);
-                    flags |= (fl & 0x3f) as u16;
+                    flags |= fl & (0x3f | sf::UP);
                     v
                 }
             }
@@ -356,21 +364,21 @@ fn nan_result(a: u128, ua: sf::Unpacked, b: u128, ub: sf::Unpacked) -> u128 {
 }
 
 /// `a op b` in the 80-bit format. Returns (result, flags).
-pub(crate) fn binop(m: M, a: u128, b: u128, r: Round) -> (u128, u16) {
+pub(crate) fn binop(m: M, a: u128, b: u128, r: Round) -> (u128, u32) {
     let (ua, ub) = (sf::unpack(F80, a), sf::unpack(F80, b));
     let mut flags = 0u32;
     if ua.class == Class::SNan || ub.class == Class::SNan {
         flags |= sf::IE;
     }
     if ua.is_nan() || ub.is_nan() {
-        return (nan_result(a, ua, b, ub), flags as u16);
+        return (nan_result(a, ua, b, ub), flags);
     }
     if ua.class == Class::Denormal || ub.class == Class::Denormal {
         flags |= sf::DE;
     }
     let (ia, ib) = (ua.class == Class::Inf, ub.class == Class::Inf);
     let (za, zb) = (ua.class == Class::Zero, ub.class == Class::Zero);
-    let invalid = || (F80.default_nan(), (flags | sf::IE) as u16);
+    let invalid = || (F80.default_nan(), flags | sf::IE);
     let (v, fl) = match m {
         M::Fadd | M::Fsub => {
             let ub = if m == M::Fsub {
@@ -415,7 +423,7 @@ pub(crate) fn binop(m: M, a: u128, b: u128, r: Round) -> (u128, u16) {
             }
         }
     };
-    (v, ((flags | fl) & 0x3f) as u16)
+    (v, (flags | fl) & (0x3f | sf::UP))
 }
 
 fn arith(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
@@ -467,17 +475,17 @@ fn arith(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
 }
 
 /// Compare: Some(Ordering) or None for unordered; flags raised.
-fn cmp80(a: u128, b: u128, quiet: bool) -> (Option<std::cmp::Ordering>, u16) {
+fn cmp80(a: u128, b: u128, quiet: bool) -> (Option<std::cmp::Ordering>, u32) {
     let (ua, ub) = (sf::unpack(F80, a), sf::unpack(F80, b));
     let mut flags = 0u32;
     if ua.is_nan() || ub.is_nan() {
         let signal = !quiet || ua.class == Class::SNan || ub.class == Class::SNan;
-        return (None, if signal { sf::IE as u16 } else { 0 });
+        return (None, if signal { sf::IE } else { 0 });
     }
     if ua.class == Class::Denormal || ub.class == Class::Denormal {
         flags |= sf::DE;
     }
-    (Some(total_order(&ua, &ub)), flags as u16)
+    (Some(total_order(&ua, &ub)), flags)
 }
 
 /// Order of two non-NaN values.
@@ -576,7 +584,7 @@ fn misc(cpu: &mut Cpu, i: &Instruction) -> Res<()> {
                 0
             };
             let overflow = !is_empty(f, 7);
-            let flags = if overflow { sf::IE as u16 | SF } else { 0 };
+            let flags = if overflow { sf::IE | SF as u32 } else { 0 };
             if overflow {
                 f.fsw |= C1;
             } else {
@@ -715,7 +723,7 @@ mod tests {
     fn binop_divides_by_zero_to_infinity_with_ze() {
         let (v, fl) = binop(M::Fdiv, ext(1.0), ext(0.0), Round::Nearest);
         assert_eq!(v, F80.inf(false));
-        assert_eq!(fl, sf::ZE as u16);
+        assert_eq!(fl, sf::ZE);
         let (v, fl) = binop(
             M::Fsub,
             ext(f64::INFINITY),
@@ -723,7 +731,7 @@ mod tests {
             Round::Nearest,
         );
         assert_eq!(v, F80.default_nan());
-        assert_eq!(fl, sf::IE as u16);
+        assert_eq!(fl, sf::IE);
     }
 
     #[test]

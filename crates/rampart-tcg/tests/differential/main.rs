@@ -5,6 +5,7 @@
 mod gen;
 mod gen2;
 mod native;
+mod sse;
 
 use rampart_tcg::{Cpu, Exit, FlatMemory, GuestMemory};
 
@@ -129,6 +130,7 @@ impl Emu {
         let mut cpu = Cpu::new();
         cpu.enter_long_mode_flat(0x1000);
         cpu.idtr.limit = 0;
+        cpu.cr4 |= rampart_tcg::cpu::cr4::OSFXSR | rampart_tcg::cpu::cr4::OSXMMEXCPT;
         cpu.gpr = c.gpr;
         cpu.flags.set_bits(c.flags);
         cpu.rip = c.body_va;
@@ -225,4 +227,9 @@ fn differential_against_host_cpu() {
     check("moves", gen2::moves(&mut rng, 30));
     check("strings", gen2::strings(&mut rng, 12));
     check("stack", gen2::stack(&mut rng, 100));
+    check("sse-int", sse::sse_int(&mut rng, 6));
+    check("sse-move", sse::sse_move(&mut rng, 8));
+    check("sse-fp", sse::sse_fp(&mut rng, 40));
+    check("sse-cvt", sse::sse_cvt(&mut rng, 40));
+    check("x87-fxsave", sse::x87_fxsave(&mut rng, 30));
 }
