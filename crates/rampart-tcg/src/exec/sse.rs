@@ -279,6 +279,47 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn random_sse_x87_and_mmx_encodings_never_panic() {
+        let mut seed = 0x55e_f00du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        const PREFIXES: [&[u8]; 6] = [
+            &[0x0f],
+            &[0x66, 0x0f],
+            &[0xf3, 0x0f],
+            &[0xf2, 0x0f],
+            &[0x66, 0x48, 0x0f],
+            &[],
+        ];
+        for _ in 0..4000 {
+            let mut code = PREFIXES[(next() % 6) as usize].to_vec();
+            if code.is_empty() {
+                code.push(0xd8 + (next() % 8) as u8); // x87 escape
+            }
+            code.extend((0..6).map(|_| next() as u8));
+            let mut m = Machine::new();
+            m.cpu.cr4 |= cr4::OSFXSR | cr4::OSXMMEXCPT;
+            m.cpu.mxcsr = 0x1f80 | (next() as u32 & 0xe07f);
+            for r in m.cpu.xmm.iter_mut() {
+                *r = ((next() as u128) << 64) | next() as u128;
+            }
+            for (n, r) in m.cpu.gpr.iter_mut().enumerate() {
+                *r = if n == 4 {
+                    STACK_TOP
+                } else {
+                    DATA + (next() % 0x1000)
+                };
+            }
+            m.load_code(&code);
+            let _ = m.run(4);
+        }
+    }
+
+    #[test]
     fn sse_without_osfxsr_is_ud() {
         let mut m = Machine::new();
         m.load_code(&assemble(|a| a.pxor(xmm0, xmm1)));
