@@ -11,6 +11,8 @@
 //! (1..=16 bytes, inside one 4 KiB page); every successful access lies in RAM or in the MMIO
 //! window; a `PhysicalMemory` exit follows a counted fault.
 
+use std::cell::RefCell;
+
 use rampart_tcg::cpu::attr;
 use rampart_tcg::{Cpu, Exit, FlatMemory, GuestMemory, MemFault, MmioHandler, SegReg, Segment};
 
@@ -65,13 +67,29 @@ fn in_window(gpa: u64, len: usize) -> bool {
     gpa >= MMIO_BASE && gpa.saturating_add(len as u64) <= MMIO_BASE + MMIO_LEN
 }
 
-/// Counts and checks every access the CPU makes.
-struct Probe {
-    inner: FlatMemory,
+/// Pages of RAM.
+const PAGES: usize = RAM / 4096;
+
+/// Counts and checks every access the CPU makes, and remembers which RAM pages it wrote so
+/// they can be restored from the template for the next input.
+struct Probe<'a> {
+    inner: &'a mut FlatMemory,
     faults: u64,
+    dirty: [u64; PAGES / 64],
 }
 
-impl Probe {
+impl Probe<'_> {
+    fn mark_dirty(&mut self, gpa: u64) {
+        let page = (gpa / 4096) as usize;
+        if page < PAGES {
+            self.dirty[page / 64] |= 1 << (page % 64);
+        }
+    }
+
+    fn dirty_pages(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..PAGES).filter(|p| self.dirty[p / 64] & (1 << (p % 64)) != 0)
+    }
+
     fn check(
         &mut self,
         what: &str,
@@ -97,7 +115,7 @@ impl Probe {
     }
 }
 
-impl GuestMemory for Probe {
+impl GuestMemory for Probe<'_> {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {
         let r = self.inner.read(gpa, buf);
         self.check("read", gpa, buf.len(), r)
@@ -105,6 +123,9 @@ impl GuestMemory for Probe {
 
     fn write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemFault> {
         let r = self.inner.write(gpa, buf);
+        if r.is_ok() {
+            self.mark_dirty(gpa);
+        }
         self.check("write", gpa, buf.len(), r)
     }
 
@@ -149,7 +170,8 @@ fn stub(vector: u64) -> Vec<u8> {
     code
 }
 
-fn machine(code: &[u8]) -> (Cpu, Probe) {
+/// The guest memory every input starts from: page tables, GDT, TSS, IDT and stubs.
+fn template_memory() -> FlatMemory {
     let mut mem = FlatMemory::new(RAM).with_mmio(Box::new(Window));
     let put =
         |mem: &mut FlatMemory, gpa: u64, v: u64| mem.write_u64(gpa, v).expect("layout inside RAM");
@@ -190,9 +212,11 @@ fn machine(code: &[u8]) -> (Cpu, Probe) {
         put(&mut mem, IDT + v * 16 + 8, hi);
         mem.load(handler, &stub(v)).expect("stub inside RAM");
     }
-    let len = code.len().min(RAM - CODE as usize);
-    mem.load(CODE, &code[..len]).expect("code inside RAM");
+    mem
+}
 
+/// A CPU in 64-bit mode at CPL 0 on the template's tables, about to run [`CODE`].
+fn boot_cpu() -> Cpu {
     let mut cpu = Cpu::new();
     cpu.enter_long_mode_flat(PML4);
     cpu.gdtr.base = GDT;
@@ -217,19 +241,61 @@ fn machine(code: &[u8]) -> (Cpu, Probe) {
     cpu.gpr[1] = 0x40;
     cpu.gpr[4] = STACK_TOP;
     cpu.rip = CODE;
-    (
-        cpu,
-        Probe {
-            inner: mem,
-            faults: 0,
-        },
-    )
+    cpu
+}
+
+thread_local! {
+    /// The machine's memory and a copy of its template image, kept across inputs: building
+    /// 4 MiB of tables per input cost more than running the input. After each input the
+    /// pages it wrote are copied back from the image.
+    static MACHINE: RefCell<(FlatMemory, Vec<u8>)> = RefCell::new({
+        let mem = template_memory();
+        let mut image = vec![0u8; RAM];
+        mem.dump(0, &mut image).expect("RAM dump");
+        (mem, image)
+    });
 }
 
 pub fn run(data: &[u8]) {
-    let (mut cpu, mut mem) = machine(data);
+    run_outcome(data);
+}
+
+/// Runs `data` and returns the last exit and the number of faulting accesses.
+fn run_outcome(data: &[u8]) -> (Exit, u64) {
+    MACHINE.with(|m| {
+        let (mem, image) = &mut *m.borrow_mut();
+        let mut probe = Probe {
+            inner: mem,
+            faults: 0,
+            dirty: [0; PAGES / 64],
+        };
+        let len = data.len().min(RAM - CODE as usize);
+        probe
+            .inner
+            .load(CODE, &data[..len])
+            .expect("code inside RAM");
+        for gpa in (CODE..CODE + len as u64).step_by(4096) {
+            probe.mark_dirty(gpa);
+        }
+        if len > 0 {
+            probe.mark_dirty(CODE + len as u64 - 1);
+        }
+        let outcome = execute(&mut probe);
+        let dirty: Vec<usize> = probe.dirty_pages().collect();
+        for page in dirty {
+            let at = page * 4096;
+            mem.load(at as u64, &image[at..at + 4096])
+                .expect("restoring a page inside RAM");
+        }
+        outcome
+    })
+}
+
+fn execute(mem: &mut Probe<'_>) -> (Exit, u64) {
+    let mut cpu = boot_cpu();
+    let mut exit = Exit::InstructionLimit;
     for round in 0..MAX_RUNS {
-        let exit = cpu.run(&mut mem, BUDGET_PER_RUN);
+        exit = cpu.run(mem, BUDGET_PER_RUN);
         match exit {
             Exit::IoIn { port, size } => {
                 assert!(
@@ -244,7 +310,7 @@ pub fn run(data: &[u8]) {
             Exit::Halt => {
                 // Wake it with a timer-like interrupt; if it cannot be taken, stop.
                 let vector = 0x20 + (round as u8 & 0xf);
-                if !cpu.inject_external_interrupt(&mut mem, vector) {
+                if !cpu.inject_external_interrupt(mem, vector) {
                     break;
                 }
                 cpu.halted = false;
@@ -256,5 +322,57 @@ pub fn run(data: &[u8]) {
             Exit::InstructionLimit | Exit::Shutdown | Exit::Unsupported { .. } => break,
         }
     }
-    std::hint::black_box(mem.faults);
+    (exit, mem.faults)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory_matches_template() -> bool {
+        MACHINE.with(|m| {
+            let (mem, image) = &*m.borrow();
+            let mut now = vec![0u8; RAM];
+            mem.dump(0, &mut now).unwrap();
+            now == *image
+        })
+    }
+
+    #[test]
+    fn restores_memory_to_the_template_after_an_input_that_overwrites_its_tables() {
+        // Arrange: mov rdi, 0; mov ecx, 0x10000; mov al, 0xcc; rep stosb (over the page
+        // tables, GDT and IDT); hlt
+        let code = [
+            0x48, 0x31, 0xff, 0xb9, 0x00, 0x00, 0x01, 0x00, 0xb0, 0xcc, 0xf3, 0xaa, 0xf4,
+        ];
+        // Act
+        run_outcome(&code);
+        // Assert
+        assert!(memory_matches_template());
+    }
+
+    #[test]
+    fn halt_without_interrupts_enabled_ends_the_run() {
+        let (exit, faults) = run_outcome(&[0xf4]);
+        assert_eq!((exit, faults), (Exit::Halt, 0));
+    }
+
+    #[test]
+    fn unmapped_read_counts_a_fault() {
+        // mov rax, 0x8000_0000 (2 GiB: mapped by the page tables, no RAM there); mov rbx, [rax]
+        let code = [
+            0x48, 0xb8, 0, 0, 0, 0x80, 0, 0, 0, 0, 0x48, 0x8b, 0x18, 0xf4,
+        ];
+        let (exit, faults) = run_outcome(&code);
+        assert!(matches!(exit, Exit::PhysicalMemory(_)), "{exit:?}");
+        assert_eq!(faults, 1);
+    }
+
+    #[test]
+    fn mmio_window_answers_reads() {
+        // mov eax, [0xfee00030]; hlt
+        let code = [0x8b, 0x04, 0x25, 0x30, 0, 0xe0, 0xfe, 0xf4];
+        let (exit, faults) = run_outcome(&code);
+        assert_eq!((exit, faults), (Exit::Halt, 0));
+    }
 }
