@@ -252,6 +252,11 @@ pub struct Cpu {
     pub cpuid: CpuidFn,
     /// MSRs implemented by the embedder (local APIC, kvmclock), consulted first.
     pub msr_hook: Option<Box<dyn crate::exec::msr::MsrHook>>,
+    /// The embedder's time-stamp counter (e.g. derived from real time), used by RDTSC and the
+    /// TSC MSR instead of the instruction count when set; `tsc_offset` is added to it.
+    pub tsc_source: Option<Box<dyn FnMut() -> u64 + Send>>,
+    /// Offset applied to `tsc_source` (set by guest writes to IA32_TIME_STAMP_COUNTER).
+    pub tsc_offset: u64,
     /// Halted until the next interrupt.
     pub halted: bool,
     /// Interrupts are blocked for one instruction (after STI or MOV/POP SS).
@@ -339,6 +344,8 @@ impl Cpu {
             tsc: 0,
             cpuid: Box::new(crate::exec::system::baseline_cpuid),
             msr_hook: None,
+            tsc_source: None,
+            tsc_offset: 0,
             halted: false,
             interrupt_shadow: false,
             pending_in: None,

@@ -122,6 +122,24 @@ impl MsrFile {
     }
 }
 
+impl Cpu {
+    /// The time-stamp counter as the guest sees it.
+    pub fn read_tsc(&mut self) -> u64 {
+        match self.tsc_source.as_mut() {
+            Some(source) => source().wrapping_add(self.tsc_offset),
+            None => self.tsc,
+        }
+    }
+
+    /// A guest write to the time-stamp counter.
+    pub fn write_tsc(&mut self, v: u64) {
+        match self.tsc_source.as_mut() {
+            Some(source) => self.tsc_offset = v.wrapping_sub(source()),
+            None => self.tsc = v,
+        }
+    }
+}
+
 /// MSRs the embedder implements (local APIC, kvmclock, ...): consulted before the CPU's own.
 pub trait MsrHook: Send {
     /// `None`: not an MSR of the hook; `Some(Err(()))`: #GP.
@@ -139,7 +157,7 @@ impl Cpu {
             }
         }
         Ok(match idx {
-            index::TSC => self.tsc,
+            index::TSC => self.read_tsc(),
             index::BIOS_SIGN_ID => 0,
             index::MTRRCAP => 0x508,
             index::EFER => self.efer,
@@ -170,7 +188,7 @@ impl Cpu {
             return Err(Exception::gp(0).into());
         }
         match idx {
-            index::TSC => self.tsc = v,
+            index::TSC => self.write_tsc(v),
             index::BIOS_SIGN_ID => {}
             index::MTRRCAP => return Err(Exception::gp(0).into()),
             index::EFER => {

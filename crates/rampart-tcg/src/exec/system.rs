@@ -54,8 +54,9 @@ pub(crate) fn exec(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) ->
             if cpu.cr4 & cr4::TSD != 0 && cpu.cpl() != 0 {
                 return Err(Exception::gp(0).into());
             }
-            cpu.set_reg(Register::EAX, cpu.tsc & 0xffff_ffff);
-            cpu.set_reg(Register::EDX, cpu.tsc >> 32);
+            let tsc = cpu.read_tsc();
+            cpu.set_reg(Register::EAX, tsc & 0xffff_ffff);
+            cpu.set_reg(Register::EDX, tsc >> 32);
             Ok(())
         }
         M::Cli | M::Sti => {
