@@ -3,7 +3,9 @@
 pub mod accel;
 pub mod arch;
 pub mod boot;
+pub mod chardev;
 pub mod console;
+pub mod event_loop;
 pub mod io;
 pub mod signals;
 pub mod vcpu;

@@ -56,6 +56,7 @@ struct Control {
 
 extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     kvm::on_kick_signal();
+    crate::accel::tcg::on_kick_signal();
 }
 
 /// Installs the kick signal handler (once per process).
@@ -91,9 +92,9 @@ impl EventSender {
 
 impl VcpuHandle {
     /// Starts the thread of vCPU `index`, `Running` unless `start_paused`.
-    pub fn spawn<B: VcpuBackend + 'static>(
+    pub fn spawn(
         index: u32,
-        mut backend: B,
+        mut backend: Box<dyn VcpuBackend>,
         io: Arc<dyn IoHandler + Send>,
         events: EventSender,
         start_paused: bool,
@@ -110,7 +111,7 @@ impl VcpuHandle {
         let ctl = control.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || vcpu_loop(index, &mut backend, &*io, &ctl, &events))
+            .spawn(move || vcpu_loop(index, &mut *backend, &*io, &ctl, &events))
             .map_err(|source| VcpuError::Spawn { index, source })?;
         Ok(VcpuHandle {
             index,

@@ -5,10 +5,8 @@
 //! termination signal or the console's quit key arrives, then tears it down and reports why.
 //! A reset is a fresh VM built from the same configuration by the caller.
 
-use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::Write;
 use std::sync::{mpsc, Arc, Mutex};
 
 use rampart_config::{Accel, VmConfig};
@@ -21,18 +19,16 @@ use rampart_devices::legacy::{
 };
 use rampart_devices::BusDevice;
 use thiserror::Error;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::accel::kvm::KvmAccel;
+use crate::accel::kvm::{KvmAccel, KvmVm};
 use crate::accel::AccelError;
 use crate::boot;
-use crate::console::{ConsoleAction, EscapeFilter, HELP};
 use crate::io::Buses;
 use crate::signals::TerminationSignals;
-use crate::vcpu::{EventSender, VcpuError, VcpuHandle, VmEvent};
+use crate::vcpu::{EventSender, VcpuError, VcpuHandle};
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -78,6 +74,11 @@ pub enum ConsoleIo {
     Output(SharedSink),
     /// Terminal/stdio: input read from `input`, output to `output`; Ctrl-A escapes apply.
     Stdio { input: File, output: SharedSink },
+    /// A listening UNIX socket: input from and output to its client.
+    Socket {
+        server: crate::chardev::UnixServer,
+        output: SharedSink,
+    },
 }
 
 /// Host resources opened before the VM is built (and before any sandbox closes the doors).
@@ -117,20 +118,19 @@ impl Write for SharedSink {
 pub fn choose_accel(wanted: &[Accel]) -> Result<Accel, VmError> {
     let pvm = crate::accel::kvm::host_is_pvm();
     let kvm_ok = crate::accel::kvm::is_available();
-    let candidates: Vec<Accel> = if wanted.is_empty() {
+    if wanted.is_empty() {
         if kvm_ok && !pvm {
             info!("accelerator: kvm (hardware virtualization is available)");
             return Ok(Accel::Kvm);
         }
         if pvm {
-            info!("/dev/kvm is kvm-pvm, which cannot run stock kernels: choosing tcg");
+            info!("accelerator: tcg (/dev/kvm is kvm-pvm, which cannot run stock kernels)");
+        } else {
+            info!("accelerator: tcg (/dev/kvm is not available)");
         }
-        vec![Accel::Tcg]
-    } else {
-        wanted.to_vec()
-    };
-    let mut reasons = Vec::new();
-    for accel in candidates {
+        return Ok(Accel::Tcg);
+    }
+    for accel in wanted {
         match accel {
             Accel::Kvm if kvm_ok => {
                 if pvm {
@@ -142,12 +142,78 @@ pub fn choose_accel(wanted: &[Accel]) -> Result<Accel, VmError> {
                 info!("accelerator: kvm");
                 return Ok(Accel::Kvm);
             }
-            Accel::Kvm => reasons.push("kvm: /dev/kvm cannot be opened".to_string()),
-            Accel::Tcg => reasons
-                .push("tcg: rampart's software CPU is not part of this build yet".to_string()),
+            Accel::Kvm => info!("kvm: /dev/kvm cannot be opened, trying the next accelerator"),
+            Accel::Tcg => {
+                info!("accelerator: tcg");
+                return Ok(Accel::Tcg);
+            }
         }
     }
-    Err(VmError::AccelUnavailable("requested", reasons.join("; ")))
+    Err(VmError::AccelUnavailable(
+        "kvm",
+        "/dev/kvm cannot be opened (is the kvm module loaded, and may this user open it?)".into(),
+    ))
+}
+
+/// The accelerator of one VM: what differs between `kvm` and `tcg` when building it.
+enum Accelerator {
+    Kvm {
+        vm: KvmVm,
+        cpuid: kvm_bindings::CpuId,
+    },
+    Tcg(Arc<crate::accel::tcg::Machine>),
+}
+
+impl Accelerator {
+    fn new(accel: Accel, mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Self, VmError> {
+        match accel {
+            Accel::Kvm => {
+                let kvm = KvmAccel::open()?;
+                if config.smp.maxcpus as usize > kvm.max_vcpus() {
+                    return Err(VmError::AccelUnavailable(
+                        "kvm",
+                        format!(
+                            "{} vCPUs requested, this host's KVM supports {}",
+                            config.smp.maxcpus,
+                            kvm.max_vcpus()
+                        ),
+                    ));
+                }
+                let vm = kvm.create_vm(mem)?;
+                let cpuid = kvm.supported_cpuid()?;
+                Ok(Accelerator::Kvm { vm, cpuid })
+            }
+            Accel::Tcg => Ok(Accelerator::Tcg(crate::accel::tcg::Machine::new(
+                mem, config,
+            ))),
+        }
+    }
+
+    /// An edge-triggered line into interrupt controller pin `gsi`.
+    fn irq_line(&self, gsi: u32) -> Result<Arc<dyn InterruptLine>, VmError> {
+        match self {
+            Accelerator::Kvm { vm, .. } => {
+                let irq = new_eventfd()?;
+                vm.register_irqfd(&irq, gsi)?;
+                Ok(Arc::new(irq))
+            }
+            Accelerator::Tcg(m) => Ok(m.irq_line(gsi)),
+        }
+    }
+
+    fn create_vcpu(
+        &self,
+        index: u32,
+        config: &VmConfig,
+    ) -> Result<Box<dyn crate::accel::VcpuBackend>, VmError> {
+        match self {
+            Accelerator::Kvm { vm, cpuid } => {
+                let entries = crate::accel::kvm::vcpu_cpuid(cpuid, index, config)?;
+                Ok(Box::new(vm.create_vcpu(index, &entries)?))
+            }
+            Accelerator::Tcg(m) => Ok(Box::new(m.create_vcpu(index, config))),
+        }
+    }
 }
 
 fn create_memory(size: u64) -> Result<GuestMemoryMmap, VmError> {
@@ -158,48 +224,14 @@ fn create_memory(size: u64) -> Result<GuestMemoryMmap, VmError> {
     })
 }
 
-/// Epoll tokens of the event loop.
-const TOKEN_VM_EVENT: u64 = 1;
-const TOKEN_RESET: u64 = 2;
-const TOKEN_POWEROFF: u64 = 3;
-const TOKEN_SIGNAL: u64 = 4;
-const TOKEN_STDIN: u64 = 5;
-
-fn epoll_add(epoll: &Epoll, fd: RawFd, token: u64) -> Result<(), VmError> {
-    epoll
-        .ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN, token),
-        )
-        .map_err(VmError::EventLoop)
-}
-
 fn new_eventfd() -> Result<EventFd, VmError> {
     EventFd::new(EFD_NONBLOCK).map_err(VmError::EventLoop)
 }
 
 /// Builds the VM described by `config` and runs it until it ends.
 pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<Outcome, VmError> {
-    if accel != Accel::Kvm {
-        return Err(VmError::AccelUnavailable(
-            accel.name(),
-            "rampart's software CPU is not part of this build yet".into(),
-        ));
-    }
     let mem = create_memory(config.memory_bytes)?;
-    let kvm = KvmAccel::open()?;
-    if config.smp.maxcpus as usize > kvm.max_vcpus() {
-        return Err(VmError::AccelUnavailable(
-            "kvm",
-            format!(
-                "{} vCPUs requested, this host's KVM supports {}",
-                config.smp.maxcpus,
-                kvm.max_vcpus()
-            ),
-        ));
-    }
-    let vm = kvm.create_vm(&mem)?;
+    let machine = Accelerator::new(accel, &mem, config)?;
     let bsp_state = boot::prepare(&mem, config, &mut res.kernel, res.initrd.as_mut())?;
 
     // Devices.
@@ -212,13 +244,11 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
     let sink_holder: Option<SharedSink> = match &res.console {
         ConsoleIo::None => None,
         ConsoleIo::Output(w) => Some(w.clone()),
-        ConsoleIo::Stdio { output, .. } => Some(output.clone()),
+        ConsoleIo::Stdio { output, .. } | ConsoleIo::Socket { output, .. } => Some(output.clone()),
     };
     let serial_dev = match &sink_holder {
         Some(sink) => {
-            let irq = new_eventfd()?;
-            vm.register_irqfd(&irq, COM1_IRQ)?;
-            let line: Arc<dyn InterruptLine> = Arc::new(irq);
+            let line = machine.irq_line(COM1_IRQ)?;
             Some(Arc::new(Mutex::new(SerialDevice::new(
                 line,
                 Box::new(sink.clone()),
@@ -280,15 +310,13 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
         tx,
         wake: wake.clone(),
     };
-    let base_cpuid = kvm.supported_cpuid()?;
     let mut vcpus = Vec::new();
     crate::vcpu::install_kick_handler()?;
     let result = (|| -> Result<Outcome, VmError> {
         for index in 0..config.smp.cpus {
-            let entries = crate::accel::kvm::vcpu_cpuid(&base_cpuid, index, config)?;
-            let mut vcpu = vm.create_vcpu(index, &entries)?;
+            let mut vcpu = machine.create_vcpu(index, config)?;
             if index == 0 {
-                crate::accel::VcpuBackend::set_state(&mut vcpu, &bsp_state)?;
+                vcpu.set_state(&bsp_state)?;
             }
             let io: Arc<dyn crate::accel::IoHandler + Send> = buses.clone();
             vcpus.push(VcpuHandle::spawn(
@@ -302,13 +330,15 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
         if config.lifecycle.start_paused {
             info!("-S: the VM is created paused (no monitor can resume it yet; stop with SIGTERM)");
         }
-        event_loop(
+        crate::event_loop::run(
             config,
             res,
-            &rx,
-            &wake,
-            &reset_evt,
-            &poweroff_evt,
+            crate::event_loop::Sources {
+                rx: &rx,
+                wake: &wake,
+                reset_evt: &reset_evt,
+                poweroff_evt: &poweroff_evt,
+            },
             serial_dev.as_ref(),
             &mut vcpus,
         )
@@ -317,178 +347,4 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
         v.stop();
     }
     result
-}
-
-#[allow(clippy::too_many_arguments)]
-fn event_loop(
-    config: &VmConfig,
-    res: &mut HostResources,
-    rx: &mpsc::Receiver<VmEvent>,
-    wake: &EventFd,
-    reset_evt: &EventFd,
-    poweroff_evt: &EventFd,
-    serial: Option<&Arc<Mutex<SerialDevice>>>,
-    vcpus: &mut Vec<VcpuHandle>,
-) -> Result<Outcome, VmError> {
-    let epoll = Epoll::new().map_err(VmError::EventLoop)?;
-    epoll_add(&epoll, wake.as_raw_fd(), TOKEN_VM_EVENT)?;
-    epoll_add(&epoll, reset_evt.as_raw_fd(), TOKEN_RESET)?;
-    epoll_add(&epoll, poweroff_evt.as_raw_fd(), TOKEN_POWEROFF)?;
-    epoll_add(&epoll, res.signals.as_raw_fd(), TOKEN_SIGNAL)?;
-    let stdin_fd = match &res.console {
-        ConsoleIo::Stdio { input, .. } if serial.is_some() => Some(input.as_raw_fd()),
-        _ => None,
-    };
-    let mut stdin_polled = false;
-    let mut stdin_eof = false;
-    if let Some(fd) = stdin_fd {
-        match epoll_add(&epoll, fd, TOKEN_STDIN) {
-            Ok(()) => stdin_polled = true,
-            // Regular files and /dev/null cannot be polled: there is no console input then.
-            Err(VmError::EventLoop(e)) if e.raw_os_error() == Some(libc::EPERM) => {
-                debug!("console input is not pollable (a file or /dev/null): ignored");
-                stdin_eof = true;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let mut filter = EscapeFilter::default();
-    let mut pending: VecDeque<u8> = VecDeque::new();
-    let mut powered_off = false;
-    let mut events = vec![EpollEvent::default(); 8];
-    loop {
-        // Input the serial FIFO could not take yet: retry soon, without reading more.
-        let timeout = if pending.is_empty() { -1 } else { 5 };
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(VmError::EventLoop(e)),
-        };
-        if let Some(serial) = serial {
-            if !pending.is_empty() {
-                let mut dev = serial.lock().unwrap_or_else(|e| e.into_inner());
-                let (a, _) = pending.as_slices();
-                let taken = dev.enqueue_input(a);
-                pending.drain(..taken);
-            }
-        }
-        if let Some(fd) = stdin_fd {
-            if pending.is_empty() && !stdin_polled && !stdin_eof {
-                epoll_add(&epoll, fd, TOKEN_STDIN)?;
-                stdin_polled = true;
-            }
-        }
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_VM_EVENT => {
-                    let _ = wake.read();
-                    while let Ok(event) = rx.try_recv() {
-                        match event {
-                            VmEvent::Reset { cpu } => {
-                                info!(cpu, "guest reset");
-                                return Ok(Outcome::Reset);
-                            }
-                            VmEvent::PowerOff { cpu } => {
-                                info!(cpu, "guest power-off");
-                                if !powered_off {
-                                    powered_off = true;
-                                    if !config.lifecycle.no_shutdown {
-                                        return Ok(Outcome::PowerOff);
-                                    }
-                                    stop_all(vcpus);
-                                }
-                            }
-                            VmEvent::Failure { cpu, message } => {
-                                error!(cpu, "{message}");
-                                return Ok(Outcome::Failure(message));
-                            }
-                        }
-                    }
-                }
-                TOKEN_RESET => {
-                    let _ = reset_evt.read();
-                    if !powered_off {
-                        info!("guest reset (reset line)");
-                        return Ok(Outcome::Reset);
-                    }
-                }
-                TOKEN_POWEROFF => {
-                    let _ = poweroff_evt.read();
-                    if !powered_off {
-                        info!("guest power-off (ACPI S5)");
-                        powered_off = true;
-                        if !config.lifecycle.no_shutdown {
-                            return Ok(Outcome::PowerOff);
-                        }
-                        stop_all(vcpus);
-                        info!(
-                            "-no-shutdown: the VM is stopped; rampart keeps running until SIGTERM"
-                        );
-                    }
-                }
-                TOKEN_SIGNAL => {
-                    if let Some(sig) = res.signals.read() {
-                        info!(signal = sig, "termination signal");
-                        return Ok(Outcome::Signal(sig));
-                    }
-                }
-                TOKEN_STDIN => {
-                    let ConsoleIo::Stdio { input, output } = &mut res.console else {
-                        continue;
-                    };
-                    let mut buf = [0u8; 256];
-                    let got = match input.read(&mut buf) {
-                        Ok(0) => {
-                            // End of input: keep the guest running, stop polling.
-                            let _ = epoll.ctl(
-                                ControlOperation::Delete,
-                                input.as_raw_fd(),
-                                EpollEvent::default(),
-                            );
-                            stdin_polled = false;
-                            stdin_eof = true;
-                            info!("console input closed");
-                            continue;
-                        }
-                        Ok(n) => n,
-                        Err(e)
-                            if e.kind() == std::io::ErrorKind::Interrupted
-                                || e.kind() == std::io::ErrorKind::WouldBlock =>
-                        {
-                            continue
-                        }
-                        Err(e) => return Err(VmError::EventLoop(e)),
-                    };
-                    let mut to_guest = Vec::with_capacity(got);
-                    match filter.feed(&buf[..got], &mut to_guest) {
-                        Some(ConsoleAction::Quit) => return Ok(Outcome::ConsoleQuit),
-                        Some(ConsoleAction::Help) => {
-                            let _ = output.write_all(HELP.as_bytes());
-                        }
-                        None => {}
-                    }
-                    if let Some(serial) = serial {
-                        let mut dev = serial.lock().unwrap_or_else(|e| e.into_inner());
-                        let taken = dev.enqueue_input(&to_guest);
-                        pending.extend(&to_guest[taken..]);
-                    }
-                    if !pending.is_empty() {
-                        let _ = epoll.ctl(
-                            ControlOperation::Delete,
-                            input.as_raw_fd(),
-                            EpollEvent::default(),
-                        );
-                        stdin_polled = false;
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-fn stop_all(vcpus: &mut Vec<VcpuHandle>) {
-    for v in vcpus.drain(..) {
-        v.stop();
-    }
 }

@@ -71,11 +71,14 @@ fn open_console(config: &VmConfig) -> Result<ConsoleIo> {
             input: dup_file(std::io::stdin().as_fd())?,
             output: SharedSink::new(Box::new(FdWriter(dup_file(std::io::stdout().as_fd())?))),
         },
-        SerialBackend::UnixServer { path, .. } => {
-            bail!(
-                "-serial unix:{}: serial ports on UNIX sockets are not supported yet",
-                path.display()
-            )
+        SerialBackend::UnixServer { path, wait } => {
+            let server = rampart_vmm::chardev::UnixServer::bind(path)
+                .with_context(|| format!("-serial unix:{}", path.display()))?;
+            if *wait {
+                server.wait_for_client()?;
+            }
+            let output = SharedSink::new(Box::new(server.writer()));
+            ConsoleIo::Socket { server, output }
         }
     })
 }

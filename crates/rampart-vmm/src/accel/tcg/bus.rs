@@ -1,0 +1,143 @@
+//! Guest-physical memory as one software vCPU sees it: RAM through vm-memory's checked
+//! accessors, its own local APIC page, the shared I/O APIC, and every other address through the
+//! device buses' MMIO handler.
+
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use rampart_tcg::apic::{APIC_BASE_ADDR, IOAPIC_BASE_ADDR};
+use rampart_tcg::{GuestMemory, MemFault};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _, VolatileMemory};
+
+use super::{Machine, Slot};
+use crate::accel::IoHandler;
+
+const PAGE: u64 = 0x1000;
+
+/// Serialises the rare locked accesses that cannot be done with one host atomic (misaligned or
+/// 16-byte ones).
+static SPLIT_LOCK: Mutex<()> = Mutex::new(());
+
+pub(super) struct VcpuBus<'a> {
+    pub machine: &'a Machine,
+    pub slot: &'a Slot,
+    pub io: &'a dyn IoHandler,
+}
+
+fn in_page(gpa: u64, len: usize, base: u64) -> bool {
+    gpa >= base && gpa.saturating_add(len as u64) <= base + PAGE
+}
+
+impl VcpuBus<'_> {
+    fn now(&self) -> u64 {
+        self.machine.now_ns()
+    }
+}
+
+impl GuestMemory for VcpuBus<'_> {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {
+        if self.machine.mem.read_slice(buf, GuestAddress(gpa)).is_ok() {
+            return Ok(());
+        }
+        if in_page(gpa, buf.len(), APIC_BASE_ADDR) {
+            let now = self.now();
+            self.slot
+                .lock()
+                .apic
+                .mmio_read(gpa - APIC_BASE_ADDR, buf, now);
+        } else if in_page(gpa, buf.len(), IOAPIC_BASE_ADDR) {
+            self.machine
+                .ioapic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mmio_read(gpa - IOAPIC_BASE_ADDR, buf);
+        } else {
+            // Partly-RAM accesses cannot happen (the CPU splits at pages and RAM regions are
+            // page-aligned); everything else is MMIO, all ones where nothing answers.
+            self.io.mmio_read(gpa, buf);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemFault> {
+        if self.machine.mem.write_slice(buf, GuestAddress(gpa)).is_ok() {
+            return Ok(());
+        }
+        if in_page(gpa, buf.len(), APIC_BASE_ADDR) {
+            let now = self.now();
+            let ipi = self
+                .slot
+                .lock()
+                .apic
+                .mmio_write(gpa - APIC_BASE_ADDR, buf, now);
+            self.machine.after_apic_write(self.slot, ipi);
+        } else if in_page(gpa, buf.len(), IOAPIC_BASE_ADDR) {
+            let msgs = self
+                .machine
+                .ioapic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mmio_write(gpa - IOAPIC_BASE_ADDR, buf);
+            for m in &msgs {
+                self.machine.route(m);
+            }
+        } else {
+            self.io.mmio_write(gpa, buf);
+        }
+        Ok(())
+    }
+
+    fn compare_exchange(
+        &mut self,
+        gpa: u64,
+        old: &[u8],
+        new: &[u8],
+        found: &mut [u8],
+    ) -> Result<(), MemFault> {
+        let len = old.len();
+        if new.len() != len || found.len() != len {
+            return Err(MemFault::Malformed { gpa, len });
+        }
+        let slice = self.machine.mem.get_slice(GuestAddress(gpa), len);
+        let Ok(slice) = slice else {
+            // Not RAM (or crossing a region): MMIO has no atomics; do it in steps.
+            self.read(gpa, found)?;
+            if found == old {
+                self.write(gpa, new)?;
+            }
+            return Ok(());
+        };
+        macro_rules! cas {
+            ($atomic:ty, $int:ty) => {{
+                if let Ok(a) = slice.get_atomic_ref::<$atomic>(0) {
+                    let mut ob = [0u8; std::mem::size_of::<$int>()];
+                    let mut nb = ob;
+                    ob.copy_from_slice(old);
+                    nb.copy_from_slice(new);
+                    let (o, n) = (<$int>::from_le_bytes(ob), <$int>::from_le_bytes(nb));
+                    let v = match a.compare_exchange(o, n, Ordering::SeqCst, Ordering::SeqCst) {
+                        Ok(v) | Err(v) => v,
+                    };
+                    found.copy_from_slice(&v.to_le_bytes());
+                    return Ok(());
+                }
+            }};
+        }
+        match len {
+            1 => cas!(AtomicU8, u8),
+            2 => cas!(AtomicU16, u16),
+            4 => cas!(AtomicU32, u32),
+            8 => cas!(AtomicU64, u64),
+            _ => {}
+        }
+        // Misaligned or 16 bytes: a split lock. Serialise against other split locks (aligned
+        // atomics of other vCPUs cannot be excluded, as on hardware split locks are slow and
+        // Linux avoids them).
+        let _g = SPLIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        slice.copy_to(found);
+        if found == old {
+            slice.copy_from(new);
+        }
+        Ok(())
+    }
+}

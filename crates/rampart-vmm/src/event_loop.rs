@@ -1,0 +1,285 @@
+//! The VMM thread's event loop: vCPU events, device reset/power-off lines, termination signals,
+//! and serial console input (stdio with QEMU's Ctrl-A escapes, or a UNIX-socket client).
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{mpsc, Arc, Mutex};
+
+use rampart_config::VmConfig;
+use rampart_devices::legacy::SerialDevice;
+use tracing::{debug, error, info};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::console::{ConsoleAction, EscapeFilter, HELP};
+use crate::vcpu::{VcpuHandle, VmEvent};
+use crate::vm::{ConsoleIo, HostResources, Outcome, VmError};
+
+const TOKEN_VM_EVENT: u64 = 1;
+const TOKEN_RESET: u64 = 2;
+const TOKEN_POWEROFF: u64 = 3;
+const TOKEN_SIGNAL: u64 = 4;
+const TOKEN_INPUT: u64 = 5;
+const TOKEN_LISTENER: u64 = 6;
+
+/// The event sources the VM built for the loop.
+pub struct Sources<'a> {
+    pub rx: &'a mpsc::Receiver<VmEvent>,
+    pub wake: &'a EventFd,
+    pub reset_evt: &'a EventFd,
+    pub poweroff_evt: &'a EventFd,
+}
+
+fn add(epoll: &Epoll, fd: RawFd, token: u64) -> std::io::Result<()> {
+    epoll.ctl(
+        ControlOperation::Add,
+        fd,
+        EpollEvent::new(EventSet::IN, token),
+    )
+}
+
+fn del(epoll: &Epoll, fd: RawFd) {
+    let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+}
+
+/// Console input: where it comes from, and the bytes the serial FIFO has not taken yet.
+struct Input {
+    source: Option<Box<dyn ReadFd>>,
+    polled: bool,
+    escapes: Option<EscapeFilter>,
+    pending: VecDeque<u8>,
+}
+
+trait ReadFd: Read + AsRawFd {}
+impl<T: Read + AsRawFd> ReadFd for T {}
+
+impl Input {
+    fn fd(&self) -> Option<RawFd> {
+        self.source.as_ref().map(|s| s.as_raw_fd())
+    }
+
+    /// Polls the source again once the backlog is gone.
+    fn resume(&mut self, epoll: &Epoll) {
+        if self.pending.is_empty() && !self.polled {
+            if let Some(fd) = self.fd() {
+                self.polled = add(epoll, fd, TOKEN_INPUT).is_ok();
+            }
+        }
+    }
+
+    fn pause(&mut self, epoll: &Epoll) {
+        if self.polled {
+            if let Some(fd) = self.fd() {
+                del(epoll, fd);
+            }
+            self.polled = false;
+        }
+    }
+
+    fn close(&mut self, epoll: &Epoll) {
+        self.pause(epoll);
+        self.source = None;
+    }
+
+    fn feed_serial(&mut self, serial: Option<&Arc<Mutex<SerialDevice>>>) {
+        if let Some(serial) = serial {
+            if !self.pending.is_empty() {
+                let mut dev = serial.lock().unwrap_or_else(|e| e.into_inner());
+                let (a, _) = self.pending.as_slices();
+                let taken = dev.enqueue_input(a);
+                self.pending.drain(..taken);
+            }
+        }
+    }
+}
+
+/// Runs the loop until the VM's run ends.
+pub fn run(
+    config: &VmConfig,
+    res: &mut HostResources,
+    src: Sources<'_>,
+    serial: Option<&Arc<Mutex<SerialDevice>>>,
+    vcpus: &mut Vec<VcpuHandle>,
+) -> Result<Outcome, VmError> {
+    let ev = VmError::EventLoop;
+    let epoll = Epoll::new().map_err(ev)?;
+    add(&epoll, src.wake.as_raw_fd(), TOKEN_VM_EVENT).map_err(ev)?;
+    add(&epoll, src.reset_evt.as_raw_fd(), TOKEN_RESET).map_err(ev)?;
+    add(&epoll, src.poweroff_evt.as_raw_fd(), TOKEN_POWEROFF).map_err(ev)?;
+    add(&epoll, res.signals.as_raw_fd(), TOKEN_SIGNAL).map_err(ev)?;
+
+    let mut input = Input {
+        source: None,
+        polled: false,
+        escapes: None,
+        pending: VecDeque::new(),
+    };
+    match &res.console {
+        ConsoleIo::Stdio { input: file, .. } if serial.is_some() => {
+            let file = file.try_clone().map_err(ev)?;
+            input.escapes = Some(EscapeFilter::default());
+            input.source = Some(Box::new(file));
+            input.resume(&epoll);
+            if !input.polled {
+                // Regular files and /dev/null cannot be polled: no console input then.
+                debug!("console input is not pollable (a file or /dev/null): ignored");
+                input.source = None;
+            }
+        }
+        ConsoleIo::Socket { server, .. } => {
+            add(&epoll, server.listener().as_raw_fd(), TOKEN_LISTENER).map_err(ev)?;
+        }
+        _ => {}
+    }
+
+    let mut powered_off = false;
+    let mut events = vec![EpollEvent::default(); 8];
+    loop {
+        // Input the serial FIFO could not take yet: retry soon, without reading more.
+        let timeout = if input.pending.is_empty() { -1 } else { 5 };
+        let n = match epoll.wait(timeout, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(VmError::EventLoop(e)),
+        };
+        input.feed_serial(serial);
+        input.resume(&epoll);
+        for event in &events[..n] {
+            match event.data() {
+                TOKEN_VM_EVENT => {
+                    let _ = src.wake.read();
+                    while let Ok(event) = src.rx.try_recv() {
+                        match event {
+                            VmEvent::Reset { cpu } => {
+                                info!(cpu, "guest reset");
+                                if !powered_off {
+                                    return Ok(Outcome::Reset);
+                                }
+                            }
+                            VmEvent::PowerOff { cpu } => {
+                                info!(cpu, "guest power-off");
+                                if power_off(config, vcpus, &mut powered_off) {
+                                    return Ok(Outcome::PowerOff);
+                                }
+                            }
+                            VmEvent::Failure { cpu, message } => {
+                                error!(cpu, "{message}");
+                                return Ok(Outcome::Failure(message));
+                            }
+                        }
+                    }
+                }
+                TOKEN_RESET => {
+                    let _ = src.reset_evt.read();
+                    if !powered_off {
+                        info!("guest reset (reset line)");
+                        return Ok(Outcome::Reset);
+                    }
+                }
+                TOKEN_POWEROFF => {
+                    let _ = src.poweroff_evt.read();
+                    info!("guest power-off (ACPI S5)");
+                    if power_off(config, vcpus, &mut powered_off) {
+                        return Ok(Outcome::PowerOff);
+                    }
+                }
+                TOKEN_SIGNAL => {
+                    if let Some(sig) = res.signals.read() {
+                        info!(signal = sig, "termination signal");
+                        return Ok(Outcome::Signal(sig));
+                    }
+                }
+                TOKEN_LISTENER => {
+                    if let ConsoleIo::Socket { server, .. } = &res.console {
+                        if let Some(stream) = server.accept() {
+                            input.close(&epoll);
+                            input.pending.clear();
+                            input.source = Some(Box::new(stream));
+                            input.resume(&epoll);
+                        }
+                    }
+                }
+                TOKEN_INPUT => {
+                    if let Some(action) = read_input(&mut input, &epoll, res, serial)? {
+                        match action {
+                            ConsoleAction::Quit => return Ok(Outcome::ConsoleQuit),
+                            ConsoleAction::Help => {
+                                if let ConsoleIo::Stdio { output, .. } = &mut res.console {
+                                    let _ = output.write_all(HELP.as_bytes());
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Handles a guest power-off; returns whether the run ends (false with `-no-shutdown`).
+fn power_off(config: &VmConfig, vcpus: &mut Vec<VcpuHandle>, powered_off: &mut bool) -> bool {
+    if *powered_off {
+        return false;
+    }
+    *powered_off = true;
+    if !config.lifecycle.no_shutdown {
+        return true;
+    }
+    for v in vcpus.drain(..) {
+        v.stop();
+    }
+    info!("-no-shutdown: the VM is stopped; rampart keeps running until SIGTERM");
+    false
+}
+
+/// Reads available console input and passes it to the serial port.
+fn read_input(
+    input: &mut Input,
+    epoll: &Epoll,
+    res: &mut HostResources,
+    serial: Option<&Arc<Mutex<SerialDevice>>>,
+) -> Result<Option<ConsoleAction>, VmError> {
+    let Some(source) = input.source.as_mut() else {
+        return Ok(None);
+    };
+    let mut buf = [0u8; 256];
+    let got = match source.read(&mut buf) {
+        Ok(0) => {
+            info!("console input closed");
+            input.close(epoll);
+            if let ConsoleIo::Socket { server, .. } = &res.console {
+                server.disconnect();
+            }
+            return Ok(None);
+        }
+        Ok(n) => n,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::Interrupted
+                || e.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            return Ok(None)
+        }
+        Err(e) if matches!(res.console, ConsoleIo::Socket { .. }) => {
+            debug!("serial socket client error: {e}");
+            input.close(epoll);
+            return Ok(None);
+        }
+        Err(e) => return Err(VmError::EventLoop(e)),
+    };
+    let mut to_guest = Vec::with_capacity(got);
+    let action = match input.escapes.as_mut() {
+        Some(filter) => filter.feed(&buf[..got], &mut to_guest),
+        None => {
+            to_guest.extend_from_slice(&buf[..got]);
+            None
+        }
+    };
+    input.pending.extend(to_guest);
+    input.feed_serial(serial);
+    if !input.pending.is_empty() {
+        input.pause(epoll);
+    }
+    Ok(action)
+}
