@@ -267,6 +267,8 @@ pub struct Cpu {
     /// Where the current instruction will continue (set before execution).
     pub(crate) next_rip: u64,
     pub(crate) warned_ud: std::collections::BTreeSet<u32>,
+    /// Recently decoded instructions (validated against the fetched bytes on every use).
+    pub(crate) decoded: crate::decode_cache::DecodeCache,
 }
 
 impl std::fmt::Debug for Cpu {
@@ -353,6 +355,7 @@ impl Cpu {
             tlb: Tlb::default(),
             next_rip: 0,
             warned_ud: std::collections::BTreeSet::new(),
+            decoded: crate::decode_cache::DecodeCache::default(),
         }
     }
 
@@ -433,6 +436,14 @@ impl Cpu {
             return 0;
         }
         (self.seg[SegReg::Cs as usize].selector & 3) as u8
+    }
+
+    /// Whether memory accesses are checked with user privilege (CPL 3). Cheaper than
+    /// [`Cpu::cpl`] on the hot path: in real mode paging is off, so the selector's low bits,
+    /// which are not the CPL there, never matter.
+    #[inline]
+    pub(crate) fn user_access(&self) -> bool {
+        self.seg[SegReg::Cs as usize].selector & 3 == 3
     }
 
     /// Whether the CPU runs 64-bit code (long mode and CS.L).

@@ -43,6 +43,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cpu;
+mod decode_cache;
 pub mod exception;
 mod exception32;
 mod exec;
@@ -227,11 +228,14 @@ impl Cpu {
     ) -> Res<Instruction> {
         let access = Access {
             kind: AccessKind::Fetch,
-            user: self.cpl() == 3,
+            user: self.user_access(),
         };
         let mut bytes = [0u8; MAX_INSN_LEN];
         let first = MAX_INSN_LEN.min((memory::PAGE_SIZE - la % memory::PAGE_SIZE) as usize);
         self.read_linear(mem, la, &mut bytes[..first], access)?;
+        if let Some(instr) = self.decoded.lookup(ip, bits, &bytes[..first]) {
+            return Ok(instr);
+        }
         let mut decoder = Decoder::with_ip(bits, &bytes[..first], ip, DecoderOptions::NONE);
         let mut instr = decoder.decode();
         if decoder.last_error() == DecoderError::NoMoreBytes && first < MAX_INSN_LEN {
@@ -247,6 +251,8 @@ impl Cpu {
             }
         } else if decoder.last_error() == DecoderError::NoMoreBytes {
             return Err(Exception::gp(0).into());
+        } else if !instr.is_invalid() {
+            self.decoded.insert(ip, bits, &bytes[..first], &instr);
         }
         if instr.is_invalid() {
             return Err(Exception::ud().into());

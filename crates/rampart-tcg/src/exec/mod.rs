@@ -65,7 +65,7 @@ impl Cpu {
     fn data_access(&self, kind: AccessKind) -> Access {
         Access {
             kind,
-            user: self.cpl() == 3,
+            user: self.user_access(),
         }
     }
 
@@ -123,7 +123,7 @@ impl Cpu {
         v: u64,
     ) -> Res<()> {
         let n = (size as usize).min(8);
-        let user = self.cpl() == 3;
+        let user = self.user_access();
         self.write_linear(mem, la, &v.to_le_bytes()[..n], user)
     }
 

@@ -26,7 +26,7 @@ impl Cpu {
         let mut b = [0u8; 8];
         let access = Access {
             kind: AccessKind::Read,
-            user: self.cpl() == 3,
+            user: self.user_access(),
         };
         self.read_linear(mem, la, &mut b[..(size as usize).min(8)], access)?;
         Ok(u64::from_le_bytes(b))
