@@ -563,4 +563,88 @@ mod tests {
             Err(Event::Exit(Exit::PhysicalMemory(_)))
         ));
     }
+
+    /// Protected mode with paging but not long mode.
+    fn legacy(cr4_bits: u64, cr3: u64) -> (Cpu, FlatMemory) {
+        let mut c = Cpu::new();
+        c.cr0 = cr0::PE | cr0::PG | cr0::WP | cr0::ET;
+        c.cr4 = cr4_bits;
+        c.cr3 = cr3;
+        (c, FlatMemory::new(0x40_0000))
+    }
+
+    #[test]
+    fn pae_walk_maps_4k_and_2m_pages_and_sets_accessed_dirty() {
+        // PDPT at 0x1020 (32-byte aligned), PDPTE 1 -> PD 0x2000 for 0x4000_0000..0x8000_0000.
+        let (mut c, mut m) = legacy(cr4::PAE, 0x1020);
+        m.write_u64(0x1020 + 8, 0x2000 | 1).unwrap();
+        m.write_u64(0x2000, 0x3000 | 3).unwrap(); // PD[0] -> PT
+        m.write_u64(0x3000 + 5 * 8, 0x9000 | 3).unwrap(); // PT[5] -> 0x9000
+        m.write_u64(0x2000 + 8, 0x20_0000 | PTE_PS | 3).unwrap(); // PD[1]: 2 MiB at 2 MiB
+        assert_eq!(c.translate(&mut m, 0x4000_5abc, W).unwrap(), 0x9abc);
+        assert_eq!(
+            m.read_u64(0x3000 + 5 * 8).unwrap() & (PTE_A | PTE_D),
+            PTE_A | PTE_D
+        );
+        assert_eq!(m.read_u64(0x2000).unwrap() & PTE_A, PTE_A);
+        assert_eq!(c.translate(&mut m, 0x4020_1234, R).unwrap(), 0x20_1234);
+    }
+
+    #[test]
+    fn pae_nx_page_faults_on_fetch_only_with_nxe() {
+        let (mut c, mut m) = legacy(cr4::PAE, 0x1000);
+        m.write_u64(0x1000, 0x2000 | 1).unwrap();
+        m.write_u64(0x2000, PTE_NX | PTE_PS | 3).unwrap();
+        c.efer = efer::NXE;
+        let e = c.translate(&mut m, 0x1000, X).unwrap_err();
+        assert_eq!(
+            e,
+            Event::Exception(Exception::fault(vector::PF, Some(pf::FETCH | pf::PRESENT)))
+        );
+        c.efer = 0;
+        c.flush_tlb();
+        let e = c.translate(&mut m, 0x1000, R).unwrap_err();
+        assert_eq!(
+            e,
+            Event::Exception(Exception::fault(vector::PF, Some(pf::RSVD | pf::PRESENT)))
+        );
+    }
+
+    #[test]
+    fn pae_reserved_pdpte_bit_faults_with_rsvd() {
+        let (mut c, mut m) = legacy(cr4::PAE, 0x1000);
+        m.write_u64(0x1000, 0x2000 | 1 | 2).unwrap(); // bit 1 is reserved in a PDPTE
+        let e = c.translate(&mut m, 0x1000, R).unwrap_err();
+        assert_eq!(
+            e,
+            Event::Exception(Exception::fault(vector::PF, Some(pf::RSVD | pf::PRESENT)))
+        );
+        assert_eq!(c.cr2, 0x1000);
+    }
+
+    #[test]
+    fn thirty_two_bit_paging_uses_4_byte_entries_and_4m_pages_with_pse() {
+        let (mut c, mut m) = legacy(0, 0x1000);
+        // PDE 1 (4..8 MiB) -> PT at 0x2000; PTE 3 -> 0x7000. PDE 2: 4 MiB page at 0.
+        m.load(0x1000 + 4, &(0x2000u32 | 7).to_le_bytes()).unwrap();
+        m.load(0x2000 + 3 * 4, &(0x7000u32 | 7).to_le_bytes())
+            .unwrap();
+        m.load(0x1000 + 8, &(0x83u32).to_le_bytes()).unwrap();
+        assert_eq!(c.translate(&mut m, 0x40_3010, UR).unwrap(), 0x7010);
+        // Without CR4.PSE the PS bit is ignored: PDE 2 points at a page table at 0, whose
+        // entry 0 is empty.
+        assert_eq!(
+            c.translate(&mut m, 0x80_0000, R).unwrap_err(),
+            Event::Exception(Exception::fault(vector::PF, Some(0)))
+        );
+        c.cr4 = cr4::PSE;
+        c.flush_tlb();
+        assert_eq!(c.translate(&mut m, 0x83_4567, R).unwrap(), 0x3_4567);
+        // User access to the supervisor 4 MiB page faults.
+        let e = c.translate(&mut m, 0x83_4567, UR).unwrap_err();
+        assert_eq!(
+            e,
+            Event::Exception(Exception::fault(vector::PF, Some(pf::USER | pf::PRESENT)))
+        );
+    }
 }
