@@ -4,6 +4,7 @@
 
 mod gen;
 mod gen2;
+mod gen3;
 mod native;
 mod sse;
 
@@ -227,6 +228,7 @@ fn differential_against_host_cpu() {
     check("moves", gen2::moves(&mut rng, 30));
     check("strings", gen2::strings(&mut rng, 12));
     check("stack", gen2::stack(&mut rng, 100));
+    check("address-size", gen3::address_size(&mut rng, 40));
     check("sse-int", sse::sse_int(&mut rng, 6));
     check("sse-move", sse::sse_move(&mut rng, 8));
     check("sse-fp", sse::sse_fp(&mut rng, 40));
