@@ -27,10 +27,11 @@ pub const RAM_SIZE: usize = 32 << 20;
 /// `MAX_DECOMPRESSED_SIZE` (256 MiB); fuzzing with that makes every gzip bomb a 256 MiB
 /// allocation without reaching any new code (the decompressors have their own target).
 pub const DECOMPRESS_LIMIT: usize = RAM_SIZE;
-/// The most heap one load may hold: the file's payload copy, the decompressed vmlinux (at most
-/// the limit, twice while a `Vec` grows), the lz4 block buffer, and 1 MiB of slack for the ELF
-/// parser and error strings. The input itself is counted by `data.len()`.
-pub const ALLOC_BOUND: usize = 2 * DECOMPRESS_LIMIT + (8 << 20) + (1 << 20);
+/// The most heap one load may hold beyond the payload copy (at most the input's size): the
+/// decompressed vmlinux (at most the limit, twice while a `Vec` grows), the lz4 block buffer
+/// and 1 MiB of slack for the ELF parser and error strings.
+pub const ALLOC_BOUND: usize =
+    2 * DECOMPRESS_LIMIT + crate::decompress::LZ4_BLOCK_BUFFER + (1 << 20);
 
 /// An anonymous in-memory file holding `data`.
 fn memfd_with(data: &[u8]) -> File {

@@ -85,15 +85,31 @@ fn replay_one(target: &str, file: &Path) -> Result<(), String> {
     match panic::catch_unwind(|| run_target(target, &data)) {
         Ok(Some(())) => Ok(()),
         Ok(None) => Err(format!("no target named '{target}'")),
-        Err(payload) => Err(payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panicked".into())),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into());
+            let at = PANIC_AT.with(|p| p.borrow().clone());
+            Err(format!("{message} (panicked at {at})"))
+        }
     }
 }
 
+thread_local! {
+    /// Where the last panic happened (the hook's only output, so a failure is one line).
+    static PANIC_AT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 fn main() -> ExitCode {
+    panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        PANIC_AT.with(|p| *p.borrow_mut() = at);
+    }));
     let args: Vec<String> = std::env::args().skip(1).collect();
     let inputs = inputs(&args);
     let (mut passed, mut failed) = (0usize, 0usize);
