@@ -9,16 +9,26 @@
 //!   (bounds-checked, never a pointer), with MMIO as a synchronous callback, and the
 //!   [`memory::FlatMemory`] implementation used by tests.
 //! - [`mmu`]: linear-to-physical translation (4-level long-mode walk, 4K/2M/1G pages, U/S, R/W with
-//!   CR0.WP, NX, A/D bits, #PF error codes and CR2) behind a small software TLB; all linear
-//!   accesses are split at page boundaries and checked before anything is written.
-//! - decode (in this file): instructions are fetched through the MMU (also across a page boundary)
-//!   and decoded by `iced-x86`.
+//!   CR0.WP, NX, A/D bits, #PF error codes and CR2; PAE and 32-bit paging outside long mode)
+//!   behind a small software TLB; all linear accesses are split at page boundaries and checked
+//!   before anything is written.
+//! - `segmentation`: outside 64-bit mode, linear addresses are segment base + offset with the
+//!   presence and limit checks (#GP(0)/#SS(0)), wrapping at 4 GiB; code-segment checks for far
+//!   transfers.
+//! - decode (in this file): instructions are fetched through the MMU (also across a page
+//!   boundary) and decoded by `iced-x86` with the bitness of CS (64, or 32/16 from CS.D; the
+//!   0x66/0x67 prefixes are iced's business). Outside 64-bit mode RIP holds the CS offset (EIP or
+//!   IP) and the fetch goes through CS's base and limit. A small decoded-instruction cache
+//!   (`decode_cache`), validated against the fetched bytes on every hit, skips the decoder in
+//!   loops.
 //! - `exec/`: one file per instruction family (`arith`, `logic`, `shift`, `mov`, `stack`,
 //!   `control`, `string`, `bits`, `muldiv`, `system`), dispatched on iced's `Mnemonic`. Every
 //!   instruction computes first and commits last, so a fault leaves the architectural state as it
 //!   was before the instruction (rep string instructions commit per iteration, as hardware does).
 //! - [`exception`]: exception and interrupt delivery through the long-mode IDT (interrupt/trap
-//!   gates, IST, TSS.RSPn stack switch, error codes, #DF, triple fault) and IRETQ.
+//!   gates, IST, TSS.RSPn stack switch, error codes, #DF, triple fault) and IRETQ;
+//!   `exception32` does the same through the real-mode IVT and the 32-bit IDT (16/32-bit gates,
+//!   stack switch through a 32-bit TSS) with the matching IRET.
 //!
 //! # Run loop
 //!
@@ -35,10 +45,16 @@
 //!
 //! # Scope today
 //!
-//! 64-bit mode only (real mode and 32-bit protected mode for the SMP trampoline come next). The
-//! integer ISA of the census is implemented; SSE, x87 arithmetic, SYSCALL/SYSRET and string I/O are
-//! next. `lock`-prefixed read-modify-write instructions are executed as plain read-modify-write,
-//! which is exact on one vCPU; the SMP hook is [`GuestMemory::compare_exchange`].
+//! Every mode a Linux guest and rampart's PVH test guests pass through: real mode (application
+//! processors start there: [`Cpu::reset`] for INIT, [`Cpu::start_at_sipi`] for the startup
+//! IPI), 16- and 32-bit protected mode with flat or based segments, paging off, PAE or 32-bit,
+//! compatibility mode, and 64-bit mode, with the transitions between them (MOV to CR0, far
+//! JMP/CALL/RET, IRET). Not implemented, each reported as [`Exit::Unsupported`] naming it:
+//! virtual-8086 mode, task switches (task gates, IRET with NT), far transfers through call
+//! gates, privilege changes through a 16-bit TSS. DAA/DAS/AAA/AAS/AAM/AAD, BOUND and ARPL are
+//! #UD. The integer ISA of the census is implemented; string I/O is next. `lock`-prefixed
+//! read-modify-write instructions are executed as plain read-modify-write, which is exact on
+//! one vCPU; the SMP hook is [`GuestMemory::compare_exchange`].
 
 #![forbid(unsafe_code)]
 
