@@ -19,8 +19,23 @@ struct Entry {
     /// 0 = empty; 16, 32 or 64.
     bits: u8,
     len: u8,
-    bytes: [u8; MAX_LEN],
+    /// The instruction bytes, little-endian, zero above `len` bytes.
+    key: u128,
+    /// Ones over the `len` instruction bytes.
+    mask: u128,
     instr: Instruction,
+}
+
+/// The first (up to) 15 bytes of `b` as a little-endian integer.
+#[inline]
+fn word(b: &[u8]) -> u128 {
+    let mut w = [0u8; 16];
+    if b.len() >= MAX_LEN {
+        w[..MAX_LEN].copy_from_slice(&b[..MAX_LEN]);
+    } else {
+        w[..b.len()].copy_from_slice(b);
+    }
+    u128::from_le_bytes(w)
 }
 
 /// Direct-mapped decoded-instruction cache.
@@ -51,11 +66,10 @@ impl DecodeCache {
     /// current page) starts with exactly the bytes it was decoded from.
     pub(crate) fn lookup(&self, ip: u64, bits: u32, fetched: &[u8]) -> Option<Instruction> {
         let e = self.entries.get(slot(ip))?;
-        let len = e.len as usize;
         let hit = e.ip == ip
             && e.bits as u32 == bits
-            && len <= fetched.len()
-            && e.bytes.get(..len)? == fetched.get(..len)?;
+            && e.len as usize <= fetched.len()
+            && word(fetched) & e.mask == e.key;
         hit.then_some(e.instr)
     }
 
@@ -65,13 +79,13 @@ impl DecodeCache {
         let (Some(src), Some(e)) = (bytes.get(..len), self.entries.get_mut(slot(ip))) else {
             return;
         };
-        let mut b = [0u8; MAX_LEN];
-        b[..len].copy_from_slice(src);
+        let mask = (1u128 << (8 * len.min(MAX_LEN))) - 1;
         *e = Entry {
             ip,
             bits: bits as u8,
             len: len as u8,
-            bytes: b,
+            key: word(src) & mask,
+            mask,
             instr: *instr,
         };
     }

@@ -248,10 +248,23 @@ impl Cpu {
         };
         let mut bytes = [0u8; MAX_INSN_LEN];
         let first = MAX_INSN_LEN.min((memory::PAGE_SIZE - la % memory::PAGE_SIZE) as usize);
-        self.read_linear(mem, la, &mut bytes[..first], access)?;
-        if let Some(instr) = self.decoded.lookup(ip, bits, &bytes[..first]) {
-            return Ok(instr);
+        // Fast path: code in RAM, decoded in place (no copy), often straight from the cache.
+        let pa = self.translate(mem, la, access)?;
+        if let Some(code) = mem.ram_slice(pa, first) {
+            if let Some(instr) = self.decoded.lookup(ip, bits, code) {
+                return Ok(instr);
+            }
+            let mut decoder = Decoder::with_ip(bits, code, ip, DecoderOptions::NONE);
+            let instr = decoder.decode();
+            if decoder.last_error() != DecoderError::NoMoreBytes {
+                if instr.is_invalid() {
+                    return Err(Exception::ud().into());
+                }
+                self.decoded.insert(ip, bits, code, &instr);
+                return Ok(instr);
+            }
         }
+        self.read_linear(mem, la, &mut bytes[..first], access)?;
         let mut decoder = Decoder::with_ip(bits, &bytes[..first], ip, DecoderOptions::NONE);
         let mut instr = decoder.decode();
         if decoder.last_error() == DecoderError::NoMoreBytes && first < MAX_INSN_LEN {
@@ -367,6 +380,23 @@ mod tests {
         let t = m.run(10);
         assert_eq!(t.exit, Exit::Halt);
         assert_eq!(t.cpu.gpr[0], 0x1234_5678);
+    }
+
+    #[test]
+    fn self_modifying_code_runs_the_new_bytes() {
+        use iced_x86::code_asm::*;
+        let t = run_asm(|a| {
+            let mut l = a.create_label();
+            a.mov(ecx, 2)?;
+            a.lea(rbx, ptr(l))?;
+            a.set_label(&mut l)?;
+            a.mov(eax, 1)?;
+            a.mov(byte_ptr(rbx + 1), 7)?;
+            a.dec(ecx)?;
+            a.jne(l)?;
+            Ok(())
+        });
+        assert_eq!(t.cpu.gpr[0], 7);
     }
 
     #[test]
