@@ -390,25 +390,33 @@ impl Cpu {
     }
 
     /// INIT: the architectural reset state (real mode at F000:FFF0, EFER/CR0/CR4 cleared,
-    /// segments, descriptor tables and GPRs reset). As on hardware, INIT keeps the x87/SSE
-    /// state, the MSRs other than EFER, the TSC and the CPUID provider. The local APIC is the
+    /// segments, descriptor tables, debug registers and GPRs reset). As on hardware, INIT keeps
+    /// the x87/SSE state, the MSRs other than EFER and the TSC; everything the embedder
+    /// installed (CPUID provider, MSR hook, TSC source) stays too. The local APIC is the
     /// embedder's (see `apic`).
     pub fn reset(&mut self) {
         let fresh = Cpu::new();
-        let cpuid = std::mem::replace(&mut self.cpuid, fresh.cpuid);
-        let msr = std::mem::take(&mut self.msr);
-        let warned = std::mem::take(&mut self.warned_ud);
-        let (xmm, mxcsr, fpu, tsc) = (self.xmm, self.mxcsr, self.fpu, self.tsc);
-        *self = Cpu {
-            cpuid,
-            msr,
-            warned_ud: warned,
-            xmm,
-            mxcsr,
-            fpu,
-            tsc,
-            ..fresh
-        };
+        self.gpr = fresh.gpr;
+        self.rip = fresh.rip;
+        self.flags = fresh.flags;
+        self.seg = fresh.seg;
+        self.tr = fresh.tr;
+        self.ldtr = fresh.ldtr;
+        self.gdtr = fresh.gdtr;
+        self.idtr = fresh.idtr;
+        self.cr0 = fresh.cr0;
+        self.cr2 = fresh.cr2;
+        self.cr3 = fresh.cr3;
+        self.cr4 = fresh.cr4;
+        self.cr8 = fresh.cr8;
+        self.efer = fresh.efer;
+        self.dr = fresh.dr;
+        self.halted = false;
+        self.interrupt_shadow = false;
+        self.pending_in = None;
+        self.pending_shutdown = false;
+        self.next_rip = fresh.next_rip;
+        self.tlb.flush_all();
         // EDX holds the processor signature after reset (family/model/stepping of CPUID 1).
         self.gpr[gpr::RDX] = (self.cpuid)(1, 0)[0] as u64;
     }

@@ -510,6 +510,30 @@ fn reset_returns_to_real_mode_at_the_reset_vector_and_keeps_msrs() {
 }
 
 #[test]
+fn reset_keeps_what_the_embedder_installed() {
+    struct Hook;
+    impl crate::MsrHook for Hook {
+        fn read(&mut self, idx: u32) -> Option<Result<u64, ()>> {
+            (idx == 0x80f).then_some(Ok(0x1ff))
+        }
+        fn write(&mut self, _idx: u32, _v: u64) -> Option<Result<(), ()>> {
+            None
+        }
+    }
+    let mut c = crate::Cpu::new();
+    c.msr_hook = Some(Box::new(Hook));
+    c.tsc_source = Some(Box::new(|| 1234));
+    c.cpuid = Box::new(|_, _| [0x42, 0, 0, 0]);
+    c.reset();
+    assert!(c.msr_hook.is_some());
+    assert!(c.tsc_source.is_some());
+    assert_eq!(
+        c.gpr[2], 0x42,
+        "EDX = CPUID(1).EAX from the installed provider"
+    );
+}
+
+#[test]
 fn sipi_starts_at_vector_page_in_real_mode() {
     let mut c = crate::Cpu::new();
     c.halted = true;
