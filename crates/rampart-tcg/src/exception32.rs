@@ -106,7 +106,7 @@ impl Cpu {
         let size: u8 = match gate_type {
             0xe | 0xf => 4,
             0x6 | 0x7 => 2,
-            0x5 if present => return Err(unsupported(self, "interrupt through a task gate")),
+            0x5 => 0,
             _ => return Err(Exception::gp(idt_code).into()),
         };
         let offset = if size == 2 { offset & 0xffff } else { offset };
@@ -116,6 +116,9 @@ impl Cpu {
         }
         if !present {
             return Err(Exception::np(idt_code).into());
+        }
+        if size == 0 {
+            return Err(unsupported(self, "interrupt through a task gate"));
         }
         if selector & !3 == 0 {
             return Err(Exception::gp(ext).into());
