@@ -61,7 +61,14 @@ pub struct Access {
     pub user: bool,
 }
 
-const TLB_ENTRIES: usize = 64;
+const TLB_ENTRIES: usize = 256;
+
+/// TLB slot of a virtual page number: folded so that pages at large power-of-two strides
+/// (code and data 1 MiB apart, stacks) do not all land in the same slot.
+#[inline]
+fn tlb_slot(vpn: u64) -> usize {
+    ((vpn ^ (vpn >> 8) ^ (vpn >> 16)) as usize) % TLB_ENTRIES
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct TlbEntry {
@@ -98,19 +105,19 @@ impl Tlb {
     /// Drop the translation of the page containing `la`.
     pub fn flush_page(&mut self, la: u64) {
         let vpn = la >> 12;
-        let e = &mut self.entries[(vpn as usize) % TLB_ENTRIES];
+        let e = &mut self.entries[tlb_slot(vpn)];
         if e.tag == vpn.wrapping_add(1) {
             *e = TlbEntry::default();
         }
     }
 
     fn lookup(&self, vpn: u64) -> Option<&TlbEntry> {
-        let e = &self.entries[(vpn as usize) % TLB_ENTRIES];
+        let e = &self.entries[tlb_slot(vpn)];
         (e.tag == vpn.wrapping_add(1)).then_some(e)
     }
 
     fn insert(&mut self, vpn: u64, e: TlbEntry) {
-        self.entries[(vpn as usize) % TLB_ENTRIES] = TlbEntry {
+        self.entries[tlb_slot(vpn)] = TlbEntry {
             tag: vpn.wrapping_add(1),
             ..e
         };
