@@ -5,6 +5,7 @@
 mod gen;
 mod gen2;
 mod gen3;
+mod gen32;
 mod native;
 mod sse;
 
@@ -49,6 +50,8 @@ pub struct Case {
     pub flag_mask: u64,
     pub stub_va: u64,
     pub body_va: u64,
+    /// Run the body as 32-bit code in compatibility mode (only EAX..EDI are compared).
+    pub compat: bool,
 }
 
 impl Case {
@@ -72,6 +75,7 @@ impl Case {
             flag_mask: gen::ARITH | gen::DF,
             stub_va: 0,
             body_va: 0,
+            compat: false,
         }
     }
 
@@ -93,9 +97,18 @@ fn layout_cases(cases: &mut [Case]) -> Vec<u8> {
     let mut code = Vec::new();
     for c in cases.iter_mut() {
         let ip = CODE_VA + code.len() as u64;
-        let stub = native::stub(ip, &c.body);
+        let stub = if c.compat {
+            native::stub_compat(ip, &c.body)
+        } else {
+            native::stub(ip, &c.body)
+        };
         c.stub_va = ip;
-        c.body_va = ip + native::prologue_len(ip);
+        let body_off = if c.compat {
+            native::compat_body_offset(ip)
+        } else {
+            native::prologue_len(ip)
+        };
+        c.body_va = ip + body_off;
         code.extend_from_slice(&stub);
         while code.len() % 16 != 0 {
             code.push(0xcc);
@@ -135,6 +148,14 @@ impl Emu {
         cpu.gpr = c.gpr;
         cpu.flags.set_bits(c.flags);
         cpu.rip = c.body_va;
+        if c.compat {
+            // Compatibility mode: a flat 32-bit code segment under EFER.LMA.
+            use rampart_tcg::cpu::attr;
+            let cs = &mut cpu.seg[rampart_tcg::SegReg::Cs as usize];
+            cs.attr =
+                attr::P | attr::S | attr::CODE | attr::RW | attr::ACCESSED | attr::DB | attr::G;
+            cs.limit = u32::MAX;
+        }
         self.mem.load(PA_DATA + DATA_OFF, &c.data).expect("data");
         let end = c.body_va + c.body.len() as u64;
         for _ in 0..100_000 {
@@ -170,7 +191,14 @@ fn check(family: &str, mut cases: Vec<Case>) {
             Err(e) => Some(e),
             Ok((gpr, flags, data)) => {
                 let mut diffs = Vec::new();
-                for (i, (e, h)) in gpr.iter().zip(&n.gpr).enumerate() {
+                // Compatibility mode: r8-r15 and the upper halves are undefined natively.
+                let (regs, mask) = if c.compat {
+                    (8, 0xffff_ffff)
+                } else {
+                    (16, u64::MAX)
+                };
+                for (i, (e, h)) in gpr.iter().zip(&n.gpr).enumerate().take(regs) {
+                    let (e, h) = (e & mask, h & mask);
                     if e != h {
                         diffs.push(format!("r{i}: emu {e:#x} host {h:#x}"));
                     }
@@ -229,6 +257,7 @@ fn differential_against_host_cpu() {
     check("strings", gen2::strings(&mut rng, 12));
     check("stack", gen2::stack(&mut rng, 100));
     check("address-size", gen3::address_size(&mut rng, 40));
+    check("compat-mode", gen32::compat(&mut rng, 30));
     check("sse-int", sse::sse_int(&mut rng, 6));
     check("sse-move", sse::sse_move(&mut rng, 8));
     check("sse-fp", sse::sse_fp(&mut rng, 40));

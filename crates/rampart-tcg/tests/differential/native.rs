@@ -73,6 +73,50 @@ pub fn stub(ip: u64, body: &[u8]) -> Vec<u8> {
     a.assemble(ip).expect("assemble")
 }
 
+/// Linux's flat user code/data selectors: 32-bit code (compatibility mode), 64-bit code, data.
+const USER32_CS: u16 = 0x23;
+const USER_CS: u16 = 0x33;
+const USER_DS: u32 = 0x2b;
+
+/// Bytes between the prologue and a compatibility-mode body: `jmp far [rip+0]` and its
+/// 6-byte pointer.
+pub const COMPAT_ENTRY_LEN: u64 = 12;
+
+/// Length of the segment set-up that precedes the prologue in a compatibility-mode stub.
+fn compat_setup(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    // 64-bit processes run with null DS/ES, unusable in compatibility mode: load flat data.
+    a.mov(eax, USER_DS)?;
+    a.mov(ds, ax)?;
+    a.mov(es, ax)
+}
+
+/// Offset of the body in a compatibility-mode stub at `ip`.
+pub fn compat_body_offset(ip: u64) -> u64 {
+    let mut a = CodeAssembler::new(64).expect("assembler");
+    compat_setup(&mut a).expect("asm");
+    prologue(&mut a).expect("asm");
+    a.assemble(ip).expect("assemble").len() as u64 + COMPAT_ENTRY_LEN
+}
+
+/// A stub that runs `body` as 32-bit code in compatibility mode: far jump to the 32-bit user
+/// code segment after loading the registers, far jump back to 64-bit code before storing them.
+pub fn stub_compat(ip: u64, body: &[u8]) -> Vec<u8> {
+    let body_va = ip + compat_body_offset(ip);
+    let back = body_va + body.len() as u64 + 7;
+    let mut a = CodeAssembler::new(64).expect("assembler");
+    compat_setup(&mut a).expect("asm");
+    prologue(&mut a).expect("asm");
+    a.db(&[0xff, 0x2d, 0, 0, 0, 0]).expect("asm"); // jmp far [rip+0]
+    a.dd(&[body_va as u32]).expect("asm");
+    a.dw(&[USER32_CS]).expect("asm");
+    a.db(body).expect("asm");
+    a.db(&[0xea]).expect("asm"); // jmp far USER_CS:back (32-bit code)
+    a.dd(&[back as u32]).expect("asm");
+    a.dw(&[USER_CS]).expect("asm");
+    epilogue(&mut a).expect("asm");
+    a.assemble(ip).expect("assemble")
+}
+
 struct Mapping {
     addr: *mut libc::c_void,
     len: usize,
