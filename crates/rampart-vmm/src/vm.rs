@@ -231,8 +231,10 @@ fn new_eventfd() -> Result<EventFd, VmError> {
 /// Builds the VM described by `config` and runs it until it ends.
 pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<Outcome, VmError> {
     let mem = create_memory(config.memory_bytes)?;
-    let machine = Accelerator::new(accel, &mem, config)?;
+    // Load the guest first: the software CPU's clock (and so its TSC) starts with the
+    // accelerator, not before the kernel is decompressed.
     let bsp_state = boot::prepare(&mem, config, &mut res.kernel, res.initrd.as_mut())?;
+    let machine = Accelerator::new(accel, &mem, config)?;
 
     // Devices.
     let buses = Arc::new(Buses::default());

@@ -213,6 +213,9 @@ impl Machine {
             kvmclock: KvmClock::default(),
             tsc_offset,
         }));
+        // Every vCPU starts with the MTRR/MISC_ENABLE settings a firmware leaves (application
+        // processors get no set_state).
+        apply_msrs(&mut cpu, &crate::arch::x86_64::cpu::boot_msrs());
         TcgVcpu {
             index,
             cpu,
@@ -258,6 +261,24 @@ impl VcpuMsrs {
 
 impl rampart_tcg::MsrHook for VcpuMsrs {
     fn read(&mut self, idx: u32) -> Option<Result<u64, ()>> {
+        let r = self.read_inner(idx);
+        if matches!(r, Some(Err(()))) {
+            debug!(msr = idx, "RDMSR refused (#GP)");
+        }
+        r
+    }
+
+    fn write(&mut self, idx: u32, value: u64) -> Option<Result<(), ()>> {
+        let r = self.write_inner(idx, value);
+        if matches!(r, Some(Err(()))) {
+            debug!(msr = idx, value, "WRMSR refused (#GP)");
+        }
+        r
+    }
+}
+
+impl VcpuMsrs {
+    fn read_inner(&mut self, idx: u32) -> Option<Result<u64, ()>> {
         let now = self.machine.now_ns();
         if idx == MSR_TSC {
             return Some(Ok(self.guest_tsc(now)));
@@ -268,7 +289,7 @@ impl rampart_tcg::MsrHook for VcpuMsrs {
         self.kvmclock.read_msr(idx).map(Ok)
     }
 
-    fn write(&mut self, idx: u32, value: u64) -> Option<Result<(), ()>> {
+    fn write_inner(&mut self, idx: u32, value: u64) -> Option<Result<(), ()>> {
         if idx == MSR_TSC {
             let now = self.machine.now_ns();
             self.tsc_offset
@@ -304,6 +325,16 @@ impl rampart_tcg::MsrHook for VcpuMsrs {
             }
         }
         Some(r)
+    }
+}
+
+/// Loads MSR values into a software CPU. The TSC is skipped: it is VM time, the same on every
+/// vCPU, and starts with the machine.
+fn apply_msrs(cpu: &mut Cpu, msrs: &[crate::arch::x86_64::regs::MsrEntry]) {
+    for m in msrs.iter().filter(|m| m.index != MSR_TSC) {
+        if let Err(e) = cpu.write_msr(m.index, m.data) {
+            debug!(msr = m.index, ?e, "boot MSR not accepted by the software CPU");
+        }
     }
 }
 
@@ -483,15 +514,7 @@ impl VcpuBackend for TcgVcpu {
 
     fn set_state(&mut self, state: &CpuState) -> Result<(), AccelError> {
         state::load(&mut self.cpu, state);
-        for m in &state.msrs {
-            if let Err(e) = self.cpu.write_msr(m.index, m.data) {
-                debug!(
-                    msr = m.index,
-                    ?e,
-                    "boot MSR not accepted by the software CPU"
-                );
-            }
-        }
+        apply_msrs(&mut self.cpu, &state.msrs);
         Ok(())
     }
 
