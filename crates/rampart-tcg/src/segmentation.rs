@@ -35,7 +35,7 @@ pub(crate) fn within_limit(s: &Segment, off: u64, size: u64) -> bool {
     }
 }
 
-/// What went wrong in a code-segment load, for the callers' error codes.
+/// What a checked code-segment load installs in CS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CsLoad {
     /// Real mode: CS = selector << 4.
