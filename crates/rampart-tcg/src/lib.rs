@@ -264,7 +264,12 @@ impl Cpu {
                 return Ok(instr);
             }
         }
+        // Slow path: MMIO, or a GuestMemory without `ram_slice`, or an instruction crossing
+        // into the next page.
         self.read_linear(mem, la, &mut bytes[..first], access)?;
+        if let Some(instr) = self.decoded.lookup(ip, bits, &bytes[..first]) {
+            return Ok(instr);
+        }
         let mut decoder = Decoder::with_ip(bits, &bytes[..first], ip, DecoderOptions::NONE);
         let mut instr = decoder.decode();
         if decoder.last_error() == DecoderError::NoMoreBytes && first < MAX_INSN_LEN {
@@ -400,6 +405,26 @@ mod tests {
     }
 
     #[test]
+    fn self_modifying_code_runs_the_new_bytes_without_ram_slice() {
+        use iced_x86::code_asm::*;
+        let mut m = Machine::new();
+        m.load_code(&assemble(|a| {
+            let mut l = a.create_label();
+            a.mov(ecx, 3)?;
+            a.lea(rbx, ptr(l))?;
+            a.set_label(&mut l)?;
+            a.mov(eax, 1)?;
+            a.add(byte_ptr(rbx + 1), 5)?;
+            a.dec(ecx)?;
+            a.jne(l)?;
+            Ok(())
+        }));
+        let mut mem = crate::testutil32::NoSlice(m.mem);
+        assert_eq!(m.cpu.run(&mut mem, 1000), Exit::Halt);
+        assert_eq!(m.cpu.gpr[0], 11);
+    }
+
+    #[test]
     fn fault_without_usable_idt_is_a_triple_fault() {
         let mut m = Machine::new();
         m.cpu.idtr.limit = 0;
@@ -450,6 +475,17 @@ mod bench {
     #[test]
     #[ignore]
     fn run_loop_mips() {
+        bench_loop(false);
+    }
+
+    /// The same through a GuestMemory without `ram_slice` (fetches copy the bytes).
+    #[test]
+    #[ignore]
+    fn run_loop_mips_without_ram_slice() {
+        bench_loop(true);
+    }
+
+    fn bench_loop(copying: bool) {
         let mut m = Machine::new();
         m.load_code(&assemble(|a| {
             let mut top = a.create_label();
@@ -464,7 +500,12 @@ mod bench {
             Ok(())
         }));
         let start = std::time::Instant::now();
-        let exit = m.cpu.run(&mut m.mem, u64::MAX);
+        let exit = if copying {
+            let mut mem = crate::testutil32::NoSlice(m.mem);
+            m.cpu.run(&mut mem, u64::MAX)
+        } else {
+            m.cpu.run(&mut m.mem, u64::MAX)
+        };
         let secs = start.elapsed().as_secs_f64();
         assert_eq!(exit, crate::Exit::Halt);
         let n = m.cpu.tsc;

@@ -227,3 +227,16 @@ pub fn asm(
     f(&mut a).unwrap();
     a.assemble(ip).unwrap()
 }
+
+/// A GuestMemory without `ram_slice` (as an embedder over mmap'd memory may be): fetches take
+/// the copying path.
+pub struct NoSlice(pub FlatMemory);
+
+impl crate::GuestMemory for NoSlice {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), crate::MemFault> {
+        self.0.read(gpa, buf)
+    }
+    fn write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), crate::MemFault> {
+        self.0.write(gpa, buf)
+    }
+}
