@@ -599,3 +599,47 @@ fn random_bytes_in_real_and_protected_mode_never_panic() {
         random_run(0x5eed_3200 + n, true);
     }
 }
+
+// --- compatibility mode ------------------------------------------------------------------------
+
+/// The 64-bit test machine with a flat 32-bit code segment at selector 0x38 running at CODE.
+fn compat_machine() -> crate::testutil::Machine {
+    use crate::testutil::{Machine, GDT};
+    let mut m = Machine::new();
+    m.mem
+        .write_u64(GDT + 0x38, descriptor(0, 0xfffff, 0x9b, 0xc))
+        .unwrap();
+    m.cpu.gdtr.limit = 0x3f;
+    let cs = &mut m.cpu.seg[SegReg::Cs as usize];
+    cs.selector = 0x38;
+    cs.attr = attr::P | attr::S | attr::CODE | attr::RW | attr::ACCESSED | attr::DB | attr::G;
+    cs.limit = u32::MAX;
+    m
+}
+
+#[test]
+fn fault_in_compatibility_mode_is_delivered_through_the_long_mode_idt() {
+    let mut m = compat_machine();
+    m.load_code(&[0x90, 0x0f, 0x0b]); // nop; ud2 (32-bit code)
+    let t = m.run(10);
+    assert_eq!(t.exception, Some(6));
+    assert!(t.cpu.in_64bit_mode(), "the handler runs in 64-bit mode");
+    assert_eq!(t.mem_u64(t.cpu.gpr[4]), crate::testutil::CODE + 1);
+    assert_eq!(t.mem_u64(t.cpu.gpr[4] + 8), 0x38);
+}
+
+#[test]
+fn iretq_returns_from_a_64_bit_handler_to_compatibility_mode() {
+    use crate::testutil::HANDLERS;
+    let mut m = compat_machine();
+    m.mem.load(HANDLERS + 0x1f * 16, &[0x48, 0xcf]).unwrap(); // iretq
+                                                              // int 0x1f; inc eax (0x40: INC in 32-bit code, a REX prefix in 64-bit code); hlt
+    m.load_code(&[0xcd, 0x1f, 0x40, 0xf4]);
+    m.cpu.gpr[0] = 4;
+    let t = m.run(10);
+    assert_eq!(t.exit, Exit::Halt);
+    assert_eq!(t.exception, None);
+    assert_eq!(t.cpu.gpr[0], 5);
+    assert!(!t.cpu.in_64bit_mode());
+    assert_eq!(t.cpu.code_bits(), 32);
+}
