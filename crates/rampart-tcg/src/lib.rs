@@ -58,6 +58,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apic;
 pub mod cpu;
 mod decode_cache;
 pub mod exception;
