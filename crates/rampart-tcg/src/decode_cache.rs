@@ -9,7 +9,7 @@
 use iced_x86::Instruction;
 
 /// Entries (a power of two).
-const ENTRIES: usize = 512;
+const ENTRIES: usize = 4096;
 /// Longest legal x86 instruction.
 const MAX_LEN: usize = 15;
 

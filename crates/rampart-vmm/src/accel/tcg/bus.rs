@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use rampart_tcg::apic::{APIC_BASE_ADDR, IOAPIC_BASE_ADDR};
 use rampart_tcg::{GuestMemory, MemFault};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _, VolatileMemory};
+use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion, VolatileMemory, VolatileSlice};
 
 use super::{Machine, Slot};
 use crate::accel::IoHandler;
@@ -19,9 +19,42 @@ const PAGE: u64 = 0x1000;
 static SPLIT_LOCK: Mutex<()> = Mutex::new(());
 
 pub(super) struct VcpuBus<'a> {
-    pub machine: &'a Machine,
-    pub slot: &'a Slot,
-    pub io: &'a dyn IoHandler,
+    machine: &'a Machine,
+    slot: &'a Slot,
+    io: &'a dyn IoHandler,
+    /// Guest RAM regions as (guest-physical start, bounds-checked volatile view): the CPU's
+    /// fast path to RAM, one range check and a copy per access.
+    ram: Vec<(u64, VolatileSlice<'a>)>,
+}
+
+impl<'a> VcpuBus<'a> {
+    pub(super) fn new(machine: &'a Machine, slot: &'a Slot, io: &'a dyn IoHandler) -> Self {
+        let ram = machine
+            .mem
+            .iter()
+            .filter_map(|r| Some((r.start_addr().0, r.as_volatile_slice().ok()?)))
+            .collect();
+        VcpuBus {
+            machine,
+            slot,
+            io,
+            ram,
+        }
+    }
+
+    /// The RAM bytes `[gpa, gpa + len)` if they are all in one RAM region.
+    #[inline]
+    fn ram(&self, gpa: u64, len: usize) -> Option<VolatileSlice<'a>> {
+        for (start, slice) in &self.ram {
+            if let Some(off) = gpa.checked_sub(*start) {
+                let off = usize::try_from(off).ok()?;
+                if off < slice.len() {
+                    return slice.subslice(off, len).ok();
+                }
+            }
+        }
+        None
+    }
 }
 
 fn in_page(gpa: u64, len: usize, base: u64) -> bool {
@@ -36,7 +69,8 @@ impl VcpuBus<'_> {
 
 impl GuestMemory for VcpuBus<'_> {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {
-        if self.machine.mem.read_slice(buf, GuestAddress(gpa)).is_ok() {
+        if let Some(ram) = self.ram(gpa, buf.len()) {
+            ram.copy_to(buf);
             return Ok(());
         }
         if in_page(gpa, buf.len(), APIC_BASE_ADDR) {
@@ -60,7 +94,8 @@ impl GuestMemory for VcpuBus<'_> {
     }
 
     fn write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemFault> {
-        if self.machine.mem.write_slice(buf, GuestAddress(gpa)).is_ok() {
+        if let Some(ram) = self.ram(gpa, buf.len()) {
+            ram.copy_from(buf);
             return Ok(());
         }
         if in_page(gpa, buf.len(), APIC_BASE_ADDR) {
@@ -98,8 +133,7 @@ impl GuestMemory for VcpuBus<'_> {
         if new.len() != len || found.len() != len {
             return Err(MemFault::Malformed { gpa, len });
         }
-        let slice = self.machine.mem.get_slice(GuestAddress(gpa), len);
-        let Ok(slice) = slice else {
+        let Some(slice) = self.ram(gpa, len) else {
             // Not RAM (or crossing a region): MMIO has no atomics; do it in steps.
             self.read(gpa, found)?;
             if found == old {

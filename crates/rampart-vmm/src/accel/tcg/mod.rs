@@ -418,11 +418,7 @@ impl TcgVcpu {
         if let Some(v) = vector {
             let machine = self.machine.clone();
             let slot = self.slot.clone();
-            let mut bus = bus::VcpuBus {
-                machine: &machine,
-                slot: &slot,
-                io,
-            };
+            let mut bus = bus::VcpuBus::new(&machine, &slot, io);
             if !self.cpu.inject_external_interrupt(&mut bus, v) {
                 warn!(
                     cpu = self.index,
@@ -474,11 +470,7 @@ impl VcpuBackend for TcgVcpu {
             self.inject_interrupts(io, now);
             let machine = self.machine.clone();
             let slot = self.slot.clone();
-            let mut bus = bus::VcpuBus {
-                machine: &machine,
-                slot: &slot,
-                io,
-            };
+            let mut bus = bus::VcpuBus::new(&machine, &slot, io);
             let exit = self.cpu.run(&mut bus, SLICE);
             match exit {
                 Exit::InstructionLimit => {}
