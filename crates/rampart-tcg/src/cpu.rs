@@ -250,6 +250,8 @@ pub struct Cpu {
     pub tsc: u64,
     /// CPUID provider.
     pub cpuid: CpuidFn,
+    /// State of the locked read-modify-write instruction being executed, if any.
+    pub(crate) lock: crate::exec::LockState,
     /// MSRs implemented by the embedder (local APIC, kvmclock), consulted first.
     pub msr_hook: Option<Box<dyn crate::exec::msr::MsrHook>>,
     /// The embedder's time-stamp counter (e.g. derived from real time), used by RDTSC and the
@@ -345,6 +347,7 @@ impl Cpu {
             fpu: FpuState::default(),
             tsc: 0,
             cpuid: Box::new(crate::exec::system::baseline_cpuid),
+            lock: crate::exec::LockState::default(),
             msr_hook: None,
             tsc_source: None,
             tsc_offset: 0,

@@ -100,6 +100,9 @@ pub enum Event {
     Exception(Exception),
     /// Return to the embedder.
     Exit(Exit),
+    /// A locked read-modify-write lost a race with another vCPU: nothing was committed; run
+    /// the instruction again.
+    Retry,
 }
 
 impl From<Exception> for Event {
@@ -149,6 +152,8 @@ impl Cpu {
                 Ok(()) => return Ok(()),
                 Err(Event::Exit(e)) => return Err(e),
                 Err(Event::Exception(s)) => s,
+                // Delivery does no locked read-modify-write; should one race, deliver again.
+                Err(Event::Retry) => continue,
             };
             tracing::debug!(
                 first = current.vector,

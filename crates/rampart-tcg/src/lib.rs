@@ -142,6 +142,8 @@ impl Cpu {
             match self.step(mem) {
                 Ok(()) => {}
                 Err(Event::Exit(e)) => return e,
+                // Nothing was committed: the next iteration runs the instruction again.
+                Err(Event::Retry) => {}
                 Err(Event::Exception(x)) => {
                     if let Err(e) = self.deliver(mem, x) {
                         if e == Exit::Shutdown {

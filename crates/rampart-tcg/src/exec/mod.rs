@@ -24,7 +24,7 @@ pub mod system;
 pub(crate) mod x87;
 
 use crate::cpu::Cpu;
-use crate::exception::{Exception, Res};
+use crate::exception::{Event, Exception, Res};
 use crate::flags::size_mask;
 use crate::memory::GuestMemory;
 use crate::mmu::{is_canonical, Access, AccessKind};
@@ -111,7 +111,11 @@ impl Cpu {
         let n = (size as usize).min(8);
         let access = self.data_access(AccessKind::Read);
         self.read_linear(mem, la, &mut b[..n], access)?;
-        Ok(u64::from_le_bytes(b))
+        let v = u64::from_le_bytes(b);
+        if self.lock.active && self.lock.read.is_none() {
+            self.lock.read = Some((la, size, v));
+        }
+        Ok(v)
     }
 
     /// Write the low `size` bytes (1..=8) of `v` at linear address `la`.
@@ -123,8 +127,44 @@ impl Cpu {
         v: u64,
     ) -> Res<()> {
         let n = (size as usize).min(8);
+        if let Some((rla, rsize, old)) = self.lock.read {
+            if self.lock.active && rla == la && rsize == size {
+                return self.write_locked(mem, la, n, old, v);
+            }
+        }
         let user = self.user_access();
         self.write_linear(mem, la, &v.to_le_bytes()[..n], user)
+    }
+
+    /// The write of a locked read-modify-write: a compare-and-exchange against the value the
+    /// instruction read, so a concurrent write by another vCPU makes it run again instead of
+    /// being lost. A split lock (operand across a page boundary) is written plainly.
+    fn write_locked(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        la: u64,
+        n: usize,
+        old: u64,
+        v: u64,
+    ) -> Res<()> {
+        let access = self.data_access(AccessKind::Write);
+        let ((pa, len), second) = self.split(mem, la, n, access)?;
+        if second.is_some() || len != n {
+            let user = self.user_access();
+            return self.write_linear(mem, la, &v.to_le_bytes()[..n], user);
+        }
+        let mut found = [0u8; 8];
+        mem.compare_exchange(
+            pa,
+            &old.to_le_bytes()[..n],
+            &v.to_le_bytes()[..n],
+            &mut found[..n],
+        )
+        .map_err(|e| Event::Exit(crate::Exit::from(e)))?;
+        if found[..n] != old.to_le_bytes()[..n] {
+            return Err(Event::Retry);
+        }
+        Ok(())
     }
 
     /// Check that a write of `size` bytes at `la` would succeed, without writing.
@@ -185,7 +225,37 @@ impl Cpu {
 }
 
 /// Execute one decoded instruction.
+/// A locked read-modify-write in progress: its memory operand's first read, which the write
+/// must still find in memory (compare-and-exchange) for the instruction to be atomic against
+/// other vCPUs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LockState {
+    active: bool,
+    /// (linear address, size, value read).
+    read: Option<(u64, u8, u64)>,
+}
+
+/// Whether `i` is atomic on its memory operand: a `lock` prefix, or XCHG with memory.
+fn is_locked(i: &Instruction) -> bool {
+    i.has_lock_prefix()
+        || (i.mnemonic() == M::Xchg
+            && (i.op0_kind() == OpKind::Memory || i.op1_kind() == OpKind::Memory))
+}
+
 pub(crate) fn execute(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
+    if !is_locked(i) {
+        return execute_unlocked(cpu, mem, i);
+    }
+    cpu.lock = LockState {
+        active: true,
+        read: None,
+    };
+    let r = execute_unlocked(cpu, mem, i);
+    cpu.lock = LockState::default();
+    r
+}
+
+fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
     match i.mnemonic() {
         M::Add | M::Adc | M::Sub | M::Sbb | M::Cmp => arith::alu2(cpu, mem, i),
         M::Inc | M::Dec | M::Neg => arith::unary(cpu, mem, i),
@@ -268,3 +338,6 @@ pub(crate) fn execute(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction)
         _ => system::exec(cpu, mem, i),
     }
 }
+
+#[cfg(test)]
+mod lock_tests;
