@@ -25,13 +25,15 @@ pub fn parse_keyval(
     let mut root = Props::new();
     let mut pos = 0;
     let mut first = true;
-    let mut entries = 0usize;
+    // Nodes of the tree built so far, counted as JSON counts them: the root, every object a
+    // dotted key creates, and every leaf.
+    let mut nodes = 1usize;
+    let too_many = || PropsError::TooMany {
+        max: limits.max_nodes,
+    };
     while pos < bytes.len() {
-        entries += 1;
-        if entries > limits.max_nodes {
-            return Err(PropsError::TooMany {
-                max: limits.max_nodes,
-            });
+        if nodes > limits.max_nodes {
+            return Err(too_many());
         }
         let key_end = bytes[pos..]
             .iter()
@@ -41,7 +43,7 @@ pub fn parse_keyval(
         if !has_equals {
             if let (true, Some(implied)) = (first, implied_key) {
                 let (value, next) = read_value(input, pos);
-                insert(&mut root, &[implied], value)?;
+                nodes += insert(&mut root, &[implied], value)?;
                 pos = next;
                 first = false;
                 continue;
@@ -60,9 +62,12 @@ pub fn parse_keyval(
         let key = &input[pos..key_end];
         let fragments = split_key(key, limits)?;
         let (value, next) = read_value(input, key_end + 1);
-        insert(&mut root, &fragments, value)?;
+        nodes += insert(&mut root, &fragments, value)?;
         pos = next;
         first = false;
+    }
+    if nodes > limits.max_nodes {
+        return Err(too_many());
     }
     for (name, value) in root.map_mut().iter_mut() {
         listify(value, name)?;
@@ -134,15 +139,18 @@ fn is_index(frag: &str) -> bool {
     !frag.is_empty() && frag.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn insert(root: &mut Props, fragments: &[&str], value: String) -> Result<(), PropsError> {
+/// Inserts `value` at the dotted path; returns how many nodes it created.
+fn insert(root: &mut Props, fragments: &[&str], value: String) -> Result<usize, PropsError> {
     let Some((leaf, parents)) = fragments.split_last() else {
-        return Ok(());
+        return Ok(0);
     };
+    let mut created = 0;
     let mut cur: &mut BTreeMap<String, PropValue> = root.map_mut();
     for (depth, frag) in parents.iter().enumerate() {
-        let node = cur
-            .entry((*frag).to_string())
-            .or_insert_with(|| PropValue::Map(Props::new()));
+        let node = cur.entry((*frag).to_string()).or_insert_with(|| {
+            created += 1;
+            PropValue::Map(Props::new())
+        });
         match node {
             PropValue::Map(m) => cur = m.map_mut(),
             _ => {
@@ -157,8 +165,13 @@ fn insert(root: &mut Props, fragments: &[&str], value: String) -> Result<(), Pro
             key: fragments.join("."),
         });
     }
-    cur.insert((*leaf).to_string(), PropValue::Str(value));
-    Ok(())
+    if cur
+        .insert((*leaf).to_string(), PropValue::Str(value))
+        .is_none()
+    {
+        created += 1;
+    }
+    Ok(created)
 }
 
 /// Turns every object whose keys are all array indexes into a list (recursively).
@@ -327,5 +340,16 @@ mod tests {
     fn trailing_comma_is_accepted_and_empty_input_is_empty() {
         assert_eq!(kv("id=a,", None).unwrap().len(), 1);
         assert!(kv("", None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn counts_nested_nodes_against_max_nodes() {
+        // Three entries, but 13 nodes (root, 3 x (3 maps + 1 leaf)): refused as JSON would be.
+        let limits = Limits {
+            max_nodes: 8,
+            ..Limits::DEFAULT
+        };
+        let err = parse_keyval("a.b.c.d=1,e.f.g.h=2,i.j.k.l=3", None, &limits).unwrap_err();
+        assert_eq!(err, PropsError::TooMany { max: 8 });
     }
 }

@@ -176,7 +176,8 @@ fn zstd_window_size(frame: &[u8]) -> Option<u64> {
 fn decompress_lz4_legacy(payload: &[u8], limit: usize) -> Result<Vec<u8>, DecompressError> {
     let corrupt = |offset: usize, reason: String| DecompressError::CorruptLz4 { offset, reason };
     let mut out = Vec::new();
-    let mut block = vec![0u8; LZ4_LEGACY_BLOCK_MAX];
+    // Never more buffer than the limit allows (plus one byte to notice going past it).
+    let mut block = vec![0u8; LZ4_LEGACY_BLOCK_MAX.min(limit.saturating_add(1))];
     let mut pos = 4; // the magic was checked by detection
     while payload.len().saturating_sub(pos) >= 4 {
         let size_bytes: [u8; 4] = payload[pos..pos + 4]
@@ -203,8 +204,19 @@ fn decompress_lz4_legacy(payload: &[u8], limit: usize) -> Result<Vec<u8>, Decomp
                     ),
                 )
             })?;
-        let n = lz4_flex::block::decompress_into(&payload[pos..end], &mut block)
-            .map_err(|e| corrupt(pos, e.to_string()))?;
+        let room = limit
+            .saturating_sub(out.len())
+            .saturating_add(1)
+            .min(block.len());
+        let n = match lz4_flex::block::decompress_into(&payload[pos..end], &mut block[..room]) {
+            Ok(n) => n,
+            Err(lz4_flex::block::DecompressError::OutputTooSmall { .. })
+                if room < LZ4_LEGACY_BLOCK_MAX =>
+            {
+                return Err(DecompressError::TooLarge { limit })
+            }
+            Err(e) => return Err(corrupt(pos, e.to_string())),
+        };
         if out.len().saturating_add(n) > limit {
             return Err(DecompressError::TooLarge { limit });
         }
@@ -362,5 +374,19 @@ mod tests {
     fn rejects_garbage() {
         let err = decompress(b"hello world", MAX_DECOMPRESSED_SIZE).unwrap_err();
         assert!(matches!(err, DecompressError::UnknownFormat(_)), "{err}");
+    }
+
+    #[test]
+    fn lz4_buffer_never_exceeds_the_limit() {
+        // A legacy-lz4 stream whose one block would expand past a 1 KiB limit: refused as too
+        // large, with no 8 MiB block buffer behind it (the fuzzer's finding).
+        let mut data = LZ4_LEGACY_MAGIC.to_le_bytes().to_vec();
+        let block = lz4_flex::block::compress(&[0u8; 64 * 1024]);
+        data.extend_from_slice(&(block.len() as u32).to_le_bytes());
+        data.extend_from_slice(&block);
+        assert!(matches!(
+            decompress_lz4_legacy(&data, 1024),
+            Err(DecompressError::TooLarge { limit: 1024 })
+        ));
     }
 }
