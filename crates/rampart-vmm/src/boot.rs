@@ -28,6 +28,23 @@ pub enum BootError {
     Acpi(#[from] AcpiError),
     #[error("boot CPU set-up: {0}")]
     Cpu(#[from] CpuSetupError),
+    #[error("writing the reset vector: {0}")]
+    ResetVector(vm_memory::GuestMemoryError),
+}
+
+/// Where an x86 CPU starts after reset (F000:FFF0).
+pub const RESET_VECTOR: u64 = 0xf_fff0;
+
+/// The firmware's reset vector: there is no firmware, but a guest that reboots "through the
+/// BIOS" jumps here in real mode (Linux does when its other methods are not chosen: with
+/// hardware-reduced ACPI and no EFI it tries EFI, then the BIOS). The code pulls the i8042
+/// reset line: `mov al, 0xfe; out 0x64, al; hlt; jmp $-1`.
+const RESET_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+
+fn write_reset_vector(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    use vm_memory::Bytes;
+    mem.write_slice(&RESET_STUB, GuestAddress(RESET_VECTOR))
+        .map_err(BootError::ResetVector)
 }
 
 /// Loads everything the guest needs into `mem` (kernel, initrd, command line, ACPI tables,
@@ -54,6 +71,7 @@ pub fn prepare(
     };
     let start_info =
         bootparams::write_boot_info(mem, &kernel, &info).map_err(BootError::BootParams)?;
+    write_reset_vector(mem)?;
     cpu::write_gdt_idt(mem)?;
     let state = match kernel.protocol {
         BootProtocol::Linux64 => {

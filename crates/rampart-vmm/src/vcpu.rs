@@ -194,7 +194,14 @@ fn vcpu_loop(
 ) {
     loop {
         if wait_runnable(ctl) == VcpuRunState::Exiting {
-            debug!(cpu = index, "vCPU exiting");
+            match backend.state() {
+                Ok(s) => debug!(
+                    cpu = index,
+                    rip = format_args!("{:#x}", s.regs.rip),
+                    "vCPU exiting"
+                ),
+                Err(_) => debug!(cpu = index, "vCPU exiting"),
+            }
             return;
         }
         let event = match backend.run(io) {

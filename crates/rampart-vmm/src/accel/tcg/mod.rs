@@ -333,7 +333,11 @@ impl VcpuMsrs {
 fn apply_msrs(cpu: &mut Cpu, msrs: &[crate::arch::x86_64::regs::MsrEntry]) {
     for m in msrs.iter().filter(|m| m.index != MSR_TSC) {
         if let Err(e) = cpu.write_msr(m.index, m.data) {
-            debug!(msr = m.index, ?e, "boot MSR not accepted by the software CPU");
+            debug!(
+                msr = m.index,
+                ?e,
+                "boot MSR not accepted by the software CPU"
+            );
         }
     }
 }
