@@ -29,9 +29,9 @@ pub const RAM_SIZE: usize = 32 << 20;
 pub const DECOMPRESS_LIMIT: usize = RAM_SIZE;
 /// The most heap one load may hold beyond the payload copy (at most the input's size): the
 /// decompressed vmlinux (at most the limit, twice while a `Vec` grows), the lz4 block buffer
-/// and 1 MiB of slack for the ELF parser and error strings.
-pub const ALLOC_BOUND: usize =
-    2 * DECOMPRESS_LIMIT + crate::decompress::LZ4_BLOCK_BUFFER + (1 << 20);
+/// (an 8 MiB legacy-lz4 block at most, below this limit) and 1 MiB of slack for the ELF parser
+/// and error strings.
+pub const ALLOC_BOUND: usize = 2 * DECOMPRESS_LIMIT + (8 << 20) + (1 << 20);
 
 /// An anonymous in-memory file holding `data`.
 fn memfd_with(data: &[u8]) -> File {
