@@ -4,10 +4,12 @@
 //! checks every cross-field rule. Nothing here performs I/O: host limits (such as the host's RAM)
 //! are passed in by the caller through [`HostLimits`].
 
+mod block;
 mod error;
 mod machine;
 mod size;
 
+pub use block::*;
 pub use error::ConfigError;
 pub use machine::*;
 pub use size::parse_size;

@@ -225,6 +225,8 @@ pub struct VmConfig {
     pub lifecycle: LifecycleConfig,
     /// `-nodefaults`: no default devices (no serial port unless `-serial` is given).
     pub nodefaults: bool,
+    /// `-drive` and `-blockdev`, in command-line order.
+    pub drives: Vec<crate::DriveConfig>,
 }
 
 impl Default for VmConfig {
@@ -241,6 +243,7 @@ impl Default for VmConfig {
             serial: SerialBackend::default(),
             lifecycle: LifecycleConfig::default(),
             nodefaults: false,
+            drives: Vec::new(),
         }
     }
 }
@@ -261,6 +264,7 @@ impl VmConfig {
                 reason: "must be a whole number of MiB".into(),
             });
         }
+        crate::validate_drives(&self.drives)?;
         if self.memory_bytes > host.host_memory_bytes {
             return Err(ConfigError::Memory {
                 requested_mib: mib,

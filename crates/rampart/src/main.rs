@@ -83,6 +83,32 @@ fn open_console(config: &VmConfig) -> Result<ConsoleIo> {
     })
 }
 
+/// Opens (and locks) every `-drive`/`-blockdev` image, by node name.
+fn open_drives(
+    config: &VmConfig,
+) -> Result<Vec<(String, std::sync::Arc<dyn rampart_block::BlockBackend>)>> {
+    let mut out = Vec::new();
+    for d in &config.drives {
+        if d.interface == rampart_config::DriveInterface::Virtio {
+            bail!(
+                "-drive {}: if=virtio needs the virtio-blk device, which is not implemented yet",
+                d.node.node_name
+            );
+        }
+        let disk = rampart_block::open(&d.node)
+            .with_context(|| format!("block node '{}'", d.node.node_name))?;
+        info!(
+            "block node '{}': '{}', {} bytes{}",
+            d.node.node_name,
+            d.node.filename.display(),
+            disk.size(),
+            if disk.read_only() { ", read-only" } else { "" }
+        );
+        out.push((d.node.node_name.clone(), disk));
+    }
+    Ok(out)
+}
+
 fn run(config: VmConfig) -> Result<ExitCode> {
     config
         .validate(&HostLimits {
@@ -97,6 +123,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         None => None,
     };
     let console = open_console(&config)?;
+    let _disks = open_drives(&config)?;
     let accel = vm::choose_accel(&config.accel)?;
     let signals = TerminationSignals::new()?;
     let _raw = match &console {

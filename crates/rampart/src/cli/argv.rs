@@ -33,6 +33,7 @@ pub(crate) enum Opt {
     Object,
     Device,
     Blockdev,
+    Drive,
 }
 
 struct OptDef {
@@ -75,6 +76,7 @@ const TABLE: &[OptDef] = &[
     def("-object", Opt::Object, true),
     def("-device", Opt::Device, true),
     def("-blockdev", Opt::Blockdev, true),
+    def("-drive", Opt::Drive, true),
 ];
 
 /// One option occurrence: which option, the spelling used (single dash, for messages), and its
@@ -171,9 +173,9 @@ mod tests {
 
     #[test]
     fn unknown_option_is_named() {
-        let err = tokenize(args(&["-m", "1G", "-drive", "file=x"])).unwrap_err();
+        let err = tokenize(args(&["-m", "1G", "-hda", "x.img"])).unwrap_err();
 
-        assert_eq!(err.to_string(), "unsupported option '-drive' (see --help)");
+        assert_eq!(err.to_string(), "unsupported option '-hda' (see --help)");
     }
 
     #[test]

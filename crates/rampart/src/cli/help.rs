@@ -54,13 +54,29 @@ Lifecycle and identity:
   -uuid UUID       VM UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)
   -nodefaults      no default devices (no serial port unless -serial is given)
 
-Objects, devices and block nodes (parsed; no types are implemented yet, so
-every one is refused by name):
+Block devices (images are local files; formats raw and qcow2):
+  -drive file=PATH,format=raw|qcow2[,if=virtio|none][,id=ID][,readonly=on]
+         [,cache=writeback|none|unsafe|directsync|writethrough][,cache.direct=on|off]
+         [,cache.no-flush=on|off][,discard=ignore|unmap][,file.locking=auto|on|off]
+         [,backing.driver=raw|qcow2]
+                   if= defaults to virtio (rampart has no IDE). Without format=,
+                   only a readonly=on image is accepted (its format is probed and
+                   a probed image's backing file is not followed). An image open
+                   read-write is locked against other users (QEMU's OFD locks).
+  -blockdev driver=file,node-name=NAME,filename=PATH[,read-only=on][,locking=...]
+  -blockdev driver=raw|qcow2,node-name=NAME,file.driver=file,file.filename=PATH
+            [,read-only=on][,cache.direct=on][,cache.no-flush=on][,discard=unmap]
+            [,file.locking=auto|on|off][,backing=null|backing.driver=FORMAT
+            [,backing.file.filename=PATH]]
+                   or the same as JSON: -blockdev '{"driver":"qcow2",...}'
+  -drive format=help, -blockdev driver=help   list block drivers
+
+Objects and devices (parsed; no types are implemented yet, so every one is
+refused by name):
   -object TYPE,id=ID[,key=value...]   or  -object '{"qom-type":TYPE,...}'
   -device DRIVER[,key=value...]       or  -device '{"driver":DRIVER,...}'
-  -blockdev driver=DRIVER[,...]       or  -blockdev '{"driver":DRIVER,...}'
                    dotted keys build nested values: a.b=1, list.0.x=1
-  -object help, -device help, -blockdev driver=help
+  -object help, -device help
 
 Information:
   -h, -help, --help   print this help and exit
@@ -129,6 +145,7 @@ mod tests {
             "-object",
             "-device",
             "-blockdev",
+            "-drive",
             "-version",
             "--help",
         ] {

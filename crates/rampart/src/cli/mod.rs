@@ -12,8 +12,11 @@
 //!   machine names.
 //! - `-device` uses the keyval syntax (dotted keys, no bare flags) like `-object`.
 //! - `--opt=value` is refused with a hint (QEMU reports it as an unknown option).
+//! - `-drive` without `if=` is a virtio disk (QEMU's default, IDE, does not exist in rampart),
+//!   and a writable `-drive` without `format=` is refused rather than probed.
 
 mod argv;
+mod block;
 mod help;
 mod objects;
 mod options;
@@ -136,6 +139,7 @@ struct Builder {
     serial: Option<SerialBackend>,
     lifecycle: LifecycleConfig,
     nodefaults: bool,
+    drives: Vec<rampart_config::DriveConfig>,
 }
 
 fn merge(slot: &mut Option<Opts>, new: Opts) {
@@ -219,7 +223,15 @@ impl Builder {
             Opt::NoShutdown => self.lifecycle.no_shutdown = true,
             Opt::StartPaused => self.lifecycle.start_paused = true,
             Opt::Nodefaults => self.nodefaults = true,
-            Opt::Object | Opt::Device | Opt::Blockdev => match objects::request(item.opt, arg)? {
+            Opt::Drive => match block::drive(arg, &self.drives)? {
+                block::BlockRequest::Help => return Ok(Some(Cli::Info(block::driver_list()))),
+                block::BlockRequest::Node(d) => self.drives.push(d),
+            },
+            Opt::Blockdev => match block::blockdev(arg)? {
+                block::BlockRequest::Help => return Ok(Some(Cli::Info(block::driver_list()))),
+                block::BlockRequest::Node(d) => self.drives.push(d),
+            },
+            Opt::Object | Opt::Device => match objects::request(item.opt, arg)? {
                 objects::Request::Help(text) => return Ok(Some(Cli::Info(text))),
             },
         }
@@ -278,6 +290,7 @@ impl Builder {
         };
         config.lifecycle = self.lifecycle;
         config.nodefaults = self.nodefaults;
+        config.drives = self.drives;
         Ok(config)
     }
 }

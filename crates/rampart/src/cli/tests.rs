@@ -316,7 +316,7 @@ fn empty_kernel_path_is_refused() {
 }
 
 #[test]
-fn objects_devices_and_blockdevs_are_refused_by_type() {
+fn unknown_objects_devices_and_block_drivers_are_refused_by_type() {
     assert_eq!(
         err(&["-device", "virtio-blk-pci,drive=hd0"]),
         "-device virtio-blk-pci: unknown device type 'virtio-blk-pci'"
@@ -328,8 +328,60 @@ fn objects_devices_and_blockdevs_are_refused_by_type() {
         ]),
         "-object authz-list: unknown object type 'authz-list'"
     );
-    assert!(err(&["-blockdev", "driver=raw,node-name=n,file.filename=/x"]).contains("'raw'"));
+    assert!(err(&["-blockdev", "driver=vvfat,node-name=n,dir=/x"]).contains("'vvfat'"));
     assert!(err(&["-object", "secret,id=s,data.=x"]).starts_with("-object: invalid parameter"));
+}
+
+#[test]
+fn drives_and_blockdevs_become_configs_in_order() {
+    let c = run(&[
+        "-drive",
+        "file=disk.img,format=raw,if=virtio,id=d0,cache=none",
+        "-drive",
+        "file=ro.img,format=raw,if=none,id=d1,readonly=on",
+        "-blockdev",
+        "driver=file,filename=data.img,node-name=n0",
+        "-blockdev",
+        r#"{"driver":"qcow2","node-name":"q0","file":{"driver":"file","filename":"q.qcow2"}}"#,
+    ]);
+
+    let names: Vec<&str> = c.drives.iter().map(|d| d.node.node_name.as_str()).collect();
+    assert_eq!(names, ["d0", "d1", "n0", "q0"]);
+    assert_eq!(
+        c.drives[0].interface,
+        rampart_config::DriveInterface::Virtio
+    );
+    assert!(c.drives[0].node.cache.direct);
+    assert!(c.drives[1].node.read_only);
+    assert_eq!(c.drives[3].node.format, rampart_config::BlockFormat::Qcow2);
+}
+
+#[test]
+fn duplicate_drive_ids_fail_validation() {
+    let c = run(&[
+        "-kernel",
+        "/k",
+        "-drive",
+        "file=a.img,format=raw,id=x",
+        "-blockdev",
+        "driver=file,filename=b.img,node-name=x",
+    ]);
+
+    let e = c
+        .validate(&HostLimits {
+            host_memory_bytes: 8 << 30,
+        })
+        .unwrap_err();
+
+    assert!(e.to_string().contains("duplicate"), "{e}");
+}
+
+#[test]
+fn block_driver_help_is_information() {
+    assert!(matches!(
+        parse(args(&["-blockdev", "driver=help"])),
+        Ok(Cli::Info(t)) if t.contains("qcow2")
+    ));
 }
 
 #[test]
@@ -342,6 +394,7 @@ fn random_arguments_never_panic() {
         "-object",
         "-device",
         "-blockdev",
+        "-drive",
         "-cpu",
         "-accel",
         "-name",

@@ -1,0 +1,577 @@
+//! The `file` protocol: a host regular file or block device, read and written with
+//! `pread`/`pwrite`, optionally with `O_DIRECT` (`cache.direct`).
+//!
+//! With `O_DIRECT` every transfer must be aligned in offset, length and memory address.
+//! Requests that are not go through an aligned bounce buffer of bounded size; unaligned writes
+//! read-modify-write the blocks they touch under a lock, so two of them cannot lose each
+//! other's bytes. Reads past the end of the file return zeroes; writes past it grow the file to
+//! exactly the end of the write (never to the end of the aligned block).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::BlockError;
+
+/// Alignment of offsets, lengths and buffers for `O_DIRECT` (covers 512-byte and 4 KiB
+/// logical blocks).
+pub const DIRECT_ALIGN: u64 = 4096;
+/// Largest bounce buffer one request uses; bigger requests are split.
+const BOUNCE_MAX: usize = 1 << 20;
+
+/// How to open a host file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    pub read_only: bool,
+    pub direct: bool,
+}
+
+/// An open host file.
+#[derive(Debug)]
+pub struct HostFile {
+    file: File,
+    path: PathBuf,
+    direct: bool,
+    read_only: bool,
+    is_block_device: bool,
+    /// The file's length as this process knows it (it is the only writer: the image is
+    /// locked, or the user opted out).
+    len: AtomicU64,
+    /// Serialises read-modify-write cycles and growth of the file.
+    rmw: Mutex<()>,
+    /// Cleared once the host says it cannot punch holes.
+    can_punch: AtomicBool,
+}
+
+/// A heap buffer whose usable part is aligned to [`DIRECT_ALIGN`].
+struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let align = DIRECT_ALIGN as usize;
+        let storage = vec![0u8; len + align];
+        let start = storage.as_ptr().align_offset(align);
+        AlignedBuf {
+            storage,
+            start,
+            len,
+        }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+
+    fn as_ref(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+fn align_down(v: u64) -> u64 {
+    v & !(DIRECT_ALIGN - 1)
+}
+
+fn align_up(v: u64) -> Option<u64> {
+    v.checked_add(DIRECT_ALIGN - 1).map(align_down)
+}
+
+fn is_aligned(offset: u64, buf: &[u8]) -> bool {
+    offset % DIRECT_ALIGN == 0
+        && buf.len() as u64 % DIRECT_ALIGN == 0
+        && (buf.as_ptr() as usize) % DIRECT_ALIGN as usize == 0
+}
+
+impl HostFile {
+    /// Opens `path` (a regular file or a block device).
+    pub fn open(path: &Path, opts: FileOptions) -> Result<HostFile, BlockError> {
+        let mut oo = OpenOptions::new();
+        oo.read(true).write(!opts.read_only);
+        let mut flags = libc::O_CLOEXEC | libc::O_NOCTTY;
+        if opts.direct {
+            flags |= libc::O_DIRECT;
+        }
+        oo.custom_flags(flags);
+        let file = oo.open(path).map_err(|source| {
+            let source = if opts.direct && source.raw_os_error() == Some(libc::EINVAL) {
+                io::Error::other(
+                    "the file system does not support O_DIRECT (cache=none/directsync); \
+                     use cache=writeback",
+                )
+            } else {
+                source
+            };
+            BlockError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let meta = file.metadata().map_err(|source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let ft = meta.file_type();
+        let is_block_device = ft.is_block_device();
+        if !ft.is_file() && !is_block_device {
+            return Err(BlockError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let len = if is_block_device {
+            seek_end(&file).map_err(|source| BlockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?
+        } else {
+            meta.len()
+        };
+        Ok(HostFile {
+            file,
+            path: path.to_path_buf(),
+            direct: opts.direct,
+            read_only: opts.read_only,
+            is_block_device,
+            len: AtomicU64::new(len),
+            rmw: Mutex::new(()),
+            can_punch: AtomicBool::new(true),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The file's current length.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn raw_file(&self) -> &File {
+        &self.file
+    }
+
+    fn io_err(&self, op: &'static str, offset: u64, source: io::Error) -> BlockError {
+        BlockError::Io {
+            path: self.path.clone(),
+            op,
+            offset,
+            source,
+        }
+    }
+
+    fn lock_rmw(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.rmw.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; bytes past the end of the file read as zeroes.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| self.io_err("read", offset, overflow()))?;
+        if !self.direct || is_aligned(offset, buf) {
+            return self.pread_full(offset, buf);
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let a0 = align_down(pos);
+            let want_end = offset + buf.len() as u64;
+            let a1 = align_up(want_end)
+                .ok_or_else(|| self.io_err("read", pos, overflow()))?
+                .min(a0 + BOUNCE_MAX as u64);
+            let mut bounce = AlignedBuf::new((a1 - a0) as usize);
+            self.pread_full(a0, bounce.as_mut())?;
+            let skip = (pos - a0) as usize;
+            let n = (bounce.len - skip).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&bounce.as_ref()[skip..skip + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// `pread` until `buf` is full or end of file (the rest is zeroed). With `O_DIRECT`,
+    /// `offset`, `buf` and its length are aligned.
+    fn pread_full(&self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            match self.file.read_at(&mut buf[done..], pos) {
+                Ok(0) => break,
+                Ok(n) => {
+                    done += n;
+                    // A short O_DIRECT read that ends unaligned stopped at end of file.
+                    if self.direct && (pos + n as u64) % DIRECT_ALIGN != 0 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_err("read", pos, e)),
+            }
+        }
+        buf[done..].fill(0);
+        Ok(())
+    }
+
+    fn pwrite_full(&self, offset: u64, buf: &[u8]) -> Result<(), BlockError> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| self.io_err("write", offset, e))
+    }
+
+    /// Writes `buf` at `offset`, growing the file if the write ends past its end.
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| self.io_err("write", offset, overflow()))?;
+        if self.is_block_device && end > self.len() {
+            return Err(BlockError::OutOfRange {
+                offset,
+                len: buf.len() as u64,
+                size: self.len(),
+            });
+        }
+        let grows = end > self.len();
+        if !self.direct || (is_aligned(offset, buf) && !grows) {
+            if grows {
+                let _g = self.lock_rmw();
+                self.pwrite_full(offset, buf)?;
+                self.len.fetch_max(end, Ordering::AcqRel);
+            } else {
+                self.pwrite_full(offset, buf)?;
+            }
+            return Ok(());
+        }
+        let _g = self.lock_rmw();
+        let old_len = self.len();
+        if is_aligned(offset, buf) {
+            self.pwrite_full(offset, buf)?;
+        } else {
+            let mut done = 0usize;
+            while done < buf.len() {
+                let pos = offset + done as u64;
+                let a0 = align_down(pos);
+                let a1 = align_up(end)
+                    .ok_or_else(|| self.io_err("write", pos, overflow()))?
+                    .min(a0 + BOUNCE_MAX as u64);
+                let mut bounce = AlignedBuf::new((a1 - a0) as usize);
+                let skip = (pos - a0) as usize;
+                let n = (bounce.len - skip).min(buf.len() - done);
+                // Only the partial blocks at either end need their old contents.
+                let whole = skip == 0 && n == bounce.len;
+                if !whole {
+                    self.pread_full(a0, bounce.as_mut())?;
+                }
+                bounce.as_mut()[skip..skip + n].copy_from_slice(&buf[done..done + n]);
+                self.pwrite_full(a0, bounce.as_ref())?;
+                done += n;
+            }
+        }
+        // An aligned write may have grown the file past the end of the data: trim it back.
+        let new_len = old_len.max(end);
+        if !self.is_block_device {
+            let on_disk = self
+                .file
+                .metadata()
+                .map_err(|e| self.io_err("stat", offset, e))?
+                .len();
+            if on_disk > new_len {
+                self.file
+                    .set_len(new_len)
+                    .map_err(|e| self.io_err("truncate", new_len, e))?;
+            }
+        }
+        self.len.store(new_len, Ordering::Release);
+        Ok(())
+    }
+
+    /// `fdatasync`.
+    pub fn flush(&self) -> Result<(), BlockError> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| self.io_err("flush", 0, e))
+    }
+
+    /// Sets the file's length (regular files only).
+    pub fn set_len(&self, len: u64) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let _g = self.lock_rmw();
+        self.file
+            .set_len(len)
+            .map_err(|e| self.io_err("truncate", len, e))?;
+        self.len.store(len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether punching holes has not (yet) been refused by the host.
+    pub fn can_punch(&self) -> bool {
+        self.can_punch.load(Ordering::Relaxed)
+    }
+
+    fn fallocate(
+        &self,
+        op: &'static str,
+        mode: libc::c_int,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(self.io_err(op, offset, overflow()));
+        };
+        loop {
+            // SAFETY: fallocate on a descriptor we own; it touches no memory of ours.
+            let r = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, l) };
+            if r == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(self.io_err(op, offset, e));
+            }
+        }
+    }
+
+    /// Deallocates `[offset, offset+len)` (it then reads as zeroes), keeping the file size.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        let r = self.fallocate(
+            "discard",
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        );
+        if let Err(e) = &r {
+            if e.is_unsupported() {
+                self.can_punch.store(false, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    /// Makes `[offset, offset+len)` read as zeroes: a hole if `may_unmap` and the host can
+    /// punch, otherwise `FALLOC_FL_ZERO_RANGE`, otherwise written zeroes.
+    pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| self.io_err("write zeroes", offset, overflow()))?;
+        // Holes and zero ranges never grow a file: only use them inside it.
+        if end <= self.len() {
+            if may_unmap && self.can_punch() {
+                match self.punch_hole(offset, len) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.is_unsupported() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+            match self.fallocate("write zeroes", mode, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_unsupported() || e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let chunk = AlignedBuf::new(BOUNCE_MAX.min(usize::try_from(len).unwrap_or(BOUNCE_MAX)));
+        let mut pos = offset;
+        while pos < end {
+            let n = (end - pos).min(chunk.len as u64) as usize;
+            self.write_at(pos, &chunk.as_ref()[..n])?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+}
+
+fn overflow() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "offset overflows")
+}
+
+fn seek_end(file: &File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::End(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str, len: u64) -> PathBuf {
+        let p = crate::testutil::scratch_dir().join(name);
+        let f = File::create(&p).unwrap();
+        f.set_len(len).unwrap();
+        p
+    }
+
+    fn open(p: &Path, direct: bool) -> HostFile {
+        HostFile::open(
+            p,
+            FileOptions {
+                read_only: false,
+                direct,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn unaligned_direct_write_keeps_neighbouring_bytes() {
+        let p = tmp("rmw", 16384);
+        std::fs::write(&p, vec![0xaau8; 16384]).unwrap();
+        let f = open(&p, true);
+
+        f.write_at(4090, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+            .unwrap();
+
+        let data = std::fs::read(&p).unwrap();
+        assert_eq!(data.len(), 16384);
+        assert_eq!(
+            &data[4088..4104],
+            &[0xaa, 0xaa, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0xaa, 0xaa]
+        );
+    }
+
+    #[test]
+    fn unaligned_direct_read_returns_the_right_bytes() {
+        let p = tmp("rd", 0);
+        let content: Vec<u8> = (0..20000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &content).unwrap();
+        let f = open(&p, true);
+        let mut buf = vec![0u8; 9000];
+
+        f.read_at(3333, &mut buf).unwrap();
+
+        assert_eq!(&buf[..], &content[3333..12333]);
+    }
+
+    #[test]
+    fn direct_read_past_end_of_unaligned_file_is_zero_filled() {
+        let p = tmp("tail", 0);
+        std::fs::write(&p, vec![7u8; 5000]).unwrap();
+        let f = open(&p, true);
+        let mut buf = vec![0xffu8; 4096];
+
+        f.read_at(4096, &mut buf).unwrap();
+
+        assert!(buf[..904].iter().all(|&b| b == 7));
+        assert!(buf[904..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn direct_write_at_unaligned_tail_does_not_grow_the_file_past_the_data() {
+        let p = tmp("grow", 0);
+        std::fs::write(&p, vec![7u8; 5000]).unwrap();
+        let f = open(&p, true);
+
+        f.write_at(4999, &[9, 9]).unwrap();
+
+        let data = std::fs::read(&p).unwrap();
+        assert_eq!(data.len(), 5001);
+        assert_eq!(&data[4998..], &[7, 9, 9]);
+        assert_eq!(f.len(), 5001);
+    }
+
+    #[test]
+    fn large_unaligned_write_spans_several_bounce_buffers() {
+        let p = tmp("big", 3 << 20);
+        let f = open(&p, true);
+        let data: Vec<u8> = (0..(2 << 20) + 777).map(|i| (i % 253) as u8).collect();
+
+        f.write_at(123, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        f.read_at(123, &mut back).unwrap();
+
+        assert!(back == data);
+    }
+
+    #[test]
+    fn punch_hole_reads_back_zeroes_and_frees_blocks() {
+        let p = tmp("punch", 0);
+        std::fs::write(&p, vec![1u8; 1 << 20]).unwrap();
+        let f = open(&p, false);
+        f.flush().unwrap();
+        let before = crate::testutil::allocated_bytes(&p);
+
+        f.punch_hole(0, 512 << 10).unwrap();
+
+        let mut buf = vec![1u8; 4096];
+        f.read_at(4096, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        assert!(crate::testutil::allocated_bytes(&p) < before);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
+    }
+
+    #[test]
+    fn write_zeroes_zeroes_the_range_only() {
+        let p = tmp("wz", 0);
+        std::fs::write(&p, vec![5u8; 8192]).unwrap();
+        let f = open(&p, false);
+
+        f.write_zeroes(100, 5000, false).unwrap();
+
+        let data = std::fs::read(&p).unwrap();
+        assert!(data[..100].iter().all(|&b| b == 5));
+        assert!(data[100..5100].iter().all(|&b| b == 0));
+        assert!(data[5100..].iter().all(|&b| b == 5));
+    }
+
+    #[test]
+    fn read_only_file_refuses_writes() {
+        let p = tmp("ro", 4096);
+        let f = HostFile::open(
+            &p,
+            FileOptions {
+                read_only: true,
+                direct: false,
+            },
+        )
+        .unwrap();
+
+        assert!(matches!(f.write_at(0, &[1]), Err(BlockError::ReadOnly)));
+    }
+
+    #[test]
+    fn directory_is_refused_by_name() {
+        let d = crate::testutil::scratch_dir();
+
+        let err = HostFile::open(
+            &d,
+            FileOptions {
+                read_only: true,
+                direct: false,
+            },
+        )
+        .unwrap_err();
+
+        assert!(matches!(err, BlockError::NotAFile { .. }), "{err}");
+    }
+}

@@ -1,0 +1,247 @@
+//! From a configured block node to a back end: open the host file, lock it, pick the format.
+
+use std::sync::Arc;
+
+use rampart_config::{BlockFormat, BlockNodeConfig, LockingMode};
+use tracing::warn;
+
+use crate::file::{FileOptions, HostFile};
+use crate::lock::lock_image;
+use crate::raw::RawBackend;
+use crate::{BlockBackend, BlockError};
+
+/// The first bytes of a qcow2 image.
+pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
+/// Guesses an image's format from its first bytes: qcow2 by its magic, raw otherwise. Only
+/// used for read-only images (see [`BlockFormat::Probe`]).
+pub fn probe_format(head: &[u8]) -> BlockFormat {
+    if head.starts_with(&QCOW2_MAGIC) {
+        BlockFormat::Qcow2
+    } else {
+        BlockFormat::Raw
+    }
+}
+
+/// Opens the host file of `node`, with its locks unless `file.locking=off`.
+pub(crate) fn open_host_file(node: &BlockNodeConfig) -> Result<Arc<HostFile>, BlockError> {
+    let file = HostFile::open(
+        &node.filename,
+        FileOptions {
+            read_only: node.read_only,
+            direct: node.cache.direct,
+        },
+    )?;
+    match node.locking {
+        LockingMode::Off => {}
+        LockingMode::On => lock_image(file.raw_file(), file.path(), !node.read_only)?,
+        LockingMode::Auto => match lock_image(file.raw_file(), file.path(), !node.read_only) {
+            Err(BlockError::Lock { path, source })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::ENOLCK)
+                ) =>
+            {
+                warn!(
+                    "'{}': the file system does not support OFD locks ({source}); \
+                     the image is not locked",
+                    path.display()
+                );
+            }
+            r => r?,
+        },
+    }
+    Ok(Arc::new(file))
+}
+
+/// Opens a configured block node.
+pub fn open(node: &BlockNodeConfig) -> Result<Arc<dyn BlockBackend>, BlockError> {
+    node.validate().map_err(|e| BlockError::Unsupported {
+        path: node.filename.clone(),
+        reason: e.to_string(),
+    })?;
+    let file = open_host_file(node)?;
+    let format = match node.format {
+        BlockFormat::Probe => {
+            let mut head = [0u8; 4];
+            file.read_at(0, &mut head)?;
+            let f = probe_format(&head);
+            if f == BlockFormat::Raw {
+                warn!(
+                    "'{}': no format given, probed as raw (read-only); give format=raw to \
+                     silence this",
+                    node.filename.display()
+                );
+            }
+            f
+        }
+        f => f,
+    };
+    match format {
+        BlockFormat::File | BlockFormat::Raw | BlockFormat::Probe => {
+            Ok(Arc::new(RawBackend::new(file, node.cache, node.discard)))
+        }
+        BlockFormat::Qcow2 => Err(BlockError::Unsupported {
+            path: node.filename.clone(),
+            reason: "the qcow2 format is not implemented yet".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rampart_config::{CacheConfig, DiscardMode};
+
+    use super::*;
+
+    fn raw_image(len: usize) -> std::path::PathBuf {
+        let p = crate::testutil::scratch_dir().join("disk.img");
+        std::fs::write(&p, vec![0u8; len]).unwrap();
+        p
+    }
+
+    fn node(p: &std::path::Path) -> BlockNodeConfig {
+        BlockNodeConfig::new("d0", BlockFormat::Raw, p.to_path_buf())
+    }
+
+    #[test]
+    fn raw_image_reads_back_what_was_written() {
+        let p = raw_image(1 << 20);
+        let disk = open(&node(&p)).unwrap();
+
+        disk.write_at(512, b"hello").unwrap();
+        disk.flush().unwrap();
+        let mut buf = [0u8; 5];
+        disk.read_at(512, &mut buf).unwrap();
+
+        assert_eq!(&buf, b"hello");
+        assert_eq!(disk.size(), 1 << 20);
+        assert_eq!(&std::fs::read(&p).unwrap()[512..517], b"hello");
+    }
+
+    #[test]
+    fn requests_past_the_end_are_refused() {
+        let p = raw_image(4096);
+        let disk = open(&node(&p)).unwrap();
+        let mut buf = [0u8; 2];
+
+        assert!(matches!(
+            disk.read_at(4095, &mut buf),
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            disk.write_at(u64::MAX, &buf),
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(disk.discard(4000, 200).is_err());
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 4096);
+    }
+
+    #[test]
+    fn read_only_node_refuses_writes_and_discards() {
+        let p = raw_image(4096);
+        let mut n = node(&p);
+        n.read_only = true;
+        n.discard = DiscardMode::Unmap;
+        let disk = open(&n).unwrap();
+
+        assert!(disk.read_only());
+        assert!(matches!(disk.write_at(0, b"x"), Err(BlockError::ReadOnly)));
+        assert!(matches!(
+            disk.write_zeroes(0, 512, false),
+            Err(BlockError::ReadOnly)
+        ));
+        assert!(!disk.supports_discard());
+    }
+
+    #[test]
+    fn second_read_write_opener_fails_naming_the_file() {
+        let p = raw_image(4096);
+        let _first = open(&node(&p)).unwrap();
+
+        let err = open(&node(&p)).err().unwrap().to_string();
+
+        assert!(
+            err.contains("lock") && err.contains(&*p.to_string_lossy()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn locking_off_lets_a_second_opener_in() {
+        let p = raw_image(4096);
+        let _first = open(&node(&p)).unwrap();
+        let mut n = node(&p);
+        n.locking = LockingMode::Off;
+
+        assert!(open(&n).is_ok());
+    }
+
+    #[test]
+    fn discard_ignore_keeps_data_and_unmap_punches() {
+        let p = crate::testutil::scratch_dir().join("d.img");
+        std::fs::write(&p, vec![1u8; 1 << 20]).unwrap();
+        let mut n = node(&p);
+        n.cache = CacheConfig::from_mode("none").unwrap();
+        let disk = open(&n).unwrap();
+        assert!(!disk.supports_discard());
+        disk.discard(0, 1 << 20).unwrap();
+        let mut b = [0u8; 1];
+        disk.read_at(0, &mut b).unwrap();
+        assert_eq!(b[0], 1);
+        drop(disk);
+
+        n.discard = DiscardMode::Unmap;
+        let disk = open(&n).unwrap();
+        assert!(disk.supports_discard());
+        disk.discard(0, 1 << 20).unwrap();
+
+        assert!(crate::testutil::allocated_bytes(&p) < 1 << 20);
+        disk.read_at(0, &mut b).unwrap();
+        assert_eq!(b[0], 0);
+    }
+
+    #[test]
+    fn write_zeroes_may_unmap_only_with_discard_unmap() {
+        let p = crate::testutil::scratch_dir().join("z.img");
+        std::fs::write(&p, vec![1u8; 1 << 20]).unwrap();
+        let mut n = node(&p);
+        n.discard = DiscardMode::Unmap;
+        let disk = open(&n).unwrap();
+
+        disk.write_zeroes(0, 1 << 20, true).unwrap();
+
+        assert!(std::fs::read(&p).unwrap().iter().all(|&b| b == 0));
+        assert!(crate::testutil::allocated_bytes(&p) < 1 << 20);
+    }
+
+    #[test]
+    fn probed_read_only_raw_image_opens_as_raw() {
+        let p = raw_image(4096);
+        let mut n = node(&p);
+        n.format = BlockFormat::Probe;
+        n.read_only = true;
+
+        assert_eq!(open(&n).unwrap().size(), 4096);
+    }
+
+    #[test]
+    fn writable_image_without_format_is_refused() {
+        let p = raw_image(4096);
+        let mut n = node(&p);
+        n.format = BlockFormat::Probe;
+
+        let err = open(&n).err().unwrap().to_string();
+
+        assert!(err.contains("never probes"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_error_names_it() {
+        let p = crate::testutil::scratch_dir().join("nope.img");
+
+        let err = open(&node(&p)).err().unwrap().to_string();
+
+        assert!(err.contains("nope.img"), "{err}");
+    }
+}
