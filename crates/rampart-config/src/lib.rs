@@ -5,11 +5,13 @@
 //! are passed in by the caller through [`HostLimits`].
 
 mod block;
+mod devices;
 mod error;
 mod machine;
 mod size;
 
 pub use block::*;
+pub use devices::{DeviceConfig, BLK_SERIAL_MAX};
 pub use error::ConfigError;
 pub use machine::*;
 pub use size::parse_size;

@@ -227,6 +227,8 @@ pub struct VmConfig {
     pub nodefaults: bool,
     /// `-drive` and `-blockdev`, in command-line order.
     pub drives: Vec<crate::DriveConfig>,
+    /// PCI devices, in slot order.
+    pub devices: Vec<crate::DeviceConfig>,
 }
 
 impl Default for VmConfig {
@@ -244,6 +246,7 @@ impl Default for VmConfig {
             lifecycle: LifecycleConfig::default(),
             nodefaults: false,
             drives: Vec::new(),
+            devices: Vec::new(),
         }
     }
 }

@@ -74,6 +74,12 @@ impl Bus {
         Ok(())
     }
 
+    /// Removes the device starting at `base`; returns whether one was there.
+    pub fn remove(&self, base: u64) -> bool {
+        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        ranges.remove(&base).is_some()
+    }
+
     fn resolve(&self, addr: u64, size: usize) -> Option<(u64, Arc<Mutex<dyn BusDevice>>)> {
         let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
         let (&base, e) = ranges.range(..=addr).next_back()?;
@@ -174,5 +180,15 @@ mod tests {
         ));
         bus.insert(d(), 0x110, 1).unwrap();
         bus.insert(d(), 0xff, 1).unwrap();
+    }
+
+    #[test]
+    fn removed_range_no_longer_answers() {
+        let bus = Bus::new();
+        bus.insert(Arc::new(Mutex::new(Recorder(Vec::new()))), 0x10, 4)
+            .unwrap();
+        assert!(bus.remove(0x10));
+        assert!(!bus.remove(0x10));
+        assert!(!bus.write(0x10, &[1]));
     }
 }

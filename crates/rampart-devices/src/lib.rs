@@ -6,6 +6,8 @@
 pub mod bus;
 pub mod irq;
 pub mod legacy;
+pub mod pci;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use irq::{InterruptLine, LineTrigger};

@@ -10,7 +10,8 @@ use crate::accel::IoHandler;
 #[derive(Default)]
 pub struct Buses {
     pub pio: Bus,
-    pub mmio: Bus,
+    /// Shared so the PCI root bus can move BAR ranges on it.
+    pub mmio: std::sync::Arc<Bus>,
 }
 
 impl IoHandler for Buses {

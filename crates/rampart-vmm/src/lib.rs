@@ -7,6 +7,7 @@ pub mod chardev;
 pub mod console;
 pub mod event_loop;
 pub mod io;
+pub mod pci;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

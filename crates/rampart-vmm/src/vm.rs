@@ -214,6 +214,23 @@ impl Accelerator {
             Accelerator::Tcg(m) => Ok(Box::new(m.create_vcpu(index, config))),
         }
     }
+
+    /// MSI delivery and notification registration for PCI devices.
+    fn pci_host(&self) -> crate::pci::PciHost {
+        match self {
+            Accelerator::Kvm { vm, .. } => {
+                let msi = vm.msi();
+                crate::pci::PciHost {
+                    msi: msi.clone(),
+                    registrar: Some(msi),
+                }
+            }
+            Accelerator::Tcg(m) => crate::pci::PciHost {
+                msi: m.msi_controller(),
+                registrar: None,
+            },
+        }
+    }
 }
 
 fn create_memory(size: u64) -> Result<GuestMemoryMmap, VmError> {
@@ -304,6 +321,9 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
             .insert(dev, u64::from(port), len)
             .map_err(dev_err)?;
     }
+
+    // PCI devices (their I/O threads stop when `_pci` is dropped, after the vCPUs).
+    let _pci = crate::pci::build(config, &mem, &buses, &machine.pci_host())?;
 
     // vCPUs.
     let (tx, rx) = mpsc::channel();

@@ -94,7 +94,7 @@ impl KvmAccel {
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
         Ok(KvmVm {
-            vm,
+            vm: std::sync::Arc::new(vm),
             _mem: mem.clone(),
         })
     }
@@ -102,7 +102,7 @@ impl KvmAccel {
 
 /// A KVM VM and the guest memory mapped into it.
 pub struct KvmVm {
-    vm: VmFd,
+    vm: std::sync::Arc<VmFd>,
     _mem: GuestMemoryMmap,
 }
 
@@ -112,6 +112,11 @@ impl KvmVm {
         self.vm
             .register_irqfd(evt, gsi)
             .map_err(kvm_err("KVM_IRQFD"))
+    }
+
+    /// MSI routing (GSI routes + irqfds) and ioeventfd registration for PCI devices.
+    pub fn msi(&self) -> std::sync::Arc<super::kvm_msi::KvmMsi> {
+        super::kvm_msi::KvmMsi::new(self.vm.clone())
     }
 
     /// Creates vCPU `index` with the given CPUID table. The boot CPU's registers are set by the

@@ -7,6 +7,7 @@
 //! life: halt, reset, power-off, a kick, or a failure.
 
 pub mod kvm;
+pub mod kvm_msi;
 pub mod tcg;
 
 use thiserror::Error;

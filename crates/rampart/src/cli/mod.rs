@@ -17,6 +17,7 @@
 
 mod argv;
 mod block;
+mod devices;
 mod help;
 mod objects;
 mod options;
@@ -140,6 +141,7 @@ struct Builder {
     lifecycle: LifecycleConfig,
     nodefaults: bool,
     drives: Vec<rampart_config::DriveConfig>,
+    devices: Vec<rampart_config::DeviceConfig>,
 }
 
 fn merge(slot: &mut Option<Opts>, new: Opts) {
@@ -233,6 +235,7 @@ impl Builder {
             },
             Opt::Object | Opt::Device => match objects::request(item.opt, arg)? {
                 objects::Request::Help(text) => return Ok(Some(Cli::Info(text))),
+                objects::Request::Device(dev) => self.devices.push(dev),
             },
         }
         Ok(None)
@@ -291,6 +294,7 @@ impl Builder {
         config.lifecycle = self.lifecycle;
         config.nodefaults = self.nodefaults;
         config.drives = self.drives;
+        config.devices = self.devices;
         Ok(config)
     }
 }

@@ -16,6 +16,8 @@ pub(crate) enum Request {
     /// `-device help` and friends: the text to print. (Types rampart implements will add a
     /// variant carrying the typed definition.)
     Help(String),
+    /// A `-device` rampart implements.
+    Device(rampart_config::DeviceConfig),
 }
 
 struct Kind {
@@ -77,7 +79,14 @@ pub(crate) fn request(opt: Opt, arg: &OsStr) -> Result<Request, CliError> {
             option: k.option,
             message: format!("parameter '{}' is missing", k.type_key),
         })?;
-    if is_help(&type_name) {
+    if opt == Opt::Device {
+        if is_help(&type_name) {
+            return Ok(Request::Help(super::devices::help()));
+        }
+        if let Some(dev) = super::devices::parse(&type_name, tree)? {
+            return Ok(Request::Device(dev));
+        }
+    } else if is_help(&type_name) {
         return Ok(Request::Help(format!(
             "rampart implements no {} {}s yet\n",
             k.option, k.noun
@@ -132,11 +141,11 @@ mod tests {
 
     #[test]
     fn device_is_rejected_by_driver_name() {
-        let err = request(Opt::Device, OsStr::new("virtio-blk-pci,drive=hd0")).unwrap_err();
+        let err = request(Opt::Device, OsStr::new("e1000,netdev=n0")).unwrap_err();
 
         assert_eq!(
             err.to_string(),
-            "-device virtio-blk-pci: unknown device type 'virtio-blk-pci'"
+            "-device e1000: unknown device type 'e1000'"
         );
     }
 

@@ -318,8 +318,8 @@ fn empty_kernel_path_is_refused() {
 #[test]
 fn unknown_objects_devices_and_block_drivers_are_refused_by_type() {
     assert_eq!(
-        err(&["-device", "virtio-blk-pci,drive=hd0"]),
-        "-device virtio-blk-pci: unknown device type 'virtio-blk-pci'"
+        err(&["-device", "e1000,netdev=n0"]),
+        "-device e1000: unknown device type 'e1000'"
     );
     assert_eq!(
         err(&[

@@ -8,6 +8,7 @@
 
 mod bus;
 mod cpuid;
+mod msi;
 pub mod state;
 
 use std::cell::Cell;

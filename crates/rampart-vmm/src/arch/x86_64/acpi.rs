@@ -7,7 +7,9 @@
 //!   reset).
 //! - MADT: one (x2)APIC entry per present vCPU with the [`apic_id`] of the topology, the I/O
 //!   APIC, ISA overrides IRQ0 → GSI2 and IRQ9 (level, active high), LINT1 as NMI.
-//! - DSDT: `\_S5_`, `\_SB.COM1` (PNP0501 with its port and IRQ), `\_SB.PWRB` (PNP0C0C).
+//! - DSDT: `\_S5_`, `\_SB.COM1` (PNP0501 with its port and IRQ), `\_SB.PWRB` (PNP0C0C), and the
+//!   PCI host bridge `\_SB.PCI0` with `\_SB.MRES` (see `acpi_pci`).
+//! - MCFG: the PCI ECAM region.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -16,7 +18,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use rampart_config::SmpConfig;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::layout::{
     ACPI_END, ACPI_PM_PORT, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SCI_IRQ, COM1_IRQ, COM1_PORT,
@@ -107,8 +109,8 @@ fn to_bytes(table: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// Builds the DSDT.
-pub fn build_dsdt() -> Vec<u8> {
+/// Builds the DSDT; `mmio64` is the 64-bit PCI window (start, size).
+pub fn build_dsdt(mmio64: (u64, u64)) -> Vec<u8> {
     // Each statement serialises its whole object tree while the temporaries are alive.
     let mut body = Vec::new();
     aml::Name::new(
@@ -143,6 +145,7 @@ pub fn build_dsdt() -> Vec<u8> {
         ],
     )
     .to_aml_bytes(&mut body);
+    body.extend(super::acpi_pci::dsdt_aml(mmio64));
     let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"RMPTDSDT", OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt.as_slice().to_vec()
@@ -243,12 +246,17 @@ pub fn create_acpi_tables(
         mem,
         next: (RSDP_START + Rsdp::len() as u64).div_ceil(16) * 16,
     };
-    let dsdt = w.write("DSDT", &build_dsdt())?;
+    // The RAM size decides where the 64-bit PCI window starts.
+    let mem_size: u64 = mem.iter().map(|r| r.len()).sum();
+    let (mmio64, mmio64_size) = super::layout::mmio64_window(mem_size);
+    let dsdt = w.write("DSDT", &build_dsdt((mmio64.0, mmio64_size)))?;
     let fadt = w.write("FADT", &build_fadt(dsdt))?;
     let madt = w.write("MADT", &build_madt(smp)?)?;
+    let mcfg = w.write("MCFG", &super::acpi_pci::build_mcfg(OEM_ID, OEM_REVISION))?;
     let mut xsdt = XSDT::new(OEM_ID, *b"RMPTXSDT", OEM_REVISION);
     xsdt.add_entry(fadt);
     xsdt.add_entry(madt);
+    xsdt.add_entry(mcfg);
     let xsdt = w.write("XSDT", &to_bytes(&xsdt))?;
     let rsdp = Rsdp::new(OEM_ID, xsdt);
     mem.write_slice(&to_bytes(&rsdp), GuestAddress(RSDP_START))

@@ -54,6 +54,7 @@ fn walk(mem: &GuestMemoryMmap, rsdp: GuestAddress) -> (Vec<u8>, Vec<u8>, Vec<u8>
         match &sig {
             b"FACP" => fadt = Some(t),
             b"APIC" => madt = Some(t),
+            b"MCFG" => assert_eq!(sum(&t), 0, "MCFG checksum"),
             other => panic!("unexpected table {other:?}"),
         }
     }
@@ -193,7 +194,7 @@ fn madt_uses_x2apic_entries_for_ids_above_254() {
 
 #[test]
 fn dsdt_has_s5_com1_and_power_button() {
-    let dsdt = build_dsdt();
+    let dsdt = build_dsdt((1 << 32, 1 << 36));
     assert_eq!(sum(&dsdt), 0);
     assert_eq!(u32_at(&dsdt, 4) as usize, dsdt.len());
     let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
@@ -240,7 +241,7 @@ fn dump_tables_for_iasl() {
     });
     std::fs::create_dir_all(&dir).unwrap();
     let s = smp(2, 2, 2);
-    std::fs::write(format!("{dir}/dsdt.dat"), build_dsdt()).unwrap();
+    std::fs::write(format!("{dir}/dsdt.dat"), build_dsdt((1 << 32, 1 << 36))).unwrap();
     std::fs::write(format!("{dir}/facp.dat"), build_fadt(0xe0040)).unwrap();
     std::fs::write(format!("{dir}/apic.dat"), build_madt(&s).unwrap()).unwrap();
     eprintln!("ACPI tables written to {dir}: run `iasl -d {dir}/*.dat`");

@@ -290,7 +290,7 @@ mod tests {
         assert_eq!({ p.hdr.ramdisk_image }, 0x300_0000);
         assert_eq!({ p.hdr.ramdisk_size }, 0x1234);
         assert_eq!({ p.acpi_rsdp_addr }, 0xe0000);
-        assert_eq!(p.e820_entries, 3);
+        assert_eq!(p.e820_entries, 4, "RAM, BIOS area, RAM, PCI ECAM");
         assert_eq!({ p.e820_table[1].addr }, EBDA_START);
         assert_eq!({ p.e820_table[1].r#type }, E820Type::Reserved as u32);
     }
@@ -332,7 +332,7 @@ mod tests {
         assert_eq!(si.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(si.cmdline_paddr, CMDLINE_START);
         assert_eq!(si.rsdp_paddr, 0xe0000);
-        assert_eq!(si.memmap_entries, 3);
+        assert_eq!(si.memmap_entries, 4);
         let last: hvm_memmap_table_entry = mem
             .read_obj(GuestAddress(si.memmap_paddr + 2 * 24))
             .unwrap();

@@ -66,10 +66,13 @@ pub const HIMEM_START: u64 = 0x100000;
 /// The 32-bit MMIO hole [3 GiB, 4 GiB): no RAM here.
 pub const MMIO32_HOLE_START: u64 = 3 * GIB;
 pub const MMIO32_HOLE_END: u64 = 4 * GIB;
-/// A window for device MMIO below 4 GiB (future PCI BARs / virtio-mmio): [3 GiB, 3.5 GiB).
+/// A window for device MMIO below 4 GiB (PCI BARs): [3 GiB, 3.5 GiB).
 pub const MMIO32_DEVICES_START: u64 = MMIO32_HOLE_START;
 pub const MMIO32_DEVICES_SIZE: u64 = 512 * MIB;
-/// PCI Express ECAM (256 buses × 1 MiB), reserved for a future PCI host bridge.
+/// The 32-bit PCI BAR window: the device window.
+pub const PCI_MMIO32_START: u64 = MMIO32_DEVICES_START;
+pub const PCI_MMIO32_SIZE: u64 = MMIO32_DEVICES_SIZE;
+/// PCI Express ECAM (256 buses × 1 MiB) of the PCI host bridge; reserved in e820.
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 pub const PCI_ECAM_SIZE: u64 = 256 * MIB;
 /// The I/O APIC (24 pins, GSI base 0).
@@ -168,10 +171,10 @@ pub fn mmio64_window(mem_size: u64) -> (GuestAddress, u64) {
 }
 
 /// The e820 map for `mem_size` bytes of RAM: conventional memory below the EBDA as RAM, the
-/// EBDA/BIOS area (which holds the ACPI tables) reserved, RAM from 1 MiB to the hole, and RAM
-/// from 4 GiB. Entries are sorted, non-overlapping and non-empty.
+/// EBDA/BIOS area (which holds the ACPI tables) reserved, RAM from 1 MiB to the hole, the PCI
+/// ECAM reserved (Linux checks this before trusting the MCFG table), and RAM from 4 GiB. Entries are sorted, non-overlapping and non-empty.
 pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
-    let mut map = Vec::with_capacity(4);
+    let mut map = Vec::with_capacity(5);
     let low_end = low_ram_end(mem_size);
     let mut push = |addr: u64, end: u64, type_: E820Type| {
         if end > addr {
@@ -187,6 +190,11 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
         push(EBDA_START, HIMEM_START, E820Type::Reserved);
     }
     push(HIMEM_START, low_end, E820Type::Ram);
+    push(
+        PCI_ECAM_START,
+        PCI_ECAM_START + PCI_ECAM_SIZE,
+        E820Type::Reserved,
+    );
     if mem_size > MMIO32_HOLE_START {
         push(MMIO32_HOLE_END, ram_end(mem_size), E820Type::Ram);
     }
@@ -250,6 +258,11 @@ mod tests {
                     size: 256 * MIB - HIMEM_START,
                     type_: E820Type::Ram
                 },
+                E820Entry {
+                    addr: PCI_ECAM_START,
+                    size: PCI_ECAM_SIZE,
+                    type_: E820Type::Reserved
+                },
             ]
         );
     }
@@ -266,7 +279,7 @@ mod tests {
                 type_: E820Type::Ram
             }
         );
-        for e in &map {
+        for e in map.iter().filter(|e| e.type_ == E820Type::Ram) {
             assert!(
                 e.end() <= MMIO32_HOLE_START || e.addr >= MMIO32_HOLE_END,
                 "{e:?}"

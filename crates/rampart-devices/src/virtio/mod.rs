@@ -1,0 +1,149 @@
+//! Virtio 1.x: the device-independent state (feature negotiation, status, split virtqueues
+//! through the `virtio-queue` crate), the modern PCI transport (`pci`), the I/O thread that
+//! processes queues (`worker`), and the devices.
+//!
+//! A device implements [`VirtioDevice`]: its features, configuration space and the queue
+//! processing (in its `handler.rs`, free of transport concerns so it can be driven against
+//! crafted guest memory in unit tests). Queue processing never runs on a vCPU thread: the
+//! transport only signals an eventfd per queue (written by the notify MMIO handler under
+//! `tcg`, or by KVM itself through an ioeventfd), and the device's I/O thread does the work.
+
+pub mod pci;
+pub mod rng;
+pub mod worker;
+
+use virtio_bindings::bindings::virtio_config::{
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+/// Features every device of ours offers: virtio 1.x, indirect descriptors, event indices.
+pub const TRANSPORT_FEATURES: u64 =
+    1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_INDIRECT_DESC | 1 << VIRTIO_RING_F_EVENT_IDX;
+
+/// "No MSI-X vector" in the common configuration.
+pub const NO_VECTOR: u16 = 0xffff;
+
+/// Why a queue cannot be processed any further: the device needs a reset.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("virtqueue: {0}")]
+    Queue(#[from] virtio_queue::Error),
+    #[error("virtqueue: used ring not writable: {0}")]
+    Used(String),
+}
+
+/// A virtio device model, independent of the transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (2 = block, 4 = entropy, ...).
+    fn device_id(&self) -> u32;
+    /// Device-specific feature bits (the transport adds [`TRANSPORT_FEATURES`]).
+    fn features(&self) -> u64;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads the device configuration space (out-of-range bytes read as zero).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space (ignored by default).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver accepted these features (called once FEATURES_OK is accepted).
+    fn ack_features(&mut self, _features: u64) {}
+    /// Processes the available buffers of queue `index`; returns whether any buffer was
+    /// used (the guest may need an interrupt). An error puts the device into NEEDS_RESET.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError>;
+    /// The driver reset the device.
+    fn reset(&mut self) {}
+}
+
+/// The device-independent state of a virtio device, shared by the transport (vCPU threads)
+/// and the I/O thread under one mutex.
+pub struct VirtioState {
+    pub device: Box<dyn VirtioDevice>,
+    pub queues: Vec<Queue>,
+    pub queue_vectors: Vec<u16>,
+    pub config_vector: u16,
+    pub status: u8,
+    pub driver_features: u64,
+    pub isr: u8,
+    pub config_generation: u8,
+    pub mem: GuestMemoryMmap,
+}
+
+impl VirtioState {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap) -> Self {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| Queue::new(max).unwrap_or_else(|_| Queue::new(256).expect("valid size")))
+            .collect::<Vec<_>>();
+        let n = queues.len();
+        VirtioState {
+            device,
+            queues,
+            queue_vectors: vec![NO_VECTOR; n],
+            config_vector: NO_VECTOR,
+            status: 0,
+            driver_features: 0,
+            isr: 0,
+            config_generation: 0,
+            mem,
+        }
+    }
+
+    /// All features the device offers.
+    pub fn device_features(&self) -> u64 {
+        self.device.features() | TRANSPORT_FEATURES
+    }
+
+    /// Whether queues may be processed: the driver is ready and nothing failed.
+    pub fn running(&self) -> bool {
+        let s = u32::from(self.status);
+        s & VIRTIO_CONFIG_S_DRIVER_OK != 0
+            && s & (VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED) == 0
+    }
+
+    /// Back to the power-on state (driver wrote 0 to device_status).
+    pub fn reset(&mut self) {
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.queue_vectors.fill(NO_VECTOR);
+        self.config_vector = NO_VECTOR;
+        self.status = 0;
+        self.driver_features = 0;
+        self.isr = 0;
+        self.device.reset();
+    }
+
+    /// Marks the device broken until the driver resets it.
+    pub fn set_needs_reset(&mut self) {
+        self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.isr |= ISR_CONFIG;
+    }
+}
+
+/// ISR status bits.
+pub const ISR_QUEUE: u8 = 1;
+pub const ISR_CONFIG: u8 = 2;
+
+/// Copies the bytes `[offset, offset + data.len())` of `bytes` into `data`, zero beyond.
+pub fn read_config_bytes(bytes: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| bytes.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
