@@ -271,6 +271,13 @@ pub struct Cpu {
     pub(crate) warned_ud: std::collections::BTreeSet<u32>,
     /// Recently decoded instructions (validated against the fetched bytes on every use).
     pub(crate) decoded: crate::decode_cache::DecodeCache,
+    /// Decoded 64-bit blocks (validated against the code bytes on every entry).
+    pub(crate) blocks: crate::block_cache::BlockCache,
+    /// Guest-physical page number of the block being run (`u64::MAX` outside a block): a
+    /// store of this CPU to it ends the block.
+    pub(crate) code_page: u64,
+    /// This CPU stored to `code_page` since the block started.
+    pub(crate) code_written: bool,
 }
 
 impl std::fmt::Debug for Cpu {
@@ -359,6 +366,9 @@ impl Cpu {
             next_rip: 0,
             warned_ud: std::collections::BTreeSet::new(),
             decoded: crate::decode_cache::DecodeCache::default(),
+            blocks: crate::block_cache::BlockCache::default(),
+            code_page: u64::MAX,
+            code_written: false,
         }
     }
 

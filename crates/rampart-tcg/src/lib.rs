@@ -15,10 +15,16 @@
 //! - `segmentation`: outside 64-bit mode, linear addresses are segment base + offset with the
 //!   presence and limit checks (#GP(0)/#SS(0)), wrapping at 4 GiB; code-segment checks for far
 //!   transfers.
-//! - decode (in this file): instructions are fetched through the MMU (also across a page
-//!   boundary) and decoded by `iced-x86` with the bitness of CS (64, or 32/16 from CS.D; the
-//!   0x66/0x67 prefixes are iced's business). Outside 64-bit mode RIP holds the CS offset (EIP or
-//!   IP) and the fetch goes through CS's base and limit. A small decoded-instruction cache
+//! - decode (in this file): 64-bit code runs a basic block at a time (`block_cache`): a block
+//!   is decoded once by `iced-x86`, kept with the bytes it came from, and on every entry its
+//!   start is translated through the MMU and its bytes compared with guest RAM
+//!   ([`GuestMemory::code_matches`]), so code changed by anyone (this CPU, another vCPU, DMA)
+//!   never runs stale; a store of this CPU into the running block's page, a TLB flush or a
+//!   mode change ends the block. Other instructions (outside 64-bit mode, crossing a page, or
+//!   fetched from MMIO) are fetched one at a time through the MMU (also across a page
+//!   boundary) and decoded with the bitness of CS (64, or 32/16 from CS.D; the 0x66/0x67
+//!   prefixes are iced's business). Outside 64-bit mode RIP holds the CS offset (EIP or IP)
+//!   and the fetch goes through CS's base and limit. A small decoded-instruction cache
 //!   (`decode_cache`), validated against the fetched bytes on every hit, skips the decoder in
 //!   loops.
 //! - `exec/`: one file per instruction family (`arith`, `logic`, `shift`, `mov`, `stack`,
@@ -59,6 +65,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apic;
+mod block_cache;
 pub mod cpu;
 mod decode_cache;
 pub mod exception;
@@ -135,11 +142,18 @@ impl Cpu {
                 size: p.size,
             };
         }
-        for _ in 0..budget {
+        let mut left = budget;
+        while left > 0 {
             if self.halted {
                 return Exit::Halt;
             }
-            match self.step(mem) {
+            let r = if self.in_64bit_mode() {
+                self.run_block(mem, &mut left)
+            } else {
+                left -= 1;
+                self.step(mem)
+            };
+            match r {
                 Ok(()) => {}
                 Err(Event::Exit(e)) => return e,
                 // Nothing was committed: the next iteration runs the instruction again.
@@ -191,6 +205,68 @@ impl Cpu {
             }
         }
         true
+    }
+
+    /// Run 64-bit code from RIP: one decoded block (see `block_cache`), or one instruction on
+    /// the single-step path if no block can be formed there (code outside RAM, an instruction
+    /// crossing a page, an invalid one). Stops early when the budget runs out, on a fault, or
+    /// when something the block was decoded under may have changed: control left the straight
+    /// line, the CPU halted or left 64-bit mode, translations were flushed, or this CPU stored
+    /// to the block's page. `left` is decremented per instruction started.
+    fn run_block(&mut self, mem: &mut dyn GuestMemory, left: &mut u64) -> Res<()> {
+        let rip = self.rip;
+        let access = Access {
+            kind: AccessKind::Fetch,
+            user: self.user_access(),
+        };
+        let pa = self.translate(mem, rip, access)?;
+        let slot = match self.blocks.lookup(rip, pa, mem) {
+            Some(i) => Some(i),
+            None => {
+                let window = block_cache::MAX_BYTES
+                    .min((memory::PAGE_SIZE - pa % memory::PAGE_SIZE) as usize);
+                let mut code = [0u8; block_cache::MAX_BYTES];
+                if mem.read_ram(pa, &mut code[..window]) {
+                    self.blocks.build(rip, &code[..window])
+                } else {
+                    None
+                }
+            }
+        };
+        let Some(slot) = slot else {
+            *left -= 1;
+            return self.step(mem);
+        };
+        let n = self.blocks.block(slot).instrs.len();
+        let epoch = self.tlb.epoch;
+        self.code_page = pa >> 12;
+        self.code_written = false;
+        let mut r = Ok(());
+        for k in 0..n {
+            if *left == 0 {
+                break;
+            }
+            *left -= 1;
+            let instr = self.blocks.block(slot).instrs[k];
+            self.interrupt_shadow = false;
+            self.next_rip = instr.next_ip();
+            r = exec::execute(self, mem, &instr);
+            if r.is_err() {
+                break;
+            }
+            self.rip = self.next_rip;
+            self.tsc = self.tsc.wrapping_add(1);
+            if self.rip != instr.next_ip()
+                || self.halted
+                || self.code_written
+                || self.tlb.epoch != epoch
+                || !self.in_64bit_mode()
+            {
+                break;
+            }
+        }
+        self.code_page = u64::MAX;
+        r
     }
 
     /// Execute one instruction (faults are returned, not delivered).
@@ -307,6 +383,8 @@ impl Cpu {
     }
 }
 
+#[cfg(test)]
+mod block_tests;
 #[cfg(test)]
 mod modes_tests;
 #[cfg(test)]

@@ -54,6 +54,25 @@ pub trait GuestMemory {
         None
     }
 
+    /// Copy the RAM bytes `[gpa, gpa + buf.len())` (within one page, any length up to a page)
+    /// into `buf` for the code fetcher; `false` if they are not all plain RAM (never touches
+    /// MMIO). The default goes through [`GuestMemory::ram_slice`].
+    fn read_ram(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        match self.ram_slice(gpa, buf.len()) {
+            Some(s) => {
+                buf.copy_from_slice(s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the RAM bytes `[gpa, gpa + expected.len())` (within one page) are exactly
+    /// `expected`: how decoded code is validated before it runs. `false` if not all RAM.
+    fn code_matches(&self, gpa: u64, expected: &[u8]) -> bool {
+        self.ram_slice(gpa, expected.len()) == Some(expected)
+    }
+
     /// Atomic compare-and-exchange of `old.len()` bytes (1/2/4/8/16) at `gpa` for `lock`-prefixed
     /// instructions and page-table A/D updates. Returns the value found in memory (equal to
     /// `old` on success). The default is correct for one vCPU only; an SMP implementation over

@@ -86,12 +86,15 @@ struct TlbEntry {
 #[derive(Debug, Clone)]
 pub struct Tlb {
     entries: [TlbEntry; TLB_ENTRIES],
+    /// Counts flushes: a running block stops when translations may have changed under it.
+    pub(crate) epoch: u64,
 }
 
 impl Default for Tlb {
     fn default() -> Self {
         Self {
             entries: [TlbEntry::default(); TLB_ENTRIES],
+            epoch: 0,
         }
     }
 }
@@ -100,10 +103,12 @@ impl Tlb {
     /// Drop every translation.
     pub fn flush_all(&mut self) {
         self.entries = [TlbEntry::default(); TLB_ENTRIES];
+        self.epoch = self.epoch.wrapping_add(1);
     }
 
     /// Drop the translation of the page containing `la`.
     pub fn flush_page(&mut self, la: u64) {
+        self.epoch = self.epoch.wrapping_add(1);
         let vpn = la >> 12;
         let e = &mut self.entries[tlb_slot(vpn)];
         if e.tag == vpn.wrapping_add(1) {
@@ -248,6 +253,7 @@ impl Cpu {
                 new |= PTE_D;
             }
             if new != pte {
+                self.note_store(addr);
                 let n = entry_bytes as usize;
                 let mut found = [0u8; 8];
                 mem.compare_exchange(
@@ -357,6 +363,7 @@ impl Cpu {
                 new |= PTE_D;
             }
             if new != pte {
+                self.note_store(addr);
                 let mut found = [0u8; 8];
                 mem.compare_exchange(addr, &pte.to_le_bytes(), &new.to_le_bytes(), &mut found)
                     .map_err(|e| Event::Exit(Exit::from(e)))?;
@@ -410,6 +417,10 @@ impl Cpu {
             user,
         };
         let (first, second) = self.split(mem, la, buf.len(), access)?;
+        self.note_store(first.0);
+        if let Some(pa2) = second {
+            self.note_store(pa2);
+        }
         let (a, b) = buf.split_at(first.1);
         mem.write(first.0, a)
             .map_err(|e| Event::Exit(Exit::from(e)))?;
@@ -417,6 +428,15 @@ impl Cpu {
             mem.write(pa2, b).map_err(|e| Event::Exit(Exit::from(e)))?;
         }
         Ok(())
+    }
+
+    /// Record a store of this CPU at guest-physical `pa`: if it hits the page of the block
+    /// being run, the block stops after the current instruction (self-modifying code).
+    #[inline]
+    pub(crate) fn note_store(&mut self, pa: u64) {
+        if pa >> 12 == self.code_page {
+            self.code_written = true;
+        }
     }
 
     /// Translate the one or two pages an access touches: ((pa, len in first page), pa of second).

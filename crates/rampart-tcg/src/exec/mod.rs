@@ -153,6 +153,7 @@ impl Cpu {
             let user = self.user_access();
             return self.write_linear(mem, la, &v.to_le_bytes()[..n], user);
         }
+        self.note_store(pa);
         let mut found = [0u8; 8];
         mem.compare_exchange(
             pa,

@@ -122,6 +122,22 @@ impl GuestMemory for VcpuBus<'_> {
         Ok(())
     }
 
+    fn read_ram(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        match self.ram(gpa, buf.len()) {
+            Some(ram) => ram.copy_to(buf) == buf.len(),
+            None => false,
+        }
+    }
+
+    fn code_matches(&self, gpa: u64, expected: &[u8]) -> bool {
+        // Blocks are at most a few hundred bytes; anything longer is not ours to validate.
+        let mut now = [0u8; 512];
+        let Some(now) = now.get_mut(..expected.len()) else {
+            return false;
+        };
+        self.read_ram(gpa, now) && now == expected
+    }
+
     fn compare_exchange(
         &mut self,
         gpa: u64,

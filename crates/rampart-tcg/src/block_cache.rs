@@ -1,0 +1,151 @@
+//! Decoded basic blocks of 64-bit code, so the run loop fetches, translates and validates code
+//! once per block instead of once per instruction.
+//!
+//! A block is a run of instructions decoded from one guest-physical page, ending after the
+//! first instruction that may transfer control (`FlowControl` other than `Next`), before an
+//! instruction that would cross the page (or the block's byte budget), or at
+//! [`MAX_INSNS`] instructions. It is keyed by its linear start address (the decode depends on
+//! the IP for RIP-relative operands and branch targets) and holds the exact bytes it was
+//! decoded from.
+//!
+//! # Why blocks are validated by their bytes
+//! A hit requires the bytes now in guest RAM at the block's *current* translation to equal the
+//! bytes it was decoded from ([`GuestMemory::code_matches`]). That one comparison per block
+//! covers every way code can change: this CPU's own stores, stores by other vCPUs, device DMA
+//! through vm-memory (which no CPU sees), remapped pages and process switches (the
+//! translation is redone on every block entry, through the TLB). A page write-generation
+//! scheme would need a hook in every writer, DMA included. Within a block, the run loop stops
+//! after any store of this CPU to the block's page (self-modifying code takes effect at the
+//! next instruction, as on hardware); stores of other vCPUs take effect at the next block
+//! entry, which hardware also allows for cross-modifying code without serialisation.
+
+use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction};
+
+use crate::memory::GuestMemory;
+
+/// Blocks in the direct-mapped table (a power of two).
+const SLOTS: usize = 4096;
+/// Most instructions in one block.
+pub(crate) const MAX_INSNS: usize = 32;
+/// Most code bytes in one block (also the fetch window when a block is built).
+pub(crate) const MAX_BYTES: usize = 256;
+
+/// One decoded block.
+#[derive(Default)]
+pub(crate) struct Block {
+    /// Linear address of the first instruction; meaningful only if `instrs` is non-empty.
+    ip: u64,
+    /// The code bytes the instructions were decoded from.
+    bytes: Vec<u8>,
+    /// The decoded instructions, in order.
+    pub(crate) instrs: Vec<Instruction>,
+}
+
+/// Direct-mapped cache of decoded 64-bit blocks.
+pub(crate) struct BlockCache {
+    slots: Box<[Block]>,
+}
+
+impl Default for BlockCache {
+    fn default() -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| Block::default()).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for BlockCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockCache")
+    }
+}
+
+fn slot(ip: u64) -> usize {
+    (ip as usize ^ (ip >> 12) as usize) & (SLOTS - 1)
+}
+
+impl BlockCache {
+    /// The slot of a valid block starting at linear `ip`, whose code now sits at
+    /// guest-physical `pa`, if the bytes there are still the ones it was decoded from.
+    pub(crate) fn lookup(&self, ip: u64, pa: u64, mem: &dyn GuestMemory) -> Option<usize> {
+        let i = slot(ip);
+        let b = &self.slots[i];
+        (b.ip == ip && !b.instrs.is_empty() && mem.code_matches(pa, &b.bytes)).then_some(i)
+    }
+
+    /// Decode a block of 64-bit code starting at linear `ip` from `code` (the RAM bytes from
+    /// the block's physical start, within its page). Returns its slot, or `None` if not even
+    /// the first instruction decodes completely within `code` (the caller then runs it on the
+    /// single-instruction path, which handles page-crossing and invalid instructions).
+    pub(crate) fn build(&mut self, ip: u64, code: &[u8]) -> Option<usize> {
+        let i = slot(ip);
+        let b = &mut self.slots[i];
+        b.ip = ip;
+        b.instrs.clear();
+        b.bytes.clear();
+        let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+        let mut used = 0usize;
+        while b.instrs.len() < MAX_INSNS && decoder.can_decode() {
+            let instr = decoder.decode();
+            if decoder.last_error() != DecoderError::None || instr.is_invalid() {
+                break;
+            }
+            used += instr.len();
+            b.instrs.push(instr);
+            if instr.flow_control() != FlowControl::Next {
+                break;
+            }
+        }
+        if b.instrs.is_empty() {
+            return None;
+        }
+        b.bytes.extend_from_slice(code.get(..used)?);
+        Some(i)
+    }
+
+    /// The block in slot `i`.
+    pub(crate) fn block(&self, i: usize) -> &Block {
+        &self.slots[i]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::FlatMemory;
+
+    #[test]
+    fn block_ends_after_the_first_control_transfer() {
+        // mov eax,1; add eax,eax; jmp $; nop
+        let code = [0xb8, 1, 0, 0, 0, 0x01, 0xc0, 0xeb, 0xfe, 0x90];
+        let mut c = BlockCache::default();
+        let i = c.build(0x1000, &code).unwrap();
+        assert_eq!(c.block(i).instrs.len(), 3);
+        assert_eq!(c.block(i).bytes, &code[..9]);
+    }
+
+    #[test]
+    fn block_stops_before_an_instruction_cut_off_by_the_window() {
+        // nop; then the first two bytes of mov eax, imm32.
+        let mut c = BlockCache::default();
+        let i = c.build(0x1000, &[0x90, 0xb8, 1]).unwrap();
+        assert_eq!(c.block(i).instrs.len(), 1);
+        assert!(c.build(0x2000, &[0xb8, 1]).is_none());
+        assert!(c.build(0x3000, &[0x0f, 0xff]).is_none(), "invalid first");
+    }
+
+    #[test]
+    fn hit_requires_the_same_ip_and_bytes_at_the_current_translation() {
+        let code = [0x90, 0x90, 0xc3];
+        let mut m = FlatMemory::new(0x4000);
+        m.load(0x2000, &code).unwrap();
+        let mut c = BlockCache::default();
+        let i = c.build(0x40_0000, &code).unwrap();
+        assert_eq!(c.lookup(0x40_0000, 0x2000, &m), Some(i));
+        assert_eq!(c.lookup(0x40_1000, 0x2000, &m), None, "other ip");
+        assert_eq!(c.lookup(0x40_0000, 0x3000, &m), None, "other bytes there");
+        m.load(0x2001, &[0xcc]).unwrap();
+        assert_eq!(c.lookup(0x40_0000, 0x2000, &m), None, "bytes changed");
+        assert_eq!(c.lookup(0x40_0000, 0x10_0000, &m), None, "not RAM");
+    }
+}

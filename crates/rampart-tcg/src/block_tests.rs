@@ -1,0 +1,109 @@
+//! The block cache against code that changes under it: stores by the running block itself,
+//! writes by someone else (another vCPU, device DMA), remapped pages and address-space switches.
+
+use crate::testutil::*;
+use crate::Exit;
+
+/// `mov eax, imm32; hlt`.
+fn mov_eax_hlt(v: u32) -> Vec<u8> {
+    let mut c = vec![0xb8];
+    c.extend_from_slice(&v.to_le_bytes());
+    c.push(0xf4);
+    c
+}
+
+#[test]
+fn store_to_the_next_instruction_of_the_running_block_takes_effect() {
+    // lea rbx, [rip+0]; mov byte [rbx+8], 7; mov eax, 1; hlt -- the store patches the imm8
+    // of the following MOV, which the block decoded before the store ran.
+    let mut code = vec![0x48, 0x8d, 0x1d, 0, 0, 0, 0]; // lea rbx, [rip] (= CODE + 7)
+    code.extend_from_slice(&[0xc6, 0x43, 0x05, 7]); // mov byte [rbx+5], 7
+    code.extend_from_slice(&mov_eax_hlt(1)); // at CODE + 11: b8 01 ...
+    let mut m = Machine::new();
+    m.load_code(&code);
+    let t = m.run(100);
+    assert_eq!(t.exit, Exit::Halt);
+    assert_eq!(t.cpu.gpr[0], 7);
+}
+
+#[test]
+fn code_rewritten_by_another_writer_runs_the_new_bytes_at_the_next_entry() {
+    let mut m = Machine::new();
+    m.load_code(&mov_eax_hlt(1));
+    assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+    assert_eq!(m.cpu.gpr[0], 1);
+    // As a DMA transfer or another vCPU would: straight into RAM, no store of this CPU.
+    m.mem.load(CODE + 1, &5u32.to_le_bytes()).unwrap();
+    m.cpu.rip = CODE;
+    m.cpu.halted = false;
+    assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+    assert_eq!(m.cpu.gpr[0], 5);
+}
+
+#[test]
+fn remapped_code_page_runs_the_code_of_the_new_page() {
+    // Linear 0xa0_0000 (PD entry 5) maps physical 0 first, then physical 0x20_0000.
+    const LA: u64 = 0xa1_0000;
+    let mut m = Machine::new();
+    m.mem.load(0x1_0000, &mov_eax_hlt(1)).unwrap();
+    m.mem.load(0x21_0000, &mov_eax_hlt(2)).unwrap();
+    m.mem.write_u64(0x3000 + 5 * 8, 0x87).unwrap();
+    m.cpu.rip = LA;
+    assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+    assert_eq!(m.cpu.gpr[0], 1);
+    m.mem.write_u64(0x3000 + 5 * 8, 0x20_0000 | 0x87).unwrap();
+    m.cpu.flush_tlb();
+    m.cpu.rip = LA;
+    m.cpu.halted = false;
+    assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+    assert_eq!(m.cpu.gpr[0], 2);
+}
+
+#[test]
+fn address_space_switch_inside_a_block_fetches_from_the_new_mapping() {
+    // New tables at 0x38_0000 map linear 0..2 MiB to physical 0x20_0000 and 2..4 MiB
+    // identically. The instruction after MOV CR3 is read from the new mapping.
+    const PML4B: u64 = 0x38_0000;
+    let mut m = Machine::new();
+    m.mem.write_u64(PML4B, (PML4B + 0x1000) | 7).unwrap();
+    m.mem
+        .write_u64(PML4B + 0x1000, (PML4B + 0x2000) | 7)
+        .unwrap();
+    m.mem.write_u64(PML4B + 0x2000, 0x20_0000 | 0x87).unwrap();
+    m.mem.write_u64(PML4B + 0x2008, 0x20_0000 | 0x87).unwrap();
+    let mut old = vec![0x0f, 0x22, 0xd8]; // mov cr3, rax
+    old.extend_from_slice(&[0xbb, 1, 0, 0, 0, 0xf4]); // mov ebx, 1; hlt
+    m.load_code(&old);
+    m.mem
+        .load(CODE + 0x20_0000 + 3, &[0xbb, 2, 0, 0, 0, 0xf4])
+        .unwrap();
+    m.cpu.gpr[0] = PML4B;
+    let t = m.run(100);
+    assert_eq!(t.exit, Exit::Halt);
+    assert_eq!(t.cpu.gpr[3], 2);
+}
+
+#[test]
+fn budget_ends_a_block_between_instructions() {
+    let mut m = Machine::new();
+    m.load_code(&[0x90; 10]);
+    assert_eq!(m.cpu.run(&mut m.mem, 3), Exit::InstructionLimit);
+    assert_eq!(m.cpu.rip, CODE + 3);
+    assert_eq!(m.cpu.tsc, 3);
+    assert_eq!(m.cpu.run(&mut m.mem, 4), Exit::InstructionLimit);
+    assert_eq!(m.cpu.rip, CODE + 7);
+}
+
+#[test]
+fn fault_in_the_middle_of_a_block_leaves_rip_at_the_faulting_instruction() {
+    // inc eax; mov rax, [non-canonical]; inc ebx
+    let mut m = Machine::new();
+    m.load_code(&[
+        0xff, 0xc0, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0x80, 0xff, 0xc3, 0xf4,
+    ]);
+    m.cpu.gpr[0] = 0;
+    let t = m.run(100);
+    assert_eq!(t.cpu.gpr[0], 1);
+    assert_eq!(t.cpu.gpr[3], 0);
+    assert!(t.exception.is_some());
+}
