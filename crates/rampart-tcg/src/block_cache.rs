@@ -38,7 +38,7 @@ pub(crate) struct Block {
     /// The code bytes the instructions were decoded from.
     bytes: Vec<u8>,
     /// The decoded instructions, in order.
-    pub(crate) instrs: Vec<Instruction>,
+    instrs: Vec<Instruction>,
 }
 
 /// Direct-mapped cache of decoded 64-bit blocks.
@@ -104,8 +104,20 @@ impl BlockCache {
     }
 
     /// The block in slot `i`.
-    pub(crate) fn block(&self, i: usize) -> &Block {
+    #[cfg(test)]
+    fn block(&self, i: usize) -> &Block {
         &self.slots[i]
+    }
+
+    /// Move the instructions of the block in slot `i` out to run them (the slot reads as
+    /// empty until [`BlockCache::put_instrs`] returns them).
+    pub(crate) fn take_instrs(&mut self, i: usize) -> Vec<Instruction> {
+        std::mem::take(&mut self.slots[i].instrs)
+    }
+
+    /// Give back what [`BlockCache::take_instrs`] took.
+    pub(crate) fn put_instrs(&mut self, i: usize, instrs: Vec<Instruction>) {
+        self.slots[i].instrs = instrs;
     }
 }
 

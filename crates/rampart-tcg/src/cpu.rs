@@ -514,6 +514,7 @@ impl Cpu {
     }
 
     /// Read a general-purpose register of any width (0 for non-GPRs).
+    #[inline]
     pub fn reg(&self, r: Register) -> u64 {
         match gpr_slot(r) {
             Some((i, Width::Low8)) => self.gpr[i] & 0xff,
@@ -526,6 +527,7 @@ impl Cpu {
     }
 
     /// Write a general-purpose register with x86 merge rules (32-bit writes zero-extend).
+    #[inline]
     pub fn set_reg(&mut self, r: Register, v: u64) {
         match gpr_slot(r) {
             Some((i, Width::Low8)) => self.gpr[i] = (self.gpr[i] & !0xff) | (v & 0xff),
@@ -556,26 +558,34 @@ enum Width {
     W64,
 }
 
-/// Map an iced GPR to (index into `gpr`, width).
+/// Map an iced GPR to (index into `gpr`, width). iced numbers the GPRs contiguously: AL..R15L
+/// (with AH..BH at 4..7), AX..R15W, EAX..R15D, RAX..R15 (checked against iced's own
+/// classification by a test below).
+#[inline]
 fn gpr_slot(r: Register) -> Option<(usize, Width)> {
-    if r.is_gpr8() {
-        let n = r.number();
-        return Some(match n {
-            0..=3 => (n, Width::Low8),
-            4..=7 => (n - 4, Width::High8),
-            _ => (n - 4, Width::Low8),
-        });
+    const AL: usize = Register::AL as usize;
+    const R15L: usize = Register::R15L as usize;
+    const AX: usize = Register::AX as usize;
+    const R15W: usize = Register::R15W as usize;
+    const EAX: usize = Register::EAX as usize;
+    const R15D: usize = Register::R15D as usize;
+    const RAX: usize = Register::RAX as usize;
+    const R15: usize = Register::R15 as usize;
+    let v = r as usize;
+    match v {
+        AL..=R15L => {
+            let n = v - AL;
+            Some(match n {
+                0..=3 => (n, Width::Low8),
+                4..=7 => (n - 4, Width::High8),
+                _ => (n - 4, Width::Low8),
+            })
+        }
+        AX..=R15W => Some((v - AX, Width::W16)),
+        EAX..=R15D => Some((v - EAX, Width::W32)),
+        RAX..=R15 => Some((v - RAX, Width::W64)),
+        _ => None,
     }
-    let w = if r.is_gpr16() {
-        Width::W16
-    } else if r.is_gpr32() {
-        Width::W32
-    } else if r.is_gpr64() {
-        Width::W64
-    } else {
-        return None;
-    };
-    Some((r.number(), w))
 }
 
 /// GPR indices.
@@ -601,6 +611,30 @@ pub mod gpr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table-free `gpr_slot` against iced's classification of every register.
+    #[test]
+    fn gpr_slot_agrees_with_iced_for_every_register() {
+        for r in Register::values() {
+            let want = if r.is_gpr8() {
+                let n = r.number();
+                Some(match n {
+                    0..=3 => (n, Width::Low8),
+                    4..=7 => (n - 4, Width::High8),
+                    _ => (n - 4, Width::Low8),
+                })
+            } else if r.is_gpr16() {
+                Some((r.number(), Width::W16))
+            } else if r.is_gpr32() {
+                Some((r.number(), Width::W32))
+            } else if r.is_gpr64() {
+                Some((r.number(), Width::W64))
+            } else {
+                None
+            };
+            assert_eq!(gpr_slot(r), want, "{r:?}");
+        }
+    }
 
     #[test]
     fn high_byte_registers_alias_bits_8_to_15() {

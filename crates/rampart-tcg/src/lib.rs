@@ -237,20 +237,20 @@ impl Cpu {
             *left -= 1;
             return self.step(mem);
         };
-        let n = self.blocks.block(slot).instrs.len();
+        // Borrowed out of the cache while it runs (nothing below touches the block cache).
+        let instrs = self.blocks.take_instrs(slot);
         let epoch = self.tlb.epoch;
         self.code_page = pa >> 12;
         self.code_written = false;
         let mut r = Ok(());
-        for k in 0..n {
+        for instr in &instrs {
             if *left == 0 {
                 break;
             }
             *left -= 1;
-            let instr = self.blocks.block(slot).instrs[k];
             self.interrupt_shadow = false;
             self.next_rip = instr.next_ip();
-            r = exec::execute(self, mem, &instr);
+            r = exec::execute(self, mem, instr);
             if r.is_err() {
                 break;
             }
@@ -266,6 +266,7 @@ impl Cpu {
             }
         }
         self.code_page = u64::MAX;
+        self.blocks.put_instrs(slot, instrs);
         r
     }
 

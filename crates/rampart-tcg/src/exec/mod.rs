@@ -28,7 +28,7 @@ use crate::exception::{Event, Exception, Res};
 use crate::flags::size_mask;
 use crate::memory::GuestMemory;
 use crate::mmu::{is_canonical, Access, AccessKind};
-use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
+use iced_x86::{EncodingKind, Instruction, Mnemonic as M, OpKind, Register};
 
 /// Where an operand lives once its address is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,17 +74,66 @@ impl Cpu {
         if !self.in_64bit_mode() {
             return self.legacy_mem_la(instr, op);
         }
-        let la = instr
-            .virtual_address(op, 0, |r, _, _| {
-                Some(if r.is_segment_register() {
-                    self.seg_base(r)
-                } else {
-                    self.reg(r)
+        let la = match self.la64(instr, op) {
+            Some(la) => la,
+            None => instr
+                .virtual_address(op, 0, |r, _, _| {
+                    Some(if r.is_segment_register() {
+                        self.seg_base(r)
+                    } else {
+                        self.reg(r)
+                    })
                 })
-            })
-            .unwrap_or(0);
+                .unwrap_or(0),
+        };
         self.check_canonical(la, instr.memory_segment() == Register::SS)?;
         Ok(la)
+    }
+
+    /// The linear address of a plain memory operand with 64-bit addressing, computed directly
+    /// (iced's generic evaluator is the fallback): base (a 64-bit GPR, or RIP whose target iced
+    /// has folded into the displacement) + index << scale + displacement, + the FS/GS base.
+    /// `None` for every other form (32-bit addressing, VSIB, ignored index, string operands).
+    #[inline]
+    pub(crate) fn la64(&self, instr: &Instruction, op: u32) -> Option<u64> {
+        // Legacy encodings only: VEX/EVEX bring VSIB and AMX's unscaled stride index.
+        if instr.op_kind(op) != OpKind::Memory || instr.encoding() != EncodingKind::Legacy {
+            return None;
+        }
+        let base = instr.memory_base();
+        let index = instr.memory_index();
+        let mut la = instr.memory_displacement64();
+        if base.is_gpr64() {
+            la = la.wrapping_add(self.reg(base));
+        } else if base == Register::None {
+            // [index*scale + disp32] is 64-bit addressing; a bare displacement is if iced
+            // decoded it as a 64-bit one (an address-size prefix makes it 32-bit).
+            if index == Register::None && instr.memory_displ_size() != 8 {
+                return None;
+            }
+        } else if base != Register::RIP {
+            return None;
+        }
+        if index != Register::None {
+            // MPX BNDLDX/BNDSTX ignore the index in the address (and are #UD here anyway).
+            if !index.is_gpr64() || matches!(instr.mnemonic(), M::Bndldx | M::Bndstx) {
+                return None;
+            }
+            la = la.wrapping_add(self.reg(index) << instr.memory_index_scale().trailing_zeros());
+        }
+        // LEA and MPX's bound checks ignore the segment.
+        if matches!(
+            instr.mnemonic(),
+            M::Lea | M::Bndcl | M::Bndcu | M::Bndcn | M::Bndmk
+        ) {
+            return Some(la);
+        }
+        match instr.memory_segment() {
+            Register::FS => la = la.wrapping_add(self.seg[crate::SegReg::Fs as usize].base),
+            Register::GS => la = la.wrapping_add(self.seg[crate::SegReg::Gs as usize].base),
+            _ => {}
+        }
+        Some(la)
     }
 
     pub(crate) fn check_canonical(&self, la: u64, stack: bool) -> Res<()> {
@@ -340,5 +389,7 @@ fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -
     }
 }
 
+#[cfg(test)]
+mod addr_tests;
 #[cfg(test)]
 mod lock_tests;

@@ -130,12 +130,23 @@ impl GuestMemory for VcpuBus<'_> {
     }
 
     fn code_matches(&self, gpa: u64, expected: &[u8]) -> bool {
-        // Blocks are at most a few hundred bytes; anything longer is not ours to validate.
-        let mut now = [0u8; 512];
-        let Some(now) = now.get_mut(..expected.len()) else {
+        let Some(ram) = self.ram(gpa, expected.len()) else {
             return false;
         };
-        self.read_ram(gpa, now) && now == expected
+        // Compare in small chunks through a stack buffer (no pointer into guest RAM).
+        let mut now = [0u8; 64];
+        let mut off = 0;
+        for want in expected.chunks(now.len()) {
+            let Ok(part) = ram.subslice(off, want.len()) else {
+                return false;
+            };
+            let now = &mut now[..want.len()];
+            if part.copy_to(now) != want.len() || now != want {
+                return false;
+            }
+            off += want.len();
+        }
+        true
     }
 
     fn compare_exchange(
