@@ -40,10 +40,23 @@ fn direct_address_matches_iced_for_random_memory_operands() {
                 })
             });
             if let Some(got) = cpu.la64(&instr, op) {
-                assert_eq!(Some(got), want, "{:?} {bytes:02x?} base {:?} index {:?} seg {:?} disp {:#x} dsize {}", instr.code(), instr.memory_base(), instr.memory_index(), instr.memory_segment(), instr.memory_displacement64(), instr.memory_displ_size());
+                assert_eq!(
+                    Some(got),
+                    want,
+                    "{:?} {bytes:02x?} base {:?} index {:?} seg {:?} disp {:#x} dsize {}",
+                    instr.code(),
+                    instr.memory_base(),
+                    instr.memory_index(),
+                    instr.memory_segment(),
+                    instr.memory_displacement64(),
+                    instr.memory_displ_size()
+                );
                 checked += 1;
             }
         }
     }
-    assert!(checked > 10_000, "only {checked} operands took the direct path");
+    assert!(
+        checked > 10_000,
+        "only {checked} operands took the direct path"
+    );
 }
