@@ -12,7 +12,7 @@ fn rng(state: &mut u64) -> u64 {
 
 #[test]
 fn direct_address_matches_iced_for_random_memory_operands() {
-    let mut seed = 0xadd7_e55u64;
+    let mut seed = 0x0add_7e55_u64;
     let mut cpu = Cpu::new();
     cpu.enter_long_mode_flat(0x1000);
     let mut checked = 0;
