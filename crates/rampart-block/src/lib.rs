@@ -5,6 +5,7 @@
 //!   with aligned bounce buffers, hole punching).
 //! - [`lock`]: QEMU-compatible image locking with OFD locks.
 //! - [`raw`]: the raw format.
+//! - [`qcow2`]: the qcow2 format (v2/v3), with backing chains.
 //! - [`open()`]: a configured block node ([`rampart_config::BlockNodeConfig`]) to a back end.
 //!
 //! Everything an image file contains is hostile input.
@@ -13,6 +14,7 @@ mod error;
 pub mod file;
 pub mod lock;
 mod open;
+pub mod qcow2;
 pub mod raw;
 #[cfg(test)]
 mod testutil;

@@ -1,12 +1,15 @@
 //! From a configured block node to a back end: open the host file, lock it, pick the format.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rampart_config::{BlockFormat, BlockNodeConfig, LockingMode};
+use rampart_config::{BackingConfig, BlockFormat, BlockNodeConfig, DiscardMode, LockingMode};
 use tracing::warn;
 
 use crate::file::{FileOptions, HostFile};
 use crate::lock::lock_image;
+use crate::qcow2::{self, Qcow2Backend};
 use crate::raw::RawBackend;
 use crate::{BlockBackend, BlockError};
 
@@ -54,43 +57,172 @@ pub(crate) fn open_host_file(node: &BlockNodeConfig) -> Result<Arc<HostFile>, Bl
     Ok(Arc::new(file))
 }
 
-/// Opens a configured block node.
+/// Longest backing chain accepted (the top image plus this many backing files).
+pub const MAX_BACKING_DEPTH: usize = 16;
+
+/// The files of one chain opened so far, by (device, inode), to detect loops.
+#[derive(Default)]
+struct Chain {
+    seen: Vec<(u64, u64)>,
+}
+
+/// Opens a configured block node (and, for qcow2, its backing chain).
 pub fn open(node: &BlockNodeConfig) -> Result<Arc<dyn BlockBackend>, BlockError> {
     node.validate().map_err(|e| BlockError::Unsupported {
         path: node.filename.clone(),
         reason: e.to_string(),
     })?;
+    open_node(node, &mut Chain::default(), 0)
+}
+
+fn open_node(
+    node: &BlockNodeConfig,
+    chain: &mut Chain,
+    depth: usize,
+) -> Result<Arc<dyn BlockBackend>, BlockError> {
     let file = open_host_file(node)?;
-    let format = match node.format {
-        BlockFormat::Probe => {
-            let mut head = [0u8; 4];
-            file.read_at(0, &mut head)?;
-            let f = probe_format(&head);
-            if f == BlockFormat::Raw {
-                warn!(
-                    "'{}': no format given, probed as raw (read-only); give format=raw to \
-                     silence this",
-                    node.filename.display()
-                );
-            }
-            f
+    let meta = file
+        .raw_file()
+        .metadata()
+        .map_err(|source| BlockError::Open {
+            path: node.filename.clone(),
+            source,
+        })?;
+    let id = (meta.dev(), meta.ino());
+    if chain.seen.contains(&id) {
+        return Err(BlockError::Backing {
+            path: node.filename.clone(),
+            reason: "backing chain loop: this file is already part of the chain".into(),
+        });
+    }
+    chain.seen.push(id);
+    let probed = node.format == BlockFormat::Probe;
+    let format = if probed {
+        let mut head = [0u8; 4];
+        file.read_at(0, &mut head)?;
+        let f = probe_format(&head);
+        if f == BlockFormat::Raw && depth == 0 {
+            warn!(
+                "'{}': no format given, probed as raw (read-only); give format=raw to \
+                 silence this",
+                node.filename.display()
+            );
         }
-        f => f,
+        f
+    } else {
+        node.format
     };
     match format {
         BlockFormat::File | BlockFormat::Raw | BlockFormat::Probe => {
             Ok(Arc::new(RawBackend::new(file, node.cache, node.discard)))
         }
-        BlockFormat::Qcow2 => Err(BlockError::Unsupported {
-            path: node.filename.clone(),
-            reason: "the qcow2 format is not implemented yet".into(),
+        BlockFormat::Qcow2 => {
+            let hdr = qcow2::read_header(&file)?;
+            let backing = open_backing(node, &hdr, probed, chain, depth)?;
+            Ok(Arc::new(Qcow2Backend::open(
+                file,
+                hdr,
+                backing,
+                node.cache,
+                node.discard,
+            )?))
+        }
+    }
+}
+
+fn backing_format(path: &Path, name: &str) -> Result<BlockFormat, BlockError> {
+    match name {
+        "raw" | "file" => Ok(BlockFormat::Raw),
+        "qcow2" => Ok(BlockFormat::Qcow2),
+        other => Err(BlockError::Backing {
+            path: path.to_path_buf(),
+            reason: format!(
+                "backing file format '{}' is not supported (rampart has raw and qcow2)",
+                other.chars().take(40).collect::<String>()
+            ),
         }),
     }
 }
 
+/// Opens the backing file of a qcow2 node, read-only.
+fn open_backing(
+    node: &BlockNodeConfig,
+    hdr: &qcow2::header::Header,
+    probed: bool,
+    chain: &mut Chain,
+    depth: usize,
+) -> Result<Option<Arc<dyn BlockBackend>>, BlockError> {
+    let (name, format) = match &node.backing {
+        BackingConfig::None => return Ok(None),
+        BackingConfig::FromImage => (
+            hdr.backing_file.as_ref().map(PathBuf::from),
+            hdr.backing_format.clone(),
+        ),
+        BackingConfig::Override { format, filename } => (
+            filename
+                .clone()
+                .or_else(|| hdr.backing_file.as_ref().map(PathBuf::from)),
+            format
+                .map(|f| f.name().to_string())
+                .or_else(|| hdr.backing_format.clone()),
+        ),
+    };
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let bad = |reason: String| BlockError::Backing {
+        path: node.filename.clone(),
+        reason,
+    };
+    if probed {
+        return Err(bad(format!(
+            "the image's format was probed and it names a backing file ('{}'); rampart does \
+             not follow backing files of probed images: give format=qcow2",
+            name.display()
+        )));
+    }
+    if depth + 1 > MAX_BACKING_DEPTH {
+        return Err(bad(format!(
+            "backing chain is deeper than {MAX_BACKING_DEPTH} images"
+        )));
+    }
+    let text = name.to_string_lossy();
+    if text.starts_with("json:") || text.contains("://") {
+        return Err(bad(format!(
+            "backing file '{}' is not a local file name (protocols and json: are not supported)",
+            text.chars().take(80).collect::<String>()
+        )));
+    }
+    // A relative name is relative to the overlay's directory (as in QEMU).
+    let path = if name.is_relative() {
+        node.filename
+            .parent()
+            .map(|d| d.join(&name))
+            .unwrap_or(name)
+    } else {
+        name
+    };
+    let format = match format {
+        Some(f) => backing_format(&node.filename, &f)?,
+        // No recorded format: probe (read-only), and never follow what the probe finds.
+        None => BlockFormat::Probe,
+    };
+    let child = BlockNodeConfig {
+        node_name: node.node_name.clone(),
+        format,
+        filename: path,
+        read_only: true,
+        cache: node.cache,
+        discard: DiscardMode::Ignore,
+        locking: node.locking,
+        backing: BackingConfig::FromImage,
+    };
+    open_node(&child, chain, depth + 1).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
-    use rampart_config::{CacheConfig, DiscardMode};
+    use rampart_config::CacheConfig;
 
     use super::*;
 

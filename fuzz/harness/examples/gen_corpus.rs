@@ -260,6 +260,45 @@ fn tcg_seeds(root: &Path) {
     }
 }
 
+/// qcow2 images made by `qemu-img` (512-byte clusters keep them small), when it is
+/// installed: plain v3 and v2 with data, compressed (zlib and zstd), with a backing file name,
+/// and with a refcount table that had to grow.
+fn qcow2_seeds(root: &Path) {
+    let tmp = std::env::temp_dir().join(format!("rampart-gen-qcow2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).expect("creating a scratch folder");
+    let run = |prog: &str, args: &[&str]| -> bool {
+        std::process::Command::new(prog)
+            .args(args)
+            .current_dir(&tmp)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let raw: Vec<u8> = (0..65536u32).map(|i| (i / 300) as u8).collect();
+    std::fs::write(tmp.join("src.raw"), &raw).expect("writing src.raw");
+    let opts = "cluster_size=512";
+    let seeds: &[(&str, &[&str], Option<&str>)] = &[
+        ("v3-data", &["create", "-f", "qcow2", "-o", opts, "v3-data", "64K"], Some("write -P 0x5a 1000 3000")),
+        ("v2-data", &["create", "-f", "qcow2", "-o", "cluster_size=512,compat=0.10", "v2-data", "64K"], Some("write -P 0x11 0 4k")),
+        ("zlib", &["convert", "-c", "-O", "qcow2", "-o", opts, "src.raw", "zlib"], None),
+        ("zstd", &["convert", "-c", "-O", "qcow2", "-o", "cluster_size=512,compression_type=zstd", "src.raw", "zstd"], None),
+        ("backing-name", &["create", "-f", "qcow2", "-o", opts, "-b", "src.raw", "-F", "raw", "backing-name"], None),
+        ("zero-clusters", &["create", "-f", "qcow2", "-o", opts, "zero-clusters", "64K"], Some("write -z 0 8k")),
+    ];
+    for (name, args, io) in seeds {
+        if !run("qemu-img", args) {
+            eprintln!("qemu-img is not available: skipping the qcow2_open seed {name}");
+            continue;
+        }
+        if let Some(cmd) = io {
+            run("qemu-io", &["-f", "qcow2", "-c", cmd, name]);
+        }
+        let bytes = std::fs::read(tmp.join(name)).expect("reading a qcow2 seed");
+        write(root, "qcow2_open", name, &bytes);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 fn main() {
     let root: PathBuf = std::env::args_os()
         .nth(1)
@@ -268,5 +307,6 @@ fn main() {
     boot_seeds(&root);
     text_seeds(&root);
     tcg_seeds(&root);
+    qcow2_seeds(&root);
     println!("seed corpus written under {}", root.display());
 }

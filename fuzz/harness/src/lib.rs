@@ -15,6 +15,7 @@ pub mod decompress;
 pub mod json_props;
 pub mod kernel_loader;
 pub mod keyval;
+pub mod qcow2_open;
 pub mod tcg_run;
 
 mod props_check;
@@ -31,13 +32,14 @@ pub fn strict() -> bool {
 }
 
 /// The names of all targets, as the folders under `fuzz/corpus/` and `fuzz/regressions/`.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "bzimage_header",
     "decompress",
     "kernel_loader",
     "keyval",
     "json_props",
     "tcg_run",
+    "qcow2_open",
 ];
 
 /// Runs target `name` on `data`; `None` if there is no target of that name.
@@ -49,6 +51,7 @@ pub fn run_target(name: &str, data: &[u8]) -> Option<()> {
         "keyval" => keyval::run(data),
         "json_props" => json_props::run(data),
         "tcg_run" => tcg_run::run(data),
+        "qcow2_open" => qcow2_open::run(data),
         _ => return None,
     }
     Some(())

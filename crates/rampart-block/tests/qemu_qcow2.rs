@@ -1,0 +1,329 @@
+//! qcow2 images made by the real `qemu-img`, read and written through rampart's block layer,
+//! then checked by `qemu-img check` (no errors; leaks are allowed) and `qemu-img compare`
+//! against the raw content they must have.
+
+mod qemu;
+
+use std::path::Path;
+
+use qemu::*;
+use rampart_block::{open, BlockBackend};
+use rampart_config::{BackingConfig, BlockFormat, BlockNodeConfig, CacheConfig, DiscardMode};
+
+fn node(p: &Path) -> BlockNodeConfig {
+    BlockNodeConfig::new("q0", BlockFormat::Qcow2, p.to_path_buf())
+}
+
+/// Writes a deterministic pattern through `disk` and into `expected` at each (offset, len).
+fn write_pattern(disk: &dyn BlockBackend, expected: &mut [u8], writes: &[(u64, usize)]) {
+    for (i, &(off, len)) in writes.iter().enumerate() {
+        let data = pattern(i as u32 + 1, len);
+        disk.write_at(off, &data).unwrap();
+        expected[off as usize..off as usize + len].copy_from_slice(&data);
+    }
+}
+
+/// Reads the whole disk back through rampart.
+fn read_all(disk: &dyn BlockBackend) -> Vec<u8> {
+    let mut v = vec![0u8; disk.size() as usize];
+    disk.read_at(0, &mut v).unwrap();
+    v
+}
+
+fn writes_for(cluster: u64) -> Vec<(u64, usize)> {
+    vec![
+        (0, 512),
+        (cluster - 100, 300),
+        (3 * cluster + 7, 2 * cluster as usize + 5),
+        (5 << 20, 65536),
+        ((8 << 20) - 4096, 4096),
+        (1 << 20, 1 << 20),
+    ]
+}
+
+#[test]
+fn qemu_img_images_of_every_cluster_size_round_trip() {
+    for (cluster, compat) in [
+        (512u64, "1.1"),
+        (4096, "1.1"),
+        (65536, "1.1"),
+        (2 << 20, "1.1"),
+        (65536, "0.10"),
+        (512, "0.10"),
+    ] {
+        let d = Scratch::new(&format!("cs{cluster}-{compat}"));
+        let img = d.path("disk.qcow2");
+        qemu_img_ok(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("cluster_size={cluster},compat={compat}"),
+            s(&img),
+            "16M",
+        ]);
+        let mut expected = vec![0u8; 16 << 20];
+        {
+            let disk = open(&node(&img)).unwrap();
+            write_pattern(&*disk, &mut expected, &writes_for(cluster));
+            disk.flush().unwrap();
+            assert!(
+                read_all(&*disk) == expected,
+                "cluster {cluster} {compat}: read back"
+            );
+        }
+        check_ok(&img);
+        compare_ok(&img, &d.raw("expected.raw", &expected));
+        let again = open(&node(&img)).unwrap();
+        assert!(read_all(&*again) == expected, "cluster {cluster}: reopened");
+    }
+}
+
+#[test]
+fn direct_io_and_writethrough_modes_keep_the_image_consistent() {
+    for mode in ["none", "directsync", "writethrough", "unsafe"] {
+        let d = Scratch::new(&format!("mode-{mode}"));
+        let img = d.path("disk.qcow2");
+        qemu_img_ok(&["create", "-f", "qcow2", s(&img), "8M"]);
+        let mut expected = vec![0u8; 8 << 20];
+        {
+            let mut n = node(&img);
+            n.cache = CacheConfig::from_mode(mode).unwrap();
+            let disk = open(&n).unwrap();
+            write_pattern(&*disk, &mut expected, &writes_for(65536));
+            disk.flush().unwrap();
+        }
+        check_ok(&img);
+        compare_ok(&img, &d.raw("expected.raw", &expected));
+    }
+}
+
+#[test]
+fn refcount_table_grows_when_the_image_outgrows_it() {
+    // 512-byte clusters: one refcount block covers 128 KiB, the initial one-cluster refcount
+    // table 8 MiB of file; writing 12 MiB forces new blocks and a bigger table.
+    let d = Scratch::new("grow");
+    let img = d.path("disk.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        s(&img),
+        "16M",
+    ]);
+    let reftable_at = |p: &Path| std::fs::read(p).unwrap()[48..60].to_vec();
+    let before = reftable_at(&img);
+    let mut expected = vec![0u8; 16 << 20];
+    {
+        let disk = open(&node(&img)).unwrap();
+        let writes: Vec<(u64, usize)> = (0..12).map(|i| (i << 20, 1 << 20)).collect();
+        write_pattern(&*disk, &mut expected, &writes);
+        disk.flush().unwrap();
+    }
+
+    assert_ne!(reftable_at(&img), before, "the refcount table did not move");
+    check_ok(&img);
+    compare_ok(&img, &d.raw("expected.raw", &expected));
+}
+
+#[test]
+fn backing_chains_of_qcow2_and_raw_read_through_and_stay_untouched() {
+    let d = Scratch::new("backing");
+    let base_raw = d.path("base.raw");
+    let mut base = pattern(99, 8 << 20);
+    base[..4096].fill(0x11);
+    std::fs::write(&base_raw, &base).unwrap();
+    let base_q = d.path("base.qcow2");
+    qemu_img_ok(&["convert", "-O", "qcow2", s(&base_raw), s(&base_q)]);
+    // Middle: qcow2 over qcow2 with one write; top: relative backing name.
+    let mid = d.path("mid.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        s(&mid),
+    ]);
+    qemu_io_ok(&mid, "write -P 0x22 1M 64k");
+    base[1 << 20..(1 << 20) + 65536].fill(0x22);
+    let top = d.path("top.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "mid.qcow2",
+        "-F",
+        "qcow2",
+        s(&top),
+    ]);
+    let base_before = std::fs::read(&base_q).unwrap();
+    let mut expected = base.clone();
+    {
+        let disk = open(&node(&top)).unwrap();
+        assert!(read_all(&*disk) == expected, "read through the chain");
+        write_pattern(&*disk, &mut expected, &writes_for(65536));
+        disk.flush().unwrap();
+    }
+
+    check_ok(&top);
+    compare_ok(&top, &d.raw("expected.raw", &expected));
+    assert!(
+        std::fs::read(&base_q).unwrap() == base_before,
+        "backing file was written"
+    );
+    // A raw backing file, and backing=null.
+    let over_raw = d.path("over-raw.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        s(&over_raw),
+    ]);
+    let disk = open(&node(&over_raw)).unwrap();
+    let mut b = vec![0u8; 4096];
+    disk.read_at(8192, &mut b).unwrap();
+    assert_eq!(&b[..], &std::fs::read(&base_raw).unwrap()[8192..12288]);
+    drop(disk);
+    let mut n = node(&over_raw);
+    n.backing = BackingConfig::None;
+    let disk = open(&n).unwrap();
+    disk.read_at(8192, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0), "backing=null reads zeroes");
+}
+
+#[test]
+fn compressed_images_read_and_overwrite() {
+    for ctype in ["zlib", "zstd"] {
+        let d = Scratch::new(&format!("compressed-{ctype}"));
+        let raw = d.path("src.raw");
+        // Compressible content: runs of bytes.
+        let mut content: Vec<u8> = (0..(4u32 << 20)).map(|i| (i / 1000) as u8).collect();
+        content[(3 << 20)..].fill(0);
+        std::fs::write(&raw, &content).unwrap();
+        let img = d.path("c.qcow2");
+        qemu_img_ok(&[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            &format!("compression_type={ctype}"),
+            s(&raw),
+            s(&img),
+        ]);
+        assert!(
+            std::fs::metadata(&img).unwrap().len() < 2 << 20,
+            "{ctype}: qemu-img did not compress"
+        );
+        let mut expected = content.clone();
+        {
+            let disk = open(&node(&img)).unwrap();
+            assert!(read_all(&*disk) == expected, "{ctype}: compressed read");
+            write_pattern(
+                &*disk,
+                &mut expected,
+                &[(100, 50), (65536 * 3 + 1000, 70000), (2 << 20, 65536)],
+            );
+            disk.flush().unwrap();
+        }
+        check_ok(&img);
+        compare_ok(&img, &d.raw("expected.raw", &expected));
+    }
+}
+
+#[test]
+fn discard_and_write_zeroes_keep_the_image_consistent() {
+    for compat in ["1.1", "0.10"] {
+        let d = Scratch::new(&format!("discard-{compat}"));
+        let img = d.path("disk.qcow2");
+        qemu_img_ok(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("compat={compat}"),
+            s(&img),
+            "8M",
+        ]);
+        let mut expected = vec![0u8; 8 << 20];
+        {
+            let mut n = node(&img);
+            n.discard = DiscardMode::Unmap;
+            let disk = open(&n).unwrap();
+            write_pattern(&*disk, &mut expected, &[(0, 4 << 20)]);
+            disk.flush().unwrap();
+            disk.discard(1 << 20, 1 << 20).unwrap();
+            expected[1 << 20..2 << 20].fill(0);
+            disk.write_zeroes(3 << 20, (1 << 20) + 300, true).unwrap();
+            expected[3 << 20..(4 << 20) + 300].fill(0);
+            disk.write_zeroes(100, 65536, false).unwrap();
+            expected[100..65636].fill(0);
+            disk.flush().unwrap();
+            assert!(read_all(&*disk) == expected, "{compat}: read back");
+            // Discarded clusters are reused by later writes.
+            write_pattern(&*disk, &mut expected, &[(6 << 20, 1 << 20)]);
+            disk.flush().unwrap();
+        }
+        check_ok(&img);
+        compare_ok(&img, &d.raw("expected.raw", &expected));
+        let used = std::fs::metadata(&img).unwrap().len();
+        assert!(
+            used < (7 << 20),
+            "{compat}: freed clusters were not reused ({used})"
+        );
+    }
+}
+
+#[test]
+fn probed_read_only_qcow2_opens_and_refuses_writes() {
+    let d = Scratch::new("probe");
+    let img = d.path("disk.qcow2");
+    qemu_img_ok(&["create", "-f", "qcow2", s(&img), "1M"]);
+    qemu_io_ok(&img, "write -P 0x5a 0 4k");
+    let mut n = node(&img);
+    n.format = BlockFormat::Probe;
+    n.read_only = true;
+
+    let disk = open(&n).unwrap();
+    let mut b = [0u8; 4];
+    disk.read_at(0, &mut b).unwrap();
+
+    assert_eq!(b, [0x5a; 4]);
+    assert_eq!(disk.size(), 1 << 20);
+    assert!(disk.write_at(0, &b).is_err());
+}
+
+#[test]
+fn probed_image_with_a_backing_file_is_not_followed() {
+    let d = Scratch::new("probe-backing");
+    let base = d.path("base.raw");
+    std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+    let img = d.path("top.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        s(&img),
+    ]);
+    let mut n = node(&img);
+    n.format = BlockFormat::Probe;
+    n.read_only = true;
+
+    let err = open(&n).err().unwrap().to_string();
+
+    assert!(err.contains("probed") && err.contains("base.raw"), "{err}");
+}
