@@ -257,6 +257,35 @@ impl Qcow2Backend {
         Ok(())
     }
 
+    /// Writes whole guest clusters `run` (consecutive, each with its old mapping and newly
+    /// allocated host offset) from `data`, then updates their L2 entries.
+    fn write_run(
+        &self,
+        meta: &mut Meta,
+        run: &[(u64, Mapping, u64)],
+        data: &[u8],
+    ) -> Result<(), BlockError> {
+        let cs = self.cs as usize;
+        let mut i = 0;
+        while i < run.len() {
+            let mut j = i + 1;
+            while j < run.len() && run[j].2 == run[j - 1].2 + self.cs {
+                j += 1;
+            }
+            self.file.write_at(run[i].2, &data[i * cs..j * cs])?;
+            i = j;
+        }
+        for &(vc, m, host) in run {
+            meta.set_l2(vc, host | OFLAG_COPIED)?;
+            match m {
+                Mapping::Compressed { offset, len } => meta.free_later(offset, len),
+                Mapping::Data { host: old, .. } => meta.free_later(old, self.cs),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Visits `[offset, offset+len)` cluster by cluster: `(guest cluster, offset in it,
     /// length, position in the request)`.
     fn clusters(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, usize, usize, usize)> {
@@ -316,6 +345,20 @@ impl Qcow2Backend {
     }
 }
 
+/// Most clusters one allocating write handles at once (bounds the bookkeeping).
+const MAX_WRITE_RUN: usize = 1024;
+
+/// Whether overwriting a whole cluster with this mapping takes a new host cluster.
+fn needs_new_cluster(m: Mapping) -> bool {
+    matches!(
+        m,
+        Mapping::Unallocated
+            | Mapping::Zero { host: None }
+            | Mapping::Compressed { .. }
+            | Mapping::Data { copied: false, .. }
+    )
+}
+
 impl BlockBackend for Qcow2Backend {
     fn size(&self) -> u64 {
         self.size
@@ -366,7 +409,51 @@ impl BlockBackend for Qcow2Backend {
         self.writable(offset, buf.len() as u64)?;
         {
             let mut meta = self.meta();
-            for (vc, in_off, n, pos) in self.clusters(offset, buf.len() as u64) {
+            let mut chunks = self.clusters(offset, buf.len() as u64).peekable();
+            while let Some((vc, in_off, n, pos)) = chunks.next() {
+                let m = meta.lookup(vc)?;
+                if let Mapping::Data { host, copied: true } = m {
+                    // In place, over host-contiguous allocated clusters: one pwrite.
+                    let mut len = n;
+                    let mut next_host = host + self.cs;
+                    while let Some(&(nvc, _, nn, _)) = chunks.peek() {
+                        if meta.lookup(nvc)?
+                            != (Mapping::Data {
+                                host: next_host,
+                                copied: true,
+                            })
+                        {
+                            break;
+                        }
+                        len += nn;
+                        next_host += self.cs;
+                        chunks.next();
+                    }
+                    self.file
+                        .write_at(host + in_off as u64, &buf[pos..pos + len])?;
+                    continue;
+                }
+                if in_off == 0 && n as u64 == self.cs && needs_new_cluster(m) {
+                    // Whole clusters needing new host clusters: allocate them all, write the
+                    // data in host-contiguous runs, then point the L2 entries at it.
+                    let mut run = vec![(vc, m, meta.alloc_cluster()? * self.cs)];
+                    while run.len() < MAX_WRITE_RUN {
+                        let Some(&(nvc, 0, nn, _)) = chunks.peek() else {
+                            break;
+                        };
+                        if nn as u64 != self.cs {
+                            break;
+                        }
+                        let nm = meta.lookup(nvc)?;
+                        if !needs_new_cluster(nm) {
+                            break;
+                        }
+                        chunks.next();
+                        run.push((nvc, nm, meta.alloc_cluster()? * self.cs));
+                    }
+                    self.write_run(&mut meta, &run, &buf[pos..])?;
+                    continue;
+                }
                 self.write_cluster(&mut meta, vc, in_off, &buf[pos..pos + n])?;
             }
         }
