@@ -11,7 +11,7 @@ mod machine;
 mod size;
 
 pub use block::*;
-pub use devices::{DeviceConfig, BLK_SERIAL_MAX};
+pub use devices::{validate_devices, DeviceConfig, BLK_SERIAL_MAX};
 pub use error::ConfigError;
 pub use machine::*;
 pub use size::parse_size;

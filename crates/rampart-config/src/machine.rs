@@ -268,6 +268,7 @@ impl VmConfig {
             });
         }
         crate::validate_drives(&self.drives)?;
+        crate::validate_devices(&self.devices, &self.drives)?;
         if self.memory_bytes > host.host_memory_bytes {
             return Err(ConfigError::Memory {
                 requested_mib: mib,

@@ -4,12 +4,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use rampart_config::{DeviceConfig, VmConfig};
+use rampart_block::BlockBackend;
+use rampart_config::{DeviceConfig, DriveInterface, VmConfig};
 use rampart_devices::pci::root::{CONFIG_IO_LEN, CONFIG_IO_PORT};
 use rampart_devices::pci::{BarAllocator, ConfigIo, Ecam, MsiController, PciRoot, Window};
 use rampart_devices::virtio::pci::{NotifyRegistrar, VirtioPci};
 use rampart_devices::virtio::worker::IoThread;
-use rampart_devices::virtio::{rng, VirtioDevice};
+use rampart_devices::virtio::{block, rng, VirtioDevice};
 use tracing::info;
 use vm_memory::GuestMemoryMmap;
 
@@ -38,6 +39,7 @@ pub fn build(
     mem: &GuestMemoryMmap,
     buses: &Buses,
     host: &PciHost,
+    disks: &[(String, Arc<dyn BlockBackend>)],
 ) -> Result<PciDevices, VmError> {
     let dev_err = |e: &dyn std::fmt::Display| VmError::Device(e.to_string());
     let root = Arc::new(Mutex::new(PciRoot::new(Arc::downgrade(&buses.mmio))));
@@ -62,15 +64,36 @@ pub fn build(
         mem32: Window::new("32-bit", PCI_MMIO32_START, PCI_MMIO32_SIZE),
         mem64: Window::new("64-bit", start64.0, size64),
     };
+    let disk = |name: &str| {
+        disks
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.clone())
+            .ok_or_else(|| VmError::Device(format!("virtio-blk-pci: drive '{name}' is not open")))
+    };
+    // `-drive if=virtio` disks first (as QEMU creates them), then `-device` in order.
+    let mut wanted: Vec<DeviceConfig> = config
+        .drives
+        .iter()
+        .filter(|d| d.interface == DriveInterface::Virtio)
+        .map(|d| DeviceConfig::VirtioBlk {
+            id: None,
+            drive: d.node.node_name.clone(),
+            serial: None,
+        })
+        .collect();
+    wanted.extend(config.devices.iter().cloned());
     let mut io_threads = Vec::new();
-    for (n, dev) in config.devices.iter().enumerate() {
+    for (n, dev) in wanted.iter().enumerate() {
         let (device, class): (Box<dyn VirtioDevice>, u32) = match dev {
             DeviceConfig::VirtioRng { .. } => (Box::new(rng::Rng::new()), rng::PCI_CLASS),
-            DeviceConfig::VirtioBlk { drive, .. } => {
-                return Err(VmError::Device(format!(
-                    "virtio-blk-pci (drive '{drive}'): no block back end is available yet"
-                )))
-            }
+            DeviceConfig::VirtioBlk { drive, serial, .. } => (
+                Box::new(block::Block::new(
+                    disk(drive)?,
+                    serial.as_deref().unwrap_or(""),
+                )),
+                block::PCI_CLASS,
+            ),
         };
         let (transport, parts) = VirtioPci::new(
             device,

@@ -87,6 +87,8 @@ pub struct HostResources {
     pub initrd: Option<File>,
     pub console: ConsoleIo,
     pub signals: TerminationSignals,
+    /// Opened (and locked) block back ends by node name / drive id, kept across resets.
+    pub disks: Vec<(String, Arc<dyn rampart_block::BlockBackend>)>,
 }
 
 /// A console writer shared between the serial device and the VMM (which prints escape help
@@ -323,7 +325,7 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
     }
 
     // PCI devices (their I/O threads stop when `_pci` is dropped, after the vCPUs).
-    let _pci = crate::pci::build(config, &mem, &buses, &machine.pci_host())?;
+    let _pci = crate::pci::build(config, &mem, &buses, &machine.pci_host(), &res.disks)?;
 
     // vCPUs.
     let (tx, rx) = mpsc::channel();

@@ -89,12 +89,6 @@ fn open_drives(
 ) -> Result<Vec<(String, std::sync::Arc<dyn rampart_block::BlockBackend>)>> {
     let mut out = Vec::new();
     for d in &config.drives {
-        if d.interface == rampart_config::DriveInterface::Virtio {
-            bail!(
-                "-drive {}: if=virtio needs the virtio-blk device, which is not implemented yet",
-                d.node.node_name
-            );
-        }
         let disk = rampart_block::open(&d.node)
             .with_context(|| format!("block node '{}'", d.node.node_name))?;
         info!(
@@ -123,7 +117,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         None => None,
     };
     let console = open_console(&config)?;
-    let _disks = open_drives(&config)?;
+    let disks = open_drives(&config)?;
     let accel = vm::choose_accel(&config.accel)?;
     let signals = TerminationSignals::new()?;
     let _raw = match &console {
@@ -135,6 +129,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         initrd,
         console,
         signals,
+        disks,
     };
     loop {
         match vm::run(&config, accel, &mut res)? {

@@ -1,15 +1,19 @@
 //! Linux-level tests of the PCI bus and virtio devices: Debian's kernel under rampart's
-//! software CPU finds the devices through ACPI (MCFG, PNP0A08) and uses them with MSI-X.
-//! Many checks share one boot: boots under the interpreter cost about a minute each.
+//! software CPU finds the devices through ACPI (MCFG, PNP0A08), drives them with MSI-X, and
+//! reads and writes real image files. Every check shares one boot: boots under the interpreter
+//! cost about a minute each.
 
 mod common;
 
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(600);
+const MIB: usize = 1 << 20;
 
 fn guest_file(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -23,8 +27,8 @@ fn guest_file(name: &str) -> PathBuf {
     p
 }
 
-/// Boots the guest with `modules` loaded and test `test`, plus `extra` arguments.
-fn boot(test: &str, modules: &str, extra: &[&str]) -> Finished {
+/// A rampart command for the test guest with `modules` loaded and test `test`.
+fn guest_cmd(test: &str, modules: &str) -> Command {
     let mut cmd = rampart();
     cmd.args(["-accel", "tcg", "-m", "512", "-nographic"])
         .arg("-kernel")
@@ -36,9 +40,8 @@ fn boot(test: &str, modules: &str, extra: &[&str]) -> Finished {
             &format!(
                 "console=ttyS0 cryptomgr.notests rampart.modules={modules} rampart.test={test}"
             ),
-        ])
-        .args(extra);
-    run_to_end(cmd, LIMIT)
+        ]);
+    cmd
 }
 
 /// The lines of test `name` between the init's markers; the test must end with status 0.
@@ -57,14 +60,105 @@ fn test_output(r: &Finished, name: &str) -> String {
     rest.to_string()
 }
 
+/// The value of `key=` on its own line of `out`.
+fn value<'a>(out: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}=");
+    out.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key}= in the guest output:\n{out}"))
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `text` repeated to exactly `len` bytes.
+fn repeat(text: &str, len: usize) -> Vec<u8> {
+    text.bytes().cycle().take(len).collect()
+}
+
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
 #[test]
-fn linux_finds_virtio_pci_devices_through_ecam_and_uses_msix() {
-    // Act
-    let r = boot("virtio", "virtio_rng", &["-device", "virtio-rng-pci"]);
-    // Assert
+fn linux_uses_virtio_blk_and_rng_over_pci() {
+    // Arrange: a sparse 64 MiB read-write disk with 8 MiB of data at 16 MiB, a 1 MiB read-only
+    // disk, a 4 MiB disk of host-made data.
+    let dir = Scratch::new("linux-virtio");
+    let rw = dir.path("rw.img");
+    {
+        let f = std::fs::File::create(&rw).unwrap();
+        f.set_len(64 * MIB as u64).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&vec![0x55; 8 * MIB], 16 * MIB as u64)
+            .unwrap();
+        f.sync_all().unwrap();
+    }
+    let allocated_before = allocated(&rw);
+    let ro_bytes: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
+    let ro = dir.file("ro.img", &ro_bytes);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data_bytes: Vec<u8> = (0..4 * MIB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let data = dir.file("data.img", &data_bytes);
+    let mut cmd = guest_cmd("virtio", "virtio_blk,virtio_rng");
+    cmd.arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,cache=none,discard=unmap",
+            rw.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=none,id=d1,readonly=on",
+            ro.display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=d1,serial=RO1"])
+        .arg("-blockdev")
+        .arg(format!(
+            "driver=file,filename={},node-name=n0",
+            data.display()
+        ))
+        .args([
+            "-device",
+            "virtio-blk-pci,drive=n0",
+            "-device",
+            "virtio-rng-pci",
+        ]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+
+    // Act: boot; meanwhile a second rampart asks for the same read-write image.
+    let child = cmd.spawn().expect("spawn rampart");
+    std::thread::sleep(Duration::from_secs(3));
+    let mut second = guest_cmd("hello", "");
+    second
+        .arg("-S")
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", rw.display()));
+    let second = run_to_end(second, Duration::from_secs(60));
+    let r = wait_with_limit(child, LIMIT);
+
+    // Assert: the second instance was refused by the image lock.
+    assert_ne!(second.code, Some(0), "{second:?}");
+    assert!(second.stderr.contains("lock"), "{second:?}");
     assert_eq!(r.code, Some(0), "{r:?}");
     let out = test_output(&r, "virtio");
-    // PCI: ECAM from the MCFG table, reserved; the device in slot 1 with its 64-bit BAR.
+    // PCI: ECAM from the MCFG table, the host bridge and the devices in slot order.
     assert!(
         out.contains("MMCONFIG at [mem 0xe0000000-0xefffffff] reserved"),
         "{out}"
@@ -74,19 +168,69 @@ fn linux_finds_virtio_pci_devices_through_ecam_and_uses_msix() {
         "{out}"
     );
     assert!(
-        out.contains("pci 0000:00:01.0 0x1af4 0x1044 0x00ff00"),
+        out.contains("pci 0000:00:01.0 0x1af4 0x1042 0x010000"),
         "{out}"
     );
-    // MSI-X vectors (PCI-MSIX edge interrupts named after the queues).
-    assert!(out.contains("virtio0-input"), "{out}");
+    assert!(
+        out.contains("pci 0000:00:04.0 0x1af4 0x1044 0x00ff00"),
+        "{out}"
+    );
+    // MSI-X vectors (edge interrupts named after the queues).
+    assert!(out.contains("virtio0-config"), "{out}");
+    // Disks as the guest sees them: sizes, read-only flag, serial, discard support.
+    assert!(
+        out.contains("blk vda sectors=131072 ro=0 serial= discard_max="),
+        "{out}"
+    );
+    assert!(
+        out.contains("blk vdb sectors=2048 ro=1 serial=RO1 "),
+        "{out}"
+    );
+    assert!(
+        out.contains("blk vdc sectors=8192 ro=0 serial= discard_max=0"),
+        "{out}"
+    );
+    // vda: the guest's writes are in the image, byte for byte.
+    for key in [
+        "vda_direct_write",
+        "vda_odd_write",
+        "vda_byte_write",
+        "vda_readback",
+        "vda_discard",
+    ] {
+        assert_eq!(value(&out, key), "ok", "{out}");
+    }
+    let image = std::fs::read(&rw).unwrap();
+    assert_eq!(
+        image[MIB..2 * MIB],
+        repeat("rampart-pattern\n", MIB)[..],
+        "1 MiB O_DIRECT write"
+    );
+    assert_eq!(
+        image[7 * 512..10 * 512],
+        repeat("0123456789abcde\n", 1536)[..],
+        "3-sector O_DIRECT write"
+    );
+    assert_eq!(&image[3 * MIB + 5..3 * MIB + 15], b"tail-bytes");
+    // Discard punched a hole where the 8 MiB of data were.
+    let allocated_after = allocated(&rw);
+    assert!(
+        allocated_after + 7 * MIB as u64 <= allocated_before + 2 * MIB as u64,
+        "allocated {allocated_before} -> {allocated_after}"
+    );
+    assert!(image[16 * MIB..24 * MIB].iter().all(|&b| b == 0));
+    // vdb: read-only, readable, unchanged.
+    assert_eq!(value(&out, "vdb_write"), "refused", "{out}");
+    assert_eq!(value(&out, "vdb_sha256"), sha256(&ro), "{out}");
+    assert_eq!(std::fs::read(&ro).unwrap(), ro_bytes);
+    // vdc: the host's data reaches the guest intact, with and without O_DIRECT.
+    let want = sha256(&data);
+    assert_eq!(value(&out, "vdc_sha256_direct"), want, "{out}");
+    assert_eq!(value(&out, "vdc_sha256"), want, "{out}");
     // virtio-rng: the kernel's hwrng is ours and gives random bytes.
-    assert!(out.contains("hwrng_current=virtio_rng.0"), "{out}");
-    assert!(out.contains("hwrng_bytes=4096"), "{out}");
-    let distinct: u32 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("hwrng_distinct="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    assert_eq!(value(&out, "hwrng_current"), "virtio_rng.0", "{out}");
+    assert_eq!(value(&out, "hwrng_bytes"), "4096", "{out}");
+    let distinct: u32 = value(&out, "hwrng_distinct").parse().unwrap_or(0);
     assert!(
         distinct > 20,
         "64 random bytes should not repeat much: {out}"

@@ -8,6 +8,7 @@
 //! transport only signals an eventfd per queue (written by the notify MMIO handler under
 //! `tcg`, or by KVM itself through an ioeventfd), and the device's I/O thread does the work.
 
+pub mod block;
 pub mod pci;
 pub mod rng;
 pub mod worker;

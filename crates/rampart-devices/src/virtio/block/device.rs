@@ -1,0 +1,98 @@
+//! The virtio-blk device model: features and configuration space from the back end's size,
+//! read-only flag and discard support; one request queue served by [`BlockRequests`].
+
+use std::sync::Arc;
+
+use rampart_block::BlockBackend;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+use super::handler::{BlockRequests, MAX_REQUEST_BYTES, MAX_SEGMENTS, SECTOR_SIZE};
+use crate::virtio::{read_config_bytes, QueueError, VirtioDevice};
+
+/// PCI class: mass storage, SCSI (what QEMU's virtio-blk-pci reports).
+pub const PCI_CLASS: u32 = 0x01_00_00;
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+/// Largest segment the driver may use, and how many per request: together they bound one
+/// request by [`MAX_REQUEST_BYTES`].
+const SIZE_MAX: u32 = 64 * 1024;
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+const _: () = assert!(SIZE_MAX as usize * SEG_MAX as usize <= MAX_REQUEST_BYTES);
+/// Discard/write-zeroes limits: 1 GiB per segment, 4 KiB granularity.
+const MAX_DISCARD_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
+const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
+/// Size of the configuration space we expose (up to write_zeroes_may_unmap and padding).
+const CONFIG_LEN: usize = 0x3c;
+
+/// A virtio block device.
+pub struct Block {
+    requests: BlockRequests,
+    features: u64,
+    config: [u8; CONFIG_LEN],
+}
+
+impl Block {
+    /// A disk serving `disk`; `serial` is what GET_ID answers (truncated to 20 bytes).
+    pub fn new(disk: Arc<dyn BlockBackend>, serial: &str) -> Self {
+        let mut features = 1u64 << VIRTIO_BLK_F_SIZE_MAX
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_FLUSH;
+        if disk.read_only() {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        let discard = disk.supports_discard() && !disk.read_only();
+        if discard {
+            features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        let mut c = [0u8; CONFIG_LEN];
+        let mut put = |off: usize, v: &[u8]| c[off..off + v.len()].copy_from_slice(v);
+        put(0x00, &(disk.size() / SECTOR_SIZE).to_le_bytes());
+        put(0x08, &SIZE_MAX.to_le_bytes());
+        put(0x0c, &SEG_MAX.to_le_bytes());
+        put(0x14, &(SECTOR_SIZE as u32).to_le_bytes());
+        put(0x22, &1u16.to_le_bytes()); // num_queues
+        if discard {
+            put(0x24, &MAX_DISCARD_SECTORS.to_le_bytes());
+            put(0x28, &(MAX_SEGMENTS as u32).to_le_bytes());
+            put(0x2c, &DISCARD_ALIGNMENT_SECTORS.to_le_bytes());
+            put(0x30, &MAX_DISCARD_SECTORS.to_le_bytes());
+            put(0x34, &(MAX_SEGMENTS as u32).to_le_bytes());
+            put(0x38, &[1]); // write_zeroes_may_unmap
+        }
+        Block {
+            requests: BlockRequests::new(disk, serial),
+            features,
+            config: c,
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_id(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+    fn features(&self) -> u64 {
+        self.features
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        self.requests.process(queue, mem)
+    }
+}

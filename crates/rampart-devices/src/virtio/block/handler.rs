@@ -1,0 +1,231 @@
+//! The virtio-blk request queue: each available chain is one request — a 16-byte
+//! device-readable header (type, reserved, sector), data, and a device-writable status byte
+//! last. Requests go to a [`BlockBackend`]; the device never knows the image format.
+//!
+//! Every request is checked before any I/O: the header must be readable, the status byte
+//! writable, sectors and lengths inside the disk (no overflow), data no larger than
+//! [`MAX_REQUEST_BYTES`], discard/write-zeroes segments at most [`MAX_SEGMENTS`]. A malformed
+//! request is answered with VIRTIO_BLK_S_IOERR (or UNSUPP) when it has a status byte, and
+//! returned used with length 0 when it has none; it never stops the device.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use rampart_block::BlockBackend;
+use tracing::debug;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES,
+};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+
+use crate::virtio::QueueError;
+
+/// Bytes per virtio-blk sector (fixed by the specification, whatever the block size).
+pub const SECTOR_SIZE: u64 = 512;
+/// Largest data transfer of one request (reads and writes): 16 MiB. The driver may send at most
+/// `seg_max` segments of `size_max` bytes (and Linux usually sends 1 MiB or less).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Most discard/write-zeroes segments in one request (advertised as max_discard_seg).
+pub const MAX_SEGMENTS: usize = 32;
+/// Length of the ID string GET_ID returns.
+pub const ID_BYTES: usize = 20;
+/// Bytes of a discard/write-zeroes segment.
+const SEGMENT_BYTES: usize = 16;
+/// Write-zeroes segment flag: the device may unmap (punch a hole).
+const WRITE_ZEROES_UNMAP: u32 = 1;
+
+/// What the queue handler needs to serve requests.
+pub struct BlockRequests {
+    pub disk: Arc<dyn BlockBackend>,
+    pub serial: [u8; ID_BYTES],
+    /// Scratch buffer reused across requests (at most [`MAX_REQUEST_BYTES`]).
+    buf: Vec<u8>,
+}
+
+/// Why a request failed; becomes its status byte.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    IoErr,
+    Unsupported,
+}
+
+impl BlockRequests {
+    pub fn new(disk: Arc<dyn BlockBackend>, serial: &str) -> Self {
+        let mut s = [0u8; ID_BYTES];
+        let n = serial.len().min(ID_BYTES);
+        s[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        BlockRequests {
+            disk,
+            serial: s,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Serves every available request on `queue`; returns whether any was completed.
+    pub fn process(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        let mut used = false;
+        while let Some(chain) = queue.iter(mem)?.next() {
+            let head = chain.head_index();
+            let len = match (
+                Reader::<()>::new(mem, chain.clone()),
+                Writer::<()>::new(mem, chain),
+            ) {
+                (Ok(r), Ok(w)) => self.request(r, w),
+                (Err(e), _) | (_, Err(e)) => {
+                    debug!("virtio-blk: request with unusable buffers: {e}");
+                    0
+                }
+            };
+            queue
+                .add_used(mem, head, len)
+                .map_err(|e| QueueError::Used(e.to_string()))?;
+            used = true;
+        }
+        Ok(used)
+    }
+
+    /// Serves one request; returns the number of bytes written into the guest's buffers.
+    fn request(&mut self, mut reader: Reader<'_>, mut writer: Writer<'_>) -> u32 {
+        let writable = writer.available_bytes();
+        if writable == 0 {
+            debug!("virtio-blk: request without a status byte dropped");
+            return 0;
+        }
+        let Ok(mut status) = writer.split_at(writable - 1) else {
+            return 0;
+        };
+        let mut header = [0u8; 16];
+        let result = if reader.read_exact(&mut header).is_err() {
+            debug!("virtio-blk: request header missing or not device-readable");
+            Err(Failure::IoErr)
+        } else {
+            let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+            let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or([0; 8]));
+            self.execute(kind, sector, &mut reader, &mut writer)
+        };
+        let code = match result {
+            Ok(_) => VIRTIO_BLK_S_OK,
+            Err(Failure::IoErr) => VIRTIO_BLK_S_IOERR,
+            Err(Failure::Unsupported) => VIRTIO_BLK_S_UNSUPP,
+        };
+        if status.write_all(&[code as u8]).is_err() {
+            return 0;
+        }
+        let data = result.unwrap_or(0);
+        u32::try_from(data + 1).unwrap_or(u32::MAX)
+    }
+
+    /// The byte range `[sector * 512, + len)` if it lies inside the disk.
+    fn range(&self, sector: u64, len: u64) -> Result<u64, Failure> {
+        let offset = sector.checked_mul(SECTOR_SIZE).ok_or(Failure::IoErr)?;
+        let end = offset.checked_add(len).ok_or(Failure::IoErr)?;
+        if end > self.disk.size() {
+            debug!(sector, len, "virtio-blk: request past the end of the disk");
+            return Err(Failure::IoErr);
+        }
+        Ok(offset)
+    }
+
+    /// Executes a request; returns the data bytes written into guest memory.
+    fn execute(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        reader: &mut Reader<'_>,
+        writer: &mut Writer<'_>,
+    ) -> Result<usize, Failure> {
+        let io = |e: rampart_block::BlockError| {
+            debug!("virtio-blk: back end error: {e}");
+            Failure::IoErr
+        };
+        match kind {
+            VIRTIO_BLK_T_IN => {
+                let len = writer.available_bytes();
+                if len > MAX_REQUEST_BYTES || !(len as u64).is_multiple_of(SECTOR_SIZE) {
+                    return Err(Failure::IoErr);
+                }
+                let offset = self.range(sector, len as u64)?;
+                self.buf.resize(len, 0);
+                self.disk.read_at(offset, &mut self.buf).map_err(io)?;
+                writer.write_all(&self.buf).map_err(|_| Failure::IoErr)?;
+                Ok(len)
+            }
+            VIRTIO_BLK_T_OUT => {
+                if self.disk.read_only() {
+                    return Err(Failure::IoErr);
+                }
+                let len = reader.available_bytes();
+                if len > MAX_REQUEST_BYTES || !(len as u64).is_multiple_of(SECTOR_SIZE) {
+                    return Err(Failure::IoErr);
+                }
+                let offset = self.range(sector, len as u64)?;
+                self.buf.resize(len, 0);
+                reader
+                    .read_exact(&mut self.buf)
+                    .map_err(|_| Failure::IoErr)?;
+                self.disk.write_at(offset, &self.buf).map_err(io)?;
+                Ok(0)
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                self.disk.flush().map_err(io)?;
+                Ok(0)
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                let n = writer.available_bytes().min(ID_BYTES);
+                writer
+                    .write_all(&self.serial[..n])
+                    .map_err(|_| Failure::IoErr)?;
+                Ok(n)
+            }
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                if !self.disk.supports_discard() {
+                    return Err(Failure::Unsupported);
+                }
+                if self.disk.read_only() {
+                    return Err(Failure::IoErr);
+                }
+                let len = reader.available_bytes();
+                if len == 0
+                    || !len.is_multiple_of(SEGMENT_BYTES)
+                    || len / SEGMENT_BYTES > MAX_SEGMENTS
+                {
+                    return Err(Failure::IoErr);
+                }
+                for _ in 0..len / SEGMENT_BYTES {
+                    let mut seg = [0u8; SEGMENT_BYTES];
+                    reader.read_exact(&mut seg).map_err(|_| Failure::IoErr)?;
+                    let start = u64::from_le_bytes(seg[0..8].try_into().unwrap_or([0; 8]));
+                    let count = u32::from_le_bytes(seg[8..12].try_into().unwrap_or([0; 4]));
+                    let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or([0; 4]));
+                    let bytes = u64::from(count) * SECTOR_SIZE;
+                    let offset = self.range(start, bytes)?;
+                    if kind == VIRTIO_BLK_T_DISCARD {
+                        if flags != 0 {
+                            return Err(Failure::Unsupported);
+                        }
+                        self.disk.discard(offset, bytes).map_err(io)?;
+                    } else {
+                        if flags & !WRITE_ZEROES_UNMAP != 0 {
+                            return Err(Failure::Unsupported);
+                        }
+                        let unmap = flags & WRITE_ZEROES_UNMAP != 0;
+                        self.disk.write_zeroes(offset, bytes, unmap).map_err(io)?;
+                    }
+                }
+                Ok(0)
+            }
+            _ => Err(Failure::Unsupported),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "handler_tests.rs"]
+mod tests;

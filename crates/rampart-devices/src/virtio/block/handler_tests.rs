@@ -1,0 +1,425 @@
+//! The virtio-blk queue against crafted guest memory: well-formed requests, and every hostile
+//! shape of chain a guest can build.
+
+use std::sync::Mutex;
+
+use rampart_block::BlockError;
+use virtio_bindings::bindings::virtio_ring::{
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use super::*;
+
+/// An in-memory disk that records what was asked of it.
+struct MemDisk {
+    data: Mutex<Vec<u8>>,
+    read_only: bool,
+    discard: bool,
+    log: Mutex<Vec<String>>,
+}
+
+impl MemDisk {
+    fn new(size: usize, read_only: bool, discard: bool) -> Arc<MemDisk> {
+        let data = (0..size).map(|i| (i / 512) as u8).collect();
+        Arc::new(MemDisk {
+            data: Mutex::new(data),
+            read_only,
+            discard,
+            log: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(usize, usize), BlockError> {
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok((offset as usize, end as usize)),
+            _ => Err(BlockError::OutOfRange { offset, len, size }),
+        }
+    }
+}
+
+impl BlockBackend for MemDisk {
+    fn size(&self) -> u64 {
+        self.data.lock().unwrap().len() as u64
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        let (a, b) = self.check(offset, buf.len() as u64)?;
+        buf.copy_from_slice(&self.data.lock().unwrap()[a..b]);
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let (a, b) = self.check(offset, buf.len() as u64)?;
+        self.data.lock().unwrap()[a..b].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), BlockError> {
+        self.log.lock().unwrap().push("flush".into());
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.check(offset, len)?;
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("discard {offset} {len}"));
+        Ok(())
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<(), BlockError> {
+        let (a, b) = self.check(offset, len)?;
+        self.data.lock().unwrap()[a..b].fill(0);
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("zeroes {offset} {len} {may_unmap}"));
+        Ok(())
+    }
+    fn supports_discard(&self) -> bool {
+        self.discard
+    }
+}
+
+const RAM: u64 = 0x40_0000;
+const HDR: u64 = 0x10_0000;
+const DATA: u64 = 0x11_0000;
+const STATUS: u64 = 0x20_0000;
+
+fn mem() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap()
+}
+
+fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+    RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+}
+
+fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
+    mem.write_obj(kind, GuestAddress(HDR)).unwrap();
+    mem.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
+    mem.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
+}
+
+/// A standard three-descriptor request: header, data (`data_flags`), status.
+fn request(len: u32, data_write: bool) -> Vec<RawDescriptor> {
+    let dflag = if data_write { VRING_DESC_F_WRITE } else { 0 };
+    vec![
+        desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+        desc(DATA, len, dflag | VRING_DESC_F_NEXT, 2),
+        desc(STATUS, 1, VRING_DESC_F_WRITE, 0),
+    ]
+}
+
+struct Run {
+    used_len: u32,
+    used_idx: u16,
+    status: u8,
+}
+
+/// Offers `descs` as one chain (starting at descriptor 0) and processes the queue.
+fn run(mem: &GuestMemoryMmap, disk: Arc<MemDisk>, descs: &[RawDescriptor]) -> Run {
+    let vq = MockSplitQueue::new(mem, 16);
+    for (i, d) in descs.iter().enumerate() {
+        vq.desc_table().store(i as u16, *d).unwrap();
+    }
+    vq.avail().ring().ref_at(0).unwrap().store(0u16);
+    vq.avail().idx().store(1u16);
+    mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut reqs = BlockRequests::new(disk, "SERIAL-1");
+    reqs.process(&mut q, mem).unwrap();
+    let used = vq.used_addr();
+    Run {
+        used_idx: mem.read_obj(used.unchecked_add(2)).unwrap(),
+        used_len: mem.read_obj(used.unchecked_add(8)).unwrap(),
+        status: mem.read_obj(GuestAddress(STATUS)).unwrap(),
+    }
+}
+
+#[test]
+fn read_copies_sectors_into_guest_memory() {
+    let mem = mem();
+    let disk = MemDisk::new(64 * 512, false, false);
+    header(&mem, VIRTIO_BLK_T_IN, 3);
+    let r = run(&mem, disk, &request(1024, true));
+    assert_eq!((r.status, r.used_len, r.used_idx), (0, 1025, 1));
+    let mut b = [0u8; 2];
+    mem.read_slice(&mut b, GuestAddress(DATA + 511)).unwrap();
+    assert_eq!(b, [3, 4]);
+}
+
+#[test]
+fn write_stores_guest_data_on_the_disk() {
+    let mem = mem();
+    let disk = MemDisk::new(64 * 512, false, false);
+    header(&mem, VIRTIO_BLK_T_OUT, 2);
+    mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+    let r = run(&mem, disk.clone(), &request(512, false));
+    assert_eq!((r.status, r.used_len), (0, 1));
+    assert_eq!(disk.data.lock().unwrap()[1024..1536], [0xab; 512]);
+}
+
+#[test]
+fn write_to_read_only_disk_fails_with_ioerr_and_changes_nothing() {
+    let mem = mem();
+    let disk = MemDisk::new(64 * 512, true, false);
+    header(&mem, VIRTIO_BLK_T_OUT, 0);
+    mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+    let r = run(&mem, disk.clone(), &request(512, false));
+    assert_eq!(r.status, VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(disk.data.lock().unwrap()[0], 0);
+}
+
+#[test]
+fn get_id_returns_the_serial_padded_to_20_bytes() {
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_GET_ID, 0);
+    let r = run(&mem, MemDisk::new(512, false, false), &request(20, true));
+    assert_eq!((r.status, r.used_len), (0, 21));
+    let mut b = [0u8; 20];
+    mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+    assert_eq!(&b[..9], b"SERIAL-1\0");
+}
+
+#[test]
+fn flush_reaches_the_back_end() {
+    let mem = mem();
+    let disk = MemDisk::new(512, false, false);
+    header(&mem, VIRTIO_BLK_T_FLUSH, 0);
+    let descs = [
+        desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+        desc(STATUS, 1, VRING_DESC_F_WRITE, 0),
+    ];
+    let r = run(&mem, disk.clone(), &descs);
+    assert_eq!(r.status, 0);
+    assert_eq!(*disk.log.lock().unwrap(), vec!["flush".to_string()]);
+}
+
+fn segment(mem: &GuestMemoryMmap, at: u64, sector: u64, count: u32, flags: u32) {
+    mem.write_obj(sector, GuestAddress(at)).unwrap();
+    mem.write_obj(count, GuestAddress(at + 8)).unwrap();
+    mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+}
+
+#[test]
+fn discard_and_write_zeroes_go_to_the_back_end_when_supported() {
+    let mem = mem();
+    let disk = MemDisk::new(64 * 512, false, true);
+    header(&mem, VIRTIO_BLK_T_DISCARD, 0);
+    segment(&mem, DATA, 8, 8, 0);
+    let r = run(&mem, disk.clone(), &request(16, false));
+    assert_eq!(r.status, 0);
+    header(&mem, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    segment(&mem, DATA, 1, 1, 1);
+    let r = run(&mem, disk.clone(), &request(16, false));
+    assert_eq!(r.status, 0);
+    assert_eq!(
+        *disk.log.lock().unwrap(),
+        vec![
+            "discard 4096 4096".to_string(),
+            "zeroes 512 512 true".to_string()
+        ]
+    );
+    assert_eq!(disk.data.lock().unwrap()[512..1024], [0; 512]);
+}
+
+#[test]
+fn discard_without_support_is_unsupported() {
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_DISCARD, 0);
+    segment(&mem, DATA, 0, 1, 0);
+    let r = run(&mem, MemDisk::new(512, false, false), &request(16, false));
+    assert_eq!(r.status, VIRTIO_BLK_S_UNSUPP as u8);
+}
+
+#[test]
+fn unknown_request_type_is_unsupported() {
+    let mem = mem();
+    header(&mem, 0x7777, 0);
+    let r = run(&mem, MemDisk::new(512, false, false), &request(512, true));
+    assert_eq!(r.status, VIRTIO_BLK_S_UNSUPP as u8);
+}
+
+// --- hostile requests ---
+
+#[test]
+fn rejects_read_past_the_end_of_the_disk() {
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_IN, 63);
+    let r = run(
+        &mem,
+        MemDisk::new(64 * 512, false, false),
+        &request(1024, true),
+    );
+    assert_eq!((r.status, r.used_len), (VIRTIO_BLK_S_IOERR as u8, 1));
+}
+
+#[test]
+fn rejects_sector_whose_byte_offset_overflows() {
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_IN, u64::MAX / 256);
+    let r = run(&mem, MemDisk::new(512, false, false), &request(512, true));
+    assert_eq!(r.status, VIRTIO_BLK_S_IOERR as u8);
+}
+
+#[test]
+fn rejects_header_in_a_write_only_buffer() {
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_IN, 0);
+    let descs = [
+        desc(HDR, 16, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1),
+        desc(STATUS, 1, VRING_DESC_F_WRITE, 0),
+    ];
+    let r = run(&mem, MemDisk::new(512, false, false), &descs);
+    assert_eq!(r.status, VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(r.used_idx, 1);
+}
+
+#[test]
+fn request_without_a_status_byte_is_returned_unanswered() {
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_OUT, 0);
+    let descs = [desc(HDR, 16, 0, 0)];
+    let disk = MemDisk::new(512, false, false);
+    let r = run(&mem, disk.clone(), &descs);
+    assert_eq!((r.used_idx, r.used_len, r.status), (1, 0, 0xee));
+}
+
+#[test]
+fn rejects_descriptor_chain_past_guest_ram() {
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_IN, 0);
+    let descs = [
+        desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+        desc(RAM - 256, 512, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2),
+        desc(STATUS, 1, VRING_DESC_F_WRITE, 0),
+    ];
+    let r = run(&mem, MemDisk::new(4096, false, false), &descs);
+    assert_eq!((r.used_idx, r.used_len, r.status), (1, 0, 0xee));
+}
+
+#[test]
+fn rejects_absurd_descriptor_lengths() {
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_IN, 0);
+    let descs = [
+        desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+        desc(DATA, u32::MAX, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2),
+        desc(STATUS, 1, VRING_DESC_F_WRITE, 0),
+    ];
+    let r = run(&mem, MemDisk::new(4096, false, false), &descs);
+    assert_eq!((r.used_idx, r.used_len), (1, 0));
+}
+
+#[test]
+fn rejects_transfer_larger_than_the_request_cap() {
+    // Many descriptors together exceed 16 MiB (each within RAM, all overlapping).
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x200_0000)]).unwrap();
+    header(&mem, VIRTIO_BLK_T_IN, 0);
+    let mut descs = vec![desc(HDR, 16, VRING_DESC_F_NEXT, 1)];
+    for i in 1..10 {
+        descs.push(desc(
+            0x40_0000,
+            0x100_0000 / 8,
+            VRING_DESC_F_WRITE | VRING_DESC_F_NEXT,
+            i + 1,
+        ));
+    }
+    descs.push(desc(STATUS, 1, VRING_DESC_F_WRITE, 0));
+    let r = run(&mem, MemDisk::new(64 << 20, false, false), &descs);
+    assert_eq!(r.status, VIRTIO_BLK_S_IOERR as u8);
+}
+
+#[test]
+fn looping_chain_is_cut_at_the_queue_size() {
+    // Descriptor 1 points at itself: iteration stops after queue-size descriptors, and the
+    // request (no writable status at the end) is returned unanswered.
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_OUT, 0);
+    let descs = [
+        desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+        desc(DATA, 512, VRING_DESC_F_NEXT, 1),
+    ];
+    let disk = MemDisk::new(64 * 512, false, false);
+    let r = run(&mem, disk.clone(), &descs);
+    assert_eq!((r.used_idx, r.used_len), (1, 0));
+    assert_eq!(disk.data.lock().unwrap()[0], 0, "nothing written");
+}
+
+#[test]
+fn chain_longer_than_the_queue_is_cut() {
+    // 16 descriptors, each pointing to the next, the last one pointing past the table.
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_IN, 0);
+    let mut descs = vec![desc(HDR, 16, VRING_DESC_F_NEXT, 1)];
+    for i in 1..16u16 {
+        descs.push(desc(
+            DATA,
+            512,
+            VRING_DESC_F_WRITE | VRING_DESC_F_NEXT,
+            i + 1,
+        ));
+    }
+    let r = run(&mem, MemDisk::new(64 * 512, false, false), &descs);
+    assert_eq!(r.used_idx, 1);
+}
+
+#[test]
+fn nested_indirect_table_is_refused() {
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_IN, 0);
+    // An indirect table whose entry is itself indirect.
+    let table = 0x30_0000u64;
+    mem.write_obj(
+        desc(table, 16, VRING_DESC_F_INDIRECT, 0),
+        GuestAddress(table),
+    )
+    .unwrap();
+    let descs = [desc(table, 16, VRING_DESC_F_INDIRECT, 0)];
+    let r = run(&mem, MemDisk::new(512, false, false), &descs);
+    assert_eq!((r.used_idx, r.used_len), (1, 0));
+}
+
+#[test]
+fn indirect_descriptors_carry_a_normal_request() {
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_IN, 1);
+    let table = 0x30_0000u64;
+    for (i, d) in request(512, true).iter().enumerate() {
+        mem.write_obj(*d, GuestAddress(table + 16 * i as u64))
+            .unwrap();
+    }
+    let descs = [desc(table, 48, VRING_DESC_F_INDIRECT, 0)];
+    let r = run(&mem, MemDisk::new(4096, false, false), &descs);
+    assert_eq!((r.status, r.used_len), (0, 513));
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 1);
+}
+
+#[test]
+fn status_byte_overlapping_the_used_ring_does_not_break_the_queue() {
+    // The guest points the status byte into the queue's own used ring: the device writes it,
+    // then its used-ring update overwrites it; rampart carries on.
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_FLUSH, 0);
+    let vq = MockSplitQueue::new(&mem, 16);
+    let used = vq.used_addr().0;
+    let descs = [
+        desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+        desc(used + 4, 1, VRING_DESC_F_WRITE, 0),
+    ];
+    for (i, d) in descs.iter().enumerate() {
+        vq.desc_table().store(i as u16, *d).unwrap();
+    }
+    vq.avail().ring().ref_at(0).unwrap().store(0u16);
+    vq.avail().idx().store(1u16);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut reqs = BlockRequests::new(MemDisk::new(512, false, false), "");
+    assert!(reqs.process(&mut q, &mem).unwrap());
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 1);
+}
