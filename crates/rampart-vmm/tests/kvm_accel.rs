@@ -113,3 +113,41 @@ fn executing_from_mmio_is_reported_as_a_failure_with_registers() {
         other => panic!("expected a guest failure, got {other:?}"),
     }
 }
+
+#[test]
+fn notify_writes_go_to_the_ioeventfd_and_msi_routes_are_accepted() {
+    use rampart_devices::pci::{MsiController, MsiMessage};
+    use rampart_devices::virtio::pci::NotifyRegistrar;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    // mov ebx,0xd0000000; mov word [rbx],0; mov dword [rbx+4],0x12345678; ud2
+    let code = [
+        0xbb, 0x00, 0x00, 0x00, 0xd0, 0x66, 0xc7, 0x03, 0x00, 0x00, 0xc7, 0x43, 0x04, 0x78, 0x56,
+        0x34, 0x12, 0x0f, 0x0b,
+    ];
+    let (_mem, mut vcpu, _kvm, vm) = guest(&code);
+    let msi = vm.msi();
+    let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+    NotifyRegistrar::register(msi.as_ref(), 0xd000_0000, &notify).unwrap();
+    // Two vectors: routing them (and unrouting one) rebuilds the whole GSI table.
+    let vectors = msi.vectors(2).unwrap();
+    let msg = MsiMessage {
+        address: 0xfee0_0000,
+        data: 0x41,
+    };
+    vectors[0].configure(Some(msg)).unwrap();
+    vectors[1].configure(Some(msg)).unwrap();
+    vectors[1].configure(None).unwrap();
+    vectors[0].trigger(msg).unwrap();
+    let io = Recorder::default();
+    // Act
+    let ev = vcpu.run(&io).unwrap();
+    // Assert: the notify write never left the kernel; the other write did.
+    assert_eq!(ev, VcpuEvent::Reset);
+    assert_eq!(
+        *io.log.lock().unwrap(),
+        vec!["mmio-write 0xd0000004 [78, 56, 34, 12]".to_string()]
+    );
+    assert_eq!(notify.read().unwrap(), 1);
+    NotifyRegistrar::unregister(msi.as_ref(), 0xd000_0000, &notify).unwrap();
+}
