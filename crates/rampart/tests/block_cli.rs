@@ -93,3 +93,29 @@ fn writable_drive_without_format_is_refused_before_anything_opens() {
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stderr.contains("never probes"), "{r:?}");
 }
+
+#[test]
+fn bad_qcow2_image_is_refused_at_start_naming_the_file_and_the_fault() {
+    let dir = Scratch::new("blockbadqcow2");
+    let kernel = test_guest(&dir, Program::Hello).display().to_string();
+    // A qcow2 magic and version, then nothing: a truncated header.
+    let mut bytes = b"QFI\xfb\x00\x00\x00\x03".to_vec();
+    bytes.resize(40, 0);
+    let image = dir.file("bad.qcow2", &bytes);
+    let mut cmd = rampart();
+    cmd.args(["-accel", "tcg", "-S", "-nodefaults", "-kernel", &kernel])
+        .args([
+            "-blockdev",
+            &format!(
+                "driver=qcow2,node-name=q0,read-only=on,file.driver=file,file.filename={}",
+                image.display()
+            ),
+        ]);
+
+    let r = run_to_end(cmd, LIMIT);
+
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("bad.qcow2"), "{r:?}");
+    assert!(r.stderr.contains("truncated header"), "{r:?}");
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+}
