@@ -1,0 +1,183 @@
+//! One Linux boot on qcow2 disks: Debian's kernel, under rampart's software CPU, writes through
+//! virtio-blk into a qcow2 overlay whose backing file is another qcow2 image, and reads a
+//! compressed qcow2 image; afterwards `qemu-img check` finds no errors and `qemu-img compare`
+//! finds exactly the expected bytes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(600);
+const MIB: usize = 1 << 20;
+
+fn guest_file(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../guest")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask guest` first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+fn qemu_img(args: &[&str]) -> std::process::Output {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img is installed (apt-get install qemu-utils)");
+    assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn sha256(bytes: &[u8], dir: &Scratch) -> String {
+    let p = dir.file("sha-input", bytes);
+    let out = Command::new("sha256sum")
+        .arg(&p)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn repeat(text: &str, len: usize) -> Vec<u8> {
+    text.bytes().cycle().take(len).collect()
+}
+
+fn value<'a>(out: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}=");
+    out.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key}= in the guest output:\n{out}"))
+}
+
+#[test]
+fn linux_writes_a_qcow2_overlay_and_reads_a_compressed_image() {
+    // Arrange: a 64 MiB qcow2 base (made from host data), an overlay naming it by a relative
+    // path, and a compressed qcow2 image.
+    let dir = Scratch::new("linux-qcow2");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut base: Vec<u8> = (0..64 * MIB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    base[48 * MIB..].fill(0);
+    let base_raw = dir.file("base.raw", &base);
+    qemu_img(&[
+        "convert",
+        "-O",
+        "qcow2",
+        s(&base_raw),
+        s(&dir.path("base.qcow2")),
+    ]);
+    let overlay = dir.path("overlay.qcow2");
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        s(&overlay),
+    ]);
+    let text: Vec<u8> = (0..4 * MIB).map(|i| b"compressible "[i % 13]).collect();
+    let text_raw = dir.file("text.raw", &text);
+    let compressed = dir.path("text.qcow2");
+    qemu_img(&["convert", "-c", "-O", "qcow2", s(&text_raw), s(&compressed)]);
+    let mut cmd = rampart();
+    cmd.args(["-accel", "tcg", "-m", "512", "-nographic"])
+        .arg("-kernel")
+        .arg(guest_file("vmlinuz"))
+        .arg("-initrd")
+        .arg(guest_file("initrd.img"))
+        .args([
+            "-append",
+            "console=ttyS0 cryptomgr.notests rampart.modules=virtio_blk rampart.test=qcow2",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=qcow2,if=virtio,cache=none",
+            overlay.display()
+        ))
+        .arg("-blockdev")
+        .arg(format!(
+            "driver=qcow2,node-name=c0,read-only=on,file.driver=file,file.filename={}",
+            compressed.display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=c0"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+
+    // Act
+    let r = wait_with_limit(cmd.spawn().expect("spawn rampart"), LIMIT);
+
+    // Assert: the guest saw the backing data and the compressed image's bytes.
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let start = r
+        .stdout
+        .find("rampart-test: begin qcow2")
+        .unwrap_or_else(|| panic!("the qcow2 test did not start: {r:?}"));
+    let out = &r.stdout[start..];
+    assert!(out.contains("rampart-test: end qcow2 status=0"), "{r:?}");
+    assert!(out.contains("blk vda sectors=131072 ro=0"), "{out}");
+    assert!(out.contains("blk vdb sectors=8192 ro=1"), "{out}");
+    assert_eq!(
+        value(out, "vda_base_sha256"),
+        sha256(&base[..4 * MIB], &dir),
+        "{out}"
+    );
+    for k in [
+        "vda_direct_write",
+        "vda_odd_write",
+        "vda_cached_write",
+        "vda_readback",
+    ] {
+        assert_eq!(value(out, k), "ok", "{out}");
+    }
+    assert_eq!(value(out, "vdb_sha256"), sha256(&text, &dir), "{out}");
+    // The overlay is consistent and holds exactly base + the guest's writes.
+    let p1 = repeat("rampart-qcow2\n", MIB);
+    base[MIB..2 * MIB].copy_from_slice(&p1);
+    base[7 * 512..10 * 512].copy_from_slice(&repeat("0123456789abcde\n", 1536));
+    let at = (40 * 256 + 3) * 4096;
+    base[at..at + 5 * 4096].copy_from_slice(&p1[..5 * 4096]);
+    let expected = dir.file("expected.raw", &base);
+    let check = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2", s(&overlay)])
+        .output()
+        .unwrap();
+    assert!(
+        matches!(check.status.code(), Some(0) | Some(3)),
+        "qemu-img check: {check:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&check.stdout).contains("ERROR"),
+        "{check:?}"
+    );
+    qemu_img(&[
+        "compare",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        s(&overlay),
+        s(&expected),
+    ]);
+}
