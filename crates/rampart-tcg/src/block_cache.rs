@@ -2,7 +2,8 @@
 //! once per block instead of once per instruction.
 //!
 //! A block is a run of instructions decoded from one guest-physical page, ending after the
-//! first instruction that may transfer control (`FlowControl` other than `Next`), before an
+//! first instruction that may transfer control other than a conditional branch (a taken one
+//! leaves the block at run time), before an
 //! instruction that would cross the page (or the block's byte budget), or at
 //! [`MAX_INSNS`] instructions. It is keyed by its linear start address (the decode depends on
 //! the IP for RIP-relative operands and branch targets) and holds the exact bytes it was
@@ -19,7 +20,7 @@
 //! next instruction, as on hardware); stores of other vCPUs take effect at the next block
 //! entry, which hardware also allows for cross-modifying code without serialisation.
 
-use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction};
+use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, Mnemonic};
 
 use crate::memory::GuestMemory;
 
@@ -30,6 +31,15 @@ pub(crate) const MAX_INSNS: usize = 32;
 /// Most code bytes in one block (also the fetch window when a block is built).
 pub(crate) const MAX_BYTES: usize = 256;
 
+/// One decoded instruction of a block, with what the dispatcher needs looked up once.
+#[derive(Clone, Copy)]
+pub(crate) struct Op {
+    pub(crate) instr: Instruction,
+    pub(crate) mnemonic: Mnemonic,
+    /// Atomic on its memory operand (`lock` prefix, or XCHG with memory).
+    pub(crate) locked: bool,
+}
+
 /// One decoded block.
 #[derive(Default)]
 pub(crate) struct Block {
@@ -38,7 +48,7 @@ pub(crate) struct Block {
     /// The code bytes the instructions were decoded from.
     bytes: Vec<u8>,
     /// The decoded instructions, in order.
-    instrs: Vec<Instruction>,
+    instrs: Vec<Op>,
 }
 
 /// Direct-mapped cache of decoded 64-bit blocks.
@@ -91,8 +101,17 @@ impl BlockCache {
                 break;
             }
             used += instr.len();
-            b.instrs.push(instr);
-            if instr.flow_control() != FlowControl::Next {
+            b.instrs.push(Op {
+                instr,
+                mnemonic: instr.mnemonic(),
+                locked: crate::exec::is_locked(&instr),
+            });
+            // A conditional branch does not end the block: when taken, the run loop leaves
+            // the block there (RIP is not the next instruction's).
+            if !matches!(
+                instr.flow_control(),
+                FlowControl::Next | FlowControl::ConditionalBranch
+            ) {
                 break;
             }
         }
@@ -111,12 +130,12 @@ impl BlockCache {
 
     /// Move the instructions of the block in slot `i` out to run them (the slot reads as
     /// empty until [`BlockCache::put_instrs`] returns them).
-    pub(crate) fn take_instrs(&mut self, i: usize) -> Vec<Instruction> {
+    pub(crate) fn take_instrs(&mut self, i: usize) -> Vec<Op> {
         std::mem::take(&mut self.slots[i].instrs)
     }
 
     /// Give back what [`BlockCache::take_instrs`] took.
-    pub(crate) fn put_instrs(&mut self, i: usize, instrs: Vec<Instruction>) {
+    pub(crate) fn put_instrs(&mut self, i: usize, instrs: Vec<Op>) {
         self.slots[i].instrs = instrs;
     }
 }
@@ -134,6 +153,15 @@ mod tests {
         let i = c.build(0x1000, &code).unwrap();
         assert_eq!(c.block(i).instrs.len(), 3);
         assert_eq!(c.block(i).bytes, &code[..9]);
+    }
+
+    #[test]
+    fn block_continues_past_a_conditional_branch() {
+        // cmp eax,1; je +2; inc eax; ret
+        let code = [0x83, 0xf8, 1, 0x74, 2, 0xff, 0xc0, 0xc3];
+        let mut c = BlockCache::default();
+        let i = c.build(0x1000, &code).unwrap();
+        assert_eq!(c.block(i).instrs.len(), 4);
     }
 
     #[test]

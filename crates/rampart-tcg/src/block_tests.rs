@@ -107,3 +107,15 @@ fn fault_in_the_middle_of_a_block_leaves_rip_at_the_faulting_instruction() {
     assert_eq!(t.cpu.gpr[3], 0);
     assert!(t.exception.is_some());
 }
+
+#[test]
+fn taken_conditional_branch_leaves_the_block() {
+    // xor eax,eax; jz +5; mov eax,1; hlt; (target:) mov eax,2; hlt
+    let mut m = Machine::new();
+    m.load_code(&[
+        0x31, 0xc0, 0x74, 0x06, 0xb8, 1, 0, 0, 0, 0xf4, 0xb8, 2, 0, 0, 0, 0xf4,
+    ]);
+    let t = m.run(100);
+    assert_eq!(t.exit, Exit::Halt);
+    assert_eq!(t.cpu.gpr[0], 2);
+}

@@ -244,7 +244,51 @@ impl Flags {
     }
 
     /// Evaluate a condition code (the low 4 bits of Jcc/SETcc/CMOVcc opcodes).
+    #[inline]
     pub fn condition(&self, cc: u8) -> bool {
+        match self.fast_condition(cc) {
+            Some(r) => r,
+            None => self.condition_from_bits(cc),
+        }
+    }
+
+    /// The common cases straight from the lazy record, without computing all six flags:
+    /// any condition after CMP/SUB (without borrow in) or a logic instruction, and ZF after
+    /// any lazy operation. `None` for the rest.
+    #[inline]
+    fn fast_condition(&self, cc: u8) -> Option<bool> {
+        let m = size_mask(self.size);
+        let sb = sign_bit(self.size);
+        let r = self.res & m;
+        let v = match (self.op, cc >> 1) {
+            (LazyOp::Materialized, _) => return None,
+            (_, 2) => r == 0,
+            (LazyOp::Sub, n) if !self.carry => {
+                let (a, b) = (self.a & m, self.b & m);
+                // Signed values: flipping the sign bit maps signed order onto unsigned order.
+                let (sa, sb_) = (a ^ sb, b ^ sb);
+                match n {
+                    1 => a < b,
+                    3 => a <= b,
+                    4 => r & sb != 0,
+                    6 => sa < sb_,
+                    7 => sa <= sb_,
+                    _ => return None,
+                }
+            }
+            (LazyOp::Logic, n) => match n {
+                0 | 1 => false,
+                3 => r == 0,
+                4 | 6 => r & sb != 0,
+                7 => r == 0 || r & sb != 0,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(v ^ (cc & 1 != 0))
+    }
+
+    fn condition_from_bits(&self, cc: u8) -> bool {
         let f = self.arith();
         let cf = f & CF != 0;
         let zf = f & ZF != 0;
@@ -268,6 +312,47 @@ impl Flags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_conditions_agree_with_the_computed_flags() {
+        let mut seed = 0x0000_c0de_5eed_u64;
+        let mut next = || {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let ops = [
+            LazyOp::Add,
+            LazyOp::Sub,
+            LazyOp::Logic,
+            LazyOp::Inc,
+            LazyOp::Dec,
+        ];
+        for n in 0..200_000u32 {
+            let op = ops[n as usize % ops.len()];
+            let size = [1u8, 2, 4, 8][(n / 5) as usize % 4];
+            let mask = size_mask(size);
+            // Small values too, so equal operands and sign boundaries come up.
+            let pick = |x: u64| if x.is_multiple_of(3) { x % 4 } else { x };
+            let (a, b) = (pick(next()) & mask, pick(next()) & mask);
+            let carry = next().is_multiple_of(4);
+            let res = match op {
+                LazyOp::Add | LazyOp::Inc => a.wrapping_add(b).wrapping_add(carry as u64),
+                LazyOp::Sub | LazyOp::Dec => a.wrapping_sub(b).wrapping_sub(carry as u64),
+                _ => a & b,
+            } & mask;
+            let mut f = Flags::default();
+            f.record(op, size, a, b, res, carry);
+            for cc in 0..16 {
+                assert_eq!(
+                    f.condition(cc),
+                    f.condition_from_bits(cc),
+                    "{op:?} size {size} a {a:#x} b {b:#x} carry {carry} cc {cc}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn add_overflow_sets_of_and_sf_not_cf() {

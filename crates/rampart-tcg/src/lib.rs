@@ -243,14 +243,15 @@ impl Cpu {
         self.code_page = pa >> 12;
         self.code_written = false;
         let mut r = Ok(());
-        for instr in &instrs {
+        for op in &instrs {
+            let instr = &op.instr;
             if *left == 0 {
                 break;
             }
             *left -= 1;
             self.interrupt_shadow = false;
             self.next_rip = instr.next_ip();
-            r = exec::execute(self, mem, instr);
+            r = exec::execute_op(self, mem, instr, op.mnemonic, op.locked);
             if r.is_err() {
                 break;
             }

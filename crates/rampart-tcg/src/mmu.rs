@@ -76,10 +76,21 @@ struct TlbEntry {
     tag: u64,
     /// Physical page base.
     ppage: u64,
-    writable: bool,
-    user: bool,
-    nx: bool,
-    dirty: bool,
+    /// The accesses this translation allows without a walk, one bit per [`access_bit`]:
+    /// the combined permissions of the walk under the CR0.WP and EFER.NXE of the fill (a
+    /// change of either flushes the TLB), writes only once the leaf is dirty.
+    allow: u8,
+}
+
+/// The bit of `a` in [`TlbEntry::allow`].
+#[inline]
+fn access_bit(a: Access) -> u8 {
+    let kind = match a.kind {
+        AccessKind::Read => 0,
+        AccessKind::Write => 2,
+        AccessKind::Fetch => 4,
+    };
+    1 << (kind + a.user as u8)
 }
 
 /// A direct-mapped software TLB of 4 KiB translations.
@@ -129,6 +140,21 @@ impl Tlb {
     }
 }
 
+/// A completed page walk, before its permission check and A/D updates.
+struct Walk<'a> {
+    /// (guest-physical address, value) of each entry read, top level first.
+    entries: &'a [(u64, u64)],
+    /// Size of an entry: 8, or 4 for 32-bit paging.
+    entry_bytes: usize,
+    /// The permissions combined over all levels.
+    writable: bool,
+    user: bool,
+    nx: bool,
+    /// The page frame and size the leaf maps.
+    page_base: u64,
+    page_size: u64,
+}
+
 /// Whether `la` is canonical for 48-bit linear addresses.
 pub fn is_canonical(la: u64) -> bool {
     let top = (la as i64) >> 47;
@@ -155,9 +181,7 @@ impl Cpu {
         }
         let vpn = la >> 12;
         if let Some(e) = self.tlb.lookup(vpn) {
-            if self.permits(e.writable, e.user, e.nx, access)
-                && (access.kind != AccessKind::Write || e.dirty)
-            {
+            if e.allow & access_bit(access) != 0 {
                 return Ok(e.ppage | (la & 0xfff));
             }
         }
@@ -243,18 +267,45 @@ impl Cpu {
             table = pte & if pae { ADDR_MASK } else { 0xffff_f000 };
             shift = 12;
         };
-        if !self.permits(writable, user, nx, access) {
+        self.finish_walk(
+            mem,
+            la,
+            access,
+            &Walk {
+                entries: &entries[..depth],
+                entry_bytes: entry_bytes as usize,
+                writable,
+                user,
+                nx,
+                page_base,
+                page_size,
+            },
+        )
+    }
+
+    /// The end of a completed walk, shared by the long-mode and legacy walks: the permission
+    /// check, the accessed bit on every level and the dirty bit on the leaf for a write (each
+    /// set with a compare-and-exchange of the entry, so a concurrent update by another vCPU is
+    /// never overwritten), and the TLB fill.
+    fn finish_walk(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        la: u64,
+        access: Access,
+        w: &Walk<'_>,
+    ) -> Result<u64, Event> {
+        if !self.permits(w.writable, w.user, w.nx, access) {
             return Err(self.page_fault(la, access, pf::PRESENT));
         }
         let is_write = access.kind == AccessKind::Write;
-        for (i, &(addr, pte)) in entries[..depth].iter().enumerate() {
+        let n = w.entry_bytes;
+        for (i, &(addr, pte)) in w.entries.iter().enumerate() {
             let mut new = pte | PTE_A;
-            if i + 1 == depth && is_write {
+            if i + 1 == w.entries.len() && is_write {
                 new |= PTE_D;
             }
             if new != pte {
                 self.note_store(addr);
-                let n = entry_bytes as usize;
                 let mut found = [0u8; 8];
                 mem.compare_exchange(
                     addr,
@@ -265,20 +316,32 @@ impl Cpu {
                 .map_err(|e| Event::Exit(Exit::from(e)))?;
             }
         }
-        let leaf_dirty = is_write || entries[depth - 1].1 & PTE_D != 0;
-        let pa = page_base + (la & (page_size - 1));
+        let leaf_dirty = is_write || w.entries.last().is_some_and(|&(_, pte)| pte & PTE_D != 0);
+        let pa = w.page_base + (la & (w.page_size - 1));
+        let allow = self.allowed_accesses(w.writable, w.user, w.nx, leaf_dirty);
         self.tlb.insert(
             la >> 12,
             TlbEntry {
                 tag: 0,
                 ppage: pa & !0xfff,
-                writable,
-                user,
-                nx,
-                dirty: leaf_dirty,
+                allow,
             },
         );
         Ok(pa)
+    }
+
+    /// [`TlbEntry::allow`] for a translation with these combined permissions.
+    fn allowed_accesses(&self, writable: bool, user: bool, nx: bool, dirty: bool) -> u8 {
+        let mut allow = 0;
+        for kind in [AccessKind::Read, AccessKind::Write, AccessKind::Fetch] {
+            for u in [false, true] {
+                let a = Access { kind, user: u };
+                if self.permits(writable, user, nx, a) && (kind != AccessKind::Write || dirty) {
+                    allow |= access_bit(a);
+                }
+            }
+        }
+        allow
     }
 
     fn permits(&self, writable: bool, user: bool, nx: bool, a: Access) -> bool {
@@ -351,38 +414,20 @@ impl Cpu {
             table = pte & ADDR_MASK;
             level -= 1;
         };
-        if !self.permits(writable, user, nx, access) {
-            return Err(self.page_fault(la, access, pf::PRESENT));
-        }
-        // Set accessed bits on every level, dirty on the leaf for writes.
-        let is_write = access.kind == AccessKind::Write;
-        for (i, &(addr, pte)) in entries[..depth].iter().enumerate() {
-            let leaf = i + 1 == depth;
-            let mut new = pte | PTE_A;
-            if leaf && is_write {
-                new |= PTE_D;
-            }
-            if new != pte {
-                self.note_store(addr);
-                let mut found = [0u8; 8];
-                mem.compare_exchange(addr, &pte.to_le_bytes(), &new.to_le_bytes(), &mut found)
-                    .map_err(|e| Event::Exit(Exit::from(e)))?;
-            }
-        }
-        let leaf_dirty = is_write || entries[depth - 1].1 & PTE_D != 0;
-        let pa = page_base + (la & (page_size - 1));
-        self.tlb.insert(
-            la >> 12,
-            TlbEntry {
-                tag: 0,
-                ppage: pa & !0xfff,
+        self.finish_walk(
+            mem,
+            la,
+            access,
+            &Walk {
+                entries: &entries[..depth],
+                entry_bytes: 8,
                 writable,
                 user,
                 nx,
-                dirty: leaf_dirty,
+                page_base,
+                page_size,
             },
-        );
-        Ok(pa)
+        )
     }
 
     /// Read `buf.len()` (at most 16) bytes at linear address `la`, splitting at page boundaries.

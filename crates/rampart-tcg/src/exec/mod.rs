@@ -286,27 +286,40 @@ pub(crate) struct LockState {
 }
 
 /// Whether `i` is atomic on its memory operand: a `lock` prefix, or XCHG with memory.
-fn is_locked(i: &Instruction) -> bool {
+pub(crate) fn is_locked(i: &Instruction) -> bool {
     i.has_lock_prefix()
         || (i.mnemonic() == M::Xchg
             && (i.op0_kind() == OpKind::Memory || i.op1_kind() == OpKind::Memory))
 }
 
 pub(crate) fn execute(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
-    if !is_locked(i) {
-        return execute_unlocked(cpu, mem, i);
+    execute_op(cpu, mem, i, i.mnemonic(), is_locked(i))
+}
+
+/// [`execute`] with the mnemonic and [`is_locked`] of `i` already looked up (the block cache
+/// keeps them beside each instruction).
+#[inline]
+pub(crate) fn execute_op(
+    cpu: &mut Cpu,
+    mem: &mut dyn GuestMemory,
+    i: &Instruction,
+    m: M,
+    locked: bool,
+) -> Res<()> {
+    if !locked {
+        return execute_unlocked(cpu, mem, i, m);
     }
     cpu.lock = LockState {
         active: true,
         read: None,
     };
-    let r = execute_unlocked(cpu, mem, i);
+    let r = execute_unlocked(cpu, mem, i, m);
     cpu.lock = LockState::default();
     r
 }
 
-fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
-    match i.mnemonic() {
+fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction, m: M) -> Res<()> {
+    match m {
         M::Add | M::Adc | M::Sub | M::Sbb | M::Cmp => arith::alu2(cpu, mem, i),
         M::Inc | M::Dec | M::Neg => arith::unary(cpu, mem, i),
         M::Xadd => arith::xadd(cpu, mem, i),

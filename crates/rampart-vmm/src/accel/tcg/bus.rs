@@ -57,6 +57,25 @@ impl<'a> VcpuBus<'a> {
     }
 }
 
+/// `a == b`, compared a word at a time inline (blocks are short: a `memcmp` call costs more
+/// than the comparison).
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (aw, bw) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tails_equal = aw
+        .remainder()
+        .iter()
+        .zip(bw.remainder())
+        .all(|(x, y)| x == y);
+    tails_equal
+        && aw
+            .zip(bw)
+            .all(|(x, y)| <[u8; 8]>::try_from(x).ok() == <[u8; 8]>::try_from(y).ok())
+}
+
 fn in_page(gpa: u64, len: usize, base: u64) -> bool {
     gpa >= base && gpa.saturating_add(len as u64) <= base + PAGE
 }
@@ -141,7 +160,7 @@ impl GuestMemory for VcpuBus<'_> {
                 return false;
             };
             let now = &mut now[..want.len()];
-            if part.copy_to(now) != want.len() || now != want {
+            if part.copy_to(now) != want.len() || !same_bytes(now, want) {
                 return false;
             }
             off += want.len();
@@ -200,5 +219,24 @@ impl GuestMemory for VcpuBus<'_> {
             slice.copy_from(new);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_bytes;
+
+    #[test]
+    fn same_bytes_compares_every_byte() {
+        let a: Vec<u8> = (0..37).collect();
+        for n in 0..a.len() {
+            assert!(same_bytes(&a[..n], &a[..n]));
+            for i in 0..n {
+                let mut b = a[..n].to_vec();
+                b[i] ^= 0x40;
+                assert!(!same_bytes(&a[..n], &b), "len {n} byte {i}");
+            }
+        }
+        assert!(!same_bytes(&a[..3], &a[..4]));
     }
 }
