@@ -17,6 +17,7 @@ pub mod kernel_loader;
 pub mod keyval;
 pub mod qcow2_open;
 pub mod tcg_run;
+pub mod virtio_blk;
 
 mod props_check;
 
@@ -32,7 +33,7 @@ pub fn strict() -> bool {
 }
 
 /// The names of all targets, as the folders under `fuzz/corpus/` and `fuzz/regressions/`.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "bzimage_header",
     "decompress",
     "kernel_loader",
@@ -40,6 +41,7 @@ pub const TARGETS: [&str; 7] = [
     "json_props",
     "tcg_run",
     "qcow2_open",
+    "virtio_blk",
 ];
 
 /// Runs target `name` on `data`; `None` if there is no target of that name.
@@ -52,6 +54,7 @@ pub fn run_target(name: &str, data: &[u8]) -> Option<()> {
         "json_props" => json_props::run(data),
         "tcg_run" => tcg_run::run(data),
         "qcow2_open" => qcow2_open::run(data),
+        "virtio_blk" => virtio_blk::run(data),
         _ => return None,
     }
     Some(())
