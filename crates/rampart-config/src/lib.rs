@@ -5,12 +5,15 @@
 //! are passed in by the caller through [`HostLimits`].
 
 mod block;
+mod chardev;
+pub mod control;
 mod devices;
 mod error;
 mod machine;
 mod size;
 
 pub use block::*;
+pub use chardev::{ChardevBackend, ChardevConfig, MonitorConfig, MonitorMode};
 pub use devices::{validate_devices, DeviceConfig, BLK_SERIAL_MAX};
 pub use error::ConfigError;
 pub use machine::*;

@@ -229,6 +229,10 @@ pub struct VmConfig {
     pub drives: Vec<crate::DriveConfig>,
     /// PCI devices, in slot order.
     pub devices: Vec<crate::DeviceConfig>,
+    /// Character devices for monitors (`-chardev`, and those `-qmp`/`-monitor` create).
+    pub chardevs: Vec<crate::ChardevConfig>,
+    /// Monitors (`-mon`, `-qmp`, `-monitor`).
+    pub monitors: Vec<crate::MonitorConfig>,
 }
 
 impl Default for VmConfig {
@@ -247,6 +251,8 @@ impl Default for VmConfig {
             nodefaults: false,
             drives: Vec::new(),
             devices: Vec::new(),
+            chardevs: Vec::new(),
+            monitors: Vec::new(),
         }
     }
 }

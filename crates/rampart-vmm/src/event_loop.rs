@@ -6,13 +6,17 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{mpsc, Arc, Mutex};
 
+use rampart_config::control::{
+    ControlReply, ControlRequest, CpuInfo, LifecycleEvent, RunState, ShutdownCause,
+};
 use rampart_config::VmConfig;
 use rampart_devices::legacy::SerialDevice;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::console::{ConsoleAction, EscapeFilter, HELP};
+use crate::control::{ControlPort, Reply};
 use crate::vcpu::{VcpuHandle, VmEvent};
 use crate::vm::{ConsoleIo, HostResources, Outcome, VmError};
 
@@ -22,6 +26,7 @@ const TOKEN_POWEROFF: u64 = 3;
 const TOKEN_SIGNAL: u64 = 4;
 const TOKEN_INPUT: u64 = 5;
 const TOKEN_LISTENER: u64 = 6;
+const TOKEN_CONTROL: u64 = 7;
 
 /// The event sources the VM built for the loop.
 pub struct Sources<'a> {
@@ -29,6 +34,8 @@ pub struct Sources<'a> {
     pub wake: &'a EventFd,
     pub reset_evt: &'a EventFd,
     pub poweroff_evt: &'a EventFd,
+    /// Presses the ACPI power button (`system_powerdown`), if the machine has one.
+    pub power_button: Option<&'a dyn Fn()>,
 }
 
 fn add(epoll: &Epoll, fd: RawFd, token: u64) -> std::io::Result<()> {
@@ -108,6 +115,7 @@ pub fn run(
     add(&epoll, src.reset_evt.as_raw_fd(), TOKEN_RESET).map_err(ev)?;
     add(&epoll, src.poweroff_evt.as_raw_fd(), TOKEN_POWEROFF).map_err(ev)?;
     add(&epoll, res.signals.as_raw_fd(), TOKEN_SIGNAL).map_err(ev)?;
+    add(&epoll, res.control.wake_fd().as_raw_fd(), TOKEN_CONTROL).map_err(ev)?;
 
     let mut input = Input {
         source: None,
@@ -154,17 +162,18 @@ pub fn run(
                             VmEvent::Reset { cpu } => {
                                 info!(cpu, "guest reset");
                                 if !powered_off {
-                                    return Ok(Outcome::Reset);
+                                    return Ok(reset(config, res, ShutdownCause::GuestReset));
                                 }
                             }
                             VmEvent::PowerOff { cpu } => {
                                 info!(cpu, "guest power-off");
-                                if power_off(config, vcpus, &mut powered_off) {
+                                if power_off(config, res, vcpus, &mut powered_off) {
                                     return Ok(Outcome::PowerOff);
                                 }
                             }
                             VmEvent::Failure { cpu, message } => {
                                 error!(cpu, "{message}");
+                                res.control.state = RunState::InternalError;
                                 return Ok(Outcome::Failure(message));
                             }
                         }
@@ -174,20 +183,37 @@ pub fn run(
                     let _ = src.reset_evt.read();
                     if !powered_off {
                         info!("guest reset (reset line)");
-                        return Ok(Outcome::Reset);
+                        return Ok(reset(config, res, ShutdownCause::GuestReset));
                     }
                 }
                 TOKEN_POWEROFF => {
                     let _ = src.poweroff_evt.read();
                     info!("guest power-off (ACPI S5)");
-                    if power_off(config, vcpus, &mut powered_off) {
+                    if power_off(config, res, vcpus, &mut powered_off) {
                         return Ok(Outcome::PowerOff);
                     }
                 }
                 TOKEN_SIGNAL => {
                     if let Some(sig) = res.signals.read() {
                         info!(signal = sig, "termination signal");
+                        res.control
+                            .publish(LifecycleEvent::Shutdown(ShutdownCause::HostSignal));
                         return Ok(Outcome::Signal(sig));
+                    }
+                }
+                TOKEN_CONTROL => {
+                    res.control.clear_wake();
+                    while let Some(pending) = res.control.next() {
+                        let (reply, outcome) =
+                            control(pending.request, config, res, src.power_button, vcpus);
+                        pending.answer(reply);
+                        if let Some(outcome) = outcome {
+                            if outcome == Outcome::Quit {
+                                res.control
+                                    .publish(LifecycleEvent::Shutdown(ShutdownCause::HostQmpQuit));
+                            }
+                            return Ok(outcome);
+                        }
                     }
                 }
                 TOKEN_LISTENER => {
@@ -203,7 +229,11 @@ pub fn run(
                 TOKEN_INPUT => {
                     if let Some(action) = read_input(&mut input, &epoll, res, serial)? {
                         match action {
-                            ConsoleAction::Quit => return Ok(Outcome::ConsoleQuit),
+                            ConsoleAction::Quit => {
+                                res.control
+                                    .publish(LifecycleEvent::Shutdown(ShutdownCause::HostUi));
+                                return Ok(Outcome::ConsoleQuit);
+                            }
                             ConsoleAction::Help => {
                                 if let ConsoleIo::Stdio { output, .. } = &mut res.console {
                                     let _ = output.write_all(HELP.as_bytes());
@@ -219,19 +249,134 @@ pub fn run(
 }
 
 /// Handles a guest power-off; returns whether the run ends (false with `-no-shutdown`).
-fn power_off(config: &VmConfig, vcpus: &mut Vec<VcpuHandle>, powered_off: &mut bool) -> bool {
+fn power_off(
+    config: &VmConfig,
+    res: &mut HostResources,
+    vcpus: &mut Vec<VcpuHandle>,
+    powered_off: &mut bool,
+) -> bool {
     if *powered_off {
         return false;
     }
     *powered_off = true;
+    res.control
+        .publish(LifecycleEvent::Shutdown(ShutdownCause::GuestShutdown));
     if !config.lifecycle.no_shutdown {
         return true;
     }
     for v in vcpus.drain(..) {
         v.stop();
     }
-    info!("-no-shutdown: the VM is stopped; rampart keeps running until SIGTERM");
+    let was_running = res.control.state.is_running();
+    res.control.state = RunState::Shutdown;
+    if was_running {
+        res.control.publish(LifecycleEvent::Stop);
+    }
+    info!("-no-shutdown: the VM is stopped; rampart keeps running until SIGTERM, quit or system_reset");
     false
+}
+
+/// Ends the run with a reset (or, with `-no-reboot`, a shutdown), publishing the event.
+fn reset(config: &VmConfig, res: &mut HostResources, cause: ShutdownCause) -> Outcome {
+    if config.lifecycle.no_reboot {
+        res.control.publish(LifecycleEvent::Shutdown(cause));
+    } else {
+        res.control.publish(LifecycleEvent::Reset(cause));
+    }
+    // As QEMU: a VM that was not running is in `prelaunch` after a reset (`cont` starts it).
+    if !res.control.state.is_running() {
+        res.control.state = RunState::Prelaunch;
+    }
+    Outcome::Reset
+}
+
+/// How long `stop` waits for one vCPU to leave guest mode.
+const PAUSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Acts on one control request; returns the reply and, if the run ends, why.
+fn control(
+    request: ControlRequest,
+    config: &VmConfig,
+    res: &mut HostResources,
+    power_button: Option<&dyn Fn()>,
+    vcpus: &mut [VcpuHandle],
+) -> (Reply, Option<Outcome>) {
+    let port: &mut ControlPort = &mut res.control;
+    let done = Ok(ControlReply::Done);
+    match request {
+        ControlRequest::QueryStatus => (Ok(ControlReply::Status(port.state)), None),
+        ControlRequest::QueryCpus => {
+            let smp = &config.smp;
+            let cpus = vcpus
+                .iter()
+                .map(|v| {
+                    let i = v.index();
+                    let threads = smp.threads.max(1);
+                    let cores = smp.cores.max(1);
+                    CpuInfo {
+                        index: i,
+                        thread_id: v.thread_id(),
+                        thread: i % threads,
+                        core: (i / threads) % cores,
+                        socket: i / (threads * cores),
+                    }
+                })
+                .collect();
+            (Ok(ControlReply::Cpus(cpus)), None)
+        }
+        ControlRequest::Stop => {
+            if port.state.is_running() {
+                for v in vcpus.iter() {
+                    if !v.pause_and_wait(PAUSE_LIMIT) {
+                        warn!(cpu = v.index(), "vCPU did not pause in time");
+                    }
+                }
+                port.state = RunState::Paused;
+                info!("VM stopped (monitor)");
+                port.publish(LifecycleEvent::Stop);
+            }
+            (done, None)
+        }
+        ControlRequest::Cont => match port.state {
+            RunState::Running => (done, None),
+            RunState::Shutdown | RunState::InternalError => (
+                Err("Resetting the Virtual Machine is required".into()),
+                None,
+            ),
+            RunState::Prelaunch | RunState::Paused => {
+                for v in vcpus.iter() {
+                    v.resume();
+                }
+                port.state = RunState::Running;
+                info!("VM resumed (monitor)");
+                port.publish(LifecycleEvent::Resume);
+                (done, None)
+            }
+        },
+        ControlRequest::SystemReset => {
+            info!("system reset (monitor)");
+            (
+                done,
+                Some(reset(config, res, ShutdownCause::HostQmpSystemReset)),
+            )
+        }
+        ControlRequest::SystemPowerdown => match power_button {
+            Some(press) => {
+                info!("ACPI power button pressed (monitor)");
+                port.publish(LifecycleEvent::Powerdown);
+                press();
+                (done, None)
+            }
+            None => (
+                Err("system_powerdown: this machine has no ACPI power button".into()),
+                None,
+            ),
+        },
+        ControlRequest::Quit => {
+            info!("quit (monitor)");
+            (done, Some(Outcome::Quit))
+        }
+    }
 }
 
 /// Reads available console input and passes it to the serial port.

@@ -5,6 +5,7 @@ pub mod arch;
 pub mod boot;
 pub mod chardev;
 pub mod console;
+pub mod control;
 pub mod event_loop;
 pub mod io;
 pub mod pci;

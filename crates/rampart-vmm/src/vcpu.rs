@@ -4,8 +4,10 @@
 //! from the VMM thread through a mutex/condvar pair; a vCPU inside the accelerator is kicked out
 //! with a real-time signal (its handler tells the accelerator to leave guest mode at once).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tracing::{debug, error};
@@ -49,9 +51,18 @@ pub enum VmEvent {
     Failure { cpu: u32, message: String },
 }
 
+/// What the VMM thread asked for and what the vCPU thread is doing.
+struct States {
+    requested: VcpuRunState,
+    /// The state the thread is actually in (`Paused` once it waits, not when asked).
+    current: VcpuRunState,
+}
+
 struct Control {
-    requested: Mutex<VcpuRunState>,
+    states: Mutex<States>,
     cv: Condvar,
+    /// The vCPU thread's host thread id (0 until it starts).
+    tid: AtomicI64,
 }
 
 extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -105,8 +116,12 @@ impl VcpuHandle {
             VcpuRunState::Running
         };
         let control = Arc::new(Control {
-            requested: Mutex::new(initial),
+            states: Mutex::new(States {
+                requested: initial,
+                current: VcpuRunState::Created,
+            }),
             cv: Condvar::new(),
+            tid: AtomicI64::new(0),
         });
         let ctl = control.clone();
         let thread = std::thread::Builder::new()
@@ -121,18 +136,61 @@ impl VcpuHandle {
     }
 
     fn request(&self, state: VcpuRunState) {
-        let mut req = self
+        let mut st = self
             .control
-            .requested
+            .states
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if *req == VcpuRunState::Exiting {
+        if st.requested == VcpuRunState::Exiting {
             return;
         }
-        *req = state;
+        st.requested = state;
         self.control.cv.notify_all();
-        drop(req);
+        drop(st);
         self.kick();
+    }
+
+    /// The vCPU thread's host thread id (0 if it has not started yet).
+    pub fn thread_id(&self) -> i64 {
+        self.control.tid.load(Ordering::Relaxed)
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Asks the vCPU to pause and waits until it has left guest mode (kicking it again every
+    /// few milliseconds); gives up after `limit` and reports whether it paused.
+    pub fn pause_and_wait(&self, limit: Duration) -> bool {
+        self.pause();
+        let deadline = Instant::now() + limit;
+        let mut st = self
+            .control
+            .states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.current != VcpuRunState::Running || st.requested != VcpuRunState::Paused {
+                return true;
+            }
+            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(5));
+            st = self
+                .control
+                .cv
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if st.current == VcpuRunState::Running {
+                self.kick();
+            }
+        }
     }
 
     fn kick(&self) {
@@ -170,18 +228,25 @@ impl VcpuHandle {
 
 /// Blocks while paused; returns the state to act on (Running or Exiting).
 fn wait_runnable(ctl: &Control) -> VcpuRunState {
-    let mut req = ctl.requested.lock().unwrap_or_else(|e| e.into_inner());
-    while *req == VcpuRunState::Paused || *req == VcpuRunState::Created {
-        req = ctl.cv.wait(req).unwrap_or_else(|e| e.into_inner());
+    let mut st = ctl.states.lock().unwrap_or_else(|e| e.into_inner());
+    while st.requested == VcpuRunState::Paused || st.requested == VcpuRunState::Created {
+        if st.current != VcpuRunState::Paused {
+            st.current = VcpuRunState::Paused;
+            ctl.cv.notify_all();
+        }
+        st = ctl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
     }
-    *req
+    st.current = st.requested;
+    st.current
 }
 
 /// Parks the vCPU until it is told to exit (after it reported a VM-wide event).
 fn park_until_exit(ctl: &Control) {
-    let mut req = ctl.requested.lock().unwrap_or_else(|e| e.into_inner());
-    while *req != VcpuRunState::Exiting {
-        req = ctl.cv.wait(req).unwrap_or_else(|e| e.into_inner());
+    let mut st = ctl.states.lock().unwrap_or_else(|e| e.into_inner());
+    st.current = VcpuRunState::Paused;
+    ctl.cv.notify_all();
+    while st.requested != VcpuRunState::Exiting {
+        st = ctl.cv.wait(st).unwrap_or_else(|e| e.into_inner());
     }
 }
 
@@ -192,6 +257,9 @@ fn vcpu_loop(
     ctl: &Control,
     events: &EventSender,
 ) {
+    // SAFETY: gettid takes no arguments and only returns the calling thread's id.
+    let tid = unsafe { libc::gettid() };
+    ctl.tid.store(i64::from(tid), Ordering::Relaxed);
     loop {
         if wait_runnable(ctl) == VcpuRunState::Exiting {
             match backend.state() {
@@ -209,8 +277,10 @@ fn vcpu_loop(
             Ok(VcpuEvent::Halted) => {
                 // Only without an in-kernel irqchip: nothing can wake this vCPU but a request.
                 debug!(cpu = index, "vCPU halted");
-                let mut req = ctl.requested.lock().unwrap_or_else(|e| e.into_inner());
-                *req = VcpuRunState::Paused;
+                let mut st = ctl.states.lock().unwrap_or_else(|e| e.into_inner());
+                if st.requested == VcpuRunState::Running {
+                    st.requested = VcpuRunState::Paused;
+                }
                 continue;
             }
             Ok(VcpuEvent::Reset) => VmEvent::Reset { cpu: index },

@@ -64,6 +64,8 @@ pub enum Outcome {
     ConsoleQuit,
     /// The guest did something the VMM cannot continue from.
     Failure(String),
+    /// A monitor asked to quit.
+    Quit,
 }
 
 /// Where the serial console's bytes come from and go to, opened before the VM is built.
@@ -89,6 +91,8 @@ pub struct HostResources {
     pub signals: TerminationSignals,
     /// Opened (and locked) block back ends by node name / drive id, kept across resets.
     pub disks: Vec<(String, Arc<dyn rampart_block::BlockBackend>)>,
+    /// Requests from the monitor, and the run state they act on (kept across resets).
+    pub control: crate::control::ControlPort,
 }
 
 /// A console writer shared between the serial device and the VMM (which prints escape help
@@ -348,11 +352,14 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
                 vcpu,
                 io,
                 events.clone(),
-                config.lifecycle.start_paused,
+                !res.control.state.is_running(),
             )?);
         }
-        if config.lifecycle.start_paused {
-            info!("-S: the VM is created paused (no monitor can resume it yet; stop with SIGTERM)");
+        if !res.control.state.is_running() {
+            info!(
+                state = res.control.state.name(),
+                "the VM is created paused (a monitor's cont starts it)"
+            );
         }
         crate::event_loop::run(
             config,
@@ -362,6 +369,7 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
                 wake: &wake,
                 reset_evt: &reset_evt,
                 poweroff_evt: &poweroff_evt,
+                power_button: None,
             },
             serial_dev.as_ref(),
             &mut vcpus,

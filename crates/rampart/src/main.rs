@@ -1,6 +1,7 @@
 //! `rampart`: a secure virtual machine monitor with QEMU's command line.
 
 mod cli;
+mod monitors;
 mod terminal;
 
 use std::fs::{File, OpenOptions};
@@ -120,19 +121,41 @@ fn run(config: VmConfig) -> Result<ExitCode> {
     let disks = open_drives(&config)?;
     let accel = vm::choose_accel(&config.accel)?;
     let signals = TerminationSignals::new()?;
-    let _raw = match &console {
-        ConsoleIo::Stdio { .. } => Some(terminal::RawTerminal::enter(libc::STDIN_FILENO)?),
-        _ => None,
+    let (client, mut control) =
+        rampart_vmm::control::channel(config.lifecycle.start_paused).context("control channel")?;
+    let monitors = match monitors::start(&config, accel, client)? {
+        Some((m, events)) => {
+            control.set_publisher(monitors::publisher(events));
+            Some(m)
+        }
+        None => None,
     };
-    let mut res = HostResources {
+    let res = HostResources {
         kernel,
         initrd,
         console,
         signals,
         disks,
+        control,
+    };
+    let code = run_vm(&config, accel, res);
+    if let Some(m) = monitors {
+        m.shutdown();
+    }
+    code
+}
+
+fn run_vm(
+    config: &VmConfig,
+    accel: rampart_config::Accel,
+    mut res: HostResources,
+) -> Result<ExitCode> {
+    let _raw = match &res.console {
+        ConsoleIo::Stdio { .. } => Some(terminal::RawTerminal::enter(libc::STDIN_FILENO)?),
+        _ => None,
     };
     loop {
-        match vm::run(&config, accel, &mut res)? {
+        match vm::run(config, accel, &mut res)? {
             Outcome::PowerOff => {
                 info!("guest powered off");
                 return Ok(ExitCode::SUCCESS);
@@ -150,6 +173,10 @@ fn run(config: VmConfig) -> Result<ExitCode> {
             }
             Outcome::ConsoleQuit => {
                 info!("quit from the console (Ctrl-A x)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Outcome::Quit => {
+                info!("quit from the monitor");
                 return Ok(ExitCode::SUCCESS);
             }
             Outcome::Failure(message) => {

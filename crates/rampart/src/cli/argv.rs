@@ -34,6 +34,10 @@ pub(crate) enum Opt {
     Device,
     Blockdev,
     Drive,
+    Chardev,
+    Mon,
+    Qmp,
+    Monitor,
 }
 
 struct OptDef {
@@ -77,6 +81,10 @@ const TABLE: &[OptDef] = &[
     def("-device", Opt::Device, true),
     def("-blockdev", Opt::Blockdev, true),
     def("-drive", Opt::Drive, true),
+    def("-chardev", Opt::Chardev, true),
+    def("-mon", Opt::Mon, true),
+    def("-qmp", Opt::Qmp, true),
+    def("-monitor", Opt::Monitor, true),
 ];
 
 /// One option occurrence: which option, the spelling used (single dash, for messages), and its

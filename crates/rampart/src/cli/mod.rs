@@ -19,6 +19,7 @@ mod argv;
 mod block;
 mod devices;
 mod help;
+mod monitor;
 mod objects;
 mod options;
 mod qemu_opts;
@@ -142,6 +143,10 @@ struct Builder {
     nodefaults: bool,
     drives: Vec<rampart_config::DriveConfig>,
     devices: Vec<rampart_config::DeviceConfig>,
+    chardevs: Vec<rampart_config::ChardevConfig>,
+    monitors: Vec<rampart_config::MonitorConfig>,
+    /// `-qmp`/`-monitor` occurrences so far (they name their chardevs `compat_monitorN`).
+    legacy_monitors: usize,
 }
 
 fn merge(slot: &mut Option<Opts>, new: Opts) {
@@ -233,6 +238,20 @@ impl Builder {
                 block::BlockRequest::Help => return Ok(Some(Cli::Info(block::driver_list()))),
                 block::BlockRequest::Node(d) => self.drives.push(d),
             },
+            Opt::Chardev => self.chardevs.push(monitor::chardev(arg)?),
+            Opt::Mon => self.monitors.push(monitor::mon(arg)?),
+            Opt::Qmp | Opt::Monitor => {
+                let mode = if item.opt == Opt::Qmp {
+                    rampart_config::MonitorMode::Control
+                } else {
+                    rampart_config::MonitorMode::Readline
+                };
+                if let Some((c, m)) = monitor::legacy_monitor(mode, self.legacy_monitors, arg)? {
+                    self.legacy_monitors += 1;
+                    self.chardevs.push(c);
+                    self.monitors.push(m);
+                }
+            }
             Opt::Object | Opt::Device => match objects::request(item.opt, arg)? {
                 objects::Request::Help(text) => return Ok(Some(Cli::Info(text))),
                 objects::Request::Device(dev) => self.devices.push(dev),
@@ -295,6 +314,13 @@ impl Builder {
         config.nodefaults = self.nodefaults;
         config.drives = self.drives;
         config.devices = self.devices;
+        monitor::check(
+            &self.chardevs,
+            &self.monitors,
+            config.serial == SerialBackend::Stdio,
+        )?;
+        config.chardevs = self.chardevs;
+        config.monitors = self.monitors;
         Ok(config)
     }
 }

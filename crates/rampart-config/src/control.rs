@@ -1,0 +1,126 @@
+//! The vocabulary between the monitor and the VMM: control requests, their replies, run
+//! states and lifecycle events. Plain data; the channels that carry it live elsewhere
+//! (`rampart_vmm::control`), so the monitor knows nothing of VMM internals.
+
+/// The VM's run state, named as QEMU's `RunState` enum names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Created with `-S`, never started.
+    Prelaunch,
+    Running,
+    /// Stopped by `stop` (or a `-S` VM stopped again).
+    Paused,
+    /// Powered off with `-no-shutdown`: only a reset can run it again.
+    Shutdown,
+    /// The VM hit an error it cannot continue from.
+    InternalError,
+}
+
+impl RunState {
+    /// QEMU's name for the state (`query-status`'s `status`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Prelaunch => "prelaunch",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Shutdown => "shutdown",
+            RunState::InternalError => "internal-error",
+        }
+    }
+
+    pub fn is_running(self) -> bool {
+        self == RunState::Running
+    }
+}
+
+/// Every run state name, in QEMU's `RunState` order (for introspection).
+pub const RUN_STATE_NAMES: &[&str] = &[
+    "prelaunch",
+    "running",
+    "paused",
+    "shutdown",
+    "internal-error",
+];
+
+/// Why the VM shut down or reset (QEMU's `ShutdownCause`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownCause {
+    HostQmpQuit,
+    HostQmpSystemReset,
+    HostSignal,
+    HostUi,
+    GuestShutdown,
+    GuestReset,
+}
+
+impl ShutdownCause {
+    pub fn name(self) -> &'static str {
+        match self {
+            ShutdownCause::HostQmpQuit => "host-qmp-quit",
+            ShutdownCause::HostQmpSystemReset => "host-qmp-system-reset",
+            ShutdownCause::HostSignal => "host-signal",
+            ShutdownCause::HostUi => "host-ui",
+            ShutdownCause::GuestShutdown => "guest-shutdown",
+            ShutdownCause::GuestReset => "guest-reset",
+        }
+    }
+
+    /// Whether the guest asked for it (QEMU's `guest` member of SHUTDOWN/RESET).
+    pub fn by_guest(self) -> bool {
+        matches!(
+            self,
+            ShutdownCause::GuestShutdown | ShutdownCause::GuestReset
+        )
+    }
+}
+
+/// Every shutdown cause name (for introspection).
+pub const SHUTDOWN_CAUSE_NAMES: &[&str] = &[
+    "host-qmp-quit",
+    "host-qmp-system-reset",
+    "host-signal",
+    "host-ui",
+    "guest-shutdown",
+    "guest-reset",
+];
+
+/// What the monitor asks the VMM thread to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRequest {
+    QueryStatus,
+    QueryCpus,
+    Stop,
+    Cont,
+    SystemReset,
+    SystemPowerdown,
+    Quit,
+}
+
+/// One vCPU as `query-cpus-fast` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuInfo {
+    pub index: u32,
+    /// The host thread id of the vCPU thread.
+    pub thread_id: i64,
+    pub socket: u32,
+    pub core: u32,
+    pub thread: u32,
+}
+
+/// The VMM thread's answer to a [`ControlRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlReply {
+    Done,
+    Status(RunState),
+    Cpus(Vec<CpuInfo>),
+}
+
+/// Something that happened to the VM, broadcast to every QMP client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    Stop,
+    Resume,
+    Reset(ShutdownCause),
+    Shutdown(ShutdownCause),
+    Powerdown,
+}

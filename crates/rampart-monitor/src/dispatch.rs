@@ -1,0 +1,278 @@
+//! The command layer QMP and HMP share: authorization and audit, then the command itself,
+//! answered from static VM facts or by a control request to the VMM thread.
+
+use rampart_config::control::{ControlReply, ControlRequest, CpuInfo, RunState};
+use serde_json::{json, Map, Value};
+use tracing::info;
+
+use crate::error::QmpError;
+use crate::schema::{self, COMMANDS};
+
+/// Who is on the other end of a monitor connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The monitor's chardev id.
+    pub monitor: String,
+    /// `unix` or `stdio` (later: `tcp`, with an address and a TLS identity).
+    pub transport: &'static str,
+    /// The peer's credentials (SO_PEERCRED on UNIX sockets).
+    pub pid: Option<i32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.monitor, self.transport)?;
+        if let (Some(pid), Some(uid)) = (self.pid, self.uid) {
+            write!(f, "(pid={pid},uid={uid})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Decides whether a peer may run a command. Every command passes here before it runs.
+pub trait Authorizer: Send {
+    fn authorize(&self, peer: &Peer, command: &str) -> Result<(), String>;
+}
+
+/// The default: every peer that could connect (the socket is mode 0600) may run everything.
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn authorize(&self, _: &Peer, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// One machine type for `query-machines`.
+#[derive(Debug, Clone)]
+pub struct MachineInfo {
+    pub name: &'static str,
+    pub alias: Option<&'static str>,
+    pub is_default: bool,
+}
+
+/// One character device for `query-chardev` / `info chardev`.
+#[derive(Debug, Clone)]
+pub struct ChardevInfo {
+    pub label: String,
+    pub filename: String,
+}
+
+/// The VM facts that never change while it runs.
+#[derive(Debug, Clone)]
+pub struct VmInfo {
+    pub version: (u32, u32, u32),
+    pub package: String,
+    pub name: Option<String>,
+    pub uuid: [u8; 16],
+    pub kvm_enabled: bool,
+    pub kvm_present: bool,
+    pub max_cpus: u32,
+    /// vCPUs present.
+    pub cpus: u32,
+    pub machines: Vec<MachineInfo>,
+    pub chardevs: Vec<ChardevInfo>,
+}
+
+/// Sends a control request to the VMM thread and waits for its reply.
+pub type Backend = Box<dyn FnMut(ControlRequest) -> Result<ControlReply, String> + Send>;
+
+/// Runs commands for every monitor.
+pub struct Dispatcher {
+    info: VmInfo,
+    backend: Backend,
+    authorizer: Box<dyn Authorizer>,
+}
+
+/// The UUID in its canonical text form.
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl Dispatcher {
+    pub fn new(info: VmInfo, backend: Backend, authorizer: Box<dyn Authorizer>) -> Dispatcher {
+        Dispatcher {
+            info,
+            backend,
+            authorizer,
+        }
+    }
+
+    pub fn info(&self) -> &VmInfo {
+        &self.info
+    }
+
+    /// Runs command `name` with `args` for `peer`. `hmp` runs human-monitor-command lines.
+    pub fn execute(
+        &mut self,
+        peer: &Peer,
+        name: &str,
+        args: Option<&Value>,
+    ) -> Result<Value, QmpError> {
+        let Some(def) = schema::command(name) else {
+            return Err(QmpError::not_found(format!(
+                "The command {name} has not been found"
+            )));
+        };
+        let args = schema::validate_args(def.args, args)?;
+        if let Err(why) = self.authorizer.authorize(peer, name) {
+            info!(target: "audit", peer = %peer, command = name, outcome = "denied", "{why}");
+            return Err(QmpError::generic(format!(
+                "Command '{name}' is not permitted: {why}"
+            )));
+        }
+        let result = self.run(peer, name, &args);
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        info!(target: "audit", peer = %peer, command = name, outcome, "monitor command");
+        result
+    }
+
+    fn control(&mut self, req: ControlRequest) -> Result<ControlReply, QmpError> {
+        (self.backend)(req).map_err(QmpError::generic)
+    }
+
+    fn done(&mut self, req: ControlRequest) -> Result<Value, QmpError> {
+        self.control(req)?;
+        Ok(json!({}))
+    }
+
+    /// The VM's run state, from the VMM thread.
+    pub fn status(&mut self) -> Result<RunState, QmpError> {
+        match self.control(ControlRequest::QueryStatus)? {
+            ControlReply::Status(s) => Ok(s),
+            other => Err(QmpError::generic(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The vCPUs, from the VMM thread.
+    pub fn cpus(&mut self) -> Result<Vec<CpuInfo>, QmpError> {
+        match self.control(ControlRequest::QueryCpus)? {
+            ControlReply::Cpus(c) => Ok(c),
+            other => Err(QmpError::generic(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn run(
+        &mut self,
+        peer: &Peer,
+        name: &str,
+        args: &Map<String, Value>,
+    ) -> Result<Value, QmpError> {
+        let i = &self.info;
+        Ok(match name {
+            "qmp_capabilities" => {
+                // Negotiation is the session's business; reaching here means it is complete.
+                return Err(QmpError::not_found(
+                    "Capabilities negotiation is already complete, command ignored",
+                ));
+            }
+            "query-version" => json!({
+                "qemu": {"major": i.version.0, "minor": i.version.1, "micro": i.version.2},
+                "package": i.package,
+            }),
+            "query-commands" => {
+                Value::Array(COMMANDS.iter().map(|c| json!({"name": c.name})).collect())
+            }
+            "query-qmp-schema" => crate::introspect::schema(),
+            "query-status" => {
+                let s = self.status()?;
+                json!({"running": s.is_running(), "status": s.name()})
+            }
+            "query-name" => match &i.name {
+                Some(n) => json!({"name": n}),
+                None => json!({}),
+            },
+            "query-uuid" => json!({"UUID": uuid_text(&i.uuid)}),
+            "query-kvm" => json!({"enabled": i.kvm_enabled, "present": i.kvm_present}),
+            "query-cpus-fast" => Value::Array(
+                self.cpus()?
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "cpu-index": c.index,
+                            "qom-path": format!("/machine/unattached/device[{}]", c.index),
+                            "thread-id": c.thread_id,
+                            "props": {"socket-id": c.socket, "core-id": c.core,
+                                      "thread-id": c.thread},
+                            "target": "x86_64",
+                        })
+                    })
+                    .collect(),
+            ),
+            "query-machines" => {
+                if args.get("compat-props") == Some(&Value::Bool(true)) {
+                    return Err(QmpError::generic(
+                        "Parameter 'compat-props' is not supported: rampart machines have no \
+                         compatibility properties",
+                    ));
+                }
+                Value::Array(
+                    i.machines
+                        .iter()
+                        .map(|m| {
+                            let mut v = json!({
+                                "name": m.name,
+                                "cpu-max": i.max_cpus,
+                                "hotpluggable-cpus": false,
+                                "numa-mem-supported": false,
+                                "deprecated": false,
+                                "default-cpu-type": "max-x86_64-cpu",
+                                "acpi": true,
+                            });
+                            if let Some(a) = m.alias {
+                                v["alias"] = json!(a);
+                            }
+                            if m.is_default {
+                                v["is-default"] = json!(true);
+                            }
+                            v
+                        })
+                        .collect(),
+                )
+            }
+            "query-chardev" => Value::Array(
+                i.chardevs
+                    .iter()
+                    .map(|c| json!({"label": c.label, "filename": c.filename, "frontend-open": true}))
+                    .collect(),
+            ),
+            "stop" => self.done(ControlRequest::Stop)?,
+            "cont" => self.done(ControlRequest::Cont)?,
+            "system_reset" => self.done(ControlRequest::SystemReset)?,
+            "system_powerdown" => self.done(ControlRequest::SystemPowerdown)?,
+            "quit" => self.done(ControlRequest::Quit)?,
+            "human-monitor-command" => {
+                let line = args
+                    .get("command-line")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                if let Some(cpu) = args.get("cpu-index") {
+                    let ok = cpu.as_u64().is_some_and(|c| c < u64::from(i.cpus));
+                    if !ok {
+                        return Err(QmpError::generic(
+                            "Parameter 'cpu-index' expects a CPU number",
+                        ));
+                    }
+                }
+                Value::String(crate::hmp::run_line(self, peer, &line))
+            }
+            other => {
+                // A command in the schema without an implementation is a bug caught by tests.
+                return Err(QmpError::not_found(format!(
+                    "The command {other} has not been found"
+                )));
+            }
+        })
+    }
+}
