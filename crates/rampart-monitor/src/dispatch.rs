@@ -126,14 +126,14 @@ impl Dispatcher {
         };
         let args = schema::validate_args(def.args, args)?;
         if let Err(why) = self.authorizer.authorize(peer, name) {
-            info!(target: "audit", peer = %peer, command = name, outcome = "denied", "{why}");
+            info!(peer = %peer, command = name, outcome = "denied", "audit: {why}");
             return Err(QmpError::generic(format!(
                 "Command '{name}' is not permitted: {why}"
             )));
         }
         let result = self.run(peer, name, &args);
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        info!(target: "audit", peer = %peer, command = name, outcome, "monitor command");
+        info!(peer = %peer, command = name, outcome, "audit: monitor command");
         result
     }
 
@@ -274,5 +274,126 @@ impl Dispatcher {
                 )));
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_config::control::RunState;
+
+    fn dispatcher() -> Dispatcher {
+        let info = VmInfo {
+            version: (0, 1, 0),
+            package: "rampart".into(),
+            name: Some("vm".into()),
+            uuid: [0x11; 16],
+            kvm_enabled: false,
+            kvm_present: true,
+            max_cpus: 254,
+            cpus: 2,
+            machines: vec![MachineInfo {
+                name: "q35",
+                alias: None,
+                is_default: true,
+            }],
+            chardevs: vec![ChardevInfo {
+                label: "serial0".into(),
+                filename: "stdio".into(),
+            }],
+        };
+        // The VMM's side of the control channel, answering as a running two-vCPU VM does.
+        let backend: Backend = Box::new(|req| {
+            Ok(match req {
+                ControlRequest::QueryStatus => ControlReply::Status(RunState::Running),
+                ControlRequest::QueryCpus => ControlReply::Cpus(vec![
+                    CpuInfo {
+                        index: 0,
+                        thread_id: 10,
+                        socket: 0,
+                        core: 0,
+                        thread: 0,
+                    },
+                    CpuInfo {
+                        index: 1,
+                        thread_id: 11,
+                        socket: 0,
+                        core: 1,
+                        thread: 0,
+                    },
+                ]),
+                _ => ControlReply::Done,
+            })
+        });
+        Dispatcher::new(info, backend, Box::new(AllowAll))
+    }
+
+    fn peer() -> Peer {
+        Peer {
+            monitor: "m".into(),
+            transport: "unix",
+            pid: None,
+            uid: None,
+            gid: None,
+        }
+    }
+
+    #[test]
+    fn every_command_returns_what_its_schema_declares() {
+        let mut d = dispatcher();
+        for c in COMMANDS {
+            if c.name == "qmp_capabilities" {
+                continue;
+            }
+            let args =
+                (c.name == "human-monitor-command").then(|| json!({"command-line": "info status"}));
+            let v = d
+                .execute(&peer(), c.name, args.as_ref())
+                .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            schema::check_value(c.ret, &v, c.name)
+                .unwrap_or_else(|e| panic!("{} returned {v}: {e}", c.name));
+        }
+    }
+
+    struct DenyStop;
+    impl Authorizer for DenyStop {
+        fn authorize(&self, _: &Peer, command: &str) -> Result<(), String> {
+            if command == "stop" {
+                Err("read-only monitor".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn the_authorizer_sees_every_command_before_it_runs() {
+        let mut d = dispatcher();
+        d.authorizer = Box::new(DenyStop);
+        let e = d.execute(&peer(), "stop", None).unwrap_err();
+        assert!(e.desc.contains("read-only monitor"), "{e}");
+        // HMP goes through the same point.
+        let out = crate::hmp::run_line(&mut d, &peer(), "stop");
+        assert!(
+            out.starts_with("Error: Command 'stop' is not permitted"),
+            "{out}"
+        );
+        assert!(d.execute(&peer(), "query-status", None).is_ok());
+    }
+
+    #[test]
+    fn human_monitor_command_checks_the_cpu_index() {
+        let mut d = dispatcher();
+        let ok = json!({"command-line": "info name", "cpu-index": 1});
+        assert_eq!(
+            d.execute(&peer(), "human-monitor-command", Some(&ok))
+                .unwrap(),
+            "vm\r\n"
+        );
+        let bad = json!({"command-line": "info name", "cpu-index": 2});
+        let e = d
+            .execute(&peer(), "human-monitor-command", Some(&bad))
+            .unwrap_err();
+        assert_eq!(e.desc, "Parameter 'cpu-index' expects a CPU number");
     }
 }

@@ -128,6 +128,17 @@ impl VcpuHandle {
             .name(format!("vcpu{index}"))
             .spawn(move || vcpu_loop(index, &mut *backend, &*io, &ctl, &events))
             .map_err(|source| VcpuError::Spawn { index, source })?;
+        // Wait (briefly) for the thread to report its id, so queries never see 0.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut st = control.states.lock().unwrap_or_else(|e| e.into_inner());
+        while control.tid.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            st = control
+                .cv
+                .wait_timeout(st, Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(st);
         Ok(VcpuHandle {
             index,
             control,
@@ -260,6 +271,10 @@ fn vcpu_loop(
     // SAFETY: gettid takes no arguments and only returns the calling thread's id.
     let tid = unsafe { libc::gettid() };
     ctl.tid.store(i64::from(tid), Ordering::Relaxed);
+    {
+        let _st = ctl.states.lock().unwrap_or_else(|e| e.into_inner());
+        ctl.cv.notify_all();
+    }
     loop {
         if wait_runnable(ctl) == VcpuRunState::Exiting {
             match backend.state() {

@@ -45,10 +45,27 @@ Console and display:
   -nographic       accepted; rampart never has a display
   -display none    the only display type
 
+Monitors (QMP and HMP, QEMU's protocols; one client at a time per socket;
+sockets are created mode 0600, a stale socket is replaced, anything else at
+PATH is never deleted, and the socket is removed at exit):
+  -qmp unix:PATH,server=on[,wait=on|off] | stdio
+                   a QMP monitor (chardev 'compat_monitorN'); wait=on (the
+                   default, as in QEMU) blocks start-up until a client connects
+  -monitor unix:PATH,server=on[,wait=on|off] | stdio | none
+                   a human monitor (HMP, '(qemu)' prompt)
+  -chardev socket,id=ID,path=PATH,server=on[,wait=on|off]
+  -chardev stdio,id=ID
+                   a character device for -mon (stdio may be used by one
+                   chardev or -serial only)
+  -mon chardev=ID[,mode=readline|control][,pretty=on|off]
+                   a monitor on chardev ID (mode=control is QMP; pretty=on
+                   indents QMP replies)
+
 Lifecycle and identity:
   -no-reboot       exit when the guest reboots
   -no-shutdown     keep the process when the guest powers off
-  -S               start with the vCPUs paused
+  -S               start with the vCPUs paused (state 'prelaunch'; a monitor's
+                   'cont' starts them)
   -name [guest=]NAME[,debug-threads=on|off]
                    VM name
   -uuid UUID       VM UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)
@@ -146,6 +163,10 @@ mod tests {
             "-device",
             "-blockdev",
             "-drive",
+            "-chardev",
+            "-mon ",
+            "-qmp",
+            "-monitor",
             "-version",
             "--help",
         ] {

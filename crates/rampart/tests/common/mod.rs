@@ -1,6 +1,8 @@
 //! A small harness for tests that run the `rampart` binary.
 #![allow(dead_code)]
 
+pub mod qmp;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
