@@ -23,6 +23,9 @@ pub const ROOTS: &[&str] = &[
     "virtio_console",
     "virtio_balloon",
     "vmw_vsock_virtio_transport",
+    // The ACPI power button (system_powerdown) and the input events acpid reads.
+    "button",
+    "evdev",
 ];
 
 /// Most modules accepted in one guest (the real set is about a dozen).

@@ -330,6 +330,13 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
 
     // PCI devices (their I/O threads stop when `_pci` is dropped, after the vCPUs).
     let _pci = crate::pci::build(config, &mem, &buses, &machine.pci_host(), &res.disks)?;
+    // The ACPI power button (system_powerdown): a pulse on the Generic Event Device's line.
+    let ged_line = machine.irq_line(crate::arch::x86_64::acpi_ged::GED_GSI)?;
+    let press_power_button = move || {
+        if let Err(e) = ged_line.trigger() {
+            warn!("cannot signal the ACPI power button: {e}");
+        }
+    };
 
     // vCPUs.
     let (tx, rx) = mpsc::channel();
@@ -369,7 +376,7 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
                 wake: &wake,
                 reset_evt: &reset_evt,
                 poweroff_evt: &poweroff_evt,
-                power_button: None,
+                power_button: Some(&press_power_button),
             },
             serial_dev.as_ref(),
             &mut vcpus,

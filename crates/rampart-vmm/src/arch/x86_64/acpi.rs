@@ -8,7 +8,8 @@
 //! - MADT: one (x2)APIC entry per present vCPU with the [`apic_id`] of the topology, the I/O
 //!   APIC, ISA overrides IRQ0 → GSI2 and IRQ9 (level, active high), LINT1 as NMI.
 //! - DSDT: `\_S5_`, `\_SB.COM1` (PNP0501 with its port and IRQ), `\_SB.PWRB` (PNP0C0C), and the
-//!   PCI host bridge `\_SB.PCI0` with `\_SB.MRES` (see `acpi_pci`).
+//!   PCI host bridge `\_SB.PCI0` with `\_SB.MRES` (see `acpi_pci`), and the Generic Event
+//!   Device that presses the power button (see `acpi_ged`).
 //! - MCFG: the PCI ECAM region.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -146,6 +147,7 @@ pub fn build_dsdt(mmio64: (u64, u64)) -> Vec<u8> {
     )
     .to_aml_bytes(&mut body);
     body.extend(super::acpi_pci::dsdt_aml(mmio64));
+    super::acpi_ged::append_ged(&mut body);
     let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"RMPTDSDT", OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt.as_slice().to_vec()

@@ -1,6 +1,7 @@
 //! x86-64 machine model: memory layout, e820, kernel loading, boot parameters, ACPI, CPUID.
 
 pub mod acpi;
+pub mod acpi_ged;
 pub mod acpi_pci;
 pub mod bootparams;
 pub mod bzimage;

@@ -1,0 +1,117 @@
+//! The monitor against a Linux guest under `-accel tcg` (one boot pair for all checks, since
+//! every boot takes about a minute): `stop` freezes the guest (its once-a-second ticks on the
+//! serial console stop) and `cont` resumes it; `system_reset` reboots it; `system_powerdown`
+//! presses the ACPI power button, which the kernel's button driver reports and busybox `acpid`
+//! answers by powering off (guest-init/tests/monitor).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::qmp::Qmp;
+use common::*;
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(600);
+
+fn guest_file(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../guest")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask guest` first",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn monitor_stops_resumes_resets_and_powers_down_a_linux_guest() {
+    let dir = Scratch::new("linux-monitor");
+    let sock = dir.path("qmp.sock");
+    let log = std::fs::File::create(dir.path("stderr.log")).unwrap();
+    let mut child = rampart()
+        .args(["-accel", "tcg", "-m", "256", "-nographic", "-kernel"])
+        .arg(guest_file("vmlinuz"))
+        .arg("-initrd")
+        .arg(guest_file("initrd.img"))
+        .args([
+            "-append",
+            "console=ttyS0 cryptomgr.notests rampart.modules=button,evdev rampart.test=monitor",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn rampart");
+    let stderr = || std::fs::read_to_string(dir.path("stderr.log")).unwrap_or_default();
+    let mut q = Qmp::connect(&sock);
+
+    // First boot: the power button device is there and acpid runs.
+    let boot = read_until(&mut child, "rampart-test: tick 1", LIMIT);
+    assert!(
+        boot.contains("rampart-test: acpid ready"),
+        "{boot}\n{}",
+        stderr()
+    );
+    assert!(boot.contains("rampart-test: input: Power Button"), "{boot}");
+
+    // stop: the ticks stop.
+    assert_eq!(q.exec("stop"), json!({}));
+    q.event("STOP");
+    let _in_flight = read_until(&mut child, "\u{0}never", Duration::from_millis(500));
+    let quiet = read_until(&mut child, "rampart-test: tick", Duration::from_secs(4));
+    assert!(
+        !quiet.contains("tick"),
+        "the guest ran while stopped: {quiet}"
+    );
+    assert_eq!(q.exec("query-status")["status"], "paused");
+    // cont: they go on.
+    assert_eq!(q.exec("cont"), json!({}));
+    q.event("RESUME");
+    let more = read_until(&mut child, "rampart-test: tick", Duration::from_secs(60));
+    assert!(
+        more.contains("rampart-test: tick"),
+        "no ticks after cont: {more}"
+    );
+
+    // system_reset: the guest boots again.
+    assert_eq!(q.exec("system_reset"), json!({}));
+    let reset = q.event("RESET");
+    assert_eq!(
+        reset["data"],
+        json!({"guest": false, "reason": "host-qmp-system-reset"})
+    );
+    let again = read_until(&mut child, "rampart-test: acpid ready", LIMIT);
+    assert!(
+        again.contains("rampart-init: start"),
+        "no second boot: {again}\n{}",
+        stderr()
+    );
+    assert!(
+        again.contains("rampart-test: acpid ready"),
+        "{again}\n{}",
+        stderr()
+    );
+
+    // system_powerdown: acpid powers the guest off.
+    assert_eq!(q.exec("system_powerdown"), json!({}));
+    q.event("POWERDOWN");
+    let rest = read_until(&mut child, "reboot: Power down", LIMIT);
+    assert!(
+        rest.contains("rampart-test: power button pressed"),
+        "{rest}\n{}",
+        stderr()
+    );
+    let shutdown = q.event("SHUTDOWN");
+    assert_eq!(
+        shutdown["data"],
+        json!({"guest": true, "reason": "guest-shutdown"})
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", stderr());
+}
