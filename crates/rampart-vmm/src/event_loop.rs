@@ -206,12 +206,14 @@ pub fn run(
                     while let Some(pending) = res.control.next() {
                         let (reply, outcome) =
                             control(pending.request, config, res, src.power_button, vcpus);
+                        if outcome == Some(Outcome::Quit) {
+                            // QEMU 10 emits SHUTDOWN before its reply to `quit`: publishing
+                            // before answering puts the event ahead of the reply every time.
+                            res.control
+                                .publish(LifecycleEvent::Shutdown(ShutdownCause::HostQmpQuit));
+                        }
                         pending.answer(reply);
                         if let Some(outcome) = outcome {
-                            if outcome == Outcome::Quit {
-                                res.control
-                                    .publish(LifecycleEvent::Shutdown(ShutdownCause::HostQmpQuit));
-                            }
                             return Ok(outcome);
                         }
                     }

@@ -434,7 +434,7 @@ fn start_paused_is_prelaunch_until_cont() {
 }
 
 #[test]
-fn system_reset_reboots_the_guest_and_quit_exits_removing_the_socket() {
+fn system_reset_reboots_the_guest_and_quit_sends_shutdown_before_its_reply_and_exits() {
     let q = qmp_arg("q.sock");
     let mut vm = Vm::start("qmp-reset", Program::Spin, &["-qmp", &q]);
     let mut c = Qmp::connect(&vm.sock("q.sock"));
@@ -455,6 +455,13 @@ fn system_reset_reboots_the_guest_and_quit_exits_removing_the_socket() {
     assert_eq!(c.exec("query-status")["status"], "running");
 
     assert_eq!(c.exec("quit"), json!({}));
+    // QEMU 10 writes SHUTDOWN before the reply to `quit` (checked against
+    // qemu-system-x86_64 10.0): the event must already be there when the reply arrives.
+    assert!(
+        c.events.iter().any(|e| e["event"] == "SHUTDOWN"),
+        "SHUTDOWN did not precede quit's reply: {:?}",
+        c.events
+    );
     let shutdown = c.event("SHUTDOWN");
     assert_eq!(
         shutdown["data"],
