@@ -278,12 +278,66 @@ fn qcow2_seeds(root: &Path) {
     std::fs::write(tmp.join("src.raw"), &raw).expect("writing src.raw");
     let opts = "cluster_size=512";
     let seeds: &[(&str, &[&str], Option<&str>)] = &[
-        ("v3-data", &["create", "-f", "qcow2", "-o", opts, "v3-data", "64K"], Some("write -P 0x5a 1000 3000")),
-        ("v2-data", &["create", "-f", "qcow2", "-o", "cluster_size=512,compat=0.10", "v2-data", "64K"], Some("write -P 0x11 0 4k")),
-        ("zlib", &["convert", "-c", "-O", "qcow2", "-o", opts, "src.raw", "zlib"], None),
-        ("zstd", &["convert", "-c", "-O", "qcow2", "-o", "cluster_size=512,compression_type=zstd", "src.raw", "zstd"], None),
-        ("backing-name", &["create", "-f", "qcow2", "-o", opts, "-b", "src.raw", "-F", "raw", "backing-name"], None),
-        ("zero-clusters", &["create", "-f", "qcow2", "-o", opts, "zero-clusters", "64K"], Some("write -z 0 8k")),
+        (
+            "v3-data",
+            &["create", "-f", "qcow2", "-o", opts, "v3-data", "64K"],
+            Some("write -P 0x5a 1000 3000"),
+        ),
+        (
+            "v2-data",
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=512,compat=0.10",
+                "v2-data",
+                "64K",
+            ],
+            Some("write -P 0x11 0 4k"),
+        ),
+        (
+            "zlib",
+            &[
+                "convert", "-c", "-O", "qcow2", "-o", opts, "src.raw", "zlib",
+            ],
+            None,
+        ),
+        (
+            "zstd",
+            &[
+                "convert",
+                "-c",
+                "-O",
+                "qcow2",
+                "-o",
+                "cluster_size=512,compression_type=zstd",
+                "src.raw",
+                "zstd",
+            ],
+            None,
+        ),
+        (
+            "backing-name",
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                opts,
+                "-b",
+                "src.raw",
+                "-F",
+                "raw",
+                "backing-name",
+            ],
+            None,
+        ),
+        (
+            "zero-clusters",
+            &["create", "-f", "qcow2", "-o", opts, "zero-clusters", "64K"],
+            Some("write -z 0 8k"),
+        ),
     ];
     for (name, args, io) in seeds {
         if !run("qemu-img", args) {
