@@ -6,27 +6,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::linux::*;
 use common::qmp::Qmp;
 use common::*;
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(600);
-
-fn guest_file(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../guest")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo xtask guest` first",
-        p.display()
-    );
-    p
-}
 
 #[test]
 fn monitor_stops_resumes_resets_and_powers_down_a_linux_guest() {

@@ -6,26 +6,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::linux::*;
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(600);
 const MIB: usize = 1 << 20;
-
-fn guest_file(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../guest")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo xtask guest` first (scripts/test does)",
-        p.display()
-    );
-    p
-}
 
 fn qemu_img(args: &[&str]) -> std::process::Output {
     let out = Command::new("qemu-img")
@@ -55,14 +44,6 @@ fn sha256(bytes: &[u8], dir: &Scratch) -> String {
 
 fn repeat(text: &str, len: usize) -> Vec<u8> {
     text.bytes().cycle().take(len).collect()
-}
-
-fn value<'a>(out: &'a str, key: &str) -> &'a str {
-    let prefix = format!("{key}=");
-    out.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no {key}= in the guest output:\n{out}"))
 }
 
 #[test]

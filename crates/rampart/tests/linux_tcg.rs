@@ -11,28 +11,14 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use common::linux::*;
 use common::*;
 
 /// A boot under the interpreter takes about a minute here; allow generous time on a loaded CI
 /// machine.
 const LIMIT: Duration = Duration::from_secs(600);
-
-const CMDLINE: &str = "console=ttyS0 cryptomgr.notests";
-
-fn guest_file(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../guest")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo xtask guest` first (scripts/test does)",
-        p.display()
-    );
-    p
-}
 
 /// Boots the test guest under tcg with `test` and returns the run.
 fn boot(test: &str, cpus: u32, mem: &str, extra: &[&str]) -> Finished {
@@ -50,25 +36,9 @@ fn boot(test: &str, cpus: u32, mem: &str, extra: &[&str]) -> Finished {
     .arg(guest_file("vmlinuz"))
     .arg("-initrd")
     .arg(guest_file("initrd.img"))
-    .args(["-append", &format!("console=ttyS0 rampart.test={test}")])
+    .args(["-append", &format!("{CMDLINE} rampart.test={test}")])
     .args(extra);
     run_to_end(cmd, LIMIT)
-}
-
-/// The output lines of test `name` between the init's markers.
-fn test_output(r: &Finished, name: &str) -> String {
-    let begin = format!("rampart-test: begin {name}");
-    let end = format!("rampart-test: end {name} status=0");
-    let start = r
-        .stdout
-        .find(&begin)
-        .unwrap_or_else(|| panic!("no '{begin}' in the console output: {r:?}"));
-    let rest = &r.stdout[start..];
-    assert!(
-        rest.contains(&end),
-        "test {name} did not end with status 0: {r:?}"
-    );
-    rest.to_string()
 }
 
 fn check_cpus(n: u32) {

@@ -6,26 +6,15 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::linux::*;
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(600);
 const MIB: usize = 1 << 20;
-
-fn guest_file(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../guest")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo xtask guest` first (scripts/test does)",
-        p.display()
-    );
-    p
-}
 
 /// A rampart command for the test guest with `modules` loaded and test `test`.
 fn guest_cmd(test: &str, modules: &str) -> Command {
@@ -42,31 +31,6 @@ fn guest_cmd(test: &str, modules: &str) -> Command {
             ),
         ]);
     cmd
-}
-
-/// The lines of test `name` between the init's markers; the test must end with status 0.
-fn test_output(r: &Finished, name: &str) -> String {
-    let begin = format!("rampart-test: begin {name}");
-    let end = format!("rampart-test: end {name} status=0");
-    let start = r
-        .stdout
-        .find(&begin)
-        .unwrap_or_else(|| panic!("no '{begin}' in the console output: {r:?}"));
-    let rest = &r.stdout[start..];
-    assert!(
-        rest.contains(&end),
-        "test {name} did not end with status 0: {r:?}"
-    );
-    rest.to_string()
-}
-
-/// The value of `key=` on its own line of `out`.
-fn value<'a>(out: &'a str, key: &str) -> &'a str {
-    let prefix = format!("{key}=");
-    out.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no {key}= in the guest output:\n{out}"))
 }
 
 fn sha256(path: &Path) -> String {

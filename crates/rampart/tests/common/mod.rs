@@ -1,6 +1,7 @@
 //! A small harness for tests that run the `rampart` binary.
 #![allow(dead_code)]
 
+pub mod linux;
 pub mod qmp;
 
 use std::io::Read;
