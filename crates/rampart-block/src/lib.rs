@@ -16,11 +16,12 @@ pub mod lock;
 mod open;
 pub mod qcow2;
 pub mod raw;
+pub mod stats;
 #[cfg(test)]
 mod testutil;
 
 pub use error::BlockError;
-pub use open::{open, probe_format};
+pub use open::{open, open_with_chain, probe_format, ChainImage};
 
 /// A disk as a device model sees it: a fixed number of bytes, readable and (unless read-only)
 /// writable at any byte offset. Implementations are thread-safe; requests may run

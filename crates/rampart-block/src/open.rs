@@ -64,15 +64,33 @@ pub const MAX_BACKING_DEPTH: usize = 16;
 #[derive(Default)]
 struct Chain {
     seen: Vec<(u64, u64)>,
+    images: Vec<ChainImage>,
+}
+
+/// One image of an opened chain: its file and format (as opened, probing resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainImage {
+    pub filename: PathBuf,
+    pub format: BlockFormat,
 }
 
 /// Opens a configured block node (and, for qcow2, its backing chain).
 pub fn open(node: &BlockNodeConfig) -> Result<Arc<dyn BlockBackend>, BlockError> {
+    open_with_chain(node).map(|(disk, _)| disk)
+}
+
+/// Opens a node like [`open`], and says which images it opened: the node's own first, then
+/// each backing file in order.
+pub fn open_with_chain(
+    node: &BlockNodeConfig,
+) -> Result<(Arc<dyn BlockBackend>, Vec<ChainImage>), BlockError> {
     node.validate().map_err(|e| BlockError::Unsupported {
         path: node.filename.clone(),
         reason: e.to_string(),
     })?;
-    open_node(node, &mut Chain::default(), 0)
+    let mut chain = Chain::default();
+    let disk = open_node(node, &mut chain, 0)?;
+    Ok((disk, chain.images))
 }
 
 fn open_node(
@@ -112,6 +130,10 @@ fn open_node(
     } else {
         node.format
     };
+    chain.images.push(ChainImage {
+        filename: node.filename.clone(),
+        format,
+    });
     match format {
         BlockFormat::File | BlockFormat::Raw | BlockFormat::Probe => {
             Ok(Arc::new(RawBackend::new(file, node.cache, node.discard)))

@@ -210,6 +210,9 @@ pub enum DriveInterface {
 pub struct DriveConfig {
     pub interface: DriveInterface,
     pub node: BlockNodeConfig,
+    /// Given with `-blockdev` (a node without a drive name: the monitor reports its device
+    /// as "", as QEMU), rather than `-drive id=`.
+    pub from_blockdev: bool,
 }
 
 /// Checks a VM's drives: each valid, at most [`MAX_BLOCK_NODES`], names unique.
@@ -299,6 +302,7 @@ mod tests {
         let d = DriveConfig {
             interface: DriveInterface::None,
             node: node(BlockFormat::Raw),
+            from_blockdev: false,
         };
 
         let err = validate_drives(&[d.clone(), d]).unwrap_err().to_string();

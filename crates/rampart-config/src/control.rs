@@ -107,6 +107,29 @@ pub struct CpuInfo {
     pub thread: u32,
 }
 
+/// The counters of one kind of block request (`query-blockstats`), as read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockKindStats {
+    pub operations: u64,
+    pub bytes: u64,
+    pub total_time_ns: u64,
+    pub failed_operations: u64,
+    pub invalid_operations: u64,
+}
+
+/// A block device's I/O accounting, as read (each counter exact; read one by one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockStatsSnapshot {
+    pub read: BlockKindStats,
+    pub write: BlockKindStats,
+    pub flush: BlockKindStats,
+    pub unmap: BlockKindStats,
+    /// The end of the highest byte range written (QEMU's `wr_highest_offset`).
+    pub wr_highest_offset: u64,
+    /// Nanoseconds since the last request completed; `None` before the first.
+    pub idle_time_ns: Option<u64>,
+}
+
 /// The VMM thread's answer to a [`ControlRequest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlReply {

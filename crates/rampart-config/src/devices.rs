@@ -62,6 +62,7 @@ mod tests {
         DriveConfig {
             interface,
             node: BlockNodeConfig::new(name, BlockFormat::Raw, "/img".into()),
+            from_blockdev: false,
         }
     }
 

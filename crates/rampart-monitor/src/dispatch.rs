@@ -74,6 +74,8 @@ pub struct VmInfo {
     pub cpus: u32,
     pub machines: Vec<MachineInfo>,
     pub chardevs: Vec<ChardevInfo>,
+    /// Block devices, in the order QEMU lists them (devices as created).
+    pub blocks: Vec<crate::block::BlockDeviceInfo>,
 }
 
 /// Sends a control request to the VMM thread and waits for its reply.
@@ -246,6 +248,8 @@ impl Dispatcher {
                     .map(|c| json!({"label": c.label, "filename": c.filename, "frontend-open": true}))
                     .collect(),
             ),
+            "query-block" => crate::block::query_block(&i.blocks),
+            "query-blockstats" => crate::block::query_blockstats(&i.blocks),
             "stop" => self.done(ControlRequest::Stop)?,
             "cont" => self.done(ControlRequest::Cont)?,
             "system_reset" => self.done(ControlRequest::SystemReset)?,
@@ -301,6 +305,7 @@ mod tests {
                 label: "serial0".into(),
                 filename: "stdio".into(),
             }],
+            blocks: Vec::new(),
         };
         // The VMM's side of the control channel, answering as a running two-vCPU VM does.
         let backend: Backend = Box::new(|req| {

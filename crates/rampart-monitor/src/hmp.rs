@@ -25,6 +25,7 @@ const HELP: &[(&str, &str)] = &[
 ];
 
 const INFO_HELP: &[(&str, &str)] = &[
+    ("info block", "show the block devices"),
     ("info chardev", "show the character devices"),
     ("info cpus", "show infos for each CPU"),
     ("info name", "show the current VM name"),
@@ -159,6 +160,11 @@ fn info(d: &mut Dispatcher, peer: &Peer, what: &str) -> Result<String, QmpError>
             }
             Ok(out)
         }
+        "block" => Ok(crate::block::info_block(&d.execute(
+            peer,
+            "query-block",
+            None,
+        )?)),
         "chardev" => {
             let v = d.execute(peer, "query-chardev", None)?;
             Ok(v.as_array()

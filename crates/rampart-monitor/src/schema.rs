@@ -48,7 +48,7 @@ pub struct Member {
     pub optional: bool,
 }
 
-const fn req(name: &'static str, ty: Ty) -> Member {
+pub(crate) const fn req(name: &'static str, ty: Ty) -> Member {
     Member {
         name,
         ty,
@@ -56,7 +56,7 @@ const fn req(name: &'static str, ty: Ty) -> Member {
     }
 }
 
-const fn opt(name: &'static str, ty: Ty) -> Member {
+pub(crate) const fn opt(name: &'static str, ty: Ty) -> Member {
     Member {
         name,
         ty,
@@ -195,6 +195,16 @@ pub const COMMANDS: &[CommandDef] = &[
         name: "query-chardev",
         args: &[],
         ret: Ty::Array(&CHARDEV_INFO),
+    },
+    CommandDef {
+        name: "query-block",
+        args: &[],
+        ret: Ty::Array(&crate::block::BLOCK_INFO),
+    },
+    CommandDef {
+        name: "query-blockstats",
+        args: &[],
+        ret: Ty::Array(&crate::block::BLOCK_STATS),
     },
     CommandDef {
         name: "stop",

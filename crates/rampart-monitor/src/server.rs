@@ -20,6 +20,7 @@ use crate::dispatch::{Dispatcher, Peer};
 use crate::framing::Splitter;
 use crate::hmp;
 use crate::qmp::{event_json, QmpSession};
+use crate::readline::LineEditor;
 
 /// Stop reading a client whose unsent output passes this many bytes...
 const HIGH_WATER: usize = 256 * 1024;
@@ -55,6 +56,8 @@ pub struct MonitorSpec {
     pub mode: MonitorMode,
     pub pretty: bool,
     pub transport: Transport,
+    /// HMP on a terminal in raw mode: the monitor edits the line ([`crate::readline`]).
+    pub line_editing: bool,
 }
 
 /// The VMM's end of the event broadcast.
@@ -161,7 +164,11 @@ enum ConnIo {
 
 enum Session {
     Qmp(QmpSession, Splitter),
-    Hmp { line: Vec<u8>, overflow: bool },
+    Hmp {
+        line: Vec<u8>,
+        overflow: bool,
+        editor: Option<LineEditor>,
+    },
 }
 
 struct Conn {
@@ -231,6 +238,7 @@ struct Mon {
     id: String,
     mode: MonitorMode,
     pretty: bool,
+    line_editing: bool,
     listener: Option<UnixListener>,
     stdio: bool,
     conn: Option<Conn>,
@@ -270,6 +278,7 @@ impl State {
             id: spec.id,
             mode: spec.mode,
             pretty: spec.pretty,
+            line_editing: spec.line_editing,
             listener: None,
             stdio: false,
             conn: None,
@@ -330,6 +339,9 @@ impl State {
                 Session::Hmp {
                     line: Vec::new(),
                     overflow: false,
+                    editor: mon
+                        .line_editing
+                        .then(|| LineEditor::new(hmp::PROMPT, hmp::MAX_LINE)),
                 },
                 format!("{}{}", hmp::banner(&self.dispatcher), hmp::PROMPT).into_bytes(),
             ),
@@ -482,9 +494,20 @@ impl State {
                     conn.out.extend_from_slice(&reply);
                 }
             }
+            Session::Hmp {
+                editor: Some(ed), ..
+            } => {
+                let (echo, lines) = ed.feed_all(bytes);
+                conn.out.extend_from_slice(&echo);
+                for text in lines {
+                    let out = hmp::run_line(&mut self.dispatcher, &conn.peer, &text);
+                    conn.out.extend_from_slice(out.as_bytes());
+                    conn.out.extend_from_slice(hmp::PROMPT.as_bytes());
+                }
+            }
             Session::Hmp { .. } => {
                 for &b in bytes {
-                    let Session::Hmp { line, overflow } = &mut conn.session else {
+                    let Session::Hmp { line, overflow, .. } = &mut conn.session else {
                         unreachable!()
                     };
                     match b {

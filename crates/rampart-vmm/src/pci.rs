@@ -4,7 +4,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use rampart_block::BlockBackend;
 use rampart_config::{DeviceConfig, DriveInterface, VmConfig};
 use rampart_devices::pci::root::{CONFIG_IO_LEN, CONFIG_IO_PORT};
 use rampart_devices::pci::{BarAllocator, ConfigIo, Ecam, MsiController, PciRoot, Window};
@@ -39,7 +38,7 @@ pub fn build(
     mem: &GuestMemoryMmap,
     buses: &Buses,
     host: &PciHost,
-    disks: &[(String, Arc<dyn BlockBackend>)],
+    disks: &[crate::vm::OpenDisk],
 ) -> Result<PciDevices, VmError> {
     let dev_err = |e: &dyn std::fmt::Display| VmError::Device(e.to_string());
     let root = Arc::new(Mutex::new(PciRoot::new(Arc::downgrade(&buses.mmio))));
@@ -67,8 +66,8 @@ pub fn build(
     let disk = |name: &str| {
         disks
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, d)| d.clone())
+            .find(|(n, _, _)| n == name)
+            .map(|(_, d, s)| (d.clone(), s.clone()))
             .ok_or_else(|| VmError::Device(format!("virtio-blk-pci: drive '{name}' is not open")))
     };
     // `-drive if=virtio` disks first (as QEMU creates them), then `-device` in order.
@@ -87,13 +86,13 @@ pub fn build(
     for (n, dev) in wanted.iter().enumerate() {
         let (device, class): (Box<dyn VirtioDevice>, u32) = match dev {
             DeviceConfig::VirtioRng { .. } => (Box::new(rng::Rng::new()), rng::PCI_CLASS),
-            DeviceConfig::VirtioBlk { drive, serial, .. } => (
-                Box::new(block::Block::new(
-                    disk(drive)?,
-                    serial.as_deref().unwrap_or(""),
-                )),
-                block::PCI_CLASS,
-            ),
+            DeviceConfig::VirtioBlk { drive, serial, .. } => {
+                let (d, stats) = disk(drive)?;
+                (
+                    Box::new(block::Block::new(d, serial.as_deref().unwrap_or(""), stats)),
+                    block::PCI_CLASS,
+                )
+            }
         };
         let (transport, parts) = VirtioPci::new(
             device,

@@ -83,6 +83,14 @@ pub enum ConsoleIo {
     },
 }
 
+/// An opened block back end: its node name (or drive id), the back end, and the I/O
+/// accounting of the device that serves it (kept across resets, as QEMU's).
+pub type OpenDisk = (
+    String,
+    Arc<dyn rampart_block::BlockBackend>,
+    Arc<rampart_block::stats::BlockStats>,
+);
+
 /// Host resources opened before the VM is built (and before any sandbox closes the doors).
 pub struct HostResources {
     pub kernel: File,
@@ -90,7 +98,7 @@ pub struct HostResources {
     pub console: ConsoleIo,
     pub signals: TerminationSignals,
     /// Opened (and locked) block back ends by node name / drive id, kept across resets.
-    pub disks: Vec<(String, Arc<dyn rampart_block::BlockBackend>)>,
+    pub disks: Vec<OpenDisk>,
     /// Requests from the monitor, and the run state they act on (kept across resets).
     pub control: crate::control::ControlPort,
 }

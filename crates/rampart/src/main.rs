@@ -84,13 +84,19 @@ fn open_console(config: &VmConfig) -> Result<ConsoleIo> {
     })
 }
 
-/// Opens (and locks) every `-drive`/`-blockdev` image, by node name.
+/// Opens (and locks) every `-drive`/`-blockdev` image, by node name; also returns, for each,
+/// the images its chain opened (for the monitor).
+#[allow(clippy::type_complexity)]
 fn open_drives(
     config: &VmConfig,
-) -> Result<Vec<(String, std::sync::Arc<dyn rampart_block::BlockBackend>)>> {
+) -> Result<(
+    Vec<rampart_vmm::vm::OpenDisk>,
+    Vec<Vec<rampart_block::ChainImage>>,
+)> {
     let mut out = Vec::new();
+    let mut chains = Vec::new();
     for d in &config.drives {
-        let disk = rampart_block::open(&d.node)
+        let (disk, chain) = rampart_block::open_with_chain(&d.node)
             .with_context(|| format!("block node '{}'", d.node.node_name))?;
         info!(
             "block node '{}': '{}', {} bytes{}",
@@ -99,9 +105,11 @@ fn open_drives(
             disk.size(),
             if disk.read_only() { ", read-only" } else { "" }
         );
-        out.push((d.node.node_name.clone(), disk));
+        let stats = std::sync::Arc::new(rampart_block::stats::BlockStats::new());
+        out.push((d.node.node_name.clone(), disk, stats));
+        chains.push(chain);
     }
-    Ok(out)
+    Ok((out, chains))
 }
 
 fn run(config: VmConfig) -> Result<ExitCode> {
@@ -118,12 +126,12 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         None => None,
     };
     let console = open_console(&config)?;
-    let disks = open_drives(&config)?;
+    let (disks, chains) = open_drives(&config)?;
     let accel = vm::choose_accel(&config.accel)?;
     let signals = TerminationSignals::new()?;
     let (client, mut control) =
         rampart_vmm::control::channel(config.lifecycle.start_paused).context("control channel")?;
-    let monitors = match monitors::start(&config, accel, client)? {
+    let monitors = match monitors::start(&config, accel, client, &disks, &chains)? {
         Some((m, events)) => {
             control.set_publisher(monitors::publisher(events));
             Some(m)

@@ -1,22 +1,31 @@
 //! Opening the monitors' transports and starting the monitor thread.
 
 use std::os::unix::net::UnixListener;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use rampart_block::ChainImage;
 use rampart_config::control::LifecycleEvent;
-use rampart_config::{Accel, ChardevBackend, SerialBackend, VmConfig, MAX_VCPUS};
+use rampart_config::{
+    Accel, ChardevBackend, DeviceConfig, DriveInterface, MonitorMode, SerialBackend, VmConfig,
+    MAX_VCPUS,
+};
+use rampart_monitor::block::{BlockDeviceInfo, CacheInfo, StatsReader};
 use rampart_monitor::{
     AllowAll, ChardevInfo, Dispatcher, EventSink, MachineInfo, MonitorServer, MonitorSpec,
     Transport, VmInfo,
 };
 use rampart_vmm::chardev::UnixServer;
 use rampart_vmm::control::ControlClient;
+use rampart_vmm::vm::OpenDisk;
 
 /// The running monitors; dropping this flushes them and removes their socket files.
 pub struct Monitors {
     server: Option<MonitorServer>,
     /// The bound sockets (removed from the filesystem when dropped).
     _sockets: Vec<UnixServer>,
+    /// Raw mode of the terminal an HMP on stdio edits lines on (restored when dropped).
+    _terminal: Option<crate::terminal::RawTerminal>,
 }
 
 impl Monitors {
@@ -49,7 +58,104 @@ fn serial_filename(s: &SerialBackend) -> Option<String> {
 }
 
 /// The static facts the monitor reports.
-fn vm_info(config: &VmConfig, accel: Accel) -> VmInfo {
+/// The QOM path of each virtio-blk device's back end, by drive name, numbered as QEMU does
+/// (`-device id=X`: /machine/peripheral/X; anonymous devices, `-drive if=virtio` first:
+/// /machine/peripheral-anon/device[N]), in the order the devices are created.
+fn block_qdevs(config: &VmConfig) -> Vec<(String, String)> {
+    let mut anon = 0;
+    let mut path = |id: Option<&String>| match id {
+        Some(id) => format!("/machine/peripheral/{id}/virtio-backend"),
+        None => {
+            anon += 1;
+            format!(
+                "/machine/peripheral-anon/device[{}]/virtio-backend",
+                anon - 1
+            )
+        }
+    };
+    let mut out = Vec::new();
+    for d in &config.drives {
+        if d.interface == DriveInterface::Virtio {
+            out.push((d.node.node_name.clone(), path(None)));
+        }
+    }
+    for dev in &config.devices {
+        match dev {
+            DeviceConfig::VirtioRng { id } => {
+                path(id.as_ref());
+            }
+            DeviceConfig::VirtioBlk { id, drive, .. } => {
+                out.push((drive.clone(), path(id.as_ref())));
+            }
+        }
+    }
+    out
+}
+
+/// The block devices for the monitor, in QEMU's order: every `-drive` as given, then the
+/// `-blockdev` nodes in the order devices attach them. `chains[i]` is what opening
+/// `disks[i]` opened (the node's image, then its backing files).
+fn block_devices(
+    config: &VmConfig,
+    disks: &[OpenDisk],
+    chains: &[Vec<ChainImage>],
+) -> Vec<BlockDeviceInfo> {
+    let qdevs = block_qdevs(config);
+    let info = |i: usize| {
+        let d = &config.drives[i];
+        let (_, disk, stats) = &disks[i];
+        let chain = &chains[i];
+        let stats = stats.clone();
+        let drv = chain.first().map_or(d.node.format, |c| c.format).name();
+        BlockDeviceInfo {
+            device: if d.from_blockdev {
+                String::new()
+            } else {
+                d.node.node_name.clone()
+            },
+            qdev: qdevs
+                .iter()
+                .find(|(n, _)| *n == d.node.node_name)
+                .map(|(_, q)| q.clone()),
+            node_name: d.node.node_name.clone(),
+            file: d.node.filename.display().to_string(),
+            drv,
+            read_only: disk.read_only(),
+            virtual_size: disk.size(),
+            backing: chain
+                .iter()
+                .skip(1)
+                .map(|c| (c.filename.display().to_string(), c.format.name()))
+                .collect(),
+            cache: CacheInfo {
+                writeback: !d.node.cache.writethrough,
+                direct: d.node.cache.direct,
+                no_flush: d.node.cache.no_flush,
+            },
+            stats: StatsReader(Arc::new(move || stats.snapshot())),
+        }
+    };
+    let n = config.drives.len().min(disks.len()).min(chains.len());
+    let mut out: Vec<BlockDeviceInfo> = (0..n)
+        .filter(|&i| !config.drives[i].from_blockdev)
+        .map(info)
+        .collect();
+    for (node, _) in &qdevs {
+        if let Some(i) = (0..n)
+            .find(|&i| config.drives[i].from_blockdev && config.drives[i].node.node_name == *node)
+        {
+            out.push(info(i));
+        }
+    }
+    out
+}
+
+fn vm_info(
+    config: &VmConfig,
+    accel: Accel,
+    disks: &[OpenDisk],
+    chains: &[Vec<ChainImage>],
+) -> VmInfo {
     let mut chardevs: Vec<ChardevInfo> = Vec::new();
     if let Some(f) = serial_filename(&config.serial) {
         chardevs.push(ChardevInfo {
@@ -88,6 +194,7 @@ fn vm_info(config: &VmConfig, accel: Accel) -> VmInfo {
             },
         ],
         chardevs,
+        blocks: block_devices(config, disks, chains),
     }
 }
 
@@ -97,12 +204,15 @@ pub fn start(
     config: &VmConfig,
     accel: Accel,
     client: ControlClient,
+    disks: &[OpenDisk],
+    chains: &[Vec<ChainImage>],
 ) -> Result<Option<(Monitors, EventSink)>> {
     if config.monitors.is_empty() {
         return Ok(None);
     }
     let mut sockets = Vec::new();
     let mut specs = Vec::new();
+    let mut terminal = None;
     for m in &config.monitors {
         let chardev = config
             .chardevs
@@ -137,20 +247,34 @@ pub fn start(
                 Transport::Unix { listener, initial }
             }
         };
+        // HMP on a terminal: raw mode (restored at exit) and the monitor's own line editor.
+        let mut line_editing = false;
+        if matches!(transport, Transport::Stdio) && m.mode == MonitorMode::Readline {
+            let t = crate::terminal::RawTerminal::enter_keeping_signals(libc::STDIN_FILENO)
+                .context("-monitor stdio: terminal raw mode")?;
+            line_editing = t.is_active();
+            terminal = Some(t);
+        }
         specs.push(MonitorSpec {
             id: chardev.id.clone(),
             mode: m.mode,
             pretty: m.pretty,
             transport,
+            line_editing,
         });
     }
     let backend = Box::new(move |req| client.call(req));
-    let dispatcher = Dispatcher::new(vm_info(config, accel), backend, Box::new(AllowAll));
+    let dispatcher = Dispatcher::new(
+        vm_info(config, accel, disks, chains),
+        backend,
+        Box::new(AllowAll),
+    );
     let (server, events) = MonitorServer::start(specs, dispatcher)?;
     Ok(Some((
         Monitors {
             server: Some(server),
             _sockets: sockets,
+            _terminal: terminal,
         },
         events,
     )))

@@ -12,7 +12,23 @@ pub struct RawTerminal {
 }
 
 impl RawTerminal {
+    /// Raw mode for the serial console: every byte, ^C included, goes to the guest.
     pub fn enter(fd: RawFd) -> std::io::Result<RawTerminal> {
+        Self::enter_with(fd, false)
+    }
+
+    /// Raw mode for the HMP line editor: ^C and ^Z still signal rampart, as QEMU's stdio
+    /// chardev (`signal=on`).
+    pub fn enter_keeping_signals(fd: RawFd) -> std::io::Result<RawTerminal> {
+        Self::enter_with(fd, true)
+    }
+
+    /// Whether `fd` was a terminal (and is now in raw mode).
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    fn enter_with(fd: RawFd, keep_signals: bool) -> std::io::Result<RawTerminal> {
         // SAFETY: isatty only inspects the descriptor.
         if unsafe { libc::isatty(fd) } != 1 {
             return Ok(RawTerminal { active: false });
@@ -28,6 +44,9 @@ impl RawTerminal {
         unsafe { libc::cfmakeraw(&mut raw) };
         // Keep output processing so host log lines still start at column 0.
         raw.c_oflag |= libc::OPOST | libc::ONLCR;
+        if keep_signals {
+            raw.c_lflag |= libc::ISIG;
+        }
         // SAFETY: `raw` is a valid termios derived from the current settings.
         if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
             return Err(std::io::Error::last_os_error());

@@ -1,5 +1,5 @@
 //! The serial console's host side: Ctrl-A x on a terminal (raw mode, restored at exit), and the
-//! serial port on a UNIX socket.
+//! serial port on a UNIX socket; and the HMP's line editing on a terminal (`-monitor stdio`).
 
 mod common;
 
@@ -153,4 +153,77 @@ fn serial_socket_refuses_to_replace_a_regular_file() {
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stderr.contains("not a socket"), "{r:?}");
     assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+}
+
+/// Reads from `master` until `needle` appears (or panics after [`LIMIT`]); returns all read.
+fn read_pty_until(master: &mut std::fs::File, needle: &str, seen: &mut Vec<u8>) -> String {
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        assert!(
+            start.elapsed() < LIMIT,
+            "waiting for {needle:?}: {:?}",
+            String::from_utf8_lossy(seen)
+        );
+        let n = master.read(&mut buf).unwrap();
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(seen).into_owned();
+    seen.clear();
+    text
+}
+
+#[test]
+fn hmp_on_a_terminal_edits_lines_with_history_and_restores_the_terminal() {
+    require_kvm();
+    let dir = Scratch::new("hmp-tty");
+    let (mut master, slave) = openpty();
+    let before = termios_of(&slave);
+    let mut child = rampart()
+        .args([
+            "-accel", "kvm", "-m", "64", "-serial", "null", "-monitor", "stdio",
+        ])
+        .arg("-kernel")
+        .arg(test_guest(&dir, Program::Spin))
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    read_pty_until(&mut master, "(qemu) ", &mut seen);
+    let raw = termios_of(&slave);
+    assert_eq!(
+        raw.c_lflag & (libc::ICANON | libc::ECHO),
+        0,
+        "not in raw mode"
+    );
+    assert_ne!(raw.c_lflag & libc::ISIG, 0, "^C must still signal rampart");
+
+    // "nfo status", Ctrl-A, "i": the insert lands at the start of the line.
+    master.write_all(b"nfo status\x01i\r").unwrap();
+    let out = read_pty_until(&mut master, "(qemu) ", &mut seen);
+    assert!(out.contains("VM status: running"), "{out:?}");
+    // A typo fixed with Left and Backspace; End; Enter.
+    master.write_all(b"stpx\x7f\x1b[Do\x05\r").unwrap();
+    let out = read_pty_until(&mut master, "(qemu) ", &mut seen);
+    assert!(!out.contains("unknown command"), "{out:?}");
+    // Up twice recalls "info status"; the VM is now paused.
+    master.write_all(b"\x1b[A\x1b[A\r").unwrap();
+    let out = read_pty_until(&mut master, "(qemu) ", &mut seen);
+    assert!(out.contains("VM status: paused"), "{out:?}");
+    // Ctrl-U drops a half-typed line.
+    master.write_all(b"garbage\x15quit\r").unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < LIMIT, "rampart did not quit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+    let after = termios_of(&slave);
+    assert_eq!(after.c_lflag, before.c_lflag, "local modes not restored");
+    assert_eq!(after.c_iflag, before.c_iflag, "input modes not restored");
 }

@@ -2,7 +2,9 @@
 //! every boot takes about a minute): `stop` freezes the guest (its once-a-second ticks on the
 //! serial console stop) and `cont` resumes it; `system_reset` reboots it; `system_powerdown`
 //! presses the ACPI power button, which the kernel's button driver reports and busybox `acpid`
-//! answers by powering off (guest-init/tests/monitor).
+//! answers by powering off (guest-init/tests/monitor). The guest also has a disk, which the
+//! kernel's virtio_blk driver reads (its partition table) when it loads: `query-blockstats`
+//! shows those reads.
 
 mod common;
 
@@ -20,6 +22,7 @@ const LIMIT: Duration = Duration::from_secs(600);
 fn monitor_stops_resumes_resets_and_powers_down_a_linux_guest() {
     let dir = Scratch::new("linux-monitor");
     let sock = dir.path("qmp.sock");
+    let disk = dir.file("disk.raw", &vec![0u8; 1 << 20]);
     let log = std::fs::File::create(dir.path("stderr.log")).unwrap();
     let mut child = rampart()
         .args(["-accel", "tcg", "-m", "256", "-nographic", "-kernel"])
@@ -28,8 +31,14 @@ fn monitor_stops_resumes_resets_and_powers_down_a_linux_guest() {
         .arg(guest_file("initrd.img"))
         .args([
             "-append",
-            "console=ttyS0 cryptomgr.notests rampart.modules=button,evdev rampart.test=monitor",
+            "console=ttyS0 cryptomgr.notests rampart.modules=button,evdev,virtio_blk \
+             rampart.test=monitor",
         ])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,id=d0",
+            disk.display()
+        ))
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
         .stdout(Stdio::piped())
@@ -47,6 +56,16 @@ fn monitor_stops_resumes_resets_and_powers_down_a_linux_guest() {
         stderr()
     );
     assert!(boot.contains("rampart-test: input: Power Button"), "{boot}");
+
+    // The driver's reads are counted where they completed.
+    let stats = q.exec("query-blockstats");
+    let s = &stats[0]["stats"];
+    assert_eq!(stats[0]["device"], "d0", "{stats}");
+    assert!(s["rd_operations"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["rd_bytes"].as_u64().unwrap() >= 512, "{s}");
+    assert!(s["rd_total_time_ns"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["failed_rd_operations"], 0, "{s}");
+    assert!(s.get("idle_time_ns").is_some(), "{s}");
 
     // stop: the ticks stop.
     assert_eq!(q.exec("stop"), json!({}));

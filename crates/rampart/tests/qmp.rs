@@ -596,6 +596,109 @@ fn hmp_runs_commands_through_the_same_layer_and_human_monitor_command_too() {
     assert_eq!(r.code, Some(0), "{r:?}");
 }
 
+fn qemu_img(args: &[&str]) {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img is installed (apt-get install qemu-utils)");
+    assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+}
+
+#[test]
+fn query_block_blockstats_and_info_block_report_the_drives_in_qemus_shapes() {
+    let images = Scratch::new("qmp-block-images");
+    let raw = images.path("a.raw");
+    let base = images.path("base.raw");
+    let top = images.path("top.qcow2");
+    qemu_img(&["create", "-q", "-f", "raw", raw.to_str().unwrap(), "4M"]);
+    qemu_img(&["create", "-q", "-f", "raw", base.to_str().unwrap(), "8M"]);
+    let (b, t) = (base.to_str().unwrap(), top.to_str().unwrap());
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", b, "-F", "raw", t]);
+    let drive = format!("file={},format=raw,if=virtio,id=d0", raw.display());
+    let blockdev =
+        format!("driver=qcow2,node-name=n1,read-only=on,file.driver=file,file.filename={t}");
+    let q = qmp_arg("q.sock");
+    let vm = Vm::start(
+        "qmp-block",
+        Program::Spin,
+        &[
+            "-qmp",
+            &q,
+            "-drive",
+            &drive,
+            "-blockdev",
+            &blockdev,
+            "-device",
+            "virtio-blk-pci,drive=n1,id=vd1",
+        ],
+    );
+    let mut c = Qmp::connect(&vm.sock("q.sock"));
+
+    let blocks = c.exec("query-block");
+    let want = json!([
+        {"device": "d0", "qdev": "/machine/peripheral-anon/device[0]/virtio-backend",
+         "type": "unknown", "removable": false, "locked": false, "io-status": "ok",
+         "inserted": {"file": raw.display().to_string(), "node-name": "d0", "ro": false,
+            "drv": "raw", "backing_file_depth": 0, "active": true, "encrypted": false,
+            "detect_zeroes": "off", "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0,
+            "iops_rd": 0, "iops_wr": 0, "write_threshold": 0,
+            "image": {"filename": raw.display().to_string(), "format": "raw",
+                      "virtual-size": 4 << 20},
+            "cache": {"writeback": true, "direct": false, "no-flush": false}}},
+        {"device": "", "qdev": "/machine/peripheral/vd1/virtio-backend",
+         "type": "unknown", "removable": false, "locked": false, "io-status": "ok",
+         "inserted": {"file": t, "node-name": "n1", "ro": true, "drv": "qcow2",
+            "backing_file": b, "backing_file_depth": 1, "active": true, "encrypted": false,
+            "detect_zeroes": "off", "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0,
+            "iops_rd": 0, "iops_wr": 0, "write_threshold": 0,
+            "image": {"filename": t, "format": "qcow2", "virtual-size": 8 << 20,
+                      "full-backing-filename": b, "backing-filename-format": "raw"},
+            "cache": {"writeback": true, "direct": false, "no-flush": false}}},
+    ]);
+    assert_eq!(blocks, want);
+
+    let stats = c.exec("query-blockstats");
+    let list = stats.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{stats}");
+    assert_eq!(list[0]["device"], "d0");
+    assert_eq!(list[1]["node-name"], "n1");
+    assert_eq!(list[1]["qdev"], "/machine/peripheral/vd1/virtio-backend");
+    for e in list {
+        let s = &e["stats"];
+        // The test guest does no disk I/O: every counter is a true zero.
+        for k in [
+            "rd_bytes",
+            "wr_bytes",
+            "rd_operations",
+            "wr_operations",
+            "flush_operations",
+            "unmap_operations",
+            "failed_rd_operations",
+            "invalid_wr_operations",
+            "wr_highest_offset",
+        ] {
+            assert_eq!(s[k], 0, "{k}: {s}");
+        }
+        assert_eq!(s["account_failed"], true);
+        assert_eq!(s["timed_stats"], json!([]));
+        assert!(s.get("idle_time_ns").is_none(), "no I/O completed yet: {s}");
+    }
+
+    let info =
+        c.cmd(r#"{"execute":"human-monitor-command","arguments":{"command-line":"info block"}}"#);
+    assert_eq!(
+        info["return"],
+        format!(
+            "d0 (d0): {} (raw)\r\n    Attached to:      \
+             /machine/peripheral-anon/device[0]/virtio-backend\r\n    Cache mode:       \
+             writeback\r\n\r\nn1: {t} (qcow2, read-only)\r\n    Attached to:      \
+             /machine/peripheral/vd1/virtio-backend\r\n    Cache mode:       writeback\r\n    \
+             Backing file:     {b} (chain depth: 1)\r\n",
+            raw.display()
+        )
+    );
+}
+
 #[test]
 fn chardev_and_mon_with_pretty_output_and_wait_on_blocks_start() {
     let chardev = "socket,id=mon0,path={dir}/m.sock,server=on,wait=on";

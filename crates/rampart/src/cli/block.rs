@@ -253,7 +253,11 @@ fn drive_from_opts(opts: &Opts, existing: &[DriveConfig]) -> Result<DriveConfig,
         };
     }
     node.validate()?;
-    Ok(DriveConfig { interface, node })
+    Ok(DriveConfig {
+        interface,
+        node,
+        from_blockdev: false,
+    })
 }
 
 fn props_err(source: PropsError) -> CliError {
@@ -482,6 +486,7 @@ pub(crate) fn blockdev(arg: &OsStr) -> Result<BlockRequest, CliError> {
     Ok(BlockRequest::Node(DriveConfig {
         interface: DriveInterface::None,
         node,
+        from_blockdev: true,
     }))
 }
 

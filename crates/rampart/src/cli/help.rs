@@ -52,7 +52,8 @@ PATH is never deleted, and the socket is removed at exit):
                    a QMP monitor (chardev 'compat_monitorN'); wait=on (the
                    default, as in QEMU) blocks start-up until a client connects
   -monitor unix:PATH,server=on[,wait=on|off] | stdio | none
-                   a human monitor (HMP, '(qemu)' prompt)
+                   a human monitor (HMP, '(qemu)' prompt; on a terminal with
+                   line editing and history)
   -chardev socket,id=ID,path=PATH,server=on[,wait=on|off]
   -chardev stdio,id=ID
                    a character device for -mon (stdio may be used by one

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use rampart_block::stats::BlockStats;
 use rampart_block::BlockBackend;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -38,8 +39,9 @@ pub struct Block {
 }
 
 impl Block {
-    /// A disk serving `disk`; `serial` is what GET_ID answers (truncated to 20 bytes).
-    pub fn new(disk: Arc<dyn BlockBackend>, serial: &str) -> Self {
+    /// A disk serving `disk`; `serial` is what GET_ID answers (truncated to 20 bytes); its
+    /// requests are accounted in `stats`.
+    pub fn new(disk: Arc<dyn BlockBackend>, serial: &str, stats: Arc<BlockStats>) -> Self {
         let mut features = 1u64 << VIRTIO_BLK_F_SIZE_MAX
             | 1 << VIRTIO_BLK_F_SEG_MAX
             | 1 << VIRTIO_BLK_F_BLK_SIZE
@@ -67,7 +69,7 @@ impl Block {
             put(0x38, &[1]); // write_zeroes_may_unmap
         }
         Block {
-            requests: BlockRequests::new(disk, serial),
+            requests: BlockRequests::new(disk, serial, stats),
             features,
             config: c,
         }

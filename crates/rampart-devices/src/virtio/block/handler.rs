@@ -10,7 +10,9 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::time::Instant;
 
+use rampart_block::stats::{BlockStats, IoKind};
 use rampart_block::BlockBackend;
 use tracing::debug;
 use virtio_bindings::virtio_blk::{
@@ -41,6 +43,11 @@ const WRITE_ZEROES_UNMAP: u32 = 1;
 pub struct BlockRequests {
     pub disk: Arc<dyn BlockBackend>,
     pub serial: [u8; ID_BYTES],
+    /// The device's I/O accounting (read by the monitor).
+    pub stats: Arc<BlockStats>,
+    /// Bytes the current request moved, and (for writes) the end of its range.
+    acct_bytes: u64,
+    acct_end: Option<u64>,
     /// Scratch buffer reused across requests (at most [`MAX_REQUEST_BYTES`]).
     buf: Vec<u8>,
 }
@@ -48,18 +55,24 @@ pub struct BlockRequests {
 /// Why a request failed; becomes its status byte.
 #[derive(Debug, PartialEq, Eq)]
 enum Failure {
+    /// The back end failed the request.
     IoErr,
+    /// The request was malformed (out of range, misaligned, too large): no I/O was done.
+    Invalid,
     Unsupported,
 }
 
 impl BlockRequests {
-    pub fn new(disk: Arc<dyn BlockBackend>, serial: &str) -> Self {
+    pub fn new(disk: Arc<dyn BlockBackend>, serial: &str, stats: Arc<BlockStats>) -> Self {
         let mut s = [0u8; ID_BYTES];
         let n = serial.len().min(ID_BYTES);
         s[..n].copy_from_slice(&serial.as_bytes()[..n]);
         BlockRequests {
             disk,
             serial: s,
+            stats,
+            acct_bytes: 0,
+            acct_end: None,
             buf: Vec::new(),
         }
     }
@@ -108,11 +121,16 @@ impl BlockRequests {
         } else {
             let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
             let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or([0; 8]));
-            self.execute(kind, sector, &mut reader, &mut writer)
+            self.acct_bytes = 0;
+            self.acct_end = None;
+            let start = Instant::now();
+            let result = self.execute(kind, sector, &mut reader, &mut writer);
+            self.account(kind, &result, start);
+            result
         };
         let code = match result {
             Ok(_) => VIRTIO_BLK_S_OK,
-            Err(Failure::IoErr) => VIRTIO_BLK_S_IOERR,
+            Err(Failure::IoErr | Failure::Invalid) => VIRTIO_BLK_S_IOERR,
             Err(Failure::Unsupported) => VIRTIO_BLK_S_UNSUPP,
         };
         if status.write_all(&[code as u8]).is_err() {
@@ -122,13 +140,33 @@ impl BlockRequests {
         u32::try_from(data + 1).unwrap_or(u32::MAX)
     }
 
+    /// Records a finished request in the device's statistics, as QEMU's virtio-blk accounts
+    /// them (write-zeroes as a write, discard as an unmap; GET_ID and unknown types not).
+    fn account(&self, kind: u32, result: &Result<usize, Failure>, start: Instant) {
+        let io = match kind {
+            VIRTIO_BLK_T_IN => IoKind::Read,
+            VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_WRITE_ZEROES => IoKind::Write,
+            VIRTIO_BLK_T_FLUSH => IoKind::Flush,
+            VIRTIO_BLK_T_DISCARD => IoKind::Unmap,
+            _ => return,
+        };
+        match result {
+            Ok(_) => self
+                .stats
+                .done(io, self.acct_bytes, start.elapsed(), self.acct_end),
+            Err(Failure::IoErr) => self.stats.failed(io, start.elapsed()),
+            Err(Failure::Invalid) => self.stats.invalid(io),
+            Err(Failure::Unsupported) => {}
+        }
+    }
+
     /// The byte range `[sector * 512, + len)` if it lies inside the disk.
     fn range(&self, sector: u64, len: u64) -> Result<u64, Failure> {
-        let offset = sector.checked_mul(SECTOR_SIZE).ok_or(Failure::IoErr)?;
-        let end = offset.checked_add(len).ok_or(Failure::IoErr)?;
+        let offset = sector.checked_mul(SECTOR_SIZE).ok_or(Failure::Invalid)?;
+        let end = offset.checked_add(len).ok_or(Failure::Invalid)?;
         if end > self.disk.size() {
             debug!(sector, len, "virtio-blk: request past the end of the disk");
-            return Err(Failure::IoErr);
+            return Err(Failure::Invalid);
         }
         Ok(offset)
     }
@@ -149,12 +187,13 @@ impl BlockRequests {
             VIRTIO_BLK_T_IN => {
                 let len = writer.available_bytes();
                 if len > MAX_REQUEST_BYTES || !(len as u64).is_multiple_of(SECTOR_SIZE) {
-                    return Err(Failure::IoErr);
+                    return Err(Failure::Invalid);
                 }
                 let offset = self.range(sector, len as u64)?;
                 self.buf.resize(len, 0);
                 self.disk.read_at(offset, &mut self.buf).map_err(io)?;
                 writer.write_all(&self.buf).map_err(|_| Failure::IoErr)?;
+                self.acct_bytes = len as u64;
                 Ok(len)
             }
             VIRTIO_BLK_T_OUT => {
@@ -163,7 +202,7 @@ impl BlockRequests {
                 }
                 let len = reader.available_bytes();
                 if len > MAX_REQUEST_BYTES || !(len as u64).is_multiple_of(SECTOR_SIZE) {
-                    return Err(Failure::IoErr);
+                    return Err(Failure::Invalid);
                 }
                 let offset = self.range(sector, len as u64)?;
                 self.buf.resize(len, 0);
@@ -171,6 +210,8 @@ impl BlockRequests {
                     .read_exact(&mut self.buf)
                     .map_err(|_| Failure::IoErr)?;
                 self.disk.write_at(offset, &self.buf).map_err(io)?;
+                self.acct_bytes = len as u64;
+                self.acct_end = Some(offset + len as u64);
                 Ok(0)
             }
             VIRTIO_BLK_T_FLUSH => {
@@ -196,7 +237,7 @@ impl BlockRequests {
                     || !len.is_multiple_of(SEGMENT_BYTES)
                     || len / SEGMENT_BYTES > MAX_SEGMENTS
                 {
-                    return Err(Failure::IoErr);
+                    return Err(Failure::Invalid);
                 }
                 for _ in 0..len / SEGMENT_BYTES {
                     let mut seg = [0u8; SEGMENT_BYTES];
@@ -217,7 +258,9 @@ impl BlockRequests {
                         }
                         let unmap = flags & WRITE_ZEROES_UNMAP != 0;
                         self.disk.write_zeroes(offset, bytes, unmap).map_err(io)?;
+                        self.acct_end = self.acct_end.max(Some(offset + bytes));
                     }
+                    self.acct_bytes += bytes;
                 }
                 Ok(0)
             }

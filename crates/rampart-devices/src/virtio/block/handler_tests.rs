@@ -3,6 +3,7 @@
 
 use std::sync::Mutex;
 
+use rampart_block::stats::{BlockStats, StatsSnapshot};
 use rampart_block::BlockError;
 use virtio_bindings::bindings::virtio_ring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -120,6 +121,7 @@ struct Run {
     used_len: u32,
     used_idx: u16,
     status: u8,
+    stats: StatsSnapshot,
 }
 
 /// Offers `descs` as one chain (starting at descriptor 0) and processes the queue.
@@ -132,14 +134,66 @@ fn run(mem: &GuestMemoryMmap, disk: Arc<MemDisk>, descs: &[RawDescriptor]) -> Ru
     vq.avail().idx().store(1u16);
     mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
     let mut q: Queue = vq.create_queue().unwrap();
-    let mut reqs = BlockRequests::new(disk, "SERIAL-1");
+    let stats = Arc::new(BlockStats::new());
+    let mut reqs = BlockRequests::new(disk, "SERIAL-1", stats.clone());
     reqs.process(&mut q, mem).unwrap();
     let used = vq.used_addr();
     Run {
         used_idx: mem.read_obj(used.unchecked_add(2)).unwrap(),
         used_len: mem.read_obj(used.unchecked_add(8)).unwrap(),
         status: mem.read_obj(GuestAddress(STATUS)).unwrap(),
+        stats: stats.snapshot(),
     }
+}
+
+#[test]
+fn completed_failed_and_invalid_requests_are_accounted_like_qemu() {
+    let mem = mem();
+    header(&mem, VIRTIO_BLK_T_IN, 3);
+    let r = run(
+        &mem,
+        MemDisk::new(64 * 512, false, false),
+        &request(1024, true),
+    );
+    assert_eq!((r.stats.read.operations, r.stats.read.bytes), (1, 1024));
+    assert_eq!(r.stats.write.operations, 0);
+
+    header(&mem, VIRTIO_BLK_T_OUT, 2);
+    let r = run(
+        &mem,
+        MemDisk::new(64 * 512, false, false),
+        &request(512, false),
+    );
+    assert_eq!((r.stats.write.operations, r.stats.write.bytes), (1, 512));
+    assert_eq!(r.stats.wr_highest_offset, 3 * 512);
+
+    header(&mem, VIRTIO_BLK_T_OUT, 0);
+    let r = run(
+        &mem,
+        MemDisk::new(64 * 512, true, false),
+        &request(512, false),
+    );
+    assert_eq!(r.status, VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(
+        (r.stats.write.operations, r.stats.write.failed_operations),
+        (0, 1)
+    );
+
+    header(&mem, VIRTIO_BLK_T_IN, 64);
+    let r = run(
+        &mem,
+        MemDisk::new(64 * 512, false, false),
+        &request(512, true),
+    );
+    assert_eq!(r.status, VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(
+        (r.stats.read.operations, r.stats.read.invalid_operations),
+        (0, 1)
+    );
+
+    header(&mem, VIRTIO_BLK_T_GET_ID, 0);
+    let r = run(&mem, MemDisk::new(512, false, false), &request(20, true));
+    assert_eq!(r.stats, StatsSnapshot::default(), "GET_ID is not block I/O");
 }
 
 #[test]
@@ -419,7 +473,11 @@ fn status_byte_overlapping_the_used_ring_does_not_break_the_queue() {
     vq.avail().ring().ref_at(0).unwrap().store(0u16);
     vq.avail().idx().store(1u16);
     let mut q: Queue = vq.create_queue().unwrap();
-    let mut reqs = BlockRequests::new(MemDisk::new(512, false, false), "");
+    let mut reqs = BlockRequests::new(
+        MemDisk::new(512, false, false),
+        "",
+        Arc::new(BlockStats::new()),
+    );
     assert!(reqs.process(&mut q, &mem).unwrap());
     assert_eq!(mem.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 1);
 }
