@@ -104,7 +104,8 @@ pub fn run(data: &[u8]) {
         read_only: flags & 1 != 0,
         discard: flags & 2 != 0,
     });
-    let mut requests = BlockRequests::new(disk.clone(), "fuzz");
+    let stats = Arc::new(rampart_block::stats::BlockStats::new());
+    let mut requests = BlockRequests::new(disk.clone(), "fuzz", stats);
     let _ = requests.process(&mut q, &mem);
     assert!(
         q.next_used() <= size,
