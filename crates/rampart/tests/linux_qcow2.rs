@@ -30,20 +30,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn sha256(bytes: &[u8], dir: &Scratch) -> String {
-    let p = dir.file("sha-input", bytes);
-    let out = Command::new("sha256sum")
-        .arg(&p)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn repeat(text: &str, len: usize) -> Vec<u8> {
-    text.bytes().cycle().take(len).collect()
+    sha256_file(&dir.file("sha-input", bytes))
 }
 
 #[test]

@@ -33,23 +33,6 @@ fn guest_cmd(test: &str, modules: &str) -> Command {
     cmd
 }
 
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("run sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// `text` repeated to exactly `len` bytes.
-fn repeat(text: &str, len: usize) -> Vec<u8> {
-    text.bytes().cycle().take(len).collect()
-}
-
 fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512
 }
@@ -185,10 +168,10 @@ fn linux_uses_virtio_blk_and_rng_over_pci() {
     assert!(image[16 * MIB..24 * MIB].iter().all(|&b| b == 0));
     // vdb: read-only, readable, unchanged.
     assert_eq!(value(&out, "vdb_write"), "refused", "{out}");
-    assert_eq!(value(&out, "vdb_sha256"), sha256(&ro), "{out}");
+    assert_eq!(value(&out, "vdb_sha256"), sha256_file(&ro), "{out}");
     assert_eq!(std::fs::read(&ro).unwrap(), ro_bytes);
     // vdc: the host's data reaches the guest intact, with and without O_DIRECT.
-    let want = sha256(&data);
+    let want = sha256_file(&data);
     assert_eq!(value(&out, "vdc_sha256_direct"), want, "{out}");
     assert_eq!(value(&out, "vdc_sha256"), want, "{out}");
     // virtio-rng: the kernel's hwrng is ours and gives random bytes.

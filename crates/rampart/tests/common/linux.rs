@@ -1,7 +1,8 @@
 //! The Debian test guest (`cargo xtask guest`): its files, and reading its test scripts'
 //! results from the serial console.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::Finished;
 
@@ -47,4 +48,27 @@ pub fn value<'a>(out: &'a str, key: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(&prefix))
         .map(str::trim)
         .unwrap_or_else(|| panic!("no {key}= in the guest output:\n{out}"))
+}
+
+/// The SHA-256 of a host file, as `sha256sum` prints it (the guest runs busybox's).
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(
+        out.status.success(),
+        "sha256sum {}: {out:?}",
+        path.display()
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `text` repeated to exactly `len` bytes.
+pub fn repeat(text: &str, len: usize) -> Vec<u8> {
+    text.bytes().cycle().take(len).collect()
 }
