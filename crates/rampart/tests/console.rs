@@ -200,17 +200,19 @@ fn hmp_on_a_terminal_edits_lines_with_history_and_restores_the_terminal() {
     );
     assert_ne!(raw.c_lflag & libc::ISIG, 0, "^C must still signal rampart");
 
+    // Each edit redraws the line as "\r(qemu) ...": a command's fresh prompt is the one that
+    // follows a newline.
     // "nfo status", Ctrl-A, "i": the insert lands at the start of the line.
     master.write_all(b"nfo status\x01i\r").unwrap();
-    let out = read_pty_until(&mut master, "(qemu) ", &mut seen);
+    let out = read_pty_until(&mut master, "\n(qemu) ", &mut seen);
     assert!(out.contains("VM status: running"), "{out:?}");
     // A typo fixed with Left and Backspace; End; Enter.
     master.write_all(b"stpx\x7f\x1b[Do\x05\r").unwrap();
-    let out = read_pty_until(&mut master, "(qemu) ", &mut seen);
+    let out = read_pty_until(&mut master, "\n(qemu) ", &mut seen);
     assert!(!out.contains("unknown command"), "{out:?}");
     // Up twice recalls "info status"; the VM is now paused.
     master.write_all(b"\x1b[A\x1b[A\r").unwrap();
-    let out = read_pty_until(&mut master, "(qemu) ", &mut seen);
+    let out = read_pty_until(&mut master, "\n(qemu) ", &mut seen);
     assert!(out.contains("VM status: paused"), "{out:?}");
     // Ctrl-U drops a half-typed line.
     master.write_all(b"garbage\x15quit\r").unwrap();
