@@ -7,7 +7,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::linux::*;
@@ -15,23 +15,6 @@ use common::*;
 
 const LIMIT: Duration = Duration::from_secs(600);
 const MIB: usize = 1 << 20;
-
-/// A rampart command for the test guest with `modules` loaded and test `test`.
-fn guest_cmd(test: &str, modules: &str) -> Command {
-    let mut cmd = rampart();
-    cmd.args(["-accel", "tcg", "-m", "512", "-nographic"])
-        .arg("-kernel")
-        .arg(guest_file("vmlinuz"))
-        .arg("-initrd")
-        .arg(guest_file("initrd.img"))
-        .args([
-            "-append",
-            &format!(
-                "console=ttyS0 cryptomgr.notests rampart.modules={modules} rampart.test={test}"
-            ),
-        ]);
-    cmd
-}
 
 fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512

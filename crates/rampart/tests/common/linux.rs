@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::Finished;
+use super::{rampart, Finished};
 
 /// The kernel command line every Linux-level test starts from. `cryptomgr.notests` skips the
 /// kernel's crypto self-tests: pure computation that tests nothing of the machine and, under
@@ -71,4 +71,20 @@ pub fn sha256_file(path: &Path) -> String {
 /// `text` repeated to exactly `len` bytes.
 pub fn repeat(text: &str, len: usize) -> Vec<u8> {
     text.bytes().cycle().take(len).collect()
+}
+
+/// A rampart command booting the test guest under tcg with 512 MiB, `modules` loaded by its
+/// init and guest test script `test`.
+pub fn guest_cmd(test: &str, modules: &str) -> Command {
+    let mut cmd = rampart();
+    cmd.args(["-accel", "tcg", "-m", "512", "-nographic"])
+        .arg("-kernel")
+        .arg(guest_file("vmlinuz"))
+        .arg("-initrd")
+        .arg(guest_file("initrd.img"))
+        .args([
+            "-append",
+            &format!("{CMDLINE} rampart.modules={modules} rampart.test={test}"),
+        ]);
+    cmd
 }
