@@ -1,0 +1,10 @@
+//! rampart's least-privilege layer: everything that narrows what the rampart process can reach
+//! once its host resources are open.
+//!
+//! Start-up order (see `docs/security.md`): parse and validate the configuration → open every
+//! host resource (`/dev/kvm`, images, kernel, sockets, taps; or take passed fds) → enter the
+//! jail and drop privileges → build the VM → each thread installs the seccomp filter of its
+//! role before it runs guest code or serves a client → the main thread installs its own and
+//! runs the event loop.
+//!
+//! Each mechanism lives in its own module, added with the feature that needs it.
