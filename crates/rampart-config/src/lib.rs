@@ -10,6 +10,7 @@ pub mod control;
 mod devices;
 mod error;
 mod machine;
+mod run_with;
 mod size;
 
 pub use block::*;
@@ -17,6 +18,7 @@ pub use chardev::{ChardevBackend, ChardevConfig, MonitorConfig, MonitorMode};
 pub use devices::{validate_devices, DeviceConfig, BLK_SERIAL_MAX};
 pub use error::ConfigError;
 pub use machine::*;
+pub use run_with::*;
 pub use size::parse_size;
 
 pub mod props;

@@ -233,6 +233,8 @@ pub struct VmConfig {
     pub chardevs: Vec<crate::ChardevConfig>,
     /// Monitors (`-mon`, `-qmp`, `-monitor`).
     pub monitors: Vec<crate::MonitorConfig>,
+    /// `-run-with` (and `-runas`, `-chroot`): user, root change, jail, cgroup limits, rlimits.
+    pub run_with: crate::RunWithConfig,
 }
 
 impl Default for VmConfig {
@@ -253,6 +255,7 @@ impl Default for VmConfig {
             devices: Vec::new(),
             chardevs: Vec::new(),
             monitors: Vec::new(),
+            run_with: crate::RunWithConfig::default(),
         }
     }
 }
@@ -274,6 +277,7 @@ impl VmConfig {
             });
         }
         crate::validate_drives(&self.drives)?;
+        self.run_with.validate()?;
         crate::validate_devices(&self.devices, &self.drives)?;
         if self.memory_bytes > host.host_memory_bytes {
             return Err(ConfigError::Memory {

@@ -38,6 +38,9 @@ pub(crate) enum Opt {
     Mon,
     Qmp,
     Monitor,
+    RunWith,
+    Runas,
+    Chroot,
 }
 
 struct OptDef {
@@ -85,6 +88,9 @@ const TABLE: &[OptDef] = &[
     def("-mon", Opt::Mon, true),
     def("-qmp", Opt::Qmp, true),
     def("-monitor", Opt::Monitor, true),
+    def("-run-with", Opt::RunWith, true),
+    def("-runas", Opt::Runas, true),
+    def("-chroot", Opt::Chroot, true),
 ];
 
 /// One option occurrence: which option, the spelling used (single dash, for messages), and its

@@ -96,6 +96,32 @@ refused by name):
                    dotted keys build nested values: a.b=1, list.0.x=1
   -object help, -device help
 
+Running unprivileged and confined (applied after every file, socket and
+/dev/kvm is open, before the guest starts; several -run-with are merged):
+  -run-with [user=NAME|UID:GID][,chroot=DIR]
+                   switch to this user (supplementary groups dropped, gid then
+                   uid) and chroot to DIR; every capability is dropped and
+                   no_new_privs set. Needs root to switch.
+  -run-with jail=DIR[,netns=on|off]
+                   run the VM in a child process that is PID 1 of new mount,
+                   PID, IPC and UTS (netns=on: and network) namespaces, with an
+                   empty read-only root mounted on DIR (pivot_root); this
+                   process waits for it, relays SIGINT/SIGTERM/SIGHUP and exits
+                   with its status. Cannot be combined with chroot=.
+  -run-with [cpu-max=QUOTA[/PERIOD]][,memory-max=SIZE][,pids-max=N]
+            [,io-device=MAJOR:MINOR[,io-rbps=SIZE][,io-wbps=SIZE]
+            [,io-riops=N][,io-wiops=N]]
+                   a per-VM cgroup with these limits (microseconds of CPU per
+                   period, default period 100000; bytes; tasks), cgroup v2
+                   where the host's unified hierarchy has the controller, else
+                   cgroup v1; created below rampart's own cgroup and removed at
+                   exit (the VM runs in a supervised child, as with jail=)
+  -run-with [rlimit-nofile=N][,rlimit-fsize=SIZE][,rlimit-core=SIZE]
+            [,rlimit-nproc=N][,rlimit-memlock=SIZE][,rlimit-as=SIZE]
+                   resource limits (soft and hard)
+  -runas USER      deprecated: -run-with user=USER
+  -chroot DIR      deprecated: -run-with chroot=DIR
+
 Information:
   -h, -help, --help   print this help and exit
   -version            print the version and exit
@@ -168,6 +194,9 @@ mod tests {
             "-mon ",
             "-qmp",
             "-monitor",
+            "-run-with",
+            "-runas",
+            "-chroot",
             "-version",
             "--help",
         ] {

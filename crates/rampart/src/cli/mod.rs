@@ -23,6 +23,7 @@ mod monitor;
 mod objects;
 mod options;
 mod qemu_opts;
+mod run_with;
 mod serial;
 #[cfg(test)]
 mod tests;
@@ -147,6 +148,8 @@ struct Builder {
     monitors: Vec<rampart_config::MonitorConfig>,
     /// `-qmp`/`-monitor` occurrences so far (they name their chardevs `compat_monitorN`).
     legacy_monitors: usize,
+    /// `-run-with`, `-runas` and `-chroot`, merged in order (a later key wins).
+    run_with: Option<Opts>,
 }
 
 fn merge(slot: &mut Option<Opts>, new: Opts) {
@@ -252,6 +255,12 @@ impl Builder {
                     self.monitors.push(m);
                 }
             }
+            Opt::RunWith => merge(
+                &mut self.run_with,
+                qemu_opts::parse(&run_with::RUN_WITH, arg)?,
+            ),
+            Opt::Runas => merge(&mut self.run_with, run_with::runas(arg)),
+            Opt::Chroot => merge(&mut self.run_with, run_with::chroot(arg)),
             Opt::Object | Opt::Device => match objects::request(item.opt, arg)? {
                 objects::Request::Help(text) => return Ok(Some(Cli::Info(text))),
                 objects::Request::Device(dev) => self.devices.push(dev),
@@ -321,6 +330,7 @@ impl Builder {
         )?;
         config.chardevs = self.chardevs;
         config.monitors = self.monitors;
+        config.run_with = run_with::parse(self.run_with.as_ref())?;
         Ok(config)
     }
 }

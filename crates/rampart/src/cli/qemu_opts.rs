@@ -48,7 +48,7 @@ impl Opts {
         }
     }
 
-    fn set(&mut self, key: &'static str, value: OsString) {
+    pub fn set(&mut self, key: &'static str, value: OsString) {
         match self.values.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
             None => self.values.push((key, value)),

@@ -423,3 +423,32 @@ fn random_arguments_never_panic() {
         let _ = parse(argv);
     }
 }
+
+#[test]
+fn run_with_options_merge_with_runas_and_chroot() {
+    let c = run(&[
+        "-runas",
+        "nobody",
+        "-run-with",
+        "chroot=/var/empty,pids-max=8",
+        "-run-with",
+        "user=1:2",
+    ]);
+
+    assert_eq!(
+        c.run_with.user,
+        Some(rampart_config::RunAsUser::Ids { uid: 1, gid: 2 })
+    );
+    assert_eq!(c.run_with.chroot, Some("/var/empty".into()));
+    assert_eq!(c.run_with.cgroup.pids, Some(8));
+}
+
+#[test]
+fn run_with_rejections_name_the_culprit() {
+    assert_eq!(
+        err(&["-run-with", "colour=red"]),
+        "-run-with: unknown property 'colour'"
+    );
+    assert!(err(&["-run-with", "memory-max=lots"]).contains("'memory-max'"));
+    assert!(err(&["-chroot"]).contains("'-chroot' requires an argument"));
+}
