@@ -7,4 +7,16 @@
 //! role before it runs guest code or serves a client → the main thread installs its own and
 //! runs the event loop.
 //!
-//! Each mechanism lives in its own module, added with the feature that needs it.
+//! Each mechanism lives in its own module, added with the feature that needs it:
+//! - [`privilege`]: `-run-with user=,chroot=` (change root, groups, gid, uid, capabilities,
+//!   `no_new_privs`);
+//! - [`supervisor`]: the fork that puts the VM in its own PID namespace and cleans up after it;
+//! - [`jail`]: mount, IPC, UTS (and network) namespaces and `pivot_root`;
+//! - [`cgroup`]: the per-VM cgroup, v2 or v1 per controller;
+//! - [`rlimit`]: resource limits.
+
+pub mod cgroup;
+pub mod jail;
+pub mod privilege;
+pub mod rlimit;
+pub mod supervisor;

@@ -93,6 +93,9 @@ pub type OpenDisk = (
 
 /// Host resources opened before the VM is built (and before any sandbox closes the doors).
 pub struct HostResources {
+    /// `/dev/kvm`, opened once at start under `kvm` (a reset creates the new VM from it: after
+    /// a privilege drop or inside a jail it could not be opened again).
+    pub kvm: Option<KvmAccel>,
     pub kernel: File,
     pub initrd: Option<File>,
     pub console: ConsoleIo,
@@ -179,10 +182,17 @@ enum Accelerator {
 }
 
 impl Accelerator {
-    fn new(accel: Accel, mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Self, VmError> {
+    fn new(
+        accel: Accel,
+        mem: &GuestMemoryMmap,
+        config: &VmConfig,
+        kvm: Option<&KvmAccel>,
+    ) -> Result<Self, VmError> {
         match accel {
             Accel::Kvm => {
-                let kvm = KvmAccel::open()?;
+                let kvm = kvm.ok_or_else(|| {
+                    VmError::AccelUnavailable("kvm", "/dev/kvm was not opened at start".into())
+                })?;
                 if config.smp.maxcpus as usize > kvm.max_vcpus() {
                     return Err(VmError::AccelUnavailable(
                         "kvm",
@@ -265,7 +275,7 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
     // Load the guest first: the software CPU's clock (and so its TSC) starts with the
     // accelerator, not before the kernel is decompressed.
     let bsp_state = boot::prepare(&mem, config, &mut res.kernel, res.initrd.as_mut())?;
-    let machine = Accelerator::new(accel, &mem, config)?;
+    let machine = Accelerator::new(accel, &mem, config, res.kvm.as_ref())?;
 
     // Devices.
     let buses = Arc::new(Buses::default());

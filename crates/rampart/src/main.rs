@@ -1,6 +1,7 @@
 //! `rampart`: a secure virtual machine monitor with QEMU's command line.
 
 mod cli;
+mod confine;
 mod monitors;
 mod terminal;
 
@@ -118,6 +119,8 @@ fn run(config: VmConfig) -> Result<ExitCode> {
             host_memory_bytes: host_memory_bytes(),
         })
         .context("invalid configuration")?;
+    // The user is looked up and the directories checked before anything is opened.
+    let plan = confine::plan(&config)?;
     // Host resources are opened once, before the VM is built; a reset reuses them.
     let kernel_path = config.boot.kernel.as_deref().context("no -kernel")?;
     let kernel = open_regular("-kernel", kernel_path)?;
@@ -128,17 +131,27 @@ fn run(config: VmConfig) -> Result<ExitCode> {
     let console = open_console(&config)?;
     let (disks, chains) = open_drives(&config)?;
     let accel = vm::choose_accel(&config.accel)?;
+    let kvm = match accel {
+        rampart_config::Accel::Kvm => Some(rampart_vmm::accel::kvm::KvmAccel::open()?),
+        rampart_config::Accel::Tcg => None,
+    };
+    let open_monitors = monitors::open(&config)?;
     let signals = TerminationSignals::new()?;
+    // Everything is open and no thread runs yet: confine the process (cgroup, supervised
+    // child, jail, rlimits, root change, privilege drop).
+    confine::enter(plan)?;
     let (client, mut control) =
         rampart_vmm::control::channel(config.lifecycle.start_paused).context("control channel")?;
-    let monitors = match monitors::start(&config, accel, client, &disks, &chains)? {
-        Some((m, events)) => {
+    let monitors = match open_monitors {
+        Some(open) => {
+            let (m, events) = monitors::start(open, &config, accel, client, &disks, &chains)?;
             control.set_publisher(monitors::publisher(events));
             Some(m)
         }
         None => None,
     };
     let res = HostResources {
+        kvm,
         kernel,
         initrd,
         console,

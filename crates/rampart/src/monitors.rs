@@ -153,6 +153,7 @@ fn block_devices(
 fn vm_info(
     config: &VmConfig,
     accel: Accel,
+    kvm_present: bool,
     disks: &[OpenDisk],
     chains: &[Vec<ChainImage>],
 ) -> VmInfo {
@@ -173,7 +174,7 @@ fn vm_info(
         name: config.name.clone(),
         uuid: config.uuid.unwrap_or([0; 16]),
         kvm_enabled: accel == Accel::Kvm,
-        kvm_present: rampart_vmm::accel::kvm::is_available(),
+        kvm_present,
         max_cpus: MAX_VCPUS,
         cpus: config.smp.cpus,
         machines: vec![
@@ -198,15 +199,18 @@ fn vm_info(
     }
 }
 
-/// Binds every monitor's socket (waiting for a client where `wait=on`) and starts the monitor
-/// thread; returns it and the publisher the VMM sends lifecycle events to.
-pub fn start(
-    config: &VmConfig,
-    accel: Accel,
-    client: ControlClient,
-    disks: &[OpenDisk],
-    chains: &[Vec<ChainImage>],
-) -> Result<Option<(Monitors, EventSink)>> {
+/// The monitors' transports, open (sockets bound, `wait=on` clients accepted) but not yet
+/// served: opening happens before the privilege drop and the jail, serving (a thread) after.
+pub struct OpenMonitors {
+    sockets: Vec<UnixServer>,
+    specs: Vec<MonitorSpec>,
+    terminal: Option<crate::terminal::RawTerminal>,
+    /// Whether /dev/kvm could be opened (asked now: after the drop it may not be).
+    kvm_present: bool,
+}
+
+/// Binds every monitor's socket (waiting for a client where `wait=on`).
+pub fn open(config: &VmConfig) -> Result<Option<OpenMonitors>> {
     if config.monitors.is_empty() {
         return Ok(None);
     }
@@ -263,21 +267,45 @@ pub fn start(
             line_editing,
         });
     }
+    Ok(Some(OpenMonitors {
+        sockets,
+        specs,
+        terminal,
+        kvm_present: rampart_vmm::accel::kvm::is_available(),
+    }))
+}
+
+/// Starts the monitor thread on the opened transports; returns it and the publisher the VMM
+/// sends lifecycle events to.
+pub fn start(
+    open: OpenMonitors,
+    config: &VmConfig,
+    accel: Accel,
+    client: ControlClient,
+    disks: &[OpenDisk],
+    chains: &[Vec<ChainImage>],
+) -> Result<(Monitors, EventSink)> {
+    let OpenMonitors {
+        sockets,
+        specs,
+        terminal,
+        kvm_present,
+    } = open;
     let backend = Box::new(move |req| client.call(req));
     let dispatcher = Dispatcher::new(
-        vm_info(config, accel, disks, chains),
+        vm_info(config, accel, kvm_present, disks, chains),
         backend,
         Box::new(AllowAll),
     );
     let (server, events) = MonitorServer::start(specs, dispatcher)?;
-    Ok(Some((
+    Ok((
         Monitors {
             server: Some(server),
             _sockets: sockets,
             _terminal: terminal,
         },
         events,
-    )))
+    ))
 }
 
 /// The VMM's publisher for `sink`.
