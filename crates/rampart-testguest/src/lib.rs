@@ -35,6 +35,12 @@ pub const MMIO_UNASSIGNED_LINE: &str = "rampart-testguest: mmio read=ffffffff\n"
 pub const POWEROFF_LINE: &str = "rampart-testguest: poweroff\n";
 /// The line `emulation-failure` prints before jumping into MMIO.
 pub const EMULATION_FAILURE_LINE: &str = "rampart-testguest: emulation-failure\n";
+/// The line `touch-ram` prints once it has written to every page of its range.
+pub const TOUCH_RAM_DONE_LINE: &str = "rampart-testguest: touch-ram done\n";
+/// First guest-physical byte `touch-ram` writes (above the image's own 2 MiB).
+pub const TOUCH_RAM_START: u64 = 0x20_0000;
+/// End of `touch-ram`'s range (256 MiB): the guest needs more RAM than this.
+pub const TOUCH_RAM_END: u64 = 0x1000_0000;
 /// The line `spin` prints before spinning.
 pub const SPIN_LINE: &str = "rampart-testguest: spin\n";
 
@@ -64,7 +70,7 @@ pub enum BuildError {
 
 /// An unknown program name.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("unknown test guest program {0:?} (known: hello, cmos, mmio, poweroff, emulation-failure, spin, count)")]
+#[error("unknown test guest program {0:?} (known: hello, cmos, mmio, poweroff, emulation-failure, spin, count, touch-ram)")]
 pub struct UnknownProgram(pub String);
 
 /// The test programs.
@@ -85,11 +91,14 @@ pub enum Program {
     Spin,
     /// Prints `rampart-testguest: tick N` for N = 0..=9 and resets.
     Count,
+    /// Writes to every page from [`TOUCH_RAM_START`] to [`TOUCH_RAM_END`] (so the VMM's RAM
+    /// really is used), prints [`TOUCH_RAM_DONE_LINE`] and resets. Needs `-m 257M` or more.
+    TouchRam,
 }
 
 impl Program {
     /// Every program, in a stable order.
-    pub const ALL: [Program; 7] = [
+    pub const ALL: [Program; 8] = [
         Program::Hello,
         Program::Cmos,
         Program::Mmio,
@@ -97,6 +106,7 @@ impl Program {
         Program::EmulationFailure,
         Program::Spin,
         Program::Count,
+        Program::TouchRam,
     ];
 
     /// The program's name, also its image's file stem (`NAME.elf`).
@@ -109,6 +119,7 @@ impl Program {
             Program::EmulationFailure => "emulation-failure",
             Program::Spin => "spin",
             Program::Count => "count",
+            Program::TouchRam => "touch-ram",
         }
     }
 }

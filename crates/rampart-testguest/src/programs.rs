@@ -2,12 +2,13 @@
 //! [`crate::LINE_PREFIX`] and end with `\n`, and ends by resetting the machine (except `spin`).
 
 use iced_x86::code_asm::{
-    al, bl, dword_ptr, dx, eax, ebx, r10b, r11b, r12b, r13b, r14b, r8b, r9b, rax, rdi,
+    al, bl, byte_ptr, dword_ptr, dx, eax, ebx, r10b, r11b, r12b, r13b, r14b, r8b, r9b, rax, rbx,
+    rdi,
 };
 
 use crate::layout::{ACPI_S5_VALUE, ACPI_SLEEP_CONTROL_PORT, UNASSIGNED_MMIO_ADDR};
 use crate::runtime::Guest64;
-use crate::{BuildError, Program, MMIO_TEST_PATTERN};
+use crate::{BuildError, Program, MMIO_TEST_PATTERN, TOUCH_RAM_END, TOUCH_RAM_START};
 
 /// Emits the body of `program`.
 pub fn emit(program: Program, g: &mut Guest64) -> Result<(), BuildError> {
@@ -19,6 +20,7 @@ pub fn emit(program: Program, g: &mut Guest64) -> Result<(), BuildError> {
         Program::EmulationFailure => emulation_failure(g),
         Program::Spin => spin(g),
         Program::Count => count(g),
+        Program::TouchRam => touch_ram(g),
     }
 }
 
@@ -124,6 +126,28 @@ fn count(g: &mut Guest64) -> Result<(), BuildError> {
     g.a.inc(ebx)?;
     g.a.cmp(ebx, 10u32)?;
     g.a.jb(again)?;
+    g.reset()?;
+    Ok(())
+}
+
+/// Writes one byte in every 4 KiB page of [`TOUCH_RAM_START`]..[`TOUCH_RAM_END`], printing
+/// `rampart-testguest: touch-ram +64M` after each 64 MiB, then [`crate::TOUCH_RAM_DONE_LINE`],
+/// then resets.
+fn touch_ram(g: &mut Guest64) -> Result<(), BuildError> {
+    let mut again = g.a.create_label();
+    let mut no_report = g.a.create_label();
+    g.a.mov(rbx, TOUCH_RAM_START)?;
+    g.a.set_label(&mut again)?;
+    g.a.mov(byte_ptr(rbx), 1u32)?;
+    g.a.add(rbx, 4096)?;
+    g.a.test(ebx, 0x03ff_ffffu32)?;
+    g.a.jnz(no_report)?;
+    g.print("rampart-testguest: touch-ram +64M\n")?;
+    g.a.set_label(&mut no_report)?;
+    g.a.mov(rax, TOUCH_RAM_END)?;
+    g.a.cmp(rbx, rax)?;
+    g.a.jb(again)?;
+    g.print("rampart-testguest: touch-ram done\n")?;
     g.reset()?;
     Ok(())
 }

@@ -80,6 +80,7 @@ impl Vm {
         };
         Finished {
             code: status.code(),
+            signal: std::os::unix::process::ExitStatusExt::signal(&status),
             stdout: t.join().unwrap_or_default(),
             stderr: self.log(),
         }

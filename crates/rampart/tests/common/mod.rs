@@ -69,6 +69,8 @@ pub fn require_kvm() {
 #[derive(Debug)]
 pub struct Finished {
     pub code: Option<i32>,
+    /// The signal that ended the process, if one did.
+    pub signal: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -109,6 +111,7 @@ pub fn wait_with_limit(mut child: Child, limit: Duration) -> Finished {
     };
     Finished {
         code: status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&status),
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
     }
