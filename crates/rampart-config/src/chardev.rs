@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub enum ChardevBackend {
     /// A listening UNIX socket; `wait` blocks start-up until a client connects.
     UnixServer { path: PathBuf, wait: bool },
+    /// A listening TCP socket on `host:port`; `wait` blocks start-up until a client connects.
+    TcpServer { host: String, port: u16, wait: bool },
     /// The process's standard input and output.
     Stdio,
 }
@@ -16,6 +18,13 @@ pub enum ChardevBackend {
 pub struct ChardevConfig {
     pub id: String,
     pub backend: ChardevBackend,
+    /// `tls-creds=ID`: the TLS credentials a TCP socket serves with.
+    pub tls_creds: Option<String>,
+    /// `tls-authz=ID`: the authz object that checks a client's identity (its certificate's
+    /// distinguished name on TLS, `uid:N`/`gid:N` from SO_PEERCRED on a UNIX socket).
+    pub tls_authz: Option<String>,
+    /// `insecure=on`: a monitor on TCP without TLS or authorization (test set-ups only).
+    pub insecure: bool,
 }
 
 impl ChardevConfig {
@@ -24,6 +33,9 @@ impl ChardevConfig {
         match &self.backend {
             ChardevBackend::UnixServer { path, .. } => {
                 format!("unix:{},server=on", path.display())
+            }
+            ChardevBackend::TcpServer { host, port, .. } => {
+                format!("tcp:{host}:{port},server=on")
             }
             ChardevBackend::Stdio => "stdio".into(),
         }

@@ -11,6 +11,7 @@ mod devices;
 mod error;
 mod machine;
 mod run_with;
+mod security;
 mod size;
 
 pub use block::*;
@@ -19,6 +20,7 @@ pub use devices::{validate_devices, DeviceConfig, BLK_SERIAL_MAX};
 pub use error::ConfigError;
 pub use machine::*;
 pub use run_with::*;
+pub use security::*;
 pub use size::parse_size;
 
 pub mod props;

@@ -235,6 +235,12 @@ pub struct VmConfig {
     pub monitors: Vec<crate::MonitorConfig>,
     /// `-run-with` (and `-runas`, `-chroot`): user, root change, jail, cgroup limits, rlimits.
     pub run_with: crate::RunWithConfig,
+    /// `-object tls-creds-x509`.
+    pub tls_creds: Vec<crate::TlsCredsConfig>,
+    /// `-object authz-simple|authz-list|authz-listfile`.
+    pub authz: Vec<crate::AuthzConfig>,
+    /// `-audit`.
+    pub audit: Option<crate::AuditConfig>,
 }
 
 impl Default for VmConfig {
@@ -254,6 +260,9 @@ impl Default for VmConfig {
             drives: Vec::new(),
             devices: Vec::new(),
             chardevs: Vec::new(),
+            tls_creds: Vec::new(),
+            authz: Vec::new(),
+            audit: None,
             monitors: Vec::new(),
             run_with: crate::RunWithConfig::default(),
         }

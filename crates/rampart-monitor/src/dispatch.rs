@@ -1,24 +1,31 @@
 //! The command layer QMP and HMP share: authorization and audit, then the command itself,
 //! answered from static VM facts or by a control request to the VMM thread.
 
+use std::time::{Instant, SystemTime};
+
 use rampart_config::control::{ControlReply, ControlRequest, CpuInfo, RunState};
 use serde_json::{json, Map, Value};
 use tracing::info;
 
-use crate::error::QmpError;
+use crate::audit::AuditLog;
+use crate::error::{ErrorClass, QmpError};
 use crate::schema::{self, COMMANDS};
 
 /// Who is on the other end of a monitor connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Peer {
     /// The monitor's chardev id.
     pub monitor: String,
-    /// `unix` or `stdio` (later: `tcp`, with an address and a TLS identity).
+    /// `unix`, `stdio`, `tcp` (no TLS: `insecure=on`) or `tls`.
     pub transport: &'static str,
     /// The peer's credentials (SO_PEERCRED on UNIX sockets).
     pub pid: Option<i32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// The peer's address (TCP).
+    pub address: Option<String>,
+    /// The TLS client certificate's distinguished name, as QEMU formats it.
+    pub identity: Option<String>,
 }
 
 impl std::fmt::Display for Peer {
@@ -27,12 +34,49 @@ impl std::fmt::Display for Peer {
         if let (Some(pid), Some(uid)) = (self.pid, self.uid) {
             write!(f, "(pid={pid},uid={uid})")?;
         }
+        if let Some(a) = &self.address {
+            write!(f, "({a})")?;
+        }
+        if let Some(id) = &self.identity {
+            write!(f, "[{id}]")?;
+        }
         Ok(())
     }
 }
 
-/// Decides whether a peer may run a command. Every command passes here before it runs.
+impl Peer {
+    /// The identity the audit log shows: the certificate's DN, `uid:N`, or the transport.
+    pub fn audit_identity(&self) -> String {
+        match (&self.identity, self.uid) {
+            (Some(dn), _) => dn.clone(),
+            (None, Some(uid)) => format!("uid:{uid}"),
+            (None, None) => "(anonymous)".into(),
+        }
+    }
+
+    fn audit_line(&self, event: &str) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("timestamp".into(), json!(crate::audit::timestamp(SystemTime::now())));
+        m.insert("event".into(), json!(event));
+        m.insert("monitor".into(), json!(self.monitor));
+        m.insert("transport".into(), json!(self.transport));
+        m.insert("peer".into(), json!(self.audit_identity()));
+        if let Some(a) = &self.address {
+            m.insert("address".into(), json!(a));
+        }
+        if let Some(pid) = self.pid {
+            m.insert("pid".into(), json!(pid));
+        }
+        m
+    }
+}
+
+/// Decides whether a peer may connect, and which commands it may run. Every connection passes
+/// `admit` (after TLS, before the greeting) and every command `authorize` before it runs.
 pub trait Authorizer: Send {
+    fn admit(&self, _peer: &Peer) -> Result<(), String> {
+        Ok(())
+    }
     fn authorize(&self, peer: &Peer, command: &str) -> Result<(), String>;
 }
 
@@ -86,6 +130,7 @@ pub struct Dispatcher {
     info: VmInfo,
     backend: Backend,
     authorizer: Box<dyn Authorizer>,
+    audit: Option<AuditLog>,
 }
 
 /// The UUID in its canonical text form.
@@ -107,7 +152,70 @@ impl Dispatcher {
             info,
             backend,
             authorizer,
+            audit: None,
         }
+    }
+
+    /// Writes an audit line for every connection attempt and command to `log`.
+    pub fn with_audit(mut self, log: AuditLog) -> Dispatcher {
+        self.audit = Some(log);
+        self
+    }
+
+    /// Decides whether `peer` may connect (after TLS, before the greeting) and audits it.
+    pub fn admit(&mut self, peer: &Peer) -> Result<(), String> {
+        let r = self.authorizer.admit(peer);
+        match &r {
+            Ok(()) => info!(peer = %peer, "audit: monitor client admitted"),
+            Err(why) => info!(peer = %peer, "audit: monitor client refused: {why}"),
+        }
+        self.audit_connection(peer, r.as_ref().err().map(String::as_str));
+        r
+    }
+
+    /// Audits a connection attempt: admitted (`refused` is `None`) or refused and why.
+    pub fn audit_connection(&mut self, peer: &Peer, refused: Option<&str>) {
+        let Some(log) = &self.audit else { return };
+        let mut m = peer.audit_line("connect");
+        m.insert(
+            "decision".into(),
+            json!(if refused.is_some() { "denied" } else { "allowed" }),
+        );
+        if let Some(why) = refused {
+            m.insert("reason".into(), json!(why));
+        }
+        log.record(&Value::Object(m));
+    }
+
+    fn audit_command(
+        &self,
+        peer: &Peer,
+        name: &str,
+        args: &Map<String, Value>,
+        result: Result<(), ErrorClass>,
+        denied: bool,
+        start: Instant,
+    ) {
+        let Some(log) = &self.audit else { return };
+        let mut m = peer.audit_line("command");
+        m.insert("command".into(), json!(name));
+        m.insert("arguments".into(), crate::audit::redact(args));
+        m.insert(
+            "decision".into(),
+            json!(if denied { "denied" } else { "allowed" }),
+        );
+        m.insert(
+            "result".into(),
+            json!(match result {
+                Ok(()) => "ok",
+                Err(class) => class.name(),
+            }),
+        );
+        m.insert(
+            "duration-us".into(),
+            json!(start.elapsed().as_micros() as u64),
+        );
+        log.record(&Value::Object(m));
     }
 
     pub fn info(&self) -> &VmInfo {
@@ -126,16 +234,30 @@ impl Dispatcher {
                 "The command {name} has not been found"
             )));
         };
-        let args = schema::validate_args(def.args, args)?;
+        let start = Instant::now();
+        let args = match schema::validate_args(def.args, args) {
+            Ok(a) => a,
+            Err(e) => {
+                // Audited too: a malformed call is an attempt like any other.
+                let raw = args.and_then(Value::as_object).cloned().unwrap_or_default();
+                self.audit_command(peer, name, &raw, Err(e.class), false, start);
+                return Err(e);
+            }
+        };
         if let Err(why) = self.authorizer.authorize(peer, name) {
             info!(peer = %peer, command = name, outcome = "denied", "audit: {why}");
-            return Err(QmpError::generic(format!(
-                "Command '{name}' is not permitted: {why}"
-            )));
+            let e = QmpError {
+                class: ErrorClass::PermissionDenied,
+                desc: format!("Command '{name}' is not permitted: {why}"),
+            };
+            self.audit_command(peer, name, &args, Err(e.class), true, start);
+            return Err(e);
         }
         let result = self.run(peer, name, &args);
         let outcome = if result.is_ok() { "ok" } else { "error" };
         info!(peer = %peer, command = name, outcome, "audit: monitor command");
+        let class = result.as_ref().map(|_| ()).map_err(|e| e.class);
+        self.audit_command(peer, name, &args, class, false, start);
         result
     }
 
@@ -337,9 +459,7 @@ mod tests {
         Peer {
             monitor: "m".into(),
             transport: "unix",
-            pid: None,
-            uid: None,
-            gid: None,
+            ..Peer::default()
         }
     }
 
@@ -377,6 +497,7 @@ mod tests {
         d.authorizer = Box::new(DenyStop);
         let e = d.execute(&peer(), "stop", None).unwrap_err();
         assert!(e.desc.contains("read-only monitor"), "{e}");
+        assert_eq!(e.class, ErrorClass::PermissionDenied);
         // HMP goes through the same point.
         let out = crate::hmp::run_line(&mut d, &peer(), "stop");
         assert!(

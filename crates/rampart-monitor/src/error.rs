@@ -9,6 +9,8 @@ pub enum ErrorClass {
     CommandNotFound,
     DeviceNotFound,
     KVMMissingCap,
+    /// rampart's own: the peer's authz rule does not include the command.
+    PermissionDenied,
 }
 
 impl ErrorClass {
@@ -18,6 +20,7 @@ impl ErrorClass {
             ErrorClass::CommandNotFound => "CommandNotFound",
             ErrorClass::DeviceNotFound => "DeviceNotFound",
             ErrorClass::KVMMissingCap => "KVMMissingCap",
+            ErrorClass::PermissionDenied => "PermissionDenied",
         }
     }
 }

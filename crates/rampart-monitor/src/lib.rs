@@ -7,20 +7,29 @@
 //! - [`dispatch`]: the command layer QMP and HMP share — authorization, audit, and the
 //!   commands, which reach the VM only through typed control requests;
 //! - [`qmp`] and [`hmp`]: the two protocols; [`readline`]: HMP line editing on a terminal;
-//! - [`server`]: the monitor thread and its transports.
+//! - [`server`]: the monitor thread and its transports; [`tls`]: TLS credentials and the
+//!   non-blocking TLS stream; [`dn`]: a client certificate's distinguished name;
+//! - [`authz`]: QEMU's authz objects and per-command roles ([`glob`] patterns);
+//! - [`audit`]: the audit log and its writer thread.
 //!
 //! The crate knows nothing of VMM internals: it speaks `rampart_config::control`.
 
+pub mod audit;
+pub mod authz;
 pub mod block;
+mod conn;
 pub mod dispatch;
+pub mod dn;
 pub mod error;
 pub mod framing;
+pub mod glob;
 pub mod hmp;
 pub mod introspect;
 pub mod qmp;
 pub mod readline;
 pub mod schema;
 pub mod server;
+pub mod tls;
 
 pub use dispatch::{
     AllowAll, Authorizer, Backend, ChardevInfo, Dispatcher, MachineInfo, Peer, VmInfo,

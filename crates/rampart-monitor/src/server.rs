@@ -3,12 +3,13 @@
 //! floods is read no faster than it reads its replies, and one that stops reading is
 //! disconnected once its backlog passes a limit — neither stalls the VM or other clients.
 
-use std::io::{self, Read, Write};
+use std::io;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rampart_config::control::LifecycleEvent;
 use rampart_config::MonitorMode;
@@ -16,11 +17,13 @@ use tracing::{debug, info, warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::conn::{peer_cred, Conn, ConnIo, Phase, Session};
 use crate::dispatch::{Dispatcher, Peer};
 use crate::framing::Splitter;
 use crate::hmp;
 use crate::qmp::{event_json, QmpSession};
 use crate::readline::LineEditor;
+use crate::tls::{Handshake, TlsStream};
 
 /// Stop reading a client whose unsent output passes this many bytes...
 const HIGH_WATER: usize = 256 * 1024;
@@ -28,6 +31,9 @@ const HIGH_WATER: usize = 256 * 1024;
 const HARD_LIMIT: usize = 4 * 1024 * 1024;
 /// Bytes read from one client per wake-up (level-triggered epoll gives others their turn).
 const READ_CHUNK: usize = 4096;
+/// A TLS client that has not completed its handshake by then is dropped (it holds the
+/// monitor's single client slot meanwhile, as a connected client does).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
@@ -45,7 +51,35 @@ pub enum Transport {
         listener: UnixListener,
         initial: Option<UnixStream>,
     },
+    /// A listening TCP socket; `tls` is absent only with `insecure=on` (the binary enforces
+    /// that); `initial` is a client already accepted (`wait=on`).
+    Tcp {
+        listener: TcpListener,
+        initial: Option<TcpStream>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    },
     /// Standard input and output.
+    Stdio,
+}
+
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    fn fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+/// A freshly accepted client, before its session starts.
+enum Accepted {
+    Unix(UnixStream),
+    Tcp(TcpStream),
     Stdio,
 }
 
@@ -157,89 +191,13 @@ fn del(epoll: &Epoll, fd: RawFd) {
     let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
 }
 
-enum ConnIo {
-    Unix(UnixStream),
-    Stdio,
-}
-
-enum Session {
-    Qmp(QmpSession, Splitter),
-    Hmp {
-        line: Vec<u8>,
-        overflow: bool,
-        editor: Option<LineEditor>,
-    },
-}
-
-struct Conn {
-    io: ConnIo,
-    session: Session,
-    out: Vec<u8>,
-    peer: Peer,
-    reading: bool,
-    /// No more input will come (end of stdin, or stdin cannot be polled).
-    eof: bool,
-    /// The fd registered with epoll and the interest set it has.
-    registered: Option<EventSet>,
-}
-
-impl Conn {
-    fn read_fd(&self) -> RawFd {
-        match &self.io {
-            ConnIo::Unix(s) => s.as_raw_fd(),
-            ConnIo::Stdio => libc::STDIN_FILENO,
-        }
-    }
-
-    fn wanted(&self) -> EventSet {
-        let mut set = EventSet::empty();
-        if self.reading {
-            set |= EventSet::IN;
-        }
-        if !self.out.is_empty() && matches!(self.io, ConnIo::Unix(_)) {
-            set |= EventSet::OUT;
-        }
-        set
-    }
-
-    /// Writes what the peer takes now; false if the connection is broken.
-    fn flush(&mut self) -> bool {
-        while !self.out.is_empty() {
-            let r = match &mut self.io {
-                ConnIo::Unix(s) => s.write(&self.out),
-                ConnIo::Stdio => io::stdout().write(&self.out),
-            };
-            match r {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.out.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        if matches!(self.io, ConnIo::Stdio) {
-            let _ = io::stdout().flush();
-        }
-        true
-    }
-
-    fn event(&mut self, ev: &serde_json::Value) {
-        if let Session::Qmp(s, _) = &self.session {
-            if let Some(bytes) = s.event(ev) {
-                self.out.extend_from_slice(&bytes);
-            }
-        }
-    }
-}
-
 struct Mon {
     id: String,
     mode: MonitorMode,
     pretty: bool,
     line_editing: bool,
-    listener: Option<UnixListener>,
+    listener: Option<Listener>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stdio: bool,
     conn: Option<Conn>,
 }
@@ -251,27 +209,6 @@ struct State {
     dispatcher: Dispatcher,
 }
 
-/// The peer's credentials (SO_PEERCRED).
-fn peer_cred(s: &UnixStream) -> Option<libc::ucred> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes and `len` holds the buffer's size.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(cred)
-}
-
 impl State {
     fn add_monitor(&mut self, i: usize, spec: MonitorSpec) -> io::Result<()> {
         let mut mon = Mon {
@@ -280,18 +217,29 @@ impl State {
             pretty: spec.pretty,
             line_editing: spec.line_editing,
             listener: None,
+            tls: None,
             stdio: false,
             conn: None,
         };
         let initial = match spec.transport {
             Transport::Unix { listener, initial } => {
                 listener.set_nonblocking(true)?;
-                mon.listener = Some(listener);
-                initial.map(ConnIo::Unix)
+                mon.listener = Some(Listener::Unix(listener));
+                initial.map(Accepted::Unix)
+            }
+            Transport::Tcp {
+                listener,
+                initial,
+                tls,
+            } => {
+                listener.set_nonblocking(true)?;
+                mon.listener = Some(Listener::Tcp(listener));
+                mon.tls = tls;
+                initial.map(Accepted::Tcp)
             }
             Transport::Stdio => {
                 mon.stdio = true;
-                Some(ConnIo::Stdio)
+                Some(Accepted::Stdio)
             }
         };
         self.mons.push(mon);
@@ -304,30 +252,62 @@ impl State {
 
     fn listen(&mut self, i: usize) {
         if let Some(l) = &self.mons[i].listener {
-            if let Err(e) = add(&self.epoll, l.as_raw_fd(), listener_token(i), EventSet::IN) {
+            if let Err(e) = add(&self.epoll, l.fd(), listener_token(i), EventSet::IN) {
                 warn!(monitor = %self.mons[i].id, "cannot poll the monitor socket: {e}");
             }
         }
     }
 
-    fn connect(&mut self, i: usize, io: ConnIo) {
+    fn connect(&mut self, i: usize, accepted: Accepted) {
         let mon = &self.mons[i];
         let mut peer = Peer {
             monitor: mon.id.clone(),
             transport: "stdio",
-            pid: None,
-            uid: None,
-            gid: None,
+            ..Peer::default()
         };
-        if let ConnIo::Unix(s) = &io {
-            let _ = s.set_nonblocking(true);
-            peer.transport = "unix";
-            if let Some(c) = peer_cred(s) {
-                peer.pid = Some(c.pid);
-                peer.uid = Some(c.uid);
-                peer.gid = Some(c.gid);
+        let mut phase = Phase::Open;
+        let io = match accepted {
+            Accepted::Stdio => ConnIo::Stdio,
+            Accepted::Unix(s) => {
+                let _ = s.set_nonblocking(true);
+                peer.transport = "unix";
+                if let Some(c) = peer_cred(&s) {
+                    peer.pid = Some(c.pid);
+                    peer.uid = Some(c.uid);
+                    peer.gid = Some(c.gid);
+                }
+                ConnIo::Unix(s)
             }
-        }
+            Accepted::Tcp(s) => {
+                let _ = s.set_nonblocking(true);
+                // Replies are small and interactive: do not wait to coalesce them.
+                let _ = s.set_nodelay(true);
+                peer.address = s.peer_addr().ok().map(|a| a.to_string());
+                match &mon.tls {
+                    Some(config) => {
+                        peer.transport = "tls";
+                        match TlsStream::new(config.clone(), s) {
+                            Ok(t) => {
+                                phase = Phase::Handshake {
+                                    deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+                                };
+                                ConnIo::Tls(Box::new(t))
+                            }
+                            Err(e) => {
+                                warn!(peer = %peer, "TLS session: {e}");
+                                self.listen(i);
+                                return;
+                            }
+                        }
+                    }
+                    None => {
+                        peer.transport = "tcp";
+                        warn!(peer = %peer, "INSECURE monitor client on TCP without TLS or authorization (insecure=on)");
+                        ConnIo::Tcp(s)
+                    }
+                }
+            }
+        };
         info!(peer = %peer, "monitor client connected");
         let (session, greeting) = match mon.mode {
             MonitorMode::Control => {
@@ -348,20 +328,86 @@ impl State {
         };
         let mut conn = Conn {
             io,
+            phase,
             session,
-            out: greeting,
+            greeting,
+            out: Vec::new(),
             peer,
             reading: true,
             eof: false,
             registered: None,
         };
-        if !conn.flush() {
-            info!(monitor = %self.mons[i].id, "monitor client left before the greeting");
-            self.listen(i);
-            return;
+        if matches!(conn.phase, Phase::Open) {
+            // No TLS: the peer is as identified as it will ever be.
+            if self.dispatcher.admit(&conn.peer).is_err() {
+                self.listen(i);
+                return;
+            }
+            conn.out = std::mem::take(&mut conn.greeting);
+            if !conn.flush() {
+                info!(monitor = %self.mons[i].id, "monitor client left before the greeting");
+                self.listen(i);
+                return;
+            }
         }
         self.mons[i].conn = Some(conn);
         self.update(i);
+    }
+
+    /// Advances connection `i`'s TLS handshake; once done, identifies and admits the peer
+    /// and sends the greeting — or drops a peer that fails, having told it nothing.
+    fn handshake(&mut self, i: usize) {
+        let Some(conn) = self.mons[i].conn.as_mut() else {
+            return;
+        };
+        let ConnIo::Tls(tls) = &mut conn.io else {
+            return;
+        };
+        match tls.handshake() {
+            Ok(Handshake::InProgress) => {
+                self.update(i);
+                return;
+            }
+            Ok(Handshake::Done) => {}
+            Err(e) => {
+                let why = format!("TLS handshake failed: {e}");
+                info!(peer = %conn.peer, "monitor client refused: {why}");
+                let peer = conn.peer.clone();
+                self.dispatcher.audit_connection(&peer, Some(&why));
+                self.disconnect(i);
+                return;
+            }
+        }
+        let identity = tls.peer_certificate().map(crate::dn::subject_dn);
+        let protocol = tls.protocol();
+        match identity {
+            Some(Ok(dn)) => conn.peer.identity = Some(dn),
+            Some(Err(e)) => {
+                let why = format!("client certificate: {e}");
+                let peer = conn.peer.clone();
+                self.dispatcher.audit_connection(&peer, Some(&why));
+                self.disconnect(i);
+                return;
+            }
+            None => {}
+        }
+        debug!(peer = %conn.peer, protocol, "TLS handshake complete");
+        let peer = conn.peer.clone();
+        if self.dispatcher.admit(&peer).is_err() {
+            if let Some(Conn {
+                io: ConnIo::Tls(t), ..
+            }) = self.mons[i].conn.as_mut()
+            {
+                t.close();
+            }
+            self.disconnect(i);
+            return;
+        }
+        let conn = self.mons[i].conn.as_mut().expect("checked above");
+        conn.phase = Phase::Open;
+        conn.out = std::mem::take(&mut conn.greeting);
+        // Input the client sent right behind its handshake is processed now.
+        self.after_output(i);
     }
 
     /// Re-registers connection `i` with the interest set it needs now.
@@ -396,23 +442,26 @@ impl State {
             if conn.registered.is_some() {
                 del(&self.epoll, conn.read_fd());
             }
-            info!(peer = %conn.peer, "monitor client disconnected");
+            if matches!(conn.phase, Phase::Open) {
+                info!(peer = %conn.peer, "monitor client disconnected");
+            }
         }
         self.listen(i);
     }
 
     fn accept(&mut self, i: usize) {
         let accepted = match &self.mons[i].listener {
-            Some(l) => l.accept(),
+            Some(Listener::Unix(l)) => l.accept().map(|(s, _)| Accepted::Unix(s)),
+            Some(Listener::Tcp(l)) => l.accept().map(|(s, _)| Accepted::Tcp(s)),
             None => return,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok(stream) => {
                 if let Some(l) = &self.mons[i].listener {
                     // One client at a time, as QEMU: others wait in the backlog.
-                    del(&self.epoll, l.as_raw_fd());
+                    del(&self.epoll, l.fd());
                 }
-                self.connect(i, ConnIo::Unix(stream));
+                self.connect(i, stream);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => warn!(monitor = %self.mons[i].id, "accept: {e}"),
@@ -436,14 +485,18 @@ impl State {
     }
 
     fn readable(&mut self, i: usize) {
+        if matches!(
+            self.mons[i].conn.as_ref().map(|c| &c.phase),
+            Some(Phase::Handshake { .. })
+        ) {
+            self.handshake(i);
+            return;
+        }
         let Some(mut conn) = self.mons[i].conn.take() else {
             return;
         };
         let mut buf = [0u8; READ_CHUNK];
-        let r = match &mut conn.io {
-            ConnIo::Unix(s) => s.read(&mut buf),
-            ConnIo::Stdio => io::stdin().lock().read(&mut buf),
-        };
+        let r = conn.read(&mut buf);
         let n = match r {
             Ok(0) => {
                 self.mons[i].conn = Some(conn);
@@ -543,6 +596,14 @@ impl State {
         let Some(conn) = self.mons[i].conn.as_mut() else {
             return;
         };
+        if let (Phase::Handshake { .. }, ConnIo::Tls(t)) = (&conn.phase, &mut conn.io) {
+            if t.push().is_err() {
+                self.disconnect(i);
+            } else {
+                self.update(i);
+            }
+            return;
+        }
         if !conn.flush() {
             self.disconnect(i);
             return;
@@ -559,7 +620,7 @@ impl State {
     fn run(mut self, stop: &EventFd) {
         let mut events = vec![EpollEvent::default(); 16];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            let n = match self.epoll.wait(self.wait_timeout_ms(), &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -592,6 +653,51 @@ impl State {
                     }
                 }
             }
+            self.expire_handshakes();
+            for i in 0..self.mons.len() {
+                if self.mons[i].conn.as_ref().is_some_and(Conn::buffered_input) {
+                    self.readable(i);
+                }
+            }
+        }
+    }
+
+    /// How long epoll may sleep: not past a handshake deadline, not at all while decrypted
+    /// input waits in a TLS connection.
+    fn wait_timeout_ms(&self) -> i32 {
+        let now = Instant::now();
+        let mut timeout: Option<Duration> = None;
+        for c in self.mons.iter().filter_map(|m| m.conn.as_ref()) {
+            let t = match c.phase {
+                _ if c.buffered_input() => Duration::ZERO,
+                Phase::Handshake { deadline } => deadline.saturating_duration_since(now),
+                Phase::Open => continue,
+            };
+            timeout = Some(timeout.map_or(t, |old| old.min(t)));
+        }
+        match timeout {
+            None => -1,
+            Some(t) => i32::try_from(t.as_millis() + 1).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// Drops clients whose TLS handshake has not completed in time.
+    fn expire_handshakes(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.mons.len() {
+            let expired = matches!(
+                self.mons[i].conn.as_ref().map(|c| &c.phase),
+                Some(Phase::Handshake { deadline }) if *deadline <= now
+            );
+            if expired {
+                let peer = self.mons[i].conn.as_ref().map(|c| c.peer.clone());
+                if let Some(peer) = peer {
+                    info!(peer = %peer, "monitor client refused: TLS handshake timed out");
+                    self.dispatcher
+                        .audit_connection(&peer, Some("TLS handshake timed out"));
+                }
+                self.disconnect(i);
+            }
         }
     }
 
@@ -600,10 +706,7 @@ impl State {
         self.broadcast(None);
         for m in &mut self.mons {
             if let Some(c) = m.conn.as_mut() {
-                if let ConnIo::Unix(s) = &c.io {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-                }
+                c.set_final_flush_mode();
                 let _ = c.flush();
             }
         }

@@ -36,7 +36,7 @@ pub fn plan(config: &VmConfig) -> Result<Plan> {
         .iter()
         .filter_map(|c| match &c.backend {
             ChardevBackend::UnixServer { path, .. } => Some(path.clone()),
-            ChardevBackend::Stdio => None,
+            ChardevBackend::Stdio | ChardevBackend::TcpServer { .. } => None,
         })
         .collect();
     if let SerialBackend::UnixServer { path, .. } = &config.serial {

@@ -11,9 +11,11 @@ use rampart_config::{
     MAX_VCPUS,
 };
 use rampart_monitor::block::{BlockDeviceInfo, CacheInfo, StatsReader};
+use rampart_monitor::audit::AuditLog;
+use rampart_monitor::authz::{Authz, MonitorAuthz};
 use rampart_monitor::{
-    AllowAll, ChardevInfo, Dispatcher, EventSink, MachineInfo, MonitorServer, MonitorSpec,
-    Transport, VmInfo,
+    ChardevInfo, Dispatcher, EventSink, MachineInfo, MonitorServer, MonitorSpec, Transport,
+    VmInfo,
 };
 use rampart_vmm::chardev::UnixServer;
 use rampart_vmm::control::ControlClient;
@@ -207,6 +209,11 @@ pub struct OpenMonitors {
     terminal: Option<crate::terminal::RawTerminal>,
     /// Whether /dev/kvm could be opened (asked now: after the drop it may not be).
     kvm_present: bool,
+    /// Every monitor's authz object (list files read now: after the jail they may be
+    /// reachable only through the descriptor kept open).
+    authz: MonitorAuthz,
+    /// The `-audit` file, opened now; its writer thread starts with the monitor thread.
+    audit: Option<std::fs::File>,
 }
 
 /// Binds every monitor's socket (waiting for a client where `wait=on`).
@@ -225,6 +232,9 @@ pub fn open(config: &VmConfig) -> Result<Option<OpenMonitors>> {
             .context("monitor chardev vanished")?;
         let transport = match &chardev.backend {
             ChardevBackend::Stdio => Transport::Stdio,
+            ChardevBackend::TcpServer { host, port, wait } => {
+                tcp_transport(config, chardev, host, *port, *wait)?
+            }
             ChardevBackend::UnixServer { path, wait } => {
                 let server =
                     UnixServer::bind(path).with_context(|| format!("chardev '{}'", chardev.id))?;
@@ -272,6 +282,12 @@ pub fn open(config: &VmConfig) -> Result<Option<OpenMonitors>> {
         specs,
         terminal,
         kvm_present: rampart_vmm::accel::kvm::is_available(),
+        authz: authorizer(config)?,
+        audit: config
+            .audit
+            .as_ref()
+            .map(|a| open_audit(&a.file))
+            .transpose()?,
     }))
 }
 
@@ -290,13 +306,19 @@ pub fn start(
         specs,
         terminal,
         kvm_present,
+        authz,
+        audit,
     } = open;
     let backend = Box::new(move |req| client.call(req));
-    let dispatcher = Dispatcher::new(
+    let mut dispatcher = Dispatcher::new(
         vm_info(config, accel, kvm_present, disks, chains),
         backend,
-        Box::new(AllowAll),
+        Box::new(authz),
     );
+    if let Some(file) = audit {
+        let log = AuditLog::start(file, None).context("-audit: cannot start the writer thread")?;
+        dispatcher = dispatcher.with_audit(log);
+    }
     let (server, events) = MonitorServer::start(specs, dispatcher)?;
     Ok((
         Monitors {
@@ -306,6 +328,92 @@ pub fn start(
         },
         events,
     ))
+}
+
+/// Binds a TCP monitor socket and loads its TLS credentials.
+fn tcp_transport(
+    config: &VmConfig,
+    chardev: &rampart_config::ChardevConfig,
+    host: &str,
+    port: u16,
+    wait: bool,
+) -> Result<Transport> {
+    let tls = match &chardev.tls_creds {
+        Some(id) => {
+            let creds = config
+                .tls_creds
+                .iter()
+                .find(|t| t.id == *id)
+                .context("tls-creds object vanished")?;
+            Some(rampart_monitor::tls::server_config(
+                &creds.id,
+                &creds.dir,
+                creds.verify_peer,
+            )?)
+        }
+        None => None,
+    };
+    if chardev.insecure {
+        tracing::warn!(
+            chardev = %chardev.id,
+            "INSECURE: monitor on TCP {host}:{port} with insecure=on: whoever can reach it may \
+             control the VM (see docs/security.md)"
+        );
+    }
+    let listener = std::net::TcpListener::bind((host, port))
+        .with_context(|| format!("chardev '{}': cannot listen on {host}:{port}", chardev.id))?;
+    tracing::info!(chardev = %chardev.id, address = %listener.local_addr()?, tls = tls.is_some(), "monitor listening on TCP");
+    let initial = if wait {
+        tracing::info!(chardev = %chardev.id, "waiting for a monitor client (wait=on)");
+        let (stream, _) = listener
+            .accept()
+            .with_context(|| format!("chardev '{}': accept", chardev.id))?;
+        Some(stream)
+    } else {
+        None
+    };
+    Ok(Transport::Tcp {
+        listener,
+        initial,
+        tls,
+    })
+}
+
+/// Every monitor's authz object (`tls-authz=` on its chardev).
+fn authorizer(config: &VmConfig) -> Result<MonitorAuthz> {
+    let mut built: Vec<(String, Arc<Authz>)> = Vec::new();
+    let mut table = MonitorAuthz::new();
+    for c in &config.chardevs {
+        let Some(id) = &c.tls_authz else { continue };
+        let authz = match built.iter().find(|(b, _)| b == id) {
+            Some((_, a)) => a.clone(),
+            None => {
+                let cfg = config
+                    .authz
+                    .iter()
+                    .find(|a| a.id == *id)
+                    .context("authz object vanished")?;
+                let a = Arc::new(Authz::new(cfg).map_err(anyhow::Error::msg)?);
+                built.push((id.clone(), a.clone()));
+                a
+            }
+        };
+        table.insert(c.id.clone(), authz);
+    }
+    Ok(table)
+}
+
+/// Opens the audit log (append, created 0600, no symlink followed).
+fn open_audit(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("-audit: {}", path.display()))?;
+    Ok(file)
 }
 
 /// The VMM's publisher for `sink`.

@@ -37,6 +37,7 @@ pub(crate) enum Opt {
     Chardev,
     Mon,
     Qmp,
+    Audit,
     Monitor,
     RunWith,
     Runas,
@@ -91,6 +92,7 @@ const TABLE: &[OptDef] = &[
     def("-run-with", Opt::RunWith, true),
     def("-runas", Opt::Runas, true),
     def("-chroot", Opt::Chroot, true),
+    def("-audit", Opt::Audit, true),
 ];
 
 /// One option occurrence: which option, the spelling used (single dash, for messages), and its

@@ -48,13 +48,21 @@ Console and display:
 Monitors (QMP and HMP, QEMU's protocols; one client at a time per socket;
 sockets are created mode 0600, a stale socket is replaced, anything else at
 PATH is never deleted, and the socket is removed at exit):
-  -qmp unix:PATH,server=on[,wait=on|off] | stdio
+  -qmp unix:PATH,server=on[,wait=on|off][,tls-authz=ID] | stdio
+  -qmp tcp:HOST:PORT,server=on[,wait=on|off],tls-creds=ID,tls-authz=ID
                    a QMP monitor (chardev 'compat_monitorN'); wait=on (the
                    default, as in QEMU) blocks start-up until a client connects
-  -monitor unix:PATH,server=on[,wait=on|off] | stdio | none
+  -monitor unix:...|tcp:... (as -qmp) | stdio | none
                    a human monitor (HMP, '(qemu)' prompt; on a terminal with
                    line editing and history)
-  -chardev socket,id=ID,path=PATH,server=on[,wait=on|off]
+  -chardev socket,id=ID,path=PATH,server=on[,wait=on|off][,tls-authz=ID]
+  -chardev socket,id=ID,host=HOST,port=PORT,server=on[,wait=on|off]
+           ,tls-creds=ID,tls-authz=ID
+                   a monitor on TCP is refused unless it has TLS credentials
+                   that verify the client (verify-peer=on) and an authz object;
+                   insecure=on overrides that for throw-away tests (logged).
+                   On a UNIX socket tls-authz matches 'uid:N'/'gid:N' of the
+                   peer (SO_PEERCRED). See docs/security.md.
   -chardev stdio,id=ID
                    a character device for -mon (stdio may be used by one
                    chardev or -serial only)
@@ -89,8 +97,22 @@ Block devices (images are local files; formats raw and qcow2):
                    or the same as JSON: -blockdev '{"driver":"qcow2",...}'
   -drive format=help, -blockdev driver=help   list block drivers
 
-Objects and devices (parsed; no types are implemented yet, so every one is
-refused by name):
+Monitor security objects (QEMU's) and the audit log:
+  -object tls-creds-x509,id=ID,dir=DIR[,endpoint=server][,verify-peer=on|off]
+                   DIR holds ca-cert.pem, server-cert.pem, server-key.pem
+  -object authz-simple,id=ID,identity=NAME
+  -object authz-list,id=ID[,policy=allow|deny],rules.N.match=PATTERN
+          ,rules.N.policy=allow|deny[,rules.N.format=exact|glob]
+          [,rules.N.commands.M=CMD-OR-GLOB]   (or the same as JSON)
+                   a TLS client's identity is its certificate's DN, e.g.
+                   'CN=admin,O=Example'; rules with commands limit an allowed
+                   peer to those commands (e.g. query-*)
+  -object authz-listfile,id=ID,filename=PATH[,refresh=on|off]
+                   the rules as JSON in a file, reloaded when it changes
+  -audit file=PATH one JSON line per monitor command and connection attempt
+
+Objects and devices (parsed; types rampart does not implement are refused by
+name):
   -object TYPE,id=ID[,key=value...]   or  -object '{"qom-type":TYPE,...}'
   -device DRIVER[,key=value...]       or  -device '{"driver":DRIVER,...}'
                    dotted keys build nested values: a.b=1, list.0.x=1
@@ -197,6 +219,9 @@ mod tests {
             "-run-with",
             "-runas",
             "-chroot",
+            "-audit",
+            "tls-creds-x509",
+            "authz-list",
             "-version",
             "--help",
         ] {

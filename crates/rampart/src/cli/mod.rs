@@ -24,6 +24,7 @@ mod objects;
 mod options;
 mod qemu_opts;
 mod run_with;
+mod security;
 mod serial;
 #[cfg(test)]
 mod tests;
@@ -146,6 +147,9 @@ struct Builder {
     devices: Vec<rampart_config::DeviceConfig>,
     chardevs: Vec<rampart_config::ChardevConfig>,
     monitors: Vec<rampart_config::MonitorConfig>,
+    tls_creds: Vec<rampart_config::TlsCredsConfig>,
+    authz: Vec<rampart_config::AuthzConfig>,
+    audit: Option<rampart_config::AuditConfig>,
     /// `-qmp`/`-monitor` occurrences so far (they name their chardevs `compat_monitorN`).
     legacy_monitors: usize,
     /// `-run-with`, `-runas` and `-chroot`, merged in order (a later key wins).
@@ -264,9 +268,33 @@ impl Builder {
             Opt::Object | Opt::Device => match objects::request(item.opt, arg)? {
                 objects::Request::Help(text) => return Ok(Some(Cli::Info(text))),
                 objects::Request::Device(dev) => self.devices.push(dev),
+                objects::Request::Security(obj) => self.add_object(obj)?,
             },
+            Opt::Audit => {
+                if self.audit.is_some() {
+                    return Err(CliError::Conflict("-audit was given twice".into()));
+                }
+                self.audit = Some(security::audit(arg)?);
+            }
         }
         Ok(None)
+    }
+
+    fn add_object(&mut self, obj: security::SecurityObject) -> Result<(), CliError> {
+        let id = match &obj {
+            security::SecurityObject::TlsCreds(t) => &t.id,
+            security::SecurityObject::Authz(a) => &a.id,
+        };
+        if self.tls_creds.iter().any(|t| t.id == *id) || self.authz.iter().any(|a| a.id == *id) {
+            return Err(CliError::Conflict(format!(
+                "-object: duplicate object id '{id}'"
+            )));
+        }
+        match obj {
+            security::SecurityObject::TlsCreds(t) => self.tls_creds.push(t),
+            security::SecurityObject::Authz(a) => self.authz.push(a),
+        }
+        Ok(())
     }
 
     fn add_accel(&mut self, accel: Accel) {
@@ -328,9 +356,18 @@ impl Builder {
             &self.monitors,
             config.serial == SerialBackend::Stdio,
         )?;
+        rampart_config::check_monitor_security(
+            &self.chardevs,
+            &self.monitors,
+            &self.tls_creds,
+            &self.authz,
+        )?;
         config.chardevs = self.chardevs;
         config.monitors = self.monitors;
         config.run_with = run_with::parse(self.run_with.as_ref())?;
+        config.tls_creds = self.tls_creds;
+        config.authz = self.authz;
+        config.audit = self.audit;
         Ok(config)
     }
 }

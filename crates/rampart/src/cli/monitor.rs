@@ -7,8 +7,11 @@
 //!   `compat_monitorN`, as QEMU names it; `-monitor` the same for the human monitor
 //!   (`-monitor none` adds none).
 //!
-//! As with `-serial`, rampart only listens: a UNIX socket without `server=on` is refused.
-//! `wait` defaults to `on` as in QEMU.
+//! As with `-serial`, rampart only listens: a socket without `server=on` is refused.
+//! `wait` defaults to `on` as in QEMU. TCP sockets (`host=,port=` / `tcp:HOST:PORT`) take
+//! `tls-creds=`, `tls-authz=` and `insecure=on`; a UNIX socket takes `tls-authz=` (its peers
+//! are identified by SO_PEERCRED). Whether a TCP monitor is secure enough to start is
+//! `rampart_config::check_monitor_security`'s decision.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -21,8 +24,6 @@ use super::qemu_opts::{self, OptSpec};
 use super::CliError;
 
 const SOCKET_UNSUPPORTED: &[&str] = &[
-    "host",
-    "port",
     "to",
     "ipv4",
     "ipv6",
@@ -33,8 +34,6 @@ const SOCKET_UNSUPPORTED: &[&str] = &[
     "telnet",
     "tn3270",
     "websocket",
-    "tls-creds",
-    "tls-authz",
     "mux",
     "logfile",
     "logappend",
@@ -45,9 +44,22 @@ const SOCKET_UNSUPPORTED: &[&str] = &[
 const CHARDEV: OptSpec = OptSpec {
     option: "-chardev",
     implied: Some("backend"),
-    known: &["backend", "id", "path", "server", "wait", "signal"],
+    known: &[
+        "backend",
+        "id",
+        "path",
+        "host",
+        "port",
+        "server",
+        "wait",
+        "signal",
+        "tls-creds",
+        "tls-authz",
+        "insecure",
+    ],
     unsupported: SOCKET_UNSUPPORTED,
-    reason: "rampart's chardevs are UNIX server sockets (path, server, wait) and stdio",
+    reason: "rampart's chardevs are server sockets (UNIX path or TCP host and port, server, \
+             wait, tls-creds, tls-authz, insecure) and stdio",
 };
 
 const MON: OptSpec = OptSpec {
@@ -62,14 +74,89 @@ const fn legacy(option: &'static str) -> OptSpec {
     OptSpec {
         option,
         implied: Some("path"),
-        known: &["path", "server", "wait"],
+        known: &["path", "server", "wait", "tls-authz"],
         unsupported: SOCKET_UNSUPPORTED,
-        reason: "rampart's unix: monitor back-end takes only path, server and wait",
+        reason: "rampart's unix: monitor back-end takes only path, server, wait and tls-authz",
+    }
+}
+
+const fn legacy_tcp(option: &'static str) -> OptSpec {
+    OptSpec {
+        option,
+        implied: None,
+        known: &["server", "wait", "tls-creds", "tls-authz", "insecure"],
+        unsupported: SOCKET_UNSUPPORTED,
+        reason: "rampart's tcp: monitor back-end takes server, wait, tls-creds, tls-authz and \
+                 insecure",
     }
 }
 
 const QMP: OptSpec = legacy("-qmp");
 const MONITOR: OptSpec = legacy("-monitor");
+const QMP_TCP: OptSpec = legacy_tcp("-qmp");
+const MONITOR_TCP: OptSpec = legacy_tcp("-monitor");
+
+/// The security properties every socket chardev takes.
+struct SocketSecurity {
+    tls_creds: Option<String>,
+    tls_authz: Option<String>,
+    insecure: bool,
+}
+
+fn security(opts: &qemu_opts::Opts) -> Result<SocketSecurity, CliError> {
+    let id = |key: &'static str| -> Result<Option<String>, CliError> {
+        match opts.str(key)? {
+            None => Ok(None),
+            Some(v) if valid_id(v) => Ok(Some(v.to_string())),
+            Some(v) => Err(CliError::InvalidValue {
+                option: "-chardev",
+                property: key.into(),
+                value: v.into(),
+                reason: "expected the id of an -object".into(),
+            }),
+        }
+    };
+    Ok(SocketSecurity {
+        tls_creds: id("tls-creds")?,
+        tls_authz: id("tls-authz")?,
+        insecure: opts.bool("insecure")?.unwrap_or(false),
+    })
+}
+
+fn tcp_backend(
+    option: &'static str,
+    host: &str,
+    port: &str,
+    opts: &qemu_opts::Opts,
+) -> Result<ChardevBackend, CliError> {
+    if host.is_empty() {
+        // QEMU listens on every address then; rampart wants the address said out loud.
+        return Err(CliError::Invalid {
+            option,
+            message: "a TCP socket needs a host (e.g. 127.0.0.1, or 0.0.0.0 for every address)"
+                .into(),
+        });
+    }
+    let port = port.parse::<u16>().map_err(|_| CliError::InvalidValue {
+        option,
+        property: "port".into(),
+        value: port.into(),
+        reason: "expected a port number (0-65535)".into(),
+    })?;
+    if !opts.bool("server")?.unwrap_or(false) {
+        return Err(CliError::Invalid {
+            option,
+            message: format!(
+                "tcp:{host}:{port}: connecting as a client is not supported (add server=on)"
+            ),
+        });
+    }
+    Ok(ChardevBackend::TcpServer {
+        host: host.to_string(),
+        port,
+        wait: opts.bool("wait")?.unwrap_or(true),
+    })
+}
 
 fn socket_backend(
     option: &'static str,
@@ -121,15 +208,54 @@ pub(crate) fn chardev(arg: &OsStr) -> Result<ChardevConfig, CliError> {
             })
         }
     };
+    let mut sec = security(&opts)?;
     let backend = match opts.str("backend")? {
         Some("socket") => {
             if opts.os("signal").is_some() {
                 return Err(unknown_for("socket", "signal"));
             }
-            socket_backend("-chardev", &opts)?
+            match (opts.os("path"), opts.str("host")?, opts.str("port")?) {
+                (Some(_), None, None) => {
+                    if sec.insecure {
+                        return Err(unknown_for("UNIX socket", "insecure"));
+                    }
+                    socket_backend("-chardev", &opts)?
+                }
+                (None, host, Some(port)) => {
+                    tcp_backend("-chardev", host.unwrap_or_default(), port, &opts)?
+                }
+                (None, _, None) => {
+                    return Err(CliError::Invalid {
+                        option: "-chardev",
+                        message: "a socket needs path= (UNIX) or host= and port= (TCP)".into(),
+                    })
+                }
+                (Some(_), _, _) => {
+                    return Err(CliError::Invalid {
+                        option: "-chardev",
+                        message: "path= (UNIX) and host=/port= (TCP) cannot be used together"
+                            .into(),
+                    })
+                }
+            }
         }
         Some("stdio") => {
-            for key in ["path", "server", "wait", "signal"] {
+            sec = SocketSecurity {
+                tls_creds: None,
+                tls_authz: None,
+                insecure: false,
+            };
+            for key in [
+                "path",
+                "host",
+                "port",
+                "server",
+                "wait",
+                "signal",
+                "tls-creds",
+                "tls-authz",
+                "insecure",
+            ] {
                 if opts.os(key).is_some() {
                     return Err(unknown_for("stdio", key));
                 }
@@ -151,7 +277,13 @@ pub(crate) fn chardev(arg: &OsStr) -> Result<ChardevConfig, CliError> {
             })
         }
     };
-    Ok(ChardevConfig { id, backend })
+    Ok(ChardevConfig {
+        id,
+        backend,
+        tls_creds: sec.tls_creds,
+        tls_authz: sec.tls_authz,
+        insecure: sec.insecure,
+    })
 }
 
 fn unknown_for(backend: &str, key: &str) -> CliError {
@@ -224,33 +356,62 @@ pub(crate) fn legacy_monitor(
             max: qemu_opts::MAX_ARG_LEN,
         });
     }
-    let backend = match bytes {
-        b"none" => return Ok(None),
-        b"stdio" => ChardevBackend::Stdio,
-        _ => match bytes.strip_prefix(b"unix:") {
-            Some(rest) => {
-                let spec = match mode {
-                    MonitorMode::Control => &QMP,
-                    MonitorMode::Readline => &MONITOR,
-                };
-                socket_backend(option, &qemu_opts::parse(spec, OsStr::from_bytes(rest))?)?
-            }
-            None => {
-                return Err(CliError::InvalidValue {
-                    option,
-                    property: "backend".into(),
-                    value: shown(arg),
-                    reason: "rampart's monitor back-ends are unix:PATH,server=on, stdio and none"
-                        .into(),
-                })
-            }
-        },
+    let mut sec = SocketSecurity {
+        tls_creds: None,
+        tls_authz: None,
+        insecure: false,
+    };
+    let backend = if bytes == b"none" {
+        return Ok(None);
+    } else if bytes == b"stdio" {
+        ChardevBackend::Stdio
+    } else if let Some(rest) = bytes.strip_prefix(b"unix:") {
+        let spec = match mode {
+            MonitorMode::Control => &QMP,
+            MonitorMode::Readline => &MONITOR,
+        };
+        let opts = qemu_opts::parse(spec, OsStr::from_bytes(rest))?;
+        sec = security(&opts)?;
+        socket_backend(option, &opts)?
+    } else if let Some(rest) = bytes.strip_prefix(b"tcp:") {
+        let spec = match mode {
+            MonitorMode::Control => &QMP_TCP,
+            MonitorMode::Readline => &MONITOR_TCP,
+        };
+        let rest = std::str::from_utf8(rest).map_err(|_| CliError::Invalid {
+            option,
+            message: "argument is not valid UTF-8".into(),
+        })?;
+        let (addr, props) = rest.split_once(',').unwrap_or((rest, ""));
+        // HOST:PORT, the host possibly a bracketed IPv6 address.
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| CliError::InvalidValue {
+            option,
+            property: "backend".into(),
+            value: shown(arg),
+            reason: "expected tcp:HOST:PORT".into(),
+        })?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let opts = qemu_opts::parse(spec, OsStr::new(props))?;
+        sec = security(&opts)?;
+        tcp_backend(option, host, port, &opts)?
+    } else {
+        return Err(CliError::InvalidValue {
+            option,
+            property: "backend".into(),
+            value: shown(arg),
+            reason: "rampart's monitor back-ends are unix:PATH,server=on, \
+                     tcp:HOST:PORT,server=on, stdio and none"
+                .into(),
+        });
     };
     let id = format!("compat_monitor{index}");
     Ok(Some((
         ChardevConfig {
             id: id.clone(),
             backend,
+            tls_creds: sec.tls_creds,
+            tls_authz: sec.tls_authz,
+            insecure: sec.insecure,
         },
         MonitorConfig {
             chardev: id,
@@ -349,7 +510,9 @@ mod tests {
         let e = legacy_monitor(MonitorMode::Control, 0, os("unix:/tmp/q")).unwrap_err();
         assert!(e.to_string().contains("server=on"), "{e}");
         let e = legacy_monitor(MonitorMode::Control, 0, os("tcp:localhost:4444")).unwrap_err();
-        assert!(e.to_string().contains("tcp:localhost:4444"), "{e}");
+        assert!(e.to_string().contains("server=on"), "{e}");
+        let e = legacy_monitor(MonitorMode::Control, 0, os("udp:localhost:4444")).unwrap_err();
+        assert!(e.to_string().contains("udp:localhost:4444"), "{e}");
         assert!(
             legacy_monitor(MonitorMode::Control, 0, os("unix:/q,server=on,telnet=on")).is_err()
         );
@@ -364,6 +527,45 @@ mod tests {
         assert!(m.pretty);
         assert_eq!(mon(os("chardev=mon0")).unwrap().mode, MonitorMode::Readline);
         check(&[c], &[m], false).unwrap();
+    }
+
+    #[test]
+    fn tcp_sockets_parse_with_their_security_properties() {
+        let c = chardev(os(
+            "socket,id=m,host=127.0.0.1,port=4444,server=on,wait=off,tls-creds=t0,tls-authz=a0",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.backend,
+            ChardevBackend::TcpServer {
+                host: "127.0.0.1".into(),
+                port: 4444,
+                wait: false
+            }
+        );
+        assert_eq!(c.tls_creds.as_deref(), Some("t0"));
+        assert_eq!(c.tls_authz.as_deref(), Some("a0"));
+        assert!(!c.insecure);
+        let (c, _) = legacy_monitor(
+            MonitorMode::Control,
+            0,
+            os("tcp:[::1]:4444,server=on,wait=off,insecure=on"),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(c.insecure);
+        assert!(matches!(c.backend, ChardevBackend::TcpServer { ref host, port: 4444, .. } if host == "::1"));
+        let c = chardev(os("socket,id=u,path=/tmp/m,server=on,tls-authz=a0")).unwrap();
+        assert_eq!(c.tls_authz.as_deref(), Some("a0"));
+        for bad in [
+            "socket,id=m,host=h,port=99999,server=on",
+            "socket,id=m,port=1,server=on",
+            "socket,id=m,path=/x,port=1,server=on",
+            "socket,id=m,path=/x,server=on,insecure=on",
+            "socket,id=m,host=h,port=1,server=on,tls-creds=",
+        ] {
+            assert!(chardev(os(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub(crate) enum Request {
     Help(String),
     /// A `-device` rampart implements.
     Device(rampart_config::DeviceConfig),
+    /// A TLS credentials or authz `-object`.
+    Security(super::security::SecurityObject),
 }
 
 struct Kind {
@@ -87,10 +89,17 @@ pub(crate) fn request(opt: Opt, arg: &OsStr) -> Result<Request, CliError> {
             return Ok(Request::Device(dev));
         }
     } else if is_help(&type_name) {
-        return Ok(Request::Help(format!(
-            "rampart implements no {} {}s yet\n",
-            k.option, k.noun
-        )));
+        return Ok(Request::Help(if opt == Opt::Object {
+            "Object types rampart implements:\n  tls-creds-x509\n  authz-simple\n  \
+             authz-list\n  authz-listfile\n"
+                .into()
+        } else {
+            format!("rampart implements no {} {}s yet\n", k.option, k.noun)
+        }));
+    } else if opt == Opt::Object {
+        if let Some(obj) = super::security::parse(&type_name, tree)? {
+            return Ok(Request::Security(obj));
+        }
     }
     Err(CliError::UnknownType {
         option: k.option,
@@ -129,13 +138,13 @@ mod tests {
 
     #[test]
     fn json_object_is_rejected_by_type_name() {
-        let arg = r#"{"qom-type":"authz-list","id":"a0","rules":[{"match":"*","policy":"allow"}]}"#;
+        let arg = r#"{"qom-type":"secret","id":"a0","data":"x"}"#;
 
         let err = request(Opt::Object, OsStr::new(arg)).unwrap_err();
 
         assert_eq!(
             err.to_string(),
-            "-object authz-list: unknown object type 'authz-list'"
+            "-object secret: unknown object type 'secret'"
         );
     }
 

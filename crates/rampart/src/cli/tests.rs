@@ -324,9 +324,9 @@ fn unknown_objects_devices_and_block_drivers_are_refused_by_type() {
     assert_eq!(
         err(&[
             "-object",
-            r#"{"qom-type":"authz-list","id":"a0","rules":[{"match":"*","policy":"allow"}]}"#
+            r#"{"qom-type":"rng-random","id":"r0","filename":"/dev/urandom"}"#
         ]),
-        "-object authz-list: unknown object type 'authz-list'"
+        "-object rng-random: unknown object type 'rng-random'"
     );
     assert!(err(&["-blockdev", "driver=vvfat,node-name=n,dir=/x"]).contains("'vvfat'"));
     assert!(err(&["-object", "secret,id=s,data.=x"]).starts_with("-object: invalid parameter"));
@@ -451,4 +451,60 @@ fn run_with_rejections_name_the_culprit() {
     );
     assert!(err(&["-run-with", "memory-max=lots"]).contains("'memory-max'"));
     assert!(err(&["-chroot"]).contains("'-chroot' requires an argument"));
+}
+
+#[test]
+fn tcp_monitor_without_tls_and_authz_is_refused_with_the_reason() {
+    let e = err(&["-qmp", "tcp:127.0.0.1:4444,server=on,wait=off"]);
+    assert!(e.contains("refusing a monitor on TCP because it has no tls-creds"), "{e}");
+    assert!(e.contains("docs/security.md"), "{e}");
+    let e = err(&[
+        "-object",
+        "tls-creds-x509,id=t0,dir=/pki,endpoint=server,verify-peer=on",
+        "-qmp",
+        "tcp:127.0.0.1:4444,server=on,wait=off,tls-creds=t0",
+    ]);
+    assert!(e.contains("no tls-authz"), "{e}");
+    let e = err(&[
+        "-object",
+        "tls-creds-x509,id=t0,dir=/pki,verify-peer=off",
+        "-object",
+        "authz-simple,id=a0,identity=CN=admin",
+        "-qmp",
+        "tcp:127.0.0.1:4444,server=on,wait=off,tls-creds=t0,tls-authz=a0",
+    ]);
+    assert!(e.contains("verify-peer=off"), "{e}");
+}
+
+#[test]
+fn tls_monitor_with_authz_and_audit_becomes_a_config() {
+    let c = run(&[
+        "-object",
+        "tls-creds-x509,id=t0,dir=/pki,endpoint=server,verify-peer=on",
+        "-object",
+        r#"{"qom-type":"authz-list","id":"a0","policy":"deny","rules":[{"match":"*CN=admin*","policy":"allow","format":"glob"}]}"#,
+        "-chardev",
+        "socket,id=m0,host=127.0.0.1,port=4444,server=on,wait=off,tls-creds=t0,tls-authz=a0",
+        "-mon",
+        "chardev=m0,mode=control",
+        "-audit",
+        "file=/var/log/rampart-audit.jsonl",
+    ]);
+    assert_eq!(c.tls_creds.len(), 1);
+    assert_eq!(c.authz.len(), 1);
+    assert_eq!(c.chardevs[0].tls_creds.as_deref(), Some("t0"));
+    assert!(c.audit.is_some());
+    let e = err(&[
+        "-object",
+        "authz-simple,id=a0,identity=x",
+        "-object",
+        "authz-simple,id=a0,identity=y",
+    ]);
+    assert!(e.contains("duplicate object id 'a0'"), "{e}");
+}
+
+#[test]
+fn insecure_tcp_monitor_is_accepted_when_asked_for() {
+    let c = run(&["-qmp", "tcp:127.0.0.1:4444,server=on,wait=off,insecure=on"]);
+    assert!(c.chardevs[0].insecure);
 }
