@@ -125,9 +125,7 @@ fn rule(index: usize, v: PropValue) -> Result<AuthzRule, PropsError> {
         m.take_string("policy")
             .map_err(|e| rekey(e, &key("policy")))?,
     )?
-    .ok_or(PropsError::Missing {
-        key: key("policy"),
-    })?;
+    .ok_or(PropsError::Missing { key: key("policy") })?;
     let format = match m
         .take_string("format")
         .map_err(|e| rekey(e, &key("format")))?
@@ -287,7 +285,9 @@ pub fn check_monitor_security(
         }
         let why = match (creds, &c.tls_authz) {
             (None, _) => "it has no tls-creds",
-            (Some(t), _) if !t.verify_peer => "its tls-creds do not verify the client (verify-peer=off)",
+            (Some(t), _) if !t.verify_peer => {
+                "its tls-creds do not verify the client (verify-peer=off)"
+            }
             (Some(_), None) => "it has no tls-authz",
             _ => continue,
         };
@@ -349,8 +349,8 @@ mod tests {
         assert!(e.to_string().contains("rules.0.match"), "{e}");
         let e = list(r#"{"rules":[{"match":"x","policy":"allow","colour":1}]}"#).unwrap_err();
         assert!(e.to_string().contains("rules.0.colour"), "{e}");
-        let e = list(r#"{"rules":[{"match":"x","policy":"deny","commands":["stop"]}]}"#)
-            .unwrap_err();
+        let e =
+            list(r#"{"rules":[{"match":"x","policy":"deny","commands":["stop"]}]}"#).unwrap_err();
         assert!(e.to_string().contains("rules.0.commands"), "{e}");
         assert!(AuthzList::parse_file(r#"{"policy":"allow","extra":1}"#).is_err());
     }
@@ -387,9 +387,8 @@ mod tests {
                 identity: "CN=x".into(),
             },
         }];
-        let check = |c: ChardevConfig, tls: &[TlsCredsConfig]| {
-            check_monitor_security(&[c], &mon, tls, &az)
-        };
+        let check =
+            |c: ChardevConfig, tls: &[TlsCredsConfig]| check_monitor_security(&[c], &mon, tls, &az);
         let e = check(tcp(false, None, None), &tls).unwrap_err();
         assert!(e.to_string().contains("no tls-creds"), "{e}");
         assert!(e.to_string().contains("docs/security.md"), "{e}");

@@ -42,10 +42,7 @@ pub struct AuditLog {
 impl AuditLog {
     /// Starts the writer thread on `file` (opened by the caller, before any privilege drop).
     /// `on_start` runs first on the new thread (to install its seccomp filter).
-    pub fn start(
-        file: File,
-        on_start: Option<Box<dyn FnOnce() + Send>>,
-    ) -> io::Result<AuditLog> {
+    pub fn start(file: File, on_start: Option<Box<dyn FnOnce() + Send>>) -> io::Result<AuditLog> {
         Self::start_with(file, on_start, QUEUE_LINES)
     }
 
@@ -202,7 +199,10 @@ mod tests {
     fn timestamps_are_rfc3339_utc() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_795_996_800_000_001);
         assert_eq!(timestamp(t), "2026-11-30T00:00:00.000001Z");
-        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            timestamp(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000000Z"
+        );
     }
 
     #[test]

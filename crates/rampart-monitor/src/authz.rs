@@ -107,7 +107,9 @@ impl ListFile {
                 .map_err(|e| format!("{}: {e}", self.filename.display())),
         };
         match &self.current {
-            Ok(l) => info!(file = %self.filename.display(), rules = l.rules.len(), "authz list file loaded"),
+            Ok(l) => {
+                info!(file = %self.filename.display(), rules = l.rules.len(), "authz list file loaded")
+            }
             Err(e) => warn!("authz list file: {e}; every peer is denied until it is fixed"),
         }
     }
@@ -266,8 +268,12 @@ mod tests {
             a.verdict(&["CN=admin,O=Example".into()]),
             Verdict::Allow(None)
         );
-        assert!(matches!(a.verdict(&["CN=eve,O=Example".into()]), Verdict::Deny(w) if w.contains("rule 0")));
-        assert!(matches!(a.verdict(&["CN=bob,O=Other".into()]), Verdict::Deny(w) if w.contains("default")));
+        assert!(
+            matches!(a.verdict(&["CN=eve,O=Example".into()]), Verdict::Deny(w) if w.contains("rule 0"))
+        );
+        assert!(
+            matches!(a.verdict(&["CN=bob,O=Other".into()]), Verdict::Deny(w) if w.contains("default"))
+        );
         assert!(matches!(a.verdict(&[]), Verdict::Deny(_)));
     }
 
@@ -323,8 +329,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rampart-authz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("acl.json");
-        std::fs::write(&file, r#"{"policy":"deny","rules":[{"match":"CN=a","policy":"allow"}]}"#)
-            .unwrap();
+        std::fs::write(
+            &file,
+            r#"{"policy":"deny","rules":[{"match":"CN=a","policy":"allow"}]}"#,
+        )
+        .unwrap();
         let a = Authz::new(&AuthzConfig {
             id: "f".into(),
             kind: AuthzKind::ListFile {
@@ -335,8 +344,11 @@ mod tests {
         .unwrap();
         assert_eq!(a.verdict(&["CN=a".into()]), Verdict::Allow(None));
         // A new version (different size, so the stamp changes even within one mtime tick).
-        std::fs::write(&file, r#"{"policy":"deny","rules":[{"match":"CN=bb","policy":"allow"}]}"#)
-            .unwrap();
+        std::fs::write(
+            &file,
+            r#"{"policy":"deny","rules":[{"match":"CN=bb","policy":"allow"}]}"#,
+        )
+        .unwrap();
         assert!(matches!(a.verdict(&["CN=a".into()]), Verdict::Deny(_)));
         assert_eq!(a.verdict(&["CN=bb".into()]), Verdict::Allow(None));
         std::fs::write(&file, "{not json").unwrap();

@@ -48,7 +48,9 @@ impl ConnIo {
 pub(crate) enum Phase {
     /// TLS handshake under way; the connection is dropped if it is not done by `deadline`.
     /// The greeting waits in `Conn::greeting` until the peer is authenticated and admitted.
-    Handshake { deadline: Instant },
+    Handshake {
+        deadline: Instant,
+    },
     Open,
 }
 
@@ -125,15 +127,11 @@ impl Conn {
         match &mut self.io {
             ConnIo::Stdio => {
                 let _ = io::stdout().flush();
+                true
             }
-            ConnIo::Tls(t) => {
-                if t.push().is_err() {
-                    return false;
-                }
-            }
-            _ => {}
+            ConnIo::Tls(t) => t.push().is_ok(),
+            _ => true,
         }
-        true
     }
 
     pub fn event(&mut self, ev: &serde_json::Value) {

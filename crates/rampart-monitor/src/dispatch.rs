@@ -56,7 +56,10 @@ impl Peer {
 
     fn audit_line(&self, event: &str) -> Map<String, Value> {
         let mut m = Map::new();
-        m.insert("timestamp".into(), json!(crate::audit::timestamp(SystemTime::now())));
+        m.insert(
+            "timestamp".into(),
+            json!(crate::audit::timestamp(SystemTime::now())),
+        );
         m.insert("event".into(), json!(event));
         m.insert("monitor".into(), json!(self.monitor));
         m.insert("transport".into(), json!(self.transport));
@@ -179,7 +182,11 @@ impl Dispatcher {
         let mut m = peer.audit_line("connect");
         m.insert(
             "decision".into(),
-            json!(if refused.is_some() { "denied" } else { "allowed" }),
+            json!(if refused.is_some() {
+                "denied"
+            } else {
+                "allowed"
+            }),
         );
         if let Some(why) = refused {
             m.insert("reason".into(), json!(why));

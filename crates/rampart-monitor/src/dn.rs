@@ -82,7 +82,11 @@ fn format_name(mut name: &[u8]) -> Result<String, DnError> {
             let (atv, rest) = expect(set, SEQUENCE, "attribute is not a SEQUENCE")?;
             set = rest;
             let (oid, value) = expect(atv, OID, "attribute type is not an OID")?;
-            attrs.push(format!("{}={}", attribute_name(oid), attribute_value(value)?));
+            attrs.push(format!(
+                "{}={}",
+                attribute_name(oid),
+                attribute_value(value)?
+            ));
         }
         rdns.push(attrs.join("+"));
     }

@@ -708,6 +708,9 @@ impl State {
             if let Some(c) = m.conn.as_mut() {
                 c.set_final_flush_mode();
                 let _ = c.flush();
+                if let ConnIo::Tls(t) = &mut c.io {
+                    t.close();
+                }
             }
         }
     }

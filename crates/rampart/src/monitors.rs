@@ -10,12 +10,11 @@ use rampart_config::{
     Accel, ChardevBackend, DeviceConfig, DriveInterface, MonitorMode, SerialBackend, VmConfig,
     MAX_VCPUS,
 };
-use rampart_monitor::block::{BlockDeviceInfo, CacheInfo, StatsReader};
 use rampart_monitor::audit::AuditLog;
 use rampart_monitor::authz::{Authz, MonitorAuthz};
+use rampart_monitor::block::{BlockDeviceInfo, CacheInfo, StatsReader};
 use rampart_monitor::{
-    ChardevInfo, Dispatcher, EventSink, MachineInfo, MonitorServer, MonitorSpec, Transport,
-    VmInfo,
+    ChardevInfo, Dispatcher, EventSink, MachineInfo, MonitorServer, MonitorSpec, Transport, VmInfo,
 };
 use rampart_vmm::chardev::UnixServer;
 use rampart_vmm::control::ControlClient;

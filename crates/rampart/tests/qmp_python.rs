@@ -158,3 +158,78 @@ fn qmp_shell_runs_qmp_and_hmp_commands() {
     assert!(ok, "{out}");
     assert!(out.contains("VM status: running"), "{out}");
 }
+
+#[test]
+fn qemu_qmp_client_speaks_to_the_tls_monitor_with_client_certificates() {
+    use common::pki::{free_port, Ca};
+    let venv = venv();
+    require_kvm();
+    let dir = Scratch::new("pytls");
+    let ca = Ca::new("Test CA");
+    ca.write_server_dir(&dir.path("pki"));
+    for cn in ["admin", "dashboard", "eve"] {
+        let c = ca.client(cn);
+        dir.file(&format!("{cn}-cert.pem"), c.cert_pem.as_bytes());
+        dir.file(&format!("{cn}-key.pem"), c.key_pem.as_bytes());
+    }
+    let port = free_port();
+    let authz = serde_json::json!({
+        "qom-type": "authz-list", "id": "a0", "policy": "deny",
+        "rules": [
+            {"match": "CN=admin,O=Example Org,C=GB", "policy": "allow"},
+            {"match": "CN=dashboard,*", "policy": "allow", "format": "glob",
+             "commands": ["query-*"]},
+        ]
+    });
+    let log = dir.path("stderr.log");
+    let mut child = rampart()
+        .args(["-accel", "kvm", "-m", "64", "-serial", "none", "-kernel"])
+        .arg(test_guest(&dir, Program::Spin))
+        .arg("-object")
+        .arg(format!(
+            "tls-creds-x509,id=t0,dir={},endpoint=server,verify-peer=on",
+            dir.path("pki").display()
+        ))
+        .arg("-object")
+        .arg(authz.to_string())
+        .arg("-qmp")
+        .arg(format!(
+            "tcp:127.0.0.1:{port},server=on,wait=off,tls-creds=t0,tls-authz=a0"
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .expect("spawn rampart");
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("monitor listening on TCP")
+    {
+        assert!(start.elapsed() < LIMIT, "rampart did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let script = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/qmp_tls_client.py"
+    ));
+    let mut results = Vec::new();
+    for (role, cn) in [
+        ("admin", "admin"),
+        ("dashboard", "dashboard"),
+        ("denied", "eve"),
+    ] {
+        let mut cmd = Command::new(venv.join("bin/python3"));
+        cmd.arg(script)
+            .arg(role)
+            .arg(port.to_string())
+            .arg(dir.path("pki/ca-cert.pem"))
+            .arg(dir.path(&format!("{cn}-cert.pem")))
+            .arg(dir.path(&format!("{cn}-key.pem")));
+        results.push((role, run(&mut cmd, "")));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for (role, (ok, out)) in results {
+        assert!(ok && out.contains("qmp_tls_client: ok"), "{role}: {out}");
+    }
+}

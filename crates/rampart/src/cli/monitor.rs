@@ -384,12 +384,14 @@ pub(crate) fn legacy_monitor(
         })?;
         let (addr, props) = rest.split_once(',').unwrap_or((rest, ""));
         // HOST:PORT, the host possibly a bracketed IPv6 address.
-        let (host, port) = addr.rsplit_once(':').ok_or_else(|| CliError::InvalidValue {
-            option,
-            property: "backend".into(),
-            value: shown(arg),
-            reason: "expected tcp:HOST:PORT".into(),
-        })?;
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| CliError::InvalidValue {
+                option,
+                property: "backend".into(),
+                value: shown(arg),
+                reason: "expected tcp:HOST:PORT".into(),
+            })?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let opts = qemu_opts::parse(spec, OsStr::new(props))?;
         sec = security(&opts)?;
@@ -554,7 +556,9 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(c.insecure);
-        assert!(matches!(c.backend, ChardevBackend::TcpServer { ref host, port: 4444, .. } if host == "::1"));
+        assert!(
+            matches!(c.backend, ChardevBackend::TcpServer { ref host, port: 4444, .. } if host == "::1")
+        );
         let c = chardev(os("socket,id=u,path=/tmp/m,server=on,tls-authz=a0")).unwrap();
         assert_eq!(c.tls_authz.as_deref(), Some("a0"));
         for bad in [

@@ -220,7 +220,9 @@ mod tests {
                 ..
             })
         ));
-        assert!(object("authz-simple,id=a").unwrap_err().contains("identity"));
+        assert!(object("authz-simple,id=a")
+            .unwrap_err()
+            .contains("identity"));
         assert!(object("authz-simple,id=a,identity=x,colour=red")
             .unwrap_err()
             .contains("colour"));

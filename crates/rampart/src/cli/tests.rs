@@ -456,7 +456,10 @@ fn run_with_rejections_name_the_culprit() {
 #[test]
 fn tcp_monitor_without_tls_and_authz_is_refused_with_the_reason() {
     let e = err(&["-qmp", "tcp:127.0.0.1:4444,server=on,wait=off"]);
-    assert!(e.contains("refusing a monitor on TCP because it has no tls-creds"), "{e}");
+    assert!(
+        e.contains("refusing a monitor on TCP because it has no tls-creds"),
+        "{e}"
+    );
     assert!(e.contains("docs/security.md"), "{e}");
     let e = err(&[
         "-object",
