@@ -292,12 +292,13 @@ pub fn check_monitor_security(
             _ => continue,
         };
         return Err(ConfigError::Invalid(format!(
-            "-chardev {}: refusing a monitor on TCP because {why}. Anyone who can reach the \
+            "-chardev {} ({}): refusing a monitor on TCP because {why}. Anyone who can reach the \
              port could control the VM; give tls-creds=ID (a tls-creds-x509 object with \
              verify-peer=on) and tls-authz=ID (an authz object naming the allowed client \
              certificates) — see docs/security.md, section 4. For a throw-away test set-up \
              only, insecure=on accepts any client.",
-            c.id
+            c.id,
+            c.filename()
         )));
     }
     Ok(())
