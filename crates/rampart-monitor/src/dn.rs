@@ -1,6 +1,8 @@
-//! A client certificate's subject distinguished name, formatted as QEMU reports it (GnuTLS's
-//! `gnutls_x509_crt_get_dn`: RFC 4514, most specific RDN first, e.g.
-//! `CN=admin,O=Example Org,L=London,ST=London,C=GB`).
+//! A client certificate's subject distinguished name, formatted as QEMU matches it: GnuTLS's
+//! `gnutls_x509_crt_get_dn`, which keeps the RDNs in the certificate's own order (not RFC
+//! 4514's reversed one) and escapes values as RFC 4514 does. A certificate made with
+//! `openssl req -subj "/C=GB/O=Example Org/CN=admin"` is `C=GB,O=Example Org,CN=admin` — what
+//! QEMU 10's `qauthz_simple_is_allowed` trace shows for it.
 //!
 //! A minimal, bounded DER reader: only the path to `tbsCertificate.subject` is walked, every
 //! length is checked against what remains, and anything unexpected is an error, never a panic.
@@ -70,8 +72,8 @@ pub fn subject_dn(cert_der: &[u8]) -> Result<String, DnError> {
     format_name(name)
 }
 
-/// RFC 4514: RDNs in reverse order of their encoding, joined with `,`; the attributes of a
-/// multi-valued RDN joined with `+`.
+/// The RDNs in the order they are encoded, joined with `,`; the attributes of a multi-valued
+/// RDN joined with `+`.
 fn format_name(mut name: &[u8]) -> Result<String, DnError> {
     let mut rdns = Vec::new();
     while !name.is_empty() {
@@ -90,7 +92,6 @@ fn format_name(mut name: &[u8]) -> Result<String, DnError> {
         }
         rdns.push(attrs.join("+"));
     }
-    rdns.reverse();
     Ok(rdns.join(","))
 }
 
@@ -195,7 +196,7 @@ mod tests {
     }
 
     #[test]
-    fn subject_is_formatted_most_specific_first_as_qemu_reports_it() {
+    fn subject_is_formatted_in_certificate_order_as_qemu_reports_it() {
         let mut dn = rcgen::DistinguishedName::new();
         dn.push(rcgen::DnType::CountryName, "GB");
         dn.push(rcgen::DnType::StateOrProvinceName, "London");
@@ -204,7 +205,7 @@ mod tests {
         dn.push(rcgen::DnType::CommonName, "admin");
         assert_eq!(
             subject_dn(&cert_with(dn)).unwrap(),
-            "CN=admin,O=Example Org,L=London,ST=London,C=GB"
+            "C=GB,ST=London,L=London,O=Example Org,CN=admin"
         );
     }
 
@@ -215,7 +216,7 @@ mod tests {
         dn.push(rcgen::DnType::CommonName, "#ops+dev ");
         assert_eq!(
             subject_dn(&cert_with(dn)).unwrap(),
-            "CN=\\#ops\\+dev\\ ,O=Acme\\, Inc."
+            "O=Acme\\, Inc.,CN=\\#ops\\+dev\\ "
         );
     }
 

@@ -176,8 +176,8 @@ fn qemu_qmp_client_speaks_to_the_tls_monitor_with_client_certificates() {
     let authz = serde_json::json!({
         "qom-type": "authz-list", "id": "a0", "policy": "deny",
         "rules": [
-            {"match": "CN=admin,O=Example Org,C=GB", "policy": "allow"},
-            {"match": "CN=dashboard,*", "policy": "allow", "format": "glob",
+            {"match": "C=GB,O=Example Org,CN=admin", "policy": "allow"},
+            {"match": "*,CN=dashboard", "policy": "allow", "format": "glob",
              "commands": ["query-*"]},
         ]
     });

@@ -79,8 +79,8 @@ impl Vm {
     }
 }
 
-const ADMIN: &str = "CN=admin,O=Example Org,C=GB";
-const DASHBOARD: &str = "CN=dashboard,O=Example Org,C=GB";
+const ADMIN: &str = "C=GB,O=Example Org,CN=admin";
+const DASHBOARD: &str = "C=GB,O=Example Org,CN=dashboard";
 
 /// Starts a VM with a TLS QMP monitor on a fresh port: `admin` may do everything,
 /// `dashboard` only `query-*`, everyone else is denied; audit log in `{dir}/audit.jsonl`.
@@ -92,7 +92,7 @@ fn tls_vm(tag: &str, ca: &Ca) -> (Vm, u16) {
         "qom-type": "authz-list", "id": "auth0", "policy": "deny",
         "rules": [
             {"match": ADMIN, "policy": "allow"},
-            {"match": "CN=dashboard,*", "policy": "allow", "format": "glob",
+            {"match": "*,CN=dashboard", "policy": "allow", "format": "glob",
              "commands": ["query-*"]},
         ]
     });
@@ -195,7 +195,7 @@ fn tls_monitor_admits_allowed_certificates_and_refuses_others_before_the_greetin
     assert_eq!(connects(ADMIN, "allowed"), 2, "{audit:#?}");
     assert_eq!(connects(DASHBOARD, "allowed"), 1, "{audit:#?}");
     assert_eq!(
-        connects("CN=eve,O=Example Org,C=GB", "denied"),
+        connects("C=GB,O=Example Org,CN=eve", "denied"),
         1,
         "{audit:#?}"
     );

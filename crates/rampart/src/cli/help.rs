@@ -105,7 +105,7 @@ Monitor security objects (QEMU's) and the audit log:
           ,rules.N.policy=allow|deny[,rules.N.format=exact|glob]
           [,rules.N.commands.M=CMD-OR-GLOB]   (or the same as JSON)
                    a TLS client's identity is its certificate's DN, e.g.
-                   'CN=admin,O=Example'; rules with commands limit an allowed
+                   'C=GB,O=Example,CN=admin'; rules with commands limit an allowed
                    peer to those commands (e.g. query-*)
   -object authz-listfile,id=ID,filename=PATH[,refresh=on|off]
                    the rules as JSON in a file, reloaded when it changes

@@ -76,7 +76,7 @@ impl Ca {
     }
 
     /// A client certificate with subject `C=GB,O=Example Org,CN=cn` (QEMU shows it as
-    /// `CN=cn,O=Example Org,C=GB`).
+    /// `C=GB,O=Example Org,CN=cn`, in the certificate's order).
     pub fn client(&self, cn: &str) -> Cred {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name = dn(cn);
