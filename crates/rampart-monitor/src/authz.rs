@@ -77,27 +77,46 @@ fn list_verdict(list: &AuthzList, ids: &[String], object: &str) -> Verdict {
 /// What identifies a version of a list file (a change to any reloads it).
 type Stamp = (u64, u64, i64, i64, u64);
 
+fn stamp_of(m: &std::fs::Metadata) -> Stamp {
+    (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len())
+}
+
 struct ListFile {
     filename: PathBuf,
     refresh: bool,
+    /// The file as last opened: when its path is out of reach (inside `-run-with jail=` or a
+    /// chroot) changes are followed through this descriptor (rewrites in place, not renames).
+    file: Option<std::fs::File>,
     /// The rules as last loaded (`Err`: the file could not be loaded; everything is denied).
     current: Result<AuthzList, String>,
     stamp: Option<Stamp>,
 }
 
 impl ListFile {
-    fn stamp(&self) -> Option<Stamp> {
-        let m = std::fs::metadata(&self.filename).ok()?;
-        Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+    /// (Re)opens the file by its path and loads it.
+    fn load(&mut self) {
+        match std::fs::File::open(&self.filename) {
+            Ok(f) => {
+                self.file = Some(f);
+                self.read_open_file();
+            }
+            Err(e) => {
+                self.stamp = None;
+                self.set(Err(format!("cannot read {}: {e}", self.filename.display())));
+            }
+        }
     }
 
-    fn load(&mut self) {
-        use std::io::Read;
-        self.stamp = self.stamp();
+    /// Reads the open file from its start.
+    fn read_open_file(&mut self) {
+        use std::io::{Read, Seek};
+        let Some(f) = self.file.as_mut() else { return };
+        self.stamp = f.metadata().ok().map(|m| stamp_of(&m));
         let mut text = String::new();
-        let r = std::fs::File::open(&self.filename)
-            .and_then(|f| f.take(MAX_LIST_FILE + 1).read_to_string(&mut text));
-        self.current = match r {
+        let r = f
+            .rewind()
+            .and_then(|()| f.take(MAX_LIST_FILE + 1).read_to_string(&mut text));
+        let current = match r {
             Err(e) => Err(format!("cannot read {}: {e}", self.filename.display())),
             Ok(n) if n as u64 > MAX_LIST_FILE => Err(format!(
                 "{} is larger than {MAX_LIST_FILE} bytes",
@@ -106,6 +125,11 @@ impl ListFile {
             Ok(_) => AuthzList::parse_file(&text)
                 .map_err(|e| format!("{}: {e}", self.filename.display())),
         };
+        self.set(current);
+    }
+
+    fn set(&mut self, current: Result<AuthzList, String>) {
+        self.current = current;
         match &self.current {
             Ok(l) => {
                 info!(file = %self.filename.display(), rules = l.rules.len(), "authz list file loaded")
@@ -115,8 +139,23 @@ impl ListFile {
     }
 
     fn refreshed(&mut self) -> &Result<AuthzList, String> {
-        if self.refresh && self.stamp() != self.stamp {
-            self.load();
+        if !self.refresh {
+            return &self.current;
+        }
+        match std::fs::metadata(&self.filename) {
+            Ok(m) if Some(stamp_of(&m)) != self.stamp => self.load(),
+            Ok(_) => {}
+            // Out of reach (the jail) or removed: follow the file already open.
+            Err(_) => {
+                let now = self
+                    .file
+                    .as_ref()
+                    .and_then(|f| f.metadata().ok())
+                    .map(|m| stamp_of(&m));
+                if now != self.stamp {
+                    self.read_open_file();
+                }
+            }
         }
         &self.current
     }
@@ -145,6 +184,7 @@ impl Authz {
                 let mut f = ListFile {
                     filename: filename.clone(),
                     refresh: *refresh,
+                    file: None,
                     current: Err(String::new()),
                     stamp: None,
                 };
@@ -353,6 +393,22 @@ mod tests {
         assert_eq!(a.verdict(&["CN=bb".into()]), Verdict::Allow(None));
         std::fs::write(&file, "{not json").unwrap();
         assert!(matches!(a.verdict(&["CN=bb".into()]), Verdict::Deny(w) if w.contains("unusable")));
+        // Fixed again, then out of reach by its path (as inside the jail): a rewrite in place
+        // is still seen, through the open descriptor.
+        std::fs::write(
+            &file,
+            r#"{"policy":"deny","rules":[{"match":"CN=c","policy":"allow"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(a.verdict(&["CN=c".into()]), Verdict::Allow(None));
+        let hidden = dir.join("hidden.json");
+        std::fs::rename(&file, &hidden).unwrap();
+        std::fs::write(
+            &hidden,
+            r#"{"policy":"deny","rules":[{"match":"CN=dd","policy":"allow"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(a.verdict(&["CN=dd".into()]), Verdict::Allow(None));
         std::fs::remove_dir_all(&dir).unwrap();
         let e = Authz::new(&AuthzConfig {
             id: "f".into(),
