@@ -19,6 +19,7 @@ pub mod raw;
 pub mod stats;
 #[cfg(test)]
 mod testutil;
+pub mod throttle;
 
 pub use error::BlockError;
 pub use open::{open, open_with_chain, probe_format, ChainImage};

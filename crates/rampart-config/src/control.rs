@@ -139,11 +139,82 @@ pub enum ControlReply {
 }
 
 /// Something that happened to the VM, broadcast to every QMP client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LifecycleEvent {
     Stop,
     Resume,
     Reset(ShutdownCause),
     Shutdown(ShutdownCause),
     Powerdown,
+    /// The guest changed a NIC's receive filter (sent once until `query-rx-filter`).
+    NicRxFilterChanged {
+        name: Option<String>,
+        path: String,
+    },
+}
+
+/// A NIC's receive filter as the guest set it (QMP `query-rx-filter`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RxFilter {
+    pub promiscuous: bool,
+    pub all_multi: bool,
+    pub all_uni: bool,
+    pub no_multi: bool,
+    pub no_uni: bool,
+    pub no_bcast: bool,
+    pub main_mac: [u8; 6],
+    pub unicast_table: Vec<[u8; 6]>,
+    pub multicast_table: Vec<[u8; 6]>,
+    pub unicast_overflow: bool,
+    pub multicast_overflow: bool,
+}
+
+impl RxFilter {
+    /// The state after a device reset: promiscuous (as QEMU's virtio-net), no tables.
+    pub fn reset(mac: [u8; 6]) -> RxFilter {
+        RxFilter {
+            promiscuous: true,
+            all_multi: false,
+            all_uni: false,
+            no_multi: false,
+            no_uni: false,
+            no_bcast: false,
+            main_mac: mac,
+            unicast_table: Vec::new(),
+            multicast_table: Vec::new(),
+            unicast_overflow: false,
+            multicast_overflow: false,
+        }
+    }
+
+    /// Whether a frame whose destination is `dst` passes the filter.
+    pub fn accepts(&self, dst: &[u8; 6]) -> bool {
+        if self.promiscuous {
+            return true;
+        }
+        if dst == &[0xff; 6] {
+            return !self.no_bcast;
+        }
+        if dst[0] & 1 != 0 {
+            if self.no_multi {
+                return false;
+            }
+            return self.all_multi || self.multicast_overflow || self.multicast_table.contains(dst);
+        }
+        if self.no_uni {
+            return false;
+        }
+        self.all_uni
+            || self.unicast_overflow
+            || dst == &self.main_mac
+            || self.unicast_table.contains(dst)
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_text(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -12,6 +12,13 @@ pub enum DeviceConfig {
         /// `serial=`: what VIRTIO_BLK_T_GET_ID answers (at most 20 bytes).
         serial: Option<String>,
     },
+    /// `virtio-net-pci`: a NIC on the `-netdev` named `netdev`.
+    VirtioNet {
+        id: Option<String>,
+        netdev: String,
+        /// `mac=`; QEMU's default (52:54:00:12:34:56 + NIC index) when absent.
+        mac: Option<[u8; 6]>,
+    },
 }
 
 /// Longest `serial=` virtio-blk can report (VIRTIO_BLK_ID_BYTES).
@@ -44,11 +51,21 @@ pub fn validate_devices(
 }
 
 impl DeviceConfig {
+    /// The device's `id=`, if given.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            DeviceConfig::VirtioRng { id }
+            | DeviceConfig::VirtioBlk { id, .. }
+            | DeviceConfig::VirtioNet { id, .. } => id.as_deref(),
+        }
+    }
+
     /// The QEMU driver name.
     pub fn driver(&self) -> &'static str {
         match self {
             DeviceConfig::VirtioRng { .. } => "virtio-rng-pci",
             DeviceConfig::VirtioBlk { .. } => "virtio-blk-pci",
+            DeviceConfig::VirtioNet { .. } => "virtio-net-pci",
         }
     }
 }

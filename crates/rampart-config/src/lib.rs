@@ -10,17 +10,21 @@ pub mod control;
 mod devices;
 mod error;
 mod machine;
+mod net;
 mod run_with;
 mod security;
 mod size;
+mod throttle;
 
 pub use block::*;
 pub use chardev::{ChardevBackend, ChardevConfig, MonitorConfig, MonitorMode};
 pub use devices::{validate_devices, DeviceConfig, BLK_SERIAL_MAX};
 pub use error::ConfigError;
 pub use machine::*;
+pub use net::{default_mac, parse_mac, validate_netdevs, NetdevConfig, TapSource, MAX_NETDEVS};
 pub use run_with::*;
 pub use security::*;
 pub use size::parse_size;
+pub use throttle::{BlockLimits, NetLimits, RateLimit, MAX_BURST_SECONDS, THROTTLE_VALUE_MAX};
 
 pub mod props;

@@ -241,6 +241,8 @@ pub struct VmConfig {
     pub authz: Vec<crate::AuthzConfig>,
     /// `-audit`.
     pub audit: Option<crate::AuditConfig>,
+    /// Network back ends (`-netdev`, and those `-nic` creates).
+    pub netdevs: Vec<crate::NetdevConfig>,
 }
 
 impl Default for VmConfig {
@@ -265,6 +267,7 @@ impl Default for VmConfig {
             audit: None,
             monitors: Vec::new(),
             run_with: crate::RunWithConfig::default(),
+            netdevs: Vec::new(),
         }
     }
 }
@@ -288,6 +291,7 @@ impl VmConfig {
         crate::validate_drives(&self.drives)?;
         self.run_with.validate()?;
         crate::validate_devices(&self.devices, &self.drives)?;
+        crate::validate_netdevs(&self.netdevs, &self.devices)?;
         if self.memory_bytes > host.host_memory_bytes {
             return Err(ConfigError::Memory {
                 requested_mib: mib,

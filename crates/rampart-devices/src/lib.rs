@@ -6,6 +6,7 @@
 pub mod bus;
 pub mod irq;
 pub mod legacy;
+pub mod net;
 pub mod pci;
 pub mod virtio;
 

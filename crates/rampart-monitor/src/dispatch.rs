@@ -123,6 +123,8 @@ pub struct VmInfo {
     pub chardevs: Vec<ChardevInfo>,
     /// Block devices, in the order QEMU lists them (devices as created).
     pub blocks: Vec<crate::block::BlockDeviceInfo>,
+    /// NICs, in device order.
+    pub nics: Vec<crate::net::NicInfo>,
 }
 
 /// Sends a control request to the VMM thread and waits for its reply.
@@ -379,6 +381,14 @@ impl Dispatcher {
             ),
             "query-block" => crate::block::query_block(&i.blocks),
             "query-blockstats" => crate::block::query_blockstats(&i.blocks),
+            "set_link" => crate::net::set_link(
+                &i.nics,
+                args.get("name").and_then(Value::as_str).unwrap_or_default(),
+                args.get("up").and_then(Value::as_bool).unwrap_or(true),
+            )?,
+            "query-rx-filter" => {
+                crate::net::query_rx_filter(&i.nics, args.get("name").and_then(Value::as_str))?
+            }
             "stop" => self.done(ControlRequest::Stop)?,
             "cont" => self.done(ControlRequest::Cont)?,
             "system_reset" => self.done(ControlRequest::SystemReset)?,
@@ -435,6 +445,12 @@ mod tests {
                 filename: "stdio".into(),
             }],
             blocks: Vec::new(),
+            nics: vec![crate::net::NicInfo {
+                name: "nic0".into(),
+                netdev: "n0".into(),
+                path: "/machine/peripheral/nic0/virtio-backend".into(),
+                control: std::sync::Arc::new(FakeNic),
+            }],
         };
         // The VMM's side of the control channel, answering as a running two-vCPU VM does.
         let backend: Backend = Box::new(|req| {
@@ -462,6 +478,14 @@ mod tests {
         Dispatcher::new(info, backend, Box::new(AllowAll))
     }
 
+    struct FakeNic;
+    impl crate::net::NicControl for FakeNic {
+        fn set_link(&self, _up: bool) {}
+        fn rx_filter(&self) -> rampart_config::control::RxFilter {
+            rampart_config::control::RxFilter::reset([2, 0, 0, 0, 0, 1])
+        }
+    }
+
     fn peer() -> Peer {
         Peer {
             monitor: "m".into(),
@@ -477,8 +501,11 @@ mod tests {
             if c.name == "qmp_capabilities" {
                 continue;
             }
-            let args =
-                (c.name == "human-monitor-command").then(|| json!({"command-line": "info status"}));
+            let args = match c.name {
+                "human-monitor-command" => Some(json!({"command-line": "info status"})),
+                "set_link" => Some(json!({"name": "nic0", "up": false})),
+                _ => None,
+            };
             let v = d
                 .execute(&peer(), c.name, args.as_ref())
                 .unwrap_or_else(|e| panic!("{}: {e}", c.name));

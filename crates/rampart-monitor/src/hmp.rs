@@ -19,6 +19,10 @@ const HELP: &[(&str, &str)] = &[
         "show various information about the system state",
     ),
     ("quit|q", "quit the emulator"),
+    (
+        "set_link name on|off",
+        "change the link status of a network adapter",
+    ),
     ("stop|s", "stop emulation"),
     ("system_powerdown", "send system power down event"),
     ("system_reset", "reset the system"),
@@ -104,6 +108,14 @@ fn execute(d: &mut Dispatcher, peer: &Peer, line: &str) -> Result<String, QmpErr
             no_args("quit")?;
             simple(d, peer, "quit")
         }
+        "set_link" => match rest.as_slice() {
+            [name, state @ ("on" | "off")] => {
+                let args = serde_json::json!({"name": name, "up": *state == "on"});
+                d.execute(peer, "set_link", Some(&args))
+                    .map(|_| String::new())
+            }
+            _ => Err(QmpError::generic("usage: set_link name on|off")),
+        },
         "info" => match rest.as_slice() {
             [] => Ok(table(INFO_HELP)),
             [what] => info(d, peer, what),

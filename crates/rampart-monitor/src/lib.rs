@@ -25,6 +25,7 @@ pub mod framing;
 pub mod glob;
 pub mod hmp;
 pub mod introspect;
+pub mod net;
 pub mod qmp;
 pub mod readline;
 pub mod schema;

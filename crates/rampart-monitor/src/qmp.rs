@@ -51,6 +51,13 @@ pub fn event_json(ev: &LifecycleEvent, time: std::time::SystemTime) -> Value {
             "SHUTDOWN",
             Some(json!({"guest": cause.by_guest(), "reason": cause.name()})),
         ),
+        LifecycleEvent::NicRxFilterChanged { name, path } => (
+            "NIC_RX_FILTER_CHANGED",
+            Some(match name {
+                Some(n) => json!({"name": n, "path": path}),
+                None => json!({"path": path}),
+            }),
+        ),
     };
     let mut m = Map::new();
     m.insert("event".into(), json!(name));

@@ -212,6 +212,16 @@ pub const COMMANDS: &[CommandDef] = &[
         ret: EMPTY,
     },
     CommandDef {
+        name: "set_link",
+        args: &[req("name", Ty::Str), req("up", Ty::Bool)],
+        ret: EMPTY,
+    },
+    CommandDef {
+        name: "query-rx-filter",
+        args: &[opt("name", Ty::Str)],
+        ret: Ty::Array(&crate::net::RX_FILTER_INFO),
+    },
+    CommandDef {
         name: "cont",
         args: &[],
         ret: EMPTY,
@@ -259,6 +269,10 @@ pub const EVENTS: &[EventDef] = &[
     EventDef {
         name: "POWERDOWN",
         data: &[],
+    },
+    EventDef {
+        name: "NIC_RX_FILTER_CHANGED",
+        data: &[opt("name", Ty::Str), req("path", Ty::Str)],
     },
 ];
 

@@ -9,7 +9,7 @@ use rampart_devices::pci::root::{CONFIG_IO_LEN, CONFIG_IO_PORT};
 use rampart_devices::pci::{BarAllocator, ConfigIo, Ecam, MsiController, PciRoot, Window};
 use rampart_devices::virtio::pci::{NotifyRegistrar, VirtioPci};
 use rampart_devices::virtio::worker::IoThread;
-use rampart_devices::virtio::{block, rng, VirtioDevice};
+use rampart_devices::virtio::{block, net, rng, VirtioDevice};
 use tracing::info;
 use vm_memory::GuestMemoryMmap;
 
@@ -39,6 +39,7 @@ pub fn build(
     buses: &Buses,
     host: &PciHost,
     disks: &[crate::vm::OpenDisk],
+    nics: &[crate::vm::OpenNic],
 ) -> Result<PciDevices, VmError> {
     let dev_err = |e: &dyn std::fmt::Display| VmError::Device(e.to_string());
     let root = Arc::new(Mutex::new(PciRoot::new(Arc::downgrade(&buses.mmio))));
@@ -92,6 +93,18 @@ pub fn build(
                     Box::new(block::Block::new(d, serial.as_deref().unwrap_or(""), stats)),
                     block::PCI_CLASS,
                 )
+            }
+            DeviceConfig::VirtioNet { netdev, .. } => {
+                let nic = nics.iter().find(|n| n.netdev == *netdev).ok_or_else(|| {
+                    VmError::Device(format!("virtio-net-pci: netdev '{netdev}' is not open"))
+                })?;
+                let tap = nic
+                    .tap
+                    .try_clone()
+                    .map_err(|e| VmError::Device(format!("virtio-net-pci: tap: {e}")))?;
+                let dev = net::Net::new(nic.handle.clone(), Box::new(tap))
+                    .map_err(|e| VmError::Device(format!("virtio-net-pci: {e}")))?;
+                (Box::new(dev), net::PCI_CLASS)
             }
         };
         let (transport, parts) = VirtioPci::new(

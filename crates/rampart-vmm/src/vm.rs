@@ -91,6 +91,15 @@ pub type OpenDisk = (
     Arc<rampart_block::stats::BlockStats>,
 );
 
+/// An opened NIC back end: the tap and the NIC's shared handle (link, filter, limits), kept
+/// across resets.
+pub struct OpenNic {
+    /// The `-netdev` id it serves.
+    pub netdev: String,
+    pub tap: rampart_devices::net::tap::Tap,
+    pub handle: Arc<rampart_devices::virtio::net::NetHandle>,
+}
+
 /// Host resources opened before the VM is built (and before any sandbox closes the doors).
 pub struct HostResources {
     /// `/dev/kvm`, opened once at start under `kvm` (a reset creates the new VM from it: after
@@ -102,6 +111,8 @@ pub struct HostResources {
     pub signals: TerminationSignals,
     /// Opened (and locked) block back ends by node name / drive id, kept across resets.
     pub disks: Vec<OpenDisk>,
+    /// Opened taps, one per virtio-net-pci, kept across resets.
+    pub nics: Vec<OpenNic>,
     /// Requests from the monitor, and the run state they act on (kept across resets).
     pub control: crate::control::ControlPort,
 }
@@ -347,7 +358,14 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
     }
 
     // PCI devices (their I/O threads stop when `_pci` is dropped, after the vCPUs).
-    let _pci = crate::pci::build(config, &mem, &buses, &machine.pci_host(), &res.disks)?;
+    let _pci = crate::pci::build(
+        config,
+        &mem,
+        &buses,
+        &machine.pci_host(),
+        &res.disks,
+        &res.nics,
+    )?;
     // The ACPI power button (system_powerdown): a pulse on the Generic Event Device's line.
     let ged_line = machine.irq_line(crate::arch::x86_64::acpi_ged::GED_GSI)?;
     let press_power_button = move || {

@@ -113,6 +113,54 @@ fn open_drives(
     Ok((out, chains))
 }
 
+/// Opens the tap of every virtio-net-pci (or takes its passed descriptor), in device order,
+/// with the NIC's MAC (QEMU's default sequence when `mac=` is absent) and limits.
+fn open_nics(config: &VmConfig) -> Result<Vec<rampart_vmm::vm::OpenNic>> {
+    use rampart_config::{default_mac, DeviceConfig, TapSource};
+    use rampart_devices::net::tap::Tap;
+    let mut out = Vec::new();
+    for (index, (netdev, mac)) in config
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::VirtioNet { netdev, mac, .. } => Some((netdev, mac)),
+            _ => None,
+        })
+        .enumerate()
+    {
+        let nd = config
+            .netdevs
+            .iter()
+            .find(|n| n.id == *netdev)
+            .with_context(|| format!("-netdev '{netdev}' vanished"))?;
+        let tap = match &nd.tap {
+            TapSource::Ifname(name) => Tap::open(name.as_deref()),
+            TapSource::Fd(fd) => Tap::from_fd(*fd),
+        }
+        .with_context(|| format!("-netdev tap,id={}", nd.id))?;
+        let mac = mac.unwrap_or_else(|| default_mac(index));
+        info!(
+            "netdev '{}': tap '{}', mac {}",
+            nd.id,
+            tap.name(),
+            rampart_config::control::mac_text(&mac)
+        );
+        let handle =
+            rampart_devices::virtio::net::NetHandle::new(mac, nd.limits).context("NIC handle")?;
+        out.push(rampart_vmm::vm::OpenNic {
+            netdev: nd.id.clone(),
+            tap,
+            handle,
+        });
+    }
+    for nd in &config.netdevs {
+        if !out.iter().any(|n| n.netdev == nd.id) {
+            tracing::warn!("netdev '{}' has no NIC: it is not opened", nd.id);
+        }
+    }
+    Ok(out)
+}
+
 fn run(config: VmConfig) -> Result<ExitCode> {
     config
         .validate(&HostLimits {
@@ -130,6 +178,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
     };
     let console = open_console(&config)?;
     let (disks, chains) = open_drives(&config)?;
+    let nics = open_nics(&config)?;
     let accel = vm::choose_accel(&config.accel)?;
     let kvm = match accel {
         rampart_config::Accel::Kvm => Some(rampart_vmm::accel::kvm::KvmAccel::open()?),
@@ -144,7 +193,9 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         rampart_vmm::control::channel(config.lifecycle.start_paused).context("control channel")?;
     let monitors = match open_monitors {
         Some(open) => {
-            let (m, events) = monitors::start(open, &config, accel, client, &disks, &chains)?;
+            let (m, events) =
+                monitors::start(open, &config, accel, client, &disks, &chains, &nics)?;
+            monitors::connect_nic_events(&config, &nics, &events);
             control.set_publisher(monitors::publisher(events));
             Some(m)
         }
@@ -157,6 +208,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         console,
         signals,
         disks,
+        nics,
         control,
     };
     let code = run_vm(&config, accel, res);

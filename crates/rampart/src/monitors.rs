@@ -13,12 +13,13 @@ use rampart_config::{
 use rampart_monitor::audit::AuditLog;
 use rampart_monitor::authz::{Authz, MonitorAuthz};
 use rampart_monitor::block::{BlockDeviceInfo, CacheInfo, StatsReader};
+use rampart_monitor::net::{NicControl, NicInfo};
 use rampart_monitor::{
     ChardevInfo, Dispatcher, EventSink, MachineInfo, MonitorServer, MonitorSpec, Transport, VmInfo,
 };
 use rampart_vmm::chardev::UnixServer;
 use rampart_vmm::control::ControlClient;
-use rampart_vmm::vm::OpenDisk;
+use rampart_vmm::vm::{OpenDisk, OpenNic};
 
 /// The running monitors; dropping this flushes them and removes their socket files.
 pub struct Monitors {
@@ -82,7 +83,7 @@ fn block_qdevs(config: &VmConfig) -> Vec<(String, String)> {
     }
     for dev in &config.devices {
         match dev {
-            DeviceConfig::VirtioRng { id } => {
+            DeviceConfig::VirtioRng { id } | DeviceConfig::VirtioNet { id, .. } => {
                 path(id.as_ref());
             }
             DeviceConfig::VirtioBlk { id, drive, .. } => {
@@ -91,6 +92,86 @@ fn block_qdevs(config: &VmConfig) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Each NIC's net client name (`id=`, or QEMU's `virtio-net-pci.N`), back end and QOM
+/// path, numbered as [`block_qdevs`] numbers devices.
+fn nic_names(config: &VmConfig) -> Vec<(String, String, String)> {
+    let mut anon = config
+        .drives
+        .iter()
+        .filter(|d| d.interface == DriveInterface::Virtio)
+        .count();
+    let mut auto = 0;
+    let mut out = Vec::new();
+    for dev in &config.devices {
+        let path = match dev.id() {
+            Some(id) => format!("/machine/peripheral/{id}/virtio-backend"),
+            None => {
+                anon += 1;
+                format!(
+                    "/machine/peripheral-anon/device[{}]/virtio-backend",
+                    anon - 1
+                )
+            }
+        };
+        if let DeviceConfig::VirtioNet { id, netdev, .. } = dev {
+            let name = match id {
+                Some(id) => id.clone(),
+                None => {
+                    auto += 1;
+                    format!("virtio-net-pci.{}", auto - 1)
+                }
+            };
+            out.push((name, netdev.clone(), path));
+        }
+    }
+    out
+}
+
+/// A NIC's shared handle, as the monitor's [`NicControl`].
+struct NicHandle(Arc<rampart_devices::virtio::net::NetHandle>);
+
+impl NicControl for NicHandle {
+    fn set_link(&self, up: bool) {
+        self.0.set_link(up);
+    }
+    fn rx_filter(&self) -> rampart_config::control::RxFilter {
+        self.0.rx_filter()
+    }
+}
+
+/// The NICs for the monitor; each NIC's receive-filter changes become NIC_RX_FILTER_CHANGED
+/// events once `sink` exists (see [`connect_nic_events`]).
+fn nic_infos(config: &VmConfig, nics: &[OpenNic]) -> Vec<NicInfo> {
+    nic_names(config)
+        .into_iter()
+        .filter_map(|(name, netdev, path)| {
+            let nic = nics.iter().find(|n| n.netdev == netdev)?;
+            Some(NicInfo {
+                name,
+                netdev,
+                path,
+                control: Arc::new(NicHandle(nic.handle.clone())),
+            })
+        })
+        .collect()
+}
+
+/// Sends each NIC's receive-filter changes to the monitor's clients.
+pub fn connect_nic_events(config: &VmConfig, nics: &[OpenNic], sink: &EventSink) {
+    for (name, netdev, path) in nic_names(config) {
+        let Some(nic) = nics.iter().find(|n| n.netdev == netdev) else {
+            continue;
+        };
+        let sink = sink.clone();
+        nic.handle.set_listener(Box::new(move || {
+            sink.send(LifecycleEvent::NicRxFilterChanged {
+                name: Some(name.clone()),
+                path: path.clone(),
+            })
+        }));
+    }
 }
 
 /// The block devices for the monitor, in QEMU's order: every `-drive` as given, then the
@@ -157,6 +238,7 @@ fn vm_info(
     kvm_present: bool,
     disks: &[OpenDisk],
     chains: &[Vec<ChainImage>],
+    nics: &[OpenNic],
 ) -> VmInfo {
     let mut chardevs: Vec<ChardevInfo> = Vec::new();
     if let Some(f) = serial_filename(&config.serial) {
@@ -197,6 +279,7 @@ fn vm_info(
         ],
         chardevs,
         blocks: block_devices(config, disks, chains),
+        nics: nic_infos(config, nics),
     }
 }
 
@@ -299,6 +382,7 @@ pub fn start(
     client: ControlClient,
     disks: &[OpenDisk],
     chains: &[Vec<ChainImage>],
+    nics: &[OpenNic],
 ) -> Result<(Monitors, EventSink)> {
     let OpenMonitors {
         sockets,
@@ -310,7 +394,7 @@ pub fn start(
     } = open;
     let backend = Box::new(move |req| client.call(req));
     let mut dispatcher = Dispatcher::new(
-        vm_info(config, accel, kvm_present, disks, chains),
+        vm_info(config, accel, kvm_present, disks, chains, nics),
         backend,
         Box::new(authz),
     );

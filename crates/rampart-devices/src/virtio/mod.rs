@@ -9,10 +9,12 @@
 //! `tcg`, or by KVM itself through an ioeventfd), and the device's I/O thread does the work.
 
 pub mod block;
+pub mod net;
 pub mod pci;
 pub mod rng;
 pub mod worker;
 
+use std::os::fd::RawFd;
 use virtio_bindings::bindings::virtio_config::{
     VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_NEEDS_RESET,
     VIRTIO_F_VERSION_1,
@@ -20,6 +22,7 @@ use virtio_bindings::bindings::virtio_config::{
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -63,6 +66,31 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, QueueError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// Extra descriptors the I/O thread polls for this device (a tap, timers, a wake-up
+    /// eventfd), each with whether it is edge-triggered. Asked once, when the thread starts.
+    fn event_fds(&self) -> Vec<(RawFd, bool)> {
+        Vec::new()
+    }
+    /// Extra descriptor `index` (of [`event_fds`](Self::event_fds)) is ready: the device
+    /// consumes the event and says what the I/O thread must do.
+    fn handle_event(&mut self, _index: usize) -> EventAction {
+        EventAction::default()
+    }
+    /// After processing queue `index`, whether to process it again while the driver has
+    /// buffers available. True for request queues; a queue of buffers the device fills only
+    /// when it has data (network receive) says whether it is waiting for buffers.
+    fn more_work(&self, _index: usize) -> bool {
+        true
+    }
+}
+
+/// What the I/O thread does after a device handled one of its own events.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EventAction {
+    /// Queues to process (bit *n* = queue *n*).
+    pub queues: u64,
+    /// The configuration space changed: interrupt the driver.
+    pub config_changed: bool,
 }
 
 /// The device-independent state of a virtio device, shared by the transport (vCPU threads)

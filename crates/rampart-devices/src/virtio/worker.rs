@@ -40,6 +40,23 @@ impl IoThread {
                 EpollEvent::new(EventSet::IN, i as u64),
             )?;
         }
+        let extra = parts
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .device
+            .event_fds();
+        for (i, (fd, edge)) in extra.iter().enumerate() {
+            let mut set = EventSet::IN;
+            if *edge {
+                set |= EventSet::EDGE_TRIGGERED;
+            }
+            epoll.ctl(
+                ControlOperation::Add,
+                *fd,
+                EpollEvent::new(set, token_stop + 1 + i as u64),
+            )?;
+        }
         let handle = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
             .spawn(move || run(epoll, parts, stop_worker, token_stop))?;
@@ -71,7 +88,7 @@ impl Drop for IoThread {
 }
 
 fn run(epoll: Epoll, parts: WorkerParts, _stop: EventFd, token_stop: u64) {
-    let mut events = vec![EpollEvent::default(); parts.queue_evts.len() + 1];
+    let mut events = vec![EpollEvent::default(); parts.queue_evts.len() + 16];
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -86,6 +103,22 @@ fn run(epoll: Epoll, parts: WorkerParts, _stop: EventFd, token_stop: u64) {
             if token == token_stop {
                 debug!("virtio I/O thread stopping");
                 return;
+            }
+            if token > token_stop {
+                let mut st = parts.state.lock().unwrap_or_else(|e| e.into_inner());
+                let action = st.device.handle_event((token - token_stop - 1) as usize);
+                if action.config_changed {
+                    st.config_generation = st.config_generation.wrapping_add(1);
+                    if st.running() {
+                        notify_config(&mut st, &parts.msix);
+                    }
+                }
+                for q in 0..st.queues.len().min(64) {
+                    if action.queues & (1 << q) != 0 {
+                        service_queue(&mut st, &parts.msix, q);
+                    }
+                }
+                continue;
             }
             let Some(evt) = parts.queue_evts.get(token as usize) else {
                 continue;
@@ -119,7 +152,7 @@ pub fn service_queue(st: &mut VirtioState, msix: &Mutex<Msix>, index: usize) {
         for _ in 0..=u32::from(queue.size()) {
             queue.disable_notification(&mem)?;
             used |= st_ref.device.process_queue(index, queue, &mem)?;
-            if !queue.enable_notification(&mem)? {
+            if !queue.enable_notification(&mem)? || !st_ref.device.more_work(index) {
                 break;
             }
         }

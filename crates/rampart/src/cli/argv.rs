@@ -42,6 +42,8 @@ pub(crate) enum Opt {
     RunWith,
     Runas,
     Chroot,
+    Netdev,
+    Nic,
 }
 
 struct OptDef {
@@ -93,6 +95,8 @@ const TABLE: &[OptDef] = &[
     def("-runas", Opt::Runas, true),
     def("-chroot", Opt::Chroot, true),
     def("-audit", Opt::Audit, true),
+    def("-netdev", Opt::Netdev, true),
+    def("-nic", Opt::Nic, true),
 ];
 
 /// One option occurrence: which option, the spelling used (single dash, for messages), and its

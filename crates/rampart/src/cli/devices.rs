@@ -12,6 +12,10 @@ pub(crate) const DEVICES: &[(&str, &str)] = &[
         "virtio block device (drive=ID of a -drive or node-name of a -blockdev, serial=STR)",
     ),
     (
+        "virtio-net-pci",
+        "virtio network device (netdev=ID of a -netdev tap, mac=aa:bb:cc:dd:ee:ff)",
+    ),
+    (
         "virtio-rng-pci",
         "virtio entropy device fed from the host's getrandom",
     ),
@@ -60,6 +64,27 @@ pub(crate) fn parse(driver: &str, mut tree: Props) -> Result<Option<DeviceConfig
                 }
             }
             DeviceConfig::VirtioBlk { id, drive, serial }
+        }
+        "virtio-net-pci" => {
+            let netdev =
+                tree.take_string("netdev")
+                    .map_err(err)?
+                    .ok_or_else(|| CliError::Invalid {
+                        option: "-device",
+                        message: "virtio-net-pci: parameter 'netdev' is missing".into(),
+                    })?;
+            let mac = match tree.take_string("mac").map_err(err)? {
+                Some(m) => {
+                    Some(
+                        rampart_config::parse_mac(&m).ok_or_else(|| CliError::Invalid {
+                            option: "-device",
+                            message: format!("virtio-net-pci: mac '{m}' is not aa:bb:cc:dd:ee:ff"),
+                        })?,
+                    )
+                }
+                None => None,
+            };
+            DeviceConfig::VirtioNet { id, netdev, mac }
         }
         _ => return Ok(None),
     };

@@ -20,6 +20,7 @@ mod block;
 mod devices;
 mod help;
 mod monitor;
+mod net;
 mod objects;
 mod options;
 mod qemu_opts;
@@ -150,6 +151,9 @@ struct Builder {
     tls_creds: Vec<rampart_config::TlsCredsConfig>,
     authz: Vec<rampart_config::AuthzConfig>,
     audit: Option<rampart_config::AuditConfig>,
+    netdevs: Vec<rampart_config::NetdevConfig>,
+    /// `-nic` occurrences so far (their back ends are `__org.qemu.nicN`).
+    nics: usize,
     /// `-qmp`/`-monitor` occurrences so far (they name their chardevs `compat_monitorN`).
     legacy_monitors: usize,
     /// `-run-with`, `-runas` and `-chroot`, merged in order (a later key wins).
@@ -265,6 +269,19 @@ impl Builder {
             ),
             Opt::Runas => merge(&mut self.run_with, run_with::runas(arg)),
             Opt::Chroot => merge(&mut self.run_with, run_with::chroot(arg)),
+            Opt::Netdev | Opt::Nic => match net::parse(item.opt == Opt::Nic, arg, self.nics)? {
+                net::NetRequest::Help => return Ok(Some(Cli::Info(net::help()))),
+                net::NetRequest::Netdev(n) => self.netdevs.push(n),
+                net::NetRequest::Nic(n, mac) => {
+                    self.nics += 1;
+                    self.devices.push(rampart_config::DeviceConfig::VirtioNet {
+                        id: None,
+                        netdev: n.id.clone(),
+                        mac,
+                    });
+                    self.netdevs.push(n);
+                }
+            },
             Opt::Object | Opt::Device => match objects::request(item.opt, arg)? {
                 objects::Request::Help(text) => return Ok(Some(Cli::Info(text))),
                 objects::Request::Device(dev) => self.devices.push(dev),
@@ -351,6 +368,7 @@ impl Builder {
         config.nodefaults = self.nodefaults;
         config.drives = self.drives;
         config.devices = self.devices;
+        config.netdevs = self.netdevs;
         monitor::check(
             &self.chardevs,
             &self.monitors,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod linux;
+pub mod netns;
 pub mod pki;
 pub mod qmp;
 

@@ -1,0 +1,3 @@
+//! Host network back ends.
+
+pub mod tap;
