@@ -204,6 +204,77 @@ impl BlockThrottle {
     }
 }
 
+/// Wakes a device's I/O thread (after a limit change).
+pub type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+/// The throttle of one drive or one throttle group, shared by its devices and the monitor
+/// (`block_set_io_throttle`), kept across VM resets. A limit change wakes every device so it
+/// takes effect at once.
+pub struct ThrottleHandle {
+    group: Option<String>,
+    throttle: std::sync::Mutex<BlockThrottle>,
+    wakers: std::sync::Mutex<Vec<std::sync::Weak<dyn Fn() + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for ThrottleHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThrottleHandle")
+            .field("group", &self.group)
+            .field("limits", &self.limits())
+            .finish()
+    }
+}
+
+impl ThrottleHandle {
+    pub fn new(limits: BlockLimits, group: Option<String>) -> std::sync::Arc<ThrottleHandle> {
+        std::sync::Arc::new(ThrottleHandle {
+            group,
+            throttle: std::sync::Mutex::new(BlockThrottle::new(limits)),
+            wakers: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, BlockThrottle> {
+        self.throttle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The throttle group's name, if this is one.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    pub fn limits(&self) -> BlockLimits {
+        self.inner().limits()
+    }
+
+    /// New limits, effective at once for every device using this throttle.
+    pub fn set_limits(&self, limits: BlockLimits) {
+        self.inner().set_limits(limits);
+        let mut w = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        w.retain(|w| w.strong_count() > 0);
+        for w in w.iter().filter_map(std::sync::Weak::upgrade) {
+            w();
+        }
+    }
+
+    /// Registers a device's waker (held weakly: a device rebuilt after a reset replaces it).
+    pub fn register(&self, waker: &Waker) {
+        let mut w = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        w.retain(|w| w.strong_count() > 0);
+        w.push(std::sync::Arc::downgrade(waker));
+    }
+
+    /// `None` if a request of `kind` may start now, else how long until it may.
+    pub fn wait(&self, kind: IoKind) -> Option<Duration> {
+        self.inner().wait(kind, Instant::now())
+    }
+
+    /// Charges a started request.
+    pub fn take(&self, kind: IoKind, bytes: u64) {
+        self.inner().take(kind, bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -213,6 +213,72 @@ pub struct DriveConfig {
     /// Given with `-blockdev` (a node without a drive name: the monitor reports its device
     /// as "", as QEMU), rather than `-drive id=`.
     pub from_blockdev: bool,
+    /// `throttling.*`: the device's I/O limits, or the group it shares them with.
+    pub throttle: DriveThrottle,
+}
+
+/// A drive's I/O limits (`-drive throttling.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DriveThrottle {
+    pub limits: crate::BlockLimits,
+    /// `throttling.group`: share one set of buckets with every drive of this group.
+    pub group: Option<String>,
+}
+
+/// `-object throttle-group,id=...`: limits shared by the drives that name the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThrottleGroupConfig {
+    pub id: String,
+    pub limits: crate::BlockLimits,
+}
+
+/// Checks the throttle groups and the drives' limits; returns nothing, or the first error.
+/// A group's limits come from its `-object`, else from the first drive that names it with
+/// limits; another drive of the group may not set different ones.
+pub fn validate_throttling(
+    drives: &[DriveConfig],
+    groups: &[ThrottleGroupConfig],
+) -> Result<(), ConfigError> {
+    for (i, g) in groups.iter().enumerate() {
+        if groups[..i].iter().any(|o| o.id == g.id) {
+            return Err(ConfigError::Invalid(format!(
+                "-object throttle-group: duplicate id '{}'",
+                g.id
+            )));
+        }
+        g.limits
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("throttle-group {}: {e}", g.id)))?;
+    }
+    for (i, d) in drives.iter().enumerate() {
+        let name = &d.node.node_name;
+        d.throttle
+            .limits
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("drive '{name}': throttling.{e}")))?;
+        let Some(g) = &d.throttle.group else {
+            continue;
+        };
+        if !d.throttle.limits.any() {
+            continue;
+        }
+        let defined = groups
+            .iter()
+            .find(|o| o.id == *g)
+            .map(|o| o.limits)
+            .or_else(|| {
+                drives[..i]
+                    .iter()
+                    .find(|o| o.throttle.group.as_ref() == Some(g) && o.throttle.limits.any())
+                    .map(|o| o.throttle.limits)
+            });
+        if defined.is_some_and(|l| l != d.throttle.limits) {
+            return Err(ConfigError::Invalid(format!(
+                "drive '{name}': throttle group '{g}' already has other limits"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a VM's drives: each valid, at most [`MAX_BLOCK_NODES`], names unique.
@@ -303,6 +369,7 @@ mod tests {
             interface: DriveInterface::None,
             node: node(BlockFormat::Raw),
             from_blockdev: false,
+            throttle: Default::default(),
         };
 
         let err = validate_drives(&[d.clone(), d]).unwrap_err().to_string();

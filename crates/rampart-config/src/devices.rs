@@ -80,6 +80,7 @@ mod tests {
             interface,
             node: BlockNodeConfig::new(name, BlockFormat::Raw, "/img".into()),
             from_blockdev: false,
+            throttle: Default::default(),
         }
     }
 

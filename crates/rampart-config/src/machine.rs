@@ -243,6 +243,8 @@ pub struct VmConfig {
     pub audit: Option<crate::AuditConfig>,
     /// Network back ends (`-netdev`, and those `-nic` creates).
     pub netdevs: Vec<crate::NetdevConfig>,
+    /// `-object throttle-group`.
+    pub throttle_groups: Vec<crate::ThrottleGroupConfig>,
 }
 
 impl Default for VmConfig {
@@ -268,6 +270,7 @@ impl Default for VmConfig {
             monitors: Vec::new(),
             run_with: crate::RunWithConfig::default(),
             netdevs: Vec::new(),
+            throttle_groups: Vec::new(),
         }
     }
 }
@@ -292,6 +295,7 @@ impl VmConfig {
         self.run_with.validate()?;
         crate::validate_devices(&self.devices, &self.drives)?;
         crate::validate_netdevs(&self.netdevs, &self.devices)?;
+        crate::validate_throttling(&self.drives, &self.throttle_groups)?;
         if self.memory_bytes > host.host_memory_bytes {
             return Err(ConfigError::Memory {
                 requested_mib: mib,

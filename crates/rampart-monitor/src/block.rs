@@ -3,8 +3,8 @@
 //! configuration and the opened chain; the counters are read live from the device's
 //! accounting (kept where its requests complete).
 //!
-//! Fields QEMU always sends are sent; each is true of rampart: no throttling (`bps`... are 0),
-//! no encryption, no zoned devices (the zone-append counters stay 0), no request merging
+//! Fields QEMU always sends are sent; the limits (`bps`...) are the drive's throttle's
+//! (`block_throttle`); and each constant is true of rampart: no encryption, no zoned devices (the zone-append counters stay 0), no request merging
 //! (`*_merged` stay 0), no timed statistics intervals (`timed_stats` is empty).
 
 use std::fmt;
@@ -50,6 +50,8 @@ pub struct BlockDeviceInfo {
     pub backing: Vec<(String, &'static str)>,
     pub cache: CacheInfo,
     pub stats: StatsReader,
+    /// The drive's I/O limits (`None`: the monitor cannot see or change them).
+    pub throttle: Option<crate::block_throttle::ThrottleControl>,
 }
 
 const IO_STATUS: EnumDef = EnumDef {
@@ -92,6 +94,19 @@ const BLOCK_DEVICE_INFO: Ty = Ty::Object(&[
     req("image", IMAGE_INFO),
     req("write_threshold", Ty::Int),
     req("cache", CACHE_INFO),
+    opt("bps_max", Ty::Int),
+    opt("bps_rd_max", Ty::Int),
+    opt("bps_wr_max", Ty::Int),
+    opt("iops_max", Ty::Int),
+    opt("iops_rd_max", Ty::Int),
+    opt("iops_wr_max", Ty::Int),
+    opt("bps_max_length", Ty::Int),
+    opt("bps_rd_max_length", Ty::Int),
+    opt("bps_wr_max_length", Ty::Int),
+    opt("iops_max_length", Ty::Int),
+    opt("iops_rd_max_length", Ty::Int),
+    opt("iops_wr_max_length", Ty::Int),
+    opt("group", Ty::Str),
 ]);
 
 /// An element of `query-block`'s answer (QEMU's `BlockInfo`).
@@ -181,12 +196,6 @@ pub fn query_block(devices: &[BlockDeviceInfo]) -> Value {
                     ("active", json!(true)),
                     ("encrypted", json!(false)),
                     ("detect_zeroes", json!("off")),
-                    ("bps", json!(0)),
-                    ("bps_rd", json!(0)),
-                    ("bps_wr", json!(0)),
-                    ("iops", json!(0)),
-                    ("iops_rd", json!(0)),
-                    ("iops_wr", json!(0)),
                     ("image", image(d)),
                     ("write_threshold", json!(0)),
                     (
@@ -197,6 +206,7 @@ pub fn query_block(devices: &[BlockDeviceInfo]) -> Value {
                 ] {
                     inserted.insert(k.into(), v);
                 }
+                crate::block_throttle::insert_limits(d, &mut inserted);
                 let mut m = Map::new();
                 m.insert("device".into(), json!(d.device));
                 if let Some(q) = &d.qdev {
@@ -354,6 +364,7 @@ mod tests {
                     no_flush: false,
                 },
                 stats: StatsReader(Arc::new(move || stats)),
+                throttle: None,
             },
             BlockDeviceInfo {
                 device: String::new(),
@@ -370,6 +381,7 @@ mod tests {
                     no_flush: false,
                 },
                 stats: StatsReader(Arc::new(BlockStatsSnapshot::default)),
+                throttle: None,
             },
         ]
     }

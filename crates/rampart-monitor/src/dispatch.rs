@@ -381,6 +381,7 @@ impl Dispatcher {
             ),
             "query-block" => crate::block::query_block(&i.blocks),
             "query-blockstats" => crate::block::query_blockstats(&i.blocks),
+            "block_set_io_throttle" => crate::block_throttle::set_io_throttle(&i.blocks, args)?,
             "set_link" => crate::net::set_link(
                 &i.nics,
                 args.get("name").and_then(Value::as_str).unwrap_or_default(),
@@ -444,7 +445,27 @@ mod tests {
                 label: "serial0".into(),
                 filename: "stdio".into(),
             }],
-            blocks: Vec::new(),
+            blocks: vec![crate::block::BlockDeviceInfo {
+                device: "d0".into(),
+                qdev: Some("/machine/peripheral-anon/device[0]/virtio-backend".into()),
+                node_name: "d0".into(),
+                file: "/img/a.raw".into(),
+                drv: "raw",
+                read_only: false,
+                virtual_size: 1 << 20,
+                backing: vec![],
+                cache: crate::block::CacheInfo {
+                    writeback: true,
+                    direct: false,
+                    no_flush: false,
+                },
+                stats: crate::block::StatsReader(std::sync::Arc::new(Default::default)),
+                throttle: Some(crate::block_throttle::ThrottleControl {
+                    get: std::sync::Arc::new(Default::default),
+                    set: std::sync::Arc::new(|_| {}),
+                    group: None,
+                }),
+            }],
             nics: vec![crate::net::NicInfo {
                 name: "nic0".into(),
                 netdev: "n0".into(),
@@ -504,6 +525,8 @@ mod tests {
             let args = match c.name {
                 "human-monitor-command" => Some(json!({"command-line": "info status"})),
                 "set_link" => Some(json!({"name": "nic0", "up": false})),
+                "block_set_io_throttle" => Some(json!({"device": "d0", "bps": 1000, "bps_rd": 0,
+                    "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0})),
                 _ => None,
             };
             let v = d

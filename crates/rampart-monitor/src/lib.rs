@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod authz;
 pub mod block;
+pub mod block_throttle;
 mod conn;
 pub mod dispatch;
 pub mod dn;

@@ -207,6 +207,11 @@ pub const COMMANDS: &[CommandDef] = &[
         ret: Ty::Array(&crate::block::BLOCK_STATS),
     },
     CommandDef {
+        name: "block_set_io_throttle",
+        args: crate::block_throttle::ARGS,
+        ret: EMPTY,
+    },
+    CommandDef {
         name: "stop",
         args: &[],
         ret: EMPTY,

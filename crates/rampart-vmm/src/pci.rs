@@ -40,6 +40,7 @@ pub fn build(
     host: &PciHost,
     disks: &[crate::vm::OpenDisk],
     nics: &[crate::vm::OpenNic],
+    throttles: &[crate::vm::DriveThrottle],
 ) -> Result<PciDevices, VmError> {
     let dev_err = |e: &dyn std::fmt::Display| VmError::Device(e.to_string());
     let root = Arc::new(Mutex::new(PciRoot::new(Arc::downgrade(&buses.mmio))));
@@ -89,10 +90,12 @@ pub fn build(
             DeviceConfig::VirtioRng { .. } => (Box::new(rng::Rng::new()), rng::PCI_CLASS),
             DeviceConfig::VirtioBlk { drive, serial, .. } => {
                 let (d, stats) = disk(drive)?;
-                (
-                    Box::new(block::Block::new(d, serial.as_deref().unwrap_or(""), stats)),
-                    block::PCI_CLASS,
-                )
+                let mut dev = block::Block::new(d, serial.as_deref().unwrap_or(""), stats)
+                    .map_err(|e| VmError::Device(format!("virtio-blk-pci: {e}")))?;
+                if let Some((_, t)) = throttles.iter().find(|(n, _)| n == drive) {
+                    dev = dev.with_throttle(t.clone());
+                }
+                (Box::new(dev), block::PCI_CLASS)
             }
             DeviceConfig::VirtioNet { netdev, .. } => {
                 let nic = nics.iter().find(|n| n.netdev == *netdev).ok_or_else(|| {

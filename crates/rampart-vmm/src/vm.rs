@@ -91,6 +91,9 @@ pub type OpenDisk = (
     Arc<rampart_block::stats::BlockStats>,
 );
 
+/// A drive's throttle (its own or its group's), by node name / drive id, kept across resets.
+pub type DriveThrottle = (String, Arc<rampart_block::throttle::ThrottleHandle>);
+
 /// An opened NIC back end: the tap and the NIC's shared handle (link, filter, limits), kept
 /// across resets.
 pub struct OpenNic {
@@ -113,6 +116,8 @@ pub struct HostResources {
     pub disks: Vec<OpenDisk>,
     /// Opened taps, one per virtio-net-pci, kept across resets.
     pub nics: Vec<OpenNic>,
+    /// Throttles of the drives that have limits.
+    pub throttles: Vec<DriveThrottle>,
     /// Requests from the monitor, and the run state they act on (kept across resets).
     pub control: crate::control::ControlPort,
 }
@@ -365,6 +370,7 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
         &machine.pci_host(),
         &res.disks,
         &res.nics,
+        &res.throttles,
     )?;
     // The ACPI power button (system_powerdown): a pulse on the Generic Event Device's line.
     let ged_line = machine.irq_line(crate::arch::x86_64::acpi_ged::GED_GSI)?;

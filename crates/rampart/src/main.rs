@@ -161,6 +161,44 @@ fn open_nics(config: &VmConfig) -> Result<Vec<rampart_vmm::vm::OpenNic>> {
     Ok(out)
 }
 
+/// One throttle per drive (without limits until `block_set_io_throttle` sets some), shared by the drives of a group (whose limits come from
+/// its `-object throttle-group`, else from its first drive with limits).
+fn drive_throttles(config: &VmConfig) -> Vec<rampart_vmm::vm::DriveThrottle> {
+    use rampart_block::throttle::ThrottleHandle;
+    let mut groups: Vec<(String, std::sync::Arc<ThrottleHandle>)> = config
+        .throttle_groups
+        .iter()
+        .map(|g| {
+            (
+                g.id.clone(),
+                ThrottleHandle::new(g.limits, Some(g.id.clone())),
+            )
+        })
+        .collect();
+    let mut out = Vec::new();
+    for d in &config.drives {
+        let t = &d.throttle;
+        let handle = match &t.group {
+            Some(g) => match groups.iter().find(|(id, _)| id == g) {
+                Some((_, h)) => {
+                    if t.limits.any() && !h.limits().any() {
+                        h.set_limits(t.limits);
+                    }
+                    h.clone()
+                }
+                None => {
+                    let h = ThrottleHandle::new(t.limits, Some(g.clone()));
+                    groups.push((g.clone(), h.clone()));
+                    h
+                }
+            },
+            None => ThrottleHandle::new(t.limits, None),
+        };
+        out.push((d.node.node_name.clone(), handle));
+    }
+    out
+}
+
 fn run(config: VmConfig) -> Result<ExitCode> {
     config
         .validate(&HostLimits {
@@ -179,6 +217,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
     let console = open_console(&config)?;
     let (disks, chains) = open_drives(&config)?;
     let nics = open_nics(&config)?;
+    let throttles = drive_throttles(&config);
     let accel = vm::choose_accel(&config.accel)?;
     let kvm = match accel {
         rampart_config::Accel::Kvm => Some(rampart_vmm::accel::kvm::KvmAccel::open()?),
@@ -193,8 +232,9 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         rampart_vmm::control::channel(config.lifecycle.start_paused).context("control channel")?;
     let monitors = match open_monitors {
         Some(open) => {
-            let (m, events) =
-                monitors::start(open, &config, accel, client, &disks, &chains, &nics)?;
+            let (m, events) = monitors::start(
+                open, &config, accel, client, &disks, &chains, &nics, &throttles,
+            )?;
             monitors::connect_nic_events(&config, &nics, &events);
             control.set_publisher(monitors::publisher(events));
             Some(m)
@@ -209,6 +249,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         signals,
         disks,
         nics,
+        throttles,
         control,
     };
     let code = run_vm(&config, accel, res);

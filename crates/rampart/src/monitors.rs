@@ -13,13 +13,14 @@ use rampart_config::{
 use rampart_monitor::audit::AuditLog;
 use rampart_monitor::authz::{Authz, MonitorAuthz};
 use rampart_monitor::block::{BlockDeviceInfo, CacheInfo, StatsReader};
+use rampart_monitor::block_throttle::ThrottleControl;
 use rampart_monitor::net::{NicControl, NicInfo};
 use rampart_monitor::{
     ChardevInfo, Dispatcher, EventSink, MachineInfo, MonitorServer, MonitorSpec, Transport, VmInfo,
 };
 use rampart_vmm::chardev::UnixServer;
 use rampart_vmm::control::ControlClient;
-use rampart_vmm::vm::{OpenDisk, OpenNic};
+use rampart_vmm::vm::{DriveThrottle, OpenDisk, OpenNic};
 
 /// The running monitors; dropping this flushes them and removes their socket files.
 pub struct Monitors {
@@ -181,6 +182,7 @@ fn block_devices(
     config: &VmConfig,
     disks: &[OpenDisk],
     chains: &[Vec<ChainImage>],
+    throttles: &[DriveThrottle],
 ) -> Vec<BlockDeviceInfo> {
     let qdevs = block_qdevs(config);
     let info = |i: usize| {
@@ -215,6 +217,17 @@ fn block_devices(
                 no_flush: d.node.cache.no_flush,
             },
             stats: StatsReader(Arc::new(move || stats.snapshot())),
+            throttle: throttles
+                .iter()
+                .find(|(n, _)| *n == d.node.node_name)
+                .map(|(_, t)| {
+                    let (get, set) = (t.clone(), t.clone());
+                    ThrottleControl {
+                        get: Arc::new(move || get.limits()),
+                        set: Arc::new(move |l| set.set_limits(l)),
+                        group: t.group().map(str::to_owned),
+                    }
+                }),
         }
     };
     let n = config.drives.len().min(disks.len()).min(chains.len());
@@ -239,6 +252,7 @@ fn vm_info(
     disks: &[OpenDisk],
     chains: &[Vec<ChainImage>],
     nics: &[OpenNic],
+    throttles: &[DriveThrottle],
 ) -> VmInfo {
     let mut chardevs: Vec<ChardevInfo> = Vec::new();
     if let Some(f) = serial_filename(&config.serial) {
@@ -278,7 +292,7 @@ fn vm_info(
             },
         ],
         chardevs,
-        blocks: block_devices(config, disks, chains),
+        blocks: block_devices(config, disks, chains, throttles),
         nics: nic_infos(config, nics),
     }
 }
@@ -383,6 +397,7 @@ pub fn start(
     disks: &[OpenDisk],
     chains: &[Vec<ChainImage>],
     nics: &[OpenNic],
+    throttles: &[DriveThrottle],
 ) -> Result<(Monitors, EventSink)> {
     let OpenMonitors {
         sockets,
@@ -394,7 +409,7 @@ pub fn start(
     } = open;
     let backend = Box::new(move |req| client.call(req));
     let mut dispatcher = Dispatcher::new(
-        vm_info(config, accel, kvm_present, disks, chains, nics),
+        vm_info(config, accel, kvm_present, disks, chains, nics, throttles),
         backend,
         Box::new(authz),
     );

@@ -115,9 +115,10 @@ fn linux_uses_virtio_net_on_taps() {
             "tap,id=n1,ifname=tap1,script=no,downscript=no,throttling.tx-bps={TX_RATE}"
         ))
         .args(["-device", "virtio-net-pci,netdev=n1,mac=52:54:00:00:00:02"])
+        .args(["-object", "throttle-group,id=tg0,x-bps-total=8388608"])
         .arg("-drive")
         .arg(format!(
-            "file={},format=raw,if=virtio,readonly=on",
+            "file={},format=raw,if=virtio,readonly=on,throttling.group=tg0",
             disk.display()
         ))
         .arg("-qmp")
@@ -182,6 +183,12 @@ fn linux_uses_virtio_net_on_taps() {
     let host_pings_down = ping(&ns, "10.0.2.15", "2");
     step(&lines, "link-up", &mut seen);
     let up = qmp.cmd(r#"{"execute":"set_link","arguments":{"name":"n0","up":true}}"#);
+    // The disk's group limit (8 MiB/s) becomes 1 MiB/s while the guest runs.
+    let throttle = qmp.cmd(&format!(
+        r#"{{"execute":"block_set_io_throttle","arguments":{{"device":"virtio0","bps":{BLK_RATE},
+            "bps_rd":0,"bps_wr":0,"iops":0,"iops_rd":0,"iops_wr":0}}}}"#
+    ));
+    let block = qmp.exec("query-block");
     step(&lines, "blk-start", &mut seen);
     let blk_start = Instant::now();
     step(&lines, "blk-end", &mut seen);
@@ -202,7 +209,12 @@ fn linux_uses_virtio_net_on_taps() {
         stdout: reader.join().unwrap(),
         stderr: errors.join().unwrap(),
     };
-    let (got, _) = from_guest.join().unwrap();
+    let (got, tx_time) = from_guest.join().unwrap();
+    eprintln!(
+        "guest -> host: {} bytes in {tx_time:?} ({:.0} B/s)",
+        got.len(),
+        got.len() as f64 / tx_time.as_secs_f64()
+    );
     let (rate_got, rate_time) = rate.join().unwrap();
 
     // Assert
@@ -264,7 +276,11 @@ fn linux_uses_virtio_net_on_taps() {
         rate <= TX_RATE as f64 * 1.1,
         "{rate:.0} B/s through a {TX_RATE} B/s limit ({rate_time:?})"
     );
-    // The throttled disk: read whole, no faster than its limit (+10%).
+    // The throttled disk: its limit changed at run time, read whole, no faster than the new
+    // limit (+10%).
+    assert_eq!(throttle["return"], json!({}), "{throttle}");
+    assert_eq!(block[0]["inserted"]["bps"], BLK_RATE, "{block}");
+    assert_eq!(block[0]["inserted"]["group"], "tg0", "{block}");
     assert_eq!(value(&out, "blk_read"), "ok", "{out}");
     let blk_rate = BLK_BYTES as f64 / blk_time.as_secs_f64();
     assert!(

@@ -36,6 +36,25 @@ pub(crate) const DRIVE: OptSpec = OptSpec {
         "file.locking",
         "locking",
         "backing.driver",
+        "throttling.group",
+        "throttling.bps-total",
+        "throttling.bps-total-max",
+        "throttling.bps-total-max-length",
+        "throttling.bps-read",
+        "throttling.bps-read-max",
+        "throttling.bps-read-max-length",
+        "throttling.bps-write",
+        "throttling.bps-write-max",
+        "throttling.bps-write-max-length",
+        "throttling.iops-total",
+        "throttling.iops-total-max",
+        "throttling.iops-total-max-length",
+        "throttling.iops-read",
+        "throttling.iops-read-max",
+        "throttling.iops-read-max-length",
+        "throttling.iops-write",
+        "throttling.iops-write-max",
+        "throttling.iops-write-max-length",
     ],
     unsupported: &[
         "media",
@@ -54,9 +73,6 @@ pub(crate) const DRIVE: OptSpec = OptSpec {
         "auto-read-only",
         "force-share",
         "node-name",
-        "throttling.group",
-        "throttling.bps-total",
-        "throttling.iops-total",
         "bps",
         "bps_rd",
         "bps_wr",
@@ -158,7 +174,7 @@ fn file_name(option: &'static str, key: &str, value: &OsStr) -> Result<PathBuf, 
 pub(crate) enum BlockRequest {
     /// `format=help`, `driver=help`: print [`driver_list`].
     Help,
-    Node(DriveConfig),
+    Node(Box<DriveConfig>),
 }
 
 /// One `-drive`; `existing` (the drives so far) numbers the default ids per interface.
@@ -168,7 +184,7 @@ pub(crate) fn drive(arg: &OsStr, existing: &[DriveConfig]) -> Result<BlockReques
     if asks_help("format") || asks_help("driver") {
         return Ok(BlockRequest::Help);
     }
-    drive_from_opts(&opts, existing).map(BlockRequest::Node)
+    drive_from_opts(&opts, existing).map(|d| BlockRequest::Node(Box::new(d)))
 }
 
 fn drive_from_opts(opts: &Opts, existing: &[DriveConfig]) -> Result<DriveConfig, CliError> {
@@ -257,6 +273,7 @@ fn drive_from_opts(opts: &Opts, existing: &[DriveConfig]) -> Result<DriveConfig,
         interface,
         node,
         from_blockdev: false,
+        throttle: super::throttle::drive(opts)?,
     })
 }
 
@@ -483,11 +500,12 @@ pub(crate) fn blockdev(arg: &OsStr) -> Result<BlockRequest, CliError> {
     }
     tree.deny_unknown().map_err(props_err)?;
     node.validate()?;
-    Ok(BlockRequest::Node(DriveConfig {
+    Ok(BlockRequest::Node(Box::new(DriveConfig {
         interface: DriveInterface::None,
         node,
         from_blockdev: true,
-    }))
+        throttle: Default::default(),
+    })))
 }
 
 #[cfg(test)]
@@ -496,7 +514,7 @@ mod tests {
 
     fn drive_ok(arg: &str) -> DriveConfig {
         match drive(OsStr::new(arg), &[]).unwrap() {
-            BlockRequest::Node(d) => d,
+            BlockRequest::Node(d) => *d,
             BlockRequest::Help => panic!("help"),
         }
     }
@@ -510,7 +528,7 @@ mod tests {
 
     fn blockdev_ok(arg: &str) -> DriveConfig {
         match blockdev(OsStr::new(arg)).unwrap() {
-            BlockRequest::Node(d) => d,
+            BlockRequest::Node(d) => *d,
             BlockRequest::Help => panic!("help"),
         }
     }

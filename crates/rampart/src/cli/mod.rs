@@ -29,6 +29,7 @@ mod security;
 mod serial;
 #[cfg(test)]
 mod tests;
+mod throttle;
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
@@ -152,6 +153,7 @@ struct Builder {
     authz: Vec<rampart_config::AuthzConfig>,
     audit: Option<rampart_config::AuditConfig>,
     netdevs: Vec<rampart_config::NetdevConfig>,
+    throttle_groups: Vec<rampart_config::ThrottleGroupConfig>,
     /// `-nic` occurrences so far (their back ends are `__org.qemu.nicN`).
     nics: usize,
     /// `-qmp`/`-monitor` occurrences so far (they name their chardevs `compat_monitorN`).
@@ -243,11 +245,11 @@ impl Builder {
             Opt::Nodefaults => self.nodefaults = true,
             Opt::Drive => match block::drive(arg, &self.drives)? {
                 block::BlockRequest::Help => return Ok(Some(Cli::Info(block::driver_list()))),
-                block::BlockRequest::Node(d) => self.drives.push(d),
+                block::BlockRequest::Node(d) => self.drives.push(*d),
             },
             Opt::Blockdev => match block::blockdev(arg)? {
                 block::BlockRequest::Help => return Ok(Some(Cli::Info(block::driver_list()))),
-                block::BlockRequest::Node(d) => self.drives.push(d),
+                block::BlockRequest::Node(d) => self.drives.push(*d),
             },
             Opt::Chardev => self.chardevs.push(monitor::chardev(arg)?),
             Opt::Mon => self.monitors.push(monitor::mon(arg)?),
@@ -286,6 +288,7 @@ impl Builder {
                 objects::Request::Help(text) => return Ok(Some(Cli::Info(text))),
                 objects::Request::Device(dev) => self.devices.push(dev),
                 objects::Request::Security(obj) => self.add_object(obj)?,
+                objects::Request::ThrottleGroup(g) => self.throttle_groups.push(g),
             },
             Opt::Audit => {
                 if self.audit.is_some() {
@@ -369,6 +372,7 @@ impl Builder {
         config.drives = self.drives;
         config.devices = self.devices;
         config.netdevs = self.netdevs;
+        config.throttle_groups = self.throttle_groups;
         monitor::check(
             &self.chardevs,
             &self.monitors,

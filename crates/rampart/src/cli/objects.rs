@@ -20,6 +20,8 @@ pub(crate) enum Request {
     Device(rampart_config::DeviceConfig),
     /// A TLS credentials or authz `-object`.
     Security(super::security::SecurityObject),
+    /// `-object throttle-group`.
+    ThrottleGroup(rampart_config::ThrottleGroupConfig),
 }
 
 struct Kind {
@@ -88,10 +90,12 @@ pub(crate) fn request(opt: Opt, arg: &OsStr) -> Result<Request, CliError> {
         if let Some(dev) = super::devices::parse(&type_name, tree)? {
             return Ok(Request::Device(dev));
         }
+    } else if opt == Opt::Object && type_name == "throttle-group" {
+        return super::throttle::group(tree).map(Request::ThrottleGroup);
     } else if is_help(&type_name) {
         return Ok(Request::Help(if opt == Opt::Object {
             "Object types rampart implements:\n  tls-creds-x509\n  authz-simple\n  \
-             authz-list\n  authz-listfile\n"
+             authz-list\n  authz-listfile\n  throttle-group\n"
                 .into()
         } else {
             format!("rampart implements no {} {}s yet\n", k.option, k.noun)

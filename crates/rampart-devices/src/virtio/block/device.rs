@@ -1,7 +1,12 @@
 //! The virtio-blk device model: features and configuration space from the back end's size,
 //! read-only flag and discard support; one request queue served by [`BlockRequests`].
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+
+use rampart_block::throttle::{ThrottleHandle, Waker};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use rampart_block::stats::BlockStats;
 use rampart_block::BlockBackend;
@@ -14,7 +19,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::handler::{BlockRequests, MAX_REQUEST_BYTES, MAX_SEGMENTS, SECTOR_SIZE};
-use crate::virtio::{read_config_bytes, QueueError, VirtioDevice};
+use crate::virtio::{read_config_bytes, EventAction, QueueError, VirtioDevice};
 
 /// PCI class: mass storage, SCSI (what QEMU's virtio-blk-pci reports).
 pub const PCI_CLASS: u32 = 0x01_00_00;
@@ -36,12 +41,22 @@ pub struct Block {
     requests: BlockRequests,
     features: u64,
     config: [u8; CONFIG_LEN],
+    /// Throttling: the timer that resumes a throttled queue, the eventfd a limit change
+    /// signals, and the waker registered with the throttle (kept alive here).
+    timer: TimerFd,
+    timer_armed: bool,
+    wake: Arc<EventFd>,
+    _waker: Option<Waker>,
 }
 
 impl Block {
     /// A disk serving `disk`; `serial` is what GET_ID answers (truncated to 20 bytes); its
-    /// requests are accounted in `stats`.
-    pub fn new(disk: Arc<dyn BlockBackend>, serial: &str, stats: Arc<BlockStats>) -> Self {
+    /// requests are accounted in `stats`. Fails only when no timerfd or eventfd can be made.
+    pub fn new(
+        disk: Arc<dyn BlockBackend>,
+        serial: &str,
+        stats: Arc<BlockStats>,
+    ) -> std::io::Result<Self> {
         let mut features = 1u64 << VIRTIO_BLK_F_SIZE_MAX
             | 1 << VIRTIO_BLK_F_SEG_MAX
             | 1 << VIRTIO_BLK_F_BLK_SIZE
@@ -68,11 +83,27 @@ impl Block {
             put(0x34, &(MAX_SEGMENTS as u32).to_le_bytes());
             put(0x38, &[1]); // write_zeroes_may_unmap
         }
-        Block {
+        Ok(Block {
             requests: BlockRequests::new(disk, serial, stats),
             features,
             config: c,
-        }
+            timer: TimerFd::new()?,
+            timer_armed: false,
+            wake: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+            _waker: None,
+        })
+    }
+
+    /// Limits this device's I/O with `throttle` (its own, or its group's).
+    pub fn with_throttle(mut self, throttle: Arc<ThrottleHandle>) -> Self {
+        let wake = self.wake.clone();
+        let waker: Waker = Arc::new(move || {
+            let _ = wake.write(1);
+        });
+        throttle.register(&waker);
+        self._waker = Some(waker);
+        self.requests.throttle = Some(throttle);
+        self
     }
 }
 
@@ -95,6 +126,34 @@ impl VirtioDevice for Block {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
-        self.requests.process(queue, mem)
+        let used = self.requests.process(queue, mem)?;
+        if let Some(wait) = self.requests.throttled_for {
+            if !self.timer_armed {
+                let wait = wait.max(std::time::Duration::from_micros(100));
+                self.timer_armed = self.timer.reset(wait, None).is_ok();
+            }
+        }
+        Ok(used)
+    }
+    fn event_fds(&self) -> Vec<(RawFd, bool)> {
+        vec![
+            (self.timer.as_raw_fd(), false),
+            (self.wake.as_raw_fd(), false),
+        ]
+    }
+    fn handle_event(&mut self, index: usize) -> EventAction {
+        if index == 0 {
+            let _ = self.timer.wait();
+            self.timer_armed = false;
+        } else {
+            let _ = self.wake.read();
+        }
+        EventAction {
+            queues: 1,
+            config_changed: false,
+        }
+    }
+    fn more_work(&self, _index: usize) -> bool {
+        self.requests.throttled_for.is_none()
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rampart_block::stats::{BlockStats, IoKind};
+use rampart_block::throttle::{self, ThrottleHandle};
 use rampart_block::BlockBackend;
 use tracing::debug;
 use virtio_bindings::virtio_blk::{
@@ -50,6 +51,10 @@ pub struct BlockRequests {
     acct_end: Option<u64>,
     /// Scratch buffer reused across requests (at most [`MAX_REQUEST_BYTES`]).
     buf: Vec<u8>,
+    /// The drive's (or its group's) I/O limits.
+    pub throttle: Option<Arc<ThrottleHandle>>,
+    /// Set when processing stopped at a throttled request: how long until it may start.
+    pub throttled_for: Option<std::time::Duration>,
 }
 
 /// Why a request failed; becomes its status byte.
@@ -74,6 +79,32 @@ impl BlockRequests {
             acct_bytes: 0,
             acct_end: None,
             buf: Vec::new(),
+            throttle: None,
+            throttled_for: None,
+        }
+    }
+
+    /// What a request costs its throttle: its kind and data bytes (from its header and
+    /// buffer sizes; a malformed request costs nothing and fails later).
+    fn cost(
+        mem: &GuestMemoryMmap,
+        chain: &virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    ) -> (throttle::IoKind, u64) {
+        let none = (throttle::IoKind::Other, 0);
+        let Ok(mut r) = Reader::<()>::new(mem, chain.clone()) else {
+            return none;
+        };
+        let mut header = [0u8; 16];
+        if r.read_exact(&mut header).is_err() {
+            return none;
+        }
+        match u32::from_le_bytes([header[0], header[1], header[2], header[3]]) {
+            VIRTIO_BLK_T_IN => {
+                let w = Writer::<()>::new(mem, chain.clone()).map_or(0, |w| w.available_bytes());
+                (throttle::IoKind::Read, w.saturating_sub(1) as u64)
+            }
+            VIRTIO_BLK_T_OUT => (throttle::IoKind::Write, r.available_bytes() as u64),
+            _ => none,
         }
     }
 
@@ -84,8 +115,19 @@ impl BlockRequests {
         mem: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
         let mut used = false;
+        self.throttled_for = None;
         while let Some(chain) = queue.iter(mem)?.next() {
             let head = chain.head_index();
+            if let Some(t) = &self.throttle {
+                let (kind, bytes) = Self::cost(mem, &chain);
+                if let Some(wait) = t.wait(kind) {
+                    // Slowed, never failed: the request waits in the ring for the timer.
+                    queue.go_to_previous_position();
+                    self.throttled_for = Some(wait);
+                    break;
+                }
+                t.take(kind, bytes);
+            }
             let len = match (
                 Reader::<()>::new(mem, chain.clone()),
                 Writer::<()>::new(mem, chain),
