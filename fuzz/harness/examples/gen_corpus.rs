@@ -353,6 +353,92 @@ fn qcow2_seeds(root: &Path) {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+/// `net_tx` seeds: guest memory with a descriptor table at 0, the available ring at 0x1000
+/// and buffers from 0x4000 (see the harness for the layout of the first four bytes).
+fn net_seeds(root: &Path) {
+    fn desc(mem: &mut [u8], i: usize, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = &mut mem[i * 16..i * 16 + 16];
+        d[..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+    }
+    fn seed(setup: u8, chains: &[u16], build: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let mut mem = vec![0u8; 0x6000];
+        for (i, head) in chains.iter().enumerate() {
+            mem[0x1004 + 2 * i..0x1006 + 2 * i].copy_from_slice(&head.to_le_bytes());
+        }
+        build(&mut mem);
+        let mut v = vec![4, chains.len() as u8, 0, setup];
+        v.extend(mem);
+        v
+    }
+    let frame = |mem: &mut [u8], at: usize, hdr: [u8; 12], len: usize| {
+        mem[at..at + 12].copy_from_slice(&hdr);
+        mem[at + 12..at + 18].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        mem[at + 24..at + 26].copy_from_slice(&[0x08, 0x00]);
+        let _ = len;
+    };
+    // A plain 60-byte frame, header and data in two descriptors.
+    write(
+        root,
+        "net_tx",
+        "plain",
+        &seed(0, &[0], |m| {
+            frame(m, 0x4000, [0; 12], 60);
+            desc(m, 0, 0x4000, 12, 1, 1);
+            desc(m, 1, 0x400c, 60, 0, 0);
+        }),
+    );
+    // A TCPv4 segmentation request with checksum offload, all features acked.
+    write(
+        root,
+        "net_tx",
+        "tso4",
+        &seed(0b11111100, &[0], |m| {
+            frame(m, 0x4000, [1, 1, 54, 0, 0xa8, 5, 34, 0, 16, 0, 0, 0], 8000);
+            desc(m, 0, 0x4000, 8012, 0, 0);
+        }),
+    );
+    // Checksum offload that was not negotiated, and a header cut short.
+    write(
+        root,
+        "net_tx",
+        "bad-headers",
+        &seed(0, &[0, 1], |m| {
+            frame(m, 0x4000, [1, 0, 0, 0, 0, 0, 34, 0, 16, 0, 0, 0], 60);
+            desc(m, 0, 0x4000, 72, 0, 0);
+            desc(m, 1, 0x4000, 7, 0, 0);
+        }),
+    );
+    // A descriptor loop and a buffer outside guest RAM.
+    write(
+        root,
+        "net_tx",
+        "loop-outside",
+        &seed(2, &[0, 2], |m| {
+            desc(m, 0, 0x4000, 12, 1, 1);
+            desc(m, 1, 0x4000, 64, 1, 0);
+            desc(m, 2, 0xffff_0000, 100, 0, 0);
+        }),
+    );
+    // Control queue: promiscuous off, then a MAC table with a huge count.
+    write(
+        root,
+        "net_tx",
+        "ctrl",
+        &seed(1, &[0, 2], |m| {
+            m[0x4000..0x4003].copy_from_slice(&[0, 0, 0]);
+            desc(m, 0, 0x4000, 3, 1, 1);
+            desc(m, 1, 0x5000, 1, 2 | 1, 4);
+            m[0x4100..0x4106].copy_from_slice(&[1, 0, 0xff, 0xff, 0xff, 0xff]);
+            desc(m, 2, 0x4100, 6, 1, 3);
+            desc(m, 3, 0x5001, 1, 2, 0);
+            desc(m, 4, 0x5002, 1, 2, 0);
+        }),
+    );
+}
+
 fn main() {
     let root: PathBuf = std::env::args_os()
         .nth(1)
@@ -362,5 +448,6 @@ fn main() {
     text_seeds(&root);
     tcg_seeds(&root);
     qcow2_seeds(&root);
+    net_seeds(&root);
     println!("seed corpus written under {}", root.display());
 }

@@ -15,6 +15,7 @@ pub mod decompress;
 pub mod json_props;
 pub mod kernel_loader;
 pub mod keyval;
+pub mod net_tx;
 pub mod qcow2_open;
 pub mod tcg_run;
 pub mod virtio_blk;
@@ -33,7 +34,7 @@ pub fn strict() -> bool {
 }
 
 /// The names of all targets, as the folders under `fuzz/corpus/` and `fuzz/regressions/`.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "bzimage_header",
     "decompress",
     "kernel_loader",
@@ -42,6 +43,7 @@ pub const TARGETS: [&str; 8] = [
     "tcg_run",
     "qcow2_open",
     "virtio_blk",
+    "net_tx",
 ];
 
 /// Runs target `name` on `data`; `None` if there is no target of that name.
@@ -55,6 +57,7 @@ pub fn run_target(name: &str, data: &[u8]) -> Option<()> {
         "tcg_run" => tcg_run::run(data),
         "qcow2_open" => qcow2_open::run(data),
         "virtio_blk" => virtio_blk::run(data),
+        "net_tx" => net_tx::run(data),
         _ => return None,
     }
     Some(())

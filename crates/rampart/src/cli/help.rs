@@ -96,6 +96,14 @@ Block devices (images are local files; formats raw and qcow2):
             [,backing.file.filename=PATH]]
                    or the same as JSON: -blockdev '{"driver":"qcow2",...}'
   -drive format=help, -blockdev driver=help   list block drivers
+  -drive ...,throttling.LIMIT=N[,throttling.LIMIT-max=N][,throttling.LIMIT-max-length=S]
+         [,throttling.group=NAME]
+                   I/O limits: LIMIT is bps-total|bps-read|bps-write|iops-total|
+                   iops-read|iops-write (per second; -max a burst rate lasting
+                   -max-length seconds, default 1). A throttled guest is slowed,
+                   never failed. throttling.group shares the limits (and their
+                   budget) with the group's other drives; block_set_io_throttle
+                   changes them at run time.
 
 Monitor security objects (QEMU's) and the audit log:
   -object tls-creds-x509,id=ID,dir=DIR[,endpoint=server][,verify-peer=on|off]
@@ -111,11 +119,31 @@ Monitor security objects (QEMU's) and the audit log:
                    the rules as JSON in a file, reloaded when it changes
   -audit file=PATH one JSON line per monitor command and connection attempt
 
+Network (tap back end, virtio-net-pci):
+  -netdev tap,id=ID[,ifname=NAME|fd=N][,script=no][,downscript=no]
+          [,throttling.DIR-UNIT=N[,throttling.DIR-UNIT-max=N]
+          [,throttling.DIR-UNIT-max-length=S]]
+                   a tap with IFF_VNET_HDR: ifname= an existing tap (a missing one
+                   is created only with CAP_NET_ADMIN), or fd=N a tap descriptor
+                   inherited from the parent. script=/downscript= other than 'no'
+                   would start a process and are refused (the sandbox denies
+                   spawning); rampart never runs a script. Rate limits: DIR is
+                   rx (to the guest) or tx (from the guest), UNIT bps (bytes, with
+                   Ethernet headers) or pps (frames), per second.
+  -nic tap,[same keys][,model=virtio-net-pci][,mac=MAC]
+                   a -netdev tap and a virtio-net-pci on it in one option
+  -netdev help     list network back ends
+
 Objects and devices (parsed; types rampart does not implement are refused by
 name):
+  -object throttle-group,id=NAME,limits.LIMIT=N...   (or x-LIMIT=N)
+                   block I/O limits shared by the drives naming the group
   -object TYPE,id=ID[,key=value...]   or  -object '{"qom-type":TYPE,...}'
   -device DRIVER[,key=value...]       or  -device '{"driver":DRIVER,...}'
                    dotted keys build nested values: a.b=1, list.0.x=1
+                   virtio-blk-pci,drive=ID[,serial=STR]; virtio-rng-pci;
+                   virtio-net-pci,netdev=ID[,mac=MAC][,id=ID] (MAC default
+                   52:54:00:12:34:56, then :57...)
   -object help, -device help
 
 Running unprivileged and confined (applied after every file, socket and
