@@ -233,7 +233,16 @@ fn run(config: VmConfig) -> Result<ExitCode> {
     let monitors = match open_monitors {
         Some(open) => {
             let (m, events) = monitors::start(
-                open, &config, accel, client, &disks, &chains, &nics, &throttles,
+                open,
+                &config,
+                accel,
+                client,
+                monitors::Opened {
+                    disks: &disks,
+                    chains: &chains,
+                    nics: &nics,
+                    throttles: &throttles,
+                },
             )?;
             monitors::connect_nic_events(&config, &nics, &events);
             control.set_publisher(monitors::publisher(events));

@@ -387,6 +387,15 @@ pub fn open(config: &VmConfig) -> Result<Option<OpenMonitors>> {
     }))
 }
 
+/// The opened host resources the monitor reports on and acts through.
+pub struct Opened<'a> {
+    pub disks: &'a [OpenDisk],
+    /// What opening each disk opened (its image, then its backing files).
+    pub chains: &'a [Vec<ChainImage>],
+    pub nics: &'a [OpenNic],
+    pub throttles: &'a [DriveThrottle],
+}
+
 /// Starts the monitor thread on the opened transports; returns it and the publisher the VMM
 /// sends lifecycle events to.
 pub fn start(
@@ -394,11 +403,14 @@ pub fn start(
     config: &VmConfig,
     accel: Accel,
     client: ControlClient,
-    disks: &[OpenDisk],
-    chains: &[Vec<ChainImage>],
-    nics: &[OpenNic],
-    throttles: &[DriveThrottle],
+    opened: Opened<'_>,
 ) -> Result<(Monitors, EventSink)> {
+    let Opened {
+        disks,
+        chains,
+        nics,
+        throttles,
+    } = opened;
     let OpenMonitors {
         sockets,
         specs,

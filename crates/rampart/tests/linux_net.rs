@@ -206,6 +206,7 @@ fn linux_uses_virtio_net_on_taps() {
     };
     let r = Finished {
         code: status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&status),
         stdout: reader.join().unwrap(),
         stderr: errors.join().unwrap(),
     };
