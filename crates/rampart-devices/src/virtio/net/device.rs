@@ -144,6 +144,10 @@ pub struct Net {
     pub(super) kick_queues: u64,
     pub(super) rx_limit: Limiter,
     pub(super) tx_limit: Limiter,
+    /// Offloads (`TUN_F_*`) to give the tap: set by feature negotiation (a vCPU thread), applied
+    /// by the I/O thread before it next moves frames (until then the tap sends plain frames,
+    /// which every guest accepts).
+    pending_offloads: Option<u32>,
     config: [u8; 10],
 }
 
@@ -170,6 +174,7 @@ impl Net {
             kick_queues: 0,
             rx_limit: Limiter::new(l.rx_bps, l.rx_pps)?,
             tx_limit: Limiter::new(l.tx_bps, l.tx_pps)?,
+            pending_offloads: None,
             config,
         })
     }
@@ -184,6 +189,15 @@ impl Net {
     pub(super) fn kick_later(&mut self, queue: usize) {
         self.kick_queues |= 1 << queue;
         let _ = self.kick.write(1);
+    }
+
+    /// Gives the tap the offloads negotiated last (on the I/O thread).
+    fn apply_offloads(&mut self) {
+        if let Some(t) = self.pending_offloads.take() {
+            if let Err(e) = self.backend.set_offload(t) {
+                warn!("virtio-net: TUNSETOFFLOAD {t:#x} failed: {e}");
+            }
+        }
     }
 
     pub(super) fn has(&self, feature: u32) -> bool {
@@ -213,10 +227,7 @@ impl VirtioDevice for Net {
     }
     fn ack_features(&mut self, features: u64) {
         self.acked = features;
-        let t = tun_offloads(features);
-        if let Err(e) = self.backend.set_offload(t) {
-            warn!("virtio-net: TUNSETOFFLOAD {t:#x} failed: {e}");
-        }
+        self.pending_offloads = Some(tun_offloads(features));
     }
     fn process_queue(
         &mut self,
@@ -224,6 +235,7 @@ impl VirtioDevice for Net {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
+        self.apply_offloads();
         match index {
             RX => self.rx(queue, mem),
             TX => self.tx(queue, mem),
@@ -238,9 +250,7 @@ impl VirtioDevice for Net {
         self.rx_pending = None;
         self.rx_blocked = false;
         self.tx_stopped = false;
-        if let Err(e) = self.backend.set_offload(0) {
-            warn!("virtio-net: TUNSETOFFLOAD 0 failed: {e}");
-        }
+        self.pending_offloads = Some(0);
     }
     fn event_fds(&self) -> Vec<(RawFd, bool)> {
         let tap = self.backend.fd().unwrap_or(self.kick.as_raw_fd());

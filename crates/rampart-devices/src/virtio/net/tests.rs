@@ -260,8 +260,14 @@ fn receive_filter_set_on_the_control_queue_applies_and_is_published() {
 }
 
 #[test]
-fn acked_offloads_reach_the_tap() {
-    let (_, wire, _) = net(1 << VIRTIO_NET_F_CSUM);
+fn acked_offloads_reach_the_tap_from_the_io_thread() {
+    let mem = mem();
+    let (mut n, wire, _) = net(1 << VIRTIO_NET_F_CSUM);
+    // Negotiation (a vCPU thread) makes no system call; the next queue pass applies them.
+    assert_eq!(wire.0.lock().unwrap().offloads, None);
+    let vq = MockSplitQueue::new(&mem, 16);
+    let mut q: Queue = vq.create_queue().unwrap();
+    n.process_queue(1, &mut q, &mem).unwrap();
     assert_eq!(wire.0.lock().unwrap().offloads, Some(0));
     let g = 1u64 << virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_CSUM
         | 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_TSO4;
