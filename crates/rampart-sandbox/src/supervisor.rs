@@ -83,6 +83,9 @@ pub fn fork_supervised(new_pid_ns: bool, cleanup: Cleanup) -> Result<(), Supervi
         return Err(err("fork"));
     }
     if pid == 0 {
+        // Die with the supervisor from the first instant; the uid switch clears this, so the
+        // caller sets it again after the drop (`die_with_parent`).
+        die_with_parent()?;
         let chld = sigset(&[libc::SIGCHLD]);
         // SAFETY: `chld` is initialised.
         unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &chld, std::ptr::null_mut()) };
@@ -145,8 +148,8 @@ fn raise_fatal(sig: libc::c_int) -> ! {
     std::process::exit(128 + sig)
 }
 
-/// In the child, after the uid switch (which clears it): die with the supervisor, so that
-/// killing the process the user started never leaves the VM running.
+/// In the child: die with the supervisor, so that killing the process the user started never
+/// leaves the VM running. Set at the fork and again after the uid switch (which clears it).
 pub fn die_with_parent() -> Result<(), SupervisorError> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {

@@ -234,6 +234,28 @@ fn cgroup_file(pid: &str, controller: &str, v1_file: &str, v2_file: &str) -> (Pa
     panic!("no {controller} cgroup for {pid}: {cgroups}");
 }
 
+/// `MAJOR:MINOR` of a whole disk of this host (the block controller throttles disks).
+fn block_device() -> String {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !["loop", "ram", "zram", "nbd"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    names.sort();
+    let name = names
+        .first()
+        .expect("this test needs a block device (a disk in /sys/block)");
+    std::fs::read_to_string(format!("/sys/block/{name}/dev"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 fn limit_line<'a>(limits: &'a str, name: &str) -> Vec<&'a str> {
     limits
         .lines()
@@ -248,9 +270,10 @@ fn cgroup_limits_and_rlimits_are_visible_from_the_host_and_the_cgroup_goes_at_ex
     let dir = Scratch::new("cgroup");
     let jail = dir.path("jail");
     std::fs::create_dir(&jail).unwrap();
+    let disk = block_device();
     let spec = format!(
         "user=nobody,jail={},memory-max=256M,pids-max=32,cpu-max=50000/100000,\
-         rlimit-nofile=64,rlimit-fsize=1M",
+         io-device={disk},io-wbps=1M,io-riops=100,rlimit-nofile=64,rlimit-fsize=1M",
         jail.display()
     );
     let child = spinning(&dir, &["-run-with", &spec]);
@@ -259,19 +282,25 @@ fn cgroup_limits_and_rlimits_are_visible_from_the_host_and_the_cgroup_goes_at_ex
     let (mem_dir, memory) = cgroup_file(&vm, "memory", "memory.limit_in_bytes", "memory.max");
     let (pids_dir, pids) = cgroup_file(&vm, "pids", "pids.max", "pids.max");
     let (cpu_dir, cpu) = cgroup_file(&vm, "cpu", "cpu.cfs_quota_us", "cpu.max");
+    let (io_dir, io) = cgroup_file(&vm, "blkio", "blkio.throttle.write_bps_device", "io.max");
     let limits = std::fs::read_to_string(format!("/proc/{vm}/limits")).unwrap();
     let r = stop(child);
 
     assert_eq!(memory, (256u64 << 20).to_string());
     assert_eq!(pids, "32");
     assert!(cpu == "50000" || cpu == "50000 100000", "{cpu}");
+    assert!(
+        io == format!("{disk} 1048576")
+            || io == format!("{disk} rbps=max wbps=1048576 riops=100 wiops=max"),
+        "{io}"
+    );
     assert_eq!(limit_line(&limits, "Max open files")[..2], ["64", "64"]);
     assert_eq!(
         limit_line(&limits, "Max file size")[..2],
         ["1048576", "1048576"]
     );
     assert_eq!(r.code, Some(0), "{r:?}");
-    for d in [mem_dir, pids_dir, cpu_dir] {
+    for d in [mem_dir, pids_dir, cpu_dir, io_dir] {
         assert!(
             d.ends_with(format!("rampart-{}", r_pid(&r))),
             "{}",
@@ -327,7 +356,7 @@ fn pids_max_is_enforced_rampart_cannot_start_more_threads() {
 
     assert_eq!(capped.code, Some(1), "{capped:?}");
     assert!(
-        capped.stderr.contains("cannot start vCPU thread"),
+        capped.stderr.contains("Resource temporarily unavailable"),
         "{capped:?}"
     );
     assert!(!capped.stdout.contains(HELLO_LINE), "{capped:?}");
@@ -353,4 +382,27 @@ fn a_guest_reset_inside_the_jail_reuses_the_dev_kvm_opened_before_it() {
 
     assert!(seen.matches(HELLO_LINE).count() >= 3, "{seen}{r:?}");
     assert_eq!(r.code, Some(0), "{r:?}");
+}
+
+#[test]
+fn killing_the_supervisor_with_sigkill_takes_the_jailed_vm_with_it() {
+    let dir = Scratch::new("jail-kill");
+    let jail = dir.path("jail");
+    std::fs::create_dir(&jail).unwrap();
+    let spec = format!("user=nobody,jail={}", jail.display());
+    let child = spinning(&dir, &["-run-with", &spec]);
+    let vm = child_of(child.id());
+
+    signal(&child, libc::SIGKILL);
+    let r = wait_with_limit(child, LIMIT);
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{vm}")).exists() && start.elapsed() < LIMIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    assert_eq!(r.signal, Some(libc::SIGKILL), "{r:?}");
+    assert!(
+        !Path::new(&format!("/proc/{vm}")).exists(),
+        "the VM process {vm} outlived its supervisor"
+    );
 }
