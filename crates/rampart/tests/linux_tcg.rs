@@ -1,6 +1,7 @@
 //! Linux-level tests: Debian's own kernel and the project's busybox initramfs (`cargo xtask
 //! guest`), booted under rampart's software CPU (`-accel tcg`) with the test the kernel command
-//! line names. They check what a user sees: CPU count, memory size, power-off and reboot.
+//! line names. They check what a user sees: CPU count, memory size, power-off and reboot (the
+//! reboot test inside the jail, as an unprivileged user in a per-VM cgroup).
 //!
 //! They need `guest/vmlinuz` and `guest/initrd.img` (built by `cargo xtask guest`, which
 //! `scripts/test` runs first) and fail loudly when those are missing.
@@ -100,14 +101,24 @@ fn guest_reboot_with_no_reboot_exits_zero() {
     assert!(r.stderr.contains("-no-reboot"), "{r:?}");
 }
 
+/// Also runs confined (`-run-with`: unprivileged, jailed, in a per-VM cgroup): Linux boots and
+/// reboots there as anywhere, and the supervisor relays SIGTERM and the exit status.
 #[test]
 fn guest_reboot_without_no_reboot_boots_again() {
+    let dir = Scratch::new("linux-jail");
+    let jail = dir.path("jail");
+    std::fs::create_dir(&jail).unwrap();
     let mut cmd = rampart();
     cmd.args(["-accel", "tcg", "-m", "256", "-nographic", "-kernel"])
         .arg(guest_file("vmlinuz"))
         .arg("-initrd")
         .arg(guest_file("initrd.img"))
-        .args(["-append", &format!("{CMDLINE} rampart.test=reboot")]);
+        .args(["-append", &format!("{CMDLINE} rampart.test=reboot")])
+        .arg("-run-with")
+        .arg(format!(
+            "user=nobody,jail={},netns=on,memory-max=768M,pids-max=64,rlimit-nofile=128",
+            jail.display()
+        ));
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -123,4 +134,6 @@ fn guest_reboot_without_no_reboot_boots_again() {
         "{seen}{more}"
     );
     assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("jail: new mount, PID"), "{r:?}");
+    assert!(r.stderr.contains("running as uid 65534"), "{r:?}");
 }
