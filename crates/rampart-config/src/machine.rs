@@ -245,6 +245,8 @@ pub struct VmConfig {
     pub netdevs: Vec<crate::NetdevConfig>,
     /// `-object throttle-group`.
     pub throttle_groups: Vec<crate::ThrottleGroupConfig>,
+    /// `-sandbox` (on, strictest, by default).
+    pub sandbox: crate::SandboxConfig,
 }
 
 impl Default for VmConfig {
@@ -271,6 +273,7 @@ impl Default for VmConfig {
             run_with: crate::RunWithConfig::default(),
             netdevs: Vec::new(),
             throttle_groups: Vec::new(),
+            sandbox: crate::SandboxConfig::default(),
         }
     }
 }

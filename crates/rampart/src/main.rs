@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use rampart_config::{HostLimits, SerialBackend, VmConfig};
 use rampart_vmm::signals::TerminationSignals;
 use rampart_vmm::vm::{self, ConsoleIo, HostResources, Outcome, SharedSink};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Writes straight to a descriptor, unbuffered: the guest's console output must appear at once.
 struct FdWriter(File);
@@ -207,6 +207,9 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         .context("invalid configuration")?;
     // The user is looked up and the directories checked before anything is opened.
     let plan = confine::plan(&config)?;
+    if !config.sandbox.enabled {
+        warn!("-sandbox off: no seccomp filters; a guest that escapes into rampart can make any system call rampart's user can");
+    }
     // Host resources are opened once, before the VM is built; a reset reuses them.
     let kernel_path = config.boot.kernel.as_deref().context("no -kernel")?;
     let kernel = open_regular("-kernel", kernel_path)?;

@@ -44,6 +44,7 @@ pub(crate) enum Opt {
     Chroot,
     Netdev,
     Nic,
+    Sandbox,
 }
 
 struct OptDef {
@@ -97,6 +98,7 @@ const TABLE: &[OptDef] = &[
     def("-audit", Opt::Audit, true),
     def("-netdev", Opt::Netdev, true),
     def("-nic", Opt::Nic, true),
+    def("-sandbox", Opt::Sandbox, true),
 ];
 
 /// One option occurrence: which option, the spelling used (single dash, for messages), and its

@@ -172,6 +172,15 @@ Running unprivileged and confined (applied after every file, socket and
   -runas USER      deprecated: -run-with user=USER
   -chroot DIR      deprecated: -run-with chroot=DIR
 
+Seccomp sandbox:
+  -sandbox on|off[,obsolete=deny|allow][,elevateprivileges=deny|allow|children]
+           [,spawn=deny|allow][,resourcecontrol=deny|allow]
+                   per-thread seccomp filters (QEMU's option). Default: on,
+                   every sub-option deny (also after a bare '-sandbox on').
+                   spawn=deny also refuses anything that would start a
+                   program. '-sandbox off' disables the filters (a warning is
+                   printed) and takes no sub-options.
+
 Information:
   -h, -help, --help   print this help and exit
   -version            print the version and exit
@@ -250,6 +259,7 @@ mod tests {
             "-audit",
             "tls-creds-x509",
             "authz-list",
+            "-sandbox",
             "-version",
             "--help",
         ] {

@@ -25,6 +25,7 @@ mod objects;
 mod options;
 mod qemu_opts;
 mod run_with;
+mod sandbox;
 mod security;
 mod serial;
 #[cfg(test)]
@@ -160,6 +161,7 @@ struct Builder {
     legacy_monitors: usize,
     /// `-run-with`, `-runas` and `-chroot`, merged in order (a later key wins).
     run_with: Option<Opts>,
+    sandbox: Option<Opts>,
 }
 
 fn merge(slot: &mut Option<Opts>, new: Opts) {
@@ -284,6 +286,7 @@ impl Builder {
                     self.netdevs.push(n);
                 }
             },
+            Opt::Sandbox => merge(&mut self.sandbox, qemu_opts::parse(&sandbox::SANDBOX, arg)?),
             Opt::Object | Opt::Device => match objects::request(item.opt, arg)? {
                 objects::Request::Help(text) => return Ok(Some(Cli::Info(text))),
                 objects::Request::Device(dev) => self.devices.push(dev),
@@ -349,6 +352,9 @@ impl Builder {
             if let Some(bytes) = options::memory(m)? {
                 config.memory_bytes = bytes;
             }
+        }
+        if let Some(s) = &self.sandbox {
+            config.sandbox = sandbox::sandbox(s)?;
         }
         if let Some(s) = &self.smp {
             config.smp = options::smp(s)?;

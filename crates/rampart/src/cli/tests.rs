@@ -511,3 +511,35 @@ fn insecure_tcp_monitor_is_accepted_when_asked_for() {
     let c = run(&["-qmp", "tcp:127.0.0.1:4444,server=on,wait=off,insecure=on"]);
     assert!(c.chardevs[0].insecure);
 }
+
+#[test]
+fn sandbox_is_on_and_strictest_without_the_option() {
+    let c = run(&[]);
+
+    assert_eq!(c.sandbox, rampart_config::SandboxConfig::default());
+    assert!(c.sandbox.enabled);
+    assert!(!c.sandbox.spawn_allowed());
+}
+
+#[test]
+fn repeated_sandbox_options_merge_and_last_key_wins() {
+    let c = run(&[
+        "-sandbox",
+        "on,spawn=allow",
+        "-sandbox",
+        "on,resourcecontrol=allow",
+    ]);
+
+    assert!(c.sandbox.spawn_allowed());
+    assert!(c.sandbox.resource_control.allowed());
+
+    let c = run(&["-sandbox", "on", "-sandbox", "off"]);
+    assert!(!c.sandbox.enabled);
+}
+
+#[test]
+fn sandbox_argument_errors_name_the_culprit() {
+    assert!(err(&["-sandbox", "on,spawn=yes"]).contains("'yes'"));
+    assert!(err(&["-sandbox", "on,bogus=1"]).contains("'bogus'"));
+    assert!(err(&["-sandbox"]).contains("-sandbox"));
+}
