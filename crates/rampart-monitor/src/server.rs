@@ -140,9 +140,13 @@ impl MonitorServer {
             state.add_monitor(i, spec).map_err(MonitorError::Epoll)?;
         }
         let stop2 = stop.clone();
+        let wake2 = wake.clone();
         let thread = std::thread::Builder::new()
             .name("monitor".into())
-            .spawn(move || state.run(&stop2))
+            .spawn(move || {
+                rampart_sandbox::seccomp::enter(rampart_sandbox::seccomp::Role::Monitor);
+                state.run(&stop2, &wake2)
+            })
             .map_err(MonitorError::Thread)?;
         Ok((
             MonitorServer {
@@ -617,7 +621,7 @@ impl State {
         self.update(i);
     }
 
-    fn run(mut self, stop: &EventFd) {
+    fn run(mut self, stop: &EventFd, wake: &EventFd) {
         let mut events = vec![EpollEvent::default(); 16];
         loop {
             let n = match self.epoll.wait(self.wait_timeout_ms(), &mut events) {
@@ -636,6 +640,8 @@ impl State {
                         return;
                     }
                     TOKEN_EVENTS => {
+                        // Level-triggered: consume the wake-up, or epoll reports it forever.
+                        let _ = wake.read();
                         self.broadcast(None);
                         for i in 0..self.mons.len() {
                             self.after_output(i);

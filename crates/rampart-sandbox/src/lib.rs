@@ -13,10 +13,12 @@
 //! - [`supervisor`]: the fork that puts the VM in its own PID namespace and cleans up after it;
 //! - [`jail`]: mount, IPC, UTS (and network) namespaces and `pivot_root`;
 //! - [`cgroup`]: the per-VM cgroup, v2 or v1 per controller;
-//! - [`rlimit`]: resource limits.
+//! - [`rlimit`]: resource limits;
+//! - [`seccomp`]: the seccomp allow-list of each thread role (`-sandbox`).
 
 pub mod cgroup;
 pub mod jail;
 pub mod privilege;
 pub mod rlimit;
+pub mod seccomp;
 pub mod supervisor;

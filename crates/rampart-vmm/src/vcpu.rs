@@ -70,9 +70,13 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
     crate::accel::tcg::on_kick_signal();
 }
 
-/// Installs the kick signal handler (once per process).
+/// Installs the kick signal handler (once per process: a reset does not ask again, so the
+/// VMM thread's seccomp filter need not allow `rt_sigaction`).
 pub fn install_kick_handler() -> Result<(), VcpuError> {
-    register_signal_handler(kick_signal(), handle_kick).map_err(VcpuError::Signal)
+    static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), handle_kick).map_err(|e| e.errno()))
+        .map_err(|errno| VcpuError::Signal(vmm_sys_util::errno::Error::new(errno)))
 }
 
 /// A running vCPU thread seen from the VMM thread.
@@ -109,6 +113,7 @@ impl VcpuHandle {
         io: Arc<dyn IoHandler + Send>,
         events: EventSender,
         start_paused: bool,
+        role: rampart_sandbox::seccomp::Role,
     ) -> Result<VcpuHandle, VcpuError> {
         let initial = if start_paused {
             VcpuRunState::Paused
@@ -126,7 +131,11 @@ impl VcpuHandle {
         let ctl = control.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || vcpu_loop(index, &mut *backend, &*io, &ctl, &events))
+            .spawn(move || {
+                // The filter goes on before the guest runs its first instruction.
+                rampart_sandbox::seccomp::enter(role);
+                vcpu_loop(index, &mut *backend, &*io, &ctl, &events)
+            })
             .map_err(|source| VcpuError::Spawn { index, source })?;
         // Wait (briefly) for the thread to report its id, so queries never see 0.
         let deadline = Instant::now() + Duration::from_secs(1);

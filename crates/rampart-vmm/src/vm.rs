@@ -106,7 +106,8 @@ pub struct OpenNic {
 /// Host resources opened before the VM is built (and before any sandbox closes the doors).
 pub struct HostResources {
     /// `/dev/kvm`, opened once at start under `kvm` (a reset creates the new VM from it: after
-    /// a privilege drop or inside a jail it could not be opened again).
+    /// a privilege drop or inside a jail it could not be opened again, and the VMM thread's
+    /// seccomp filter allows no open).
     pub kvm: Option<KvmAccel>,
     pub kernel: File,
     pub initrd: Option<File>,
@@ -402,6 +403,10 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
                 io,
                 events.clone(),
                 !res.control.state.is_running(),
+                match accel {
+                    Accel::Kvm => rampart_sandbox::seccomp::Role::VcpuKvm,
+                    Accel::Tcg => rampart_sandbox::seccomp::Role::VcpuTcg,
+                },
             )?);
         }
         if !res.control.state.is_running() {

@@ -231,6 +231,10 @@ fn run(config: VmConfig) -> Result<ExitCode> {
     // Everything is open and no thread runs yet: confine the process (cgroup, supervised
     // child, jail, rlimits, root change, privilege drop).
     confine::enter(plan)?;
+    // Before the first other thread starts (each installs its role's filter from these), and
+    // after anything that changes our pid (the supervised child: the filters let signals
+    // reach this process only).
+    rampart_sandbox::seccomp::prepare(&config.sandbox).context("-sandbox")?;
     let (client, mut control) =
         rampart_vmm::control::channel(config.lifecycle.start_paused).context("control channel")?;
     let monitors = match open_monitors {
@@ -280,6 +284,11 @@ fn run_vm(
         ConsoleIo::Stdio { .. } => Some(terminal::RawTerminal::enter(libc::STDIN_FILENO)?),
         _ => None,
     };
+    // Start-up is over: every host resource is open. From here the VMM thread (and the vCPU
+    // and I/O threads it starts, at once and after each reset) runs under its filter.
+    // (The vCPU kick handler is process-wide: installed once, before the filter.)
+    rampart_vmm::vcpu::install_kick_handler()?;
+    rampart_sandbox::seccomp::enter(rampart_sandbox::seccomp::Role::Vmm);
     loop {
         match vm::run(config, accel, &mut res)? {
             Outcome::PowerOff => {

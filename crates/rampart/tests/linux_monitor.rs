@@ -4,7 +4,7 @@
 //! presses the ACPI power button, which the kernel's button driver reports and busybox `acpid`
 //! answers by powering off (guest-init/tests/monitor). The guest also has a disk, which the
 //! kernel's virtio_blk driver reads (its partition table) when it loads: `query-blockstats`
-//! shows those reads.
+//! shows those reads. Every thread runs under its seccomp filter, before and after the reset.
 
 mod common;
 
@@ -56,6 +56,8 @@ fn monitor_stops_resumes_resets_and_powers_down_a_linux_guest() {
         stderr()
     );
     assert!(boot.contains("rampart-test: input: Power Button"), "{boot}");
+    // Every thread (VMM, tcg vCPU, virtio I/O, monitor) runs under its seccomp filter.
+    assert_every_thread_filtered(child.id(), &["rampart", "vcpu0", "virtio0", "monitor"]);
 
     // The driver's reads are counted where they completed.
     let stats = q.exec("query-blockstats");
@@ -104,6 +106,8 @@ fn monitor_stops_resumes_resets_and_powers_down_a_linux_guest() {
         "{again}\n{}",
         stderr()
     );
+    // The rebuilt VM's new vCPU and I/O threads are filtered too.
+    assert_every_thread_filtered(child.id(), &["rampart", "vcpu0", "virtio0", "monitor"]);
 
     // system_powerdown: acpid powers the guest off.
     assert_eq!(q.exec("system_powerdown"), json!({}));

@@ -59,7 +59,10 @@ impl IoThread {
         }
         let handle = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
-            .spawn(move || run(epoll, parts, stop_worker, token_stop))?;
+            .spawn(move || {
+                rampart_sandbox::seccomp::enter(rampart_sandbox::seccomp::Role::VirtioIo);
+                run(epoll, parts, stop_worker, token_stop)
+            })?;
         Ok(IoThread {
             stop,
             handle: Some(handle),

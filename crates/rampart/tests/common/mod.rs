@@ -155,3 +155,44 @@ pub fn read_until(child: &mut Child, needle: &str, limit: Duration) -> String {
     }
     String::from_utf8_lossy(&acc).into_owned()
 }
+
+/// Each thread of process `pid`: its name and its `Seccomp:` mode from
+/// `/proc/PID/task/TID/status` (0 none, 2 filter).
+pub fn thread_seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let dir = format!("/proc/{pid}/task");
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+        let task = entry.unwrap().path();
+        // A thread may end between the listing and the read: skip it.
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("status")),
+        ) else {
+            continue;
+        };
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        out.push((comm.trim().to_string(), mode));
+    }
+    out.sort();
+    out
+}
+
+/// Asserts that every thread of `pid` runs under a seccomp filter and that the threads named in
+/// `expected` (by name prefix) exist.
+pub fn assert_every_thread_filtered(pid: u32, expected: &[&str]) {
+    let threads = thread_seccomp_modes(pid);
+    for want in expected {
+        assert!(
+            threads.iter().any(|(n, _)| n.starts_with(want)),
+            "no thread named {want}*: {threads:?}"
+        );
+    }
+    assert!(
+        threads.iter().all(|(_, m)| m == "2"),
+        "a thread runs without its seccomp filter: {threads:?}"
+    );
+}
