@@ -160,11 +160,12 @@ pub fn prepare(config: &SandboxConfig) -> Result<(), SeccompError> {
         // of its own on the first pthread_create (rt_sigaction), and it reads
         // /proc/sys/vm/overcommit_memory (openat) the first time a thread's malloc heap
         // shrinks. Have both happen now, before any filter, on a thread that allocates and
-        // frees 2 MiB in blocks below malloc's mmap threshold.
+        // frees 2 MiB in blocks below malloc's mmap threshold (zeroed: calloc leaves fresh
+        // heap pages untouched, so this costs no resident memory).
         std::thread::Builder::new()
             .name("seccomp-prep".into())
             .spawn(|| {
-                let blocks: Vec<Vec<u8>> = (0..32).map(|_| vec![1u8; 64 << 10]).collect();
+                let blocks: Vec<Vec<u8>> = (0..32).map(|_| vec![0u8; 64 << 10]).collect();
                 drop(std::hint::black_box(blocks));
             })
             .and_then(|t| {
