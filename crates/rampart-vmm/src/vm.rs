@@ -397,19 +397,25 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
                 vcpu.set_state(&bsp_state)?;
             }
             let io: Arc<dyn crate::accel::IoHandler + Send> = buses.clone();
+            // Every vCPU starts paused: none runs guest code until all exist (a thread that
+            // cannot be created then fails start-up before the guest has done anything).
             vcpus.push(VcpuHandle::spawn(
                 index,
                 vcpu,
                 io,
                 events.clone(),
-                !res.control.state.is_running(),
+                true,
                 match accel {
                     Accel::Kvm => rampart_sandbox::seccomp::Role::VcpuKvm,
                     Accel::Tcg => rampart_sandbox::seccomp::Role::VcpuTcg,
                 },
             )?);
         }
-        if !res.control.state.is_running() {
+        if res.control.state.is_running() {
+            for v in &vcpus {
+                v.resume();
+            }
+        } else {
             info!(
                 state = res.control.state.name(),
                 "the VM is created paused (a monitor's cont starts it)"
