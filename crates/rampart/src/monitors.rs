@@ -426,7 +426,13 @@ pub fn start(
         Box::new(authz),
     );
     if let Some(file) = audit {
-        let log = AuditLog::start(file, None).context("-audit: cannot start the writer thread")?;
+        let log = AuditLog::start(
+            file,
+            Some(Box::new(|| {
+                rampart_sandbox::seccomp::enter(rampart_sandbox::seccomp::Role::Audit)
+            })),
+        )
+        .context("-audit: cannot start the writer thread")?;
         dispatcher = dispatcher.with_audit(log);
     }
     let (server, events) = MonitorServer::start(specs, dispatcher)?;

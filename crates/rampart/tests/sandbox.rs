@@ -13,8 +13,8 @@ use rampart_testguest::{Program, SPIN_LINE};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// A `kvm` guest that spins, with a virtio device (an I/O thread) and a QMP socket (the
-/// monitor thread).
+/// A `kvm` guest that spins, with a virtio device (an I/O thread), a QMP socket (the monitor
+/// thread) and an audit log (its writer thread).
 fn spinning_guest(dir: &Scratch) -> Command {
     require_kvm();
     let mut c = rampart();
@@ -34,6 +34,8 @@ fn spinning_guest(dir: &Scratch) -> Command {
         "unix:{},server=on,wait=off",
         dir.path("qmp.sock").display()
     ))
+    .arg("-audit")
+    .arg(format!("file={}", dir.path("audit.log").display()))
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     c
@@ -48,7 +50,7 @@ fn every_thread_of_a_kvm_vm_runs_under_its_seccomp_filter() {
 
     assert_every_thread_filtered(
         child.id(),
-        &["rampart", "vcpu0", "vcpu1", "virtio0", "monitor"],
+        &["rampart", "vcpu0", "vcpu1", "virtio0", "monitor", "audit"],
     );
 
     signal(&child, libc::SIGTERM);

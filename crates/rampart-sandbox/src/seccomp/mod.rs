@@ -50,15 +50,18 @@ pub enum Role {
     VirtioIo,
     /// The monitor thread: its sockets and the control channel to the VMM thread.
     Monitor,
+    /// The audit log's writer thread (`-audit`): appends to the file opened at start.
+    Audit,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Vmm,
         Role::VcpuKvm,
         Role::VcpuTcg,
         Role::VirtioIo,
         Role::Monitor,
+        Role::Audit,
     ];
 
     /// The role's name in logs and documentation.
@@ -69,6 +72,7 @@ impl Role {
             Role::VcpuTcg => "vcpu-tcg",
             Role::VirtioIo => "virtio-io",
             Role::Monitor => "monitor",
+            Role::Audit => "audit",
         }
     }
 
@@ -79,6 +83,7 @@ impl Role {
             Role::VcpuTcg => 2,
             Role::VirtioIo => 3,
             Role::Monitor => 4,
+            Role::Audit => 5,
         }
     }
 }

@@ -178,6 +178,11 @@ fn vcpu_tcg() -> Vec<Allow> {
     )]
 }
 
+fn audit() -> Vec<Allow> {
+    // Appends lines to the audit file opened at start (write, in the base); nothing else.
+    Vec::new()
+}
+
 fn virtio_io() -> Vec<Allow> {
     let mut v = event_loop();
     v.extend(image_io());
@@ -207,6 +212,23 @@ fn monitor() -> Vec<Allow> {
             Args::AllEq(vec![(1, SOL_SOCKET as u64), (2, SO_SNDTIMEO as u64)]),
             "a bounded wait for the last replies at exit",
         ),
+        with(
+            SYS_setsockopt,
+            Args::AllEq(vec![(1, IPPROTO_TCP as u64), (2, TCP_NODELAY as u64)]),
+            "TCP monitor replies go out at once",
+        ),
+        any(
+            SYS_getpeername,
+            "a TCP client's address (authorization, audit)",
+        ),
+        any(SYS_writev, "TLS records (rustls writes them vectored)"),
+        with(
+            SYS_statx,
+            Args::With(2, AT_EMPTY_PATH as u64),
+            "the authz list file's metadata through its open descriptor (refresh=on)",
+        ),
+        any(SYS_lseek, "rereading the authz list file from its start"),
+        any(SYS_readv, "TLS records (vectored reads)"),
     ]);
     v
 }
@@ -347,6 +369,7 @@ pub(crate) fn allow_list(role: Role, config: &SandboxConfig) -> Vec<Allow> {
         Role::VcpuTcg => vcpu_tcg(),
         Role::VirtioIo => virtio_io(),
         Role::Monitor => monitor(),
+        Role::Audit => audit(),
     });
     if config.obsolete.allowed() {
         v.extend(obsolete());

@@ -285,3 +285,20 @@ fn sockets_send_only_to_their_connected_peer() {
     assert_eq!(connected, Err(libc::EBADF));
     assert_eq!(addressed, Err(libc::EPERM));
 }
+
+#[test]
+fn monitor_stat_by_path_is_refused_but_its_open_files_can_be_stat_ed() {
+    let file = std::fs::File::open("/proc/self/exe").unwrap();
+    let (by_path, by_fd) = under(Role::Monitor, move || {
+        let path = std::path::Path::new("/etc/hostname");
+        (
+            std::fs::metadata(path)
+                .map(|_| ())
+                .map_err(|e| e.raw_os_error()),
+            file.metadata().map(|_| ()).map_err(|e| e.raw_os_error()),
+        )
+    });
+
+    assert_eq!(by_path, Err(Some(libc::EACCES)));
+    assert_eq!(by_fd, Ok(()));
+}
