@@ -184,8 +184,20 @@ fn audit() -> Vec<Allow> {
 }
 
 fn virtio_io() -> Vec<Allow> {
+    use libc::*;
     let mut v = event_loop();
     v.extend(image_io());
+    v.extend([
+        any(
+            SYS_timerfd_settime,
+            "I/O throttling: a throttled queue waits for its timer",
+        ),
+        with(
+            SYS_ioctl,
+            Args::OneOf(1, vec![TUNSETOFFLOAD]),
+            "tap: the offloads the guest negotiated",
+        ),
+    ]);
     v
 }
 
@@ -238,9 +250,13 @@ fn monitor() -> Vec<Allow> {
 /// also holds what they need.
 fn vmm() -> Vec<Allow> {
     use libc::*;
-    let mut v = event_loop();
-    v.extend(image_io());
+    // What the I/O threads it starts need (they inherit this filter first).
+    let mut v = virtio_io();
     v.extend([
+        any(
+            SYS_timerfd_create,
+            "I/O throttling timers when the VM is built again after a reset",
+        ),
         any(
             SYS_eventfd2,
             "new eventfds when the VM is built again after a reset",
