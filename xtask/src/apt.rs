@@ -104,6 +104,13 @@ pub fn kernel_package(meta: &Pinned) -> Result<Pinned> {
     })
 }
 
+/// The version of `package` apt would install (its `Candidate:`).
+pub fn candidate(package: &str) -> Result<String> {
+    let out = run(Command::new("apt-cache").args(["policy", package]))?;
+    parse_policy(&out, package)
+        .with_context(|| format!("apt has no candidate for {package}; {LISTS_HINT}"))
+}
+
 /// `apt-get update`, only when the user asked for it.
 pub fn update() -> Result<()> {
     let status = Command::new("apt-get")

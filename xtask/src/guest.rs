@@ -29,6 +29,8 @@ pub struct GuestArgs {
     pub force: bool,
     /// Run `apt-get update` first.
     pub update: bool,
+    /// Also write `initrd-netbench.img` (the initramfs with iperf3, for `bench/net`).
+    pub netbench: bool,
     /// The folder with `init` and `tests/`.
     pub scripts: PathBuf,
 }
@@ -171,8 +173,17 @@ fn fetch(tmp: &Path, pkg: &Pinned) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// `cargo xtask guest`.
+/// `cargo xtask guest` (and, with `--netbench`, the benchmark's initramfs after it).
 pub fn run(args: &GuestArgs) -> Result<()> {
+    build_guest(args)?;
+    if args.netbench {
+        let tmp = TempDir::new()?;
+        crate::netbench::build(&args.out, &tmp.0)?;
+    }
+    Ok(())
+}
+
+fn build_guest(args: &GuestArgs) -> Result<()> {
     let initramfs::Scripts { init, tests } = initramfs::read_scripts(&args.scripts)?;
     let recipe = recipe(&init, &tests);
     if args.update {

@@ -6,6 +6,7 @@ mod guest;
 mod initramfs;
 mod modinfo;
 mod modules;
+mod netbench;
 
 use std::path::{Path, PathBuf};
 
@@ -15,12 +16,14 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  guest [--out DIR] [--force] [--update]
+  guest [--out DIR] [--force] [--update] [--netbench]
       Fetch Debian bookworm's kernel (linux-image-amd64) and busybox-static with apt-get download
       and build the test guest: DIR/vmlinuz, DIR/initrd.img, DIR/versions.txt
       (DIR defaults to <repo>/guest). Does nothing when DIR already holds the versions apt offers.
         --force   refetch and rebuild anyway
         --update  run apt-get update first
+        --netbench  also write DIR/initrd-netbench.img for bench/net: the guest's initramfs
+                  with Debian's iperf3 and its libraries appended (apt-get download)
   help
       Show this text.
 ";
@@ -39,6 +42,7 @@ fn parse_guest_args(args: &[String]) -> Result<guest::GuestArgs> {
         out: root.join("guest"),
         force: false,
         update: false,
+        netbench: false,
         scripts: root.join("guest-init"),
     };
     let mut it = args.iter();
@@ -46,6 +50,7 @@ fn parse_guest_args(args: &[String]) -> Result<guest::GuestArgs> {
         match arg.as_str() {
             "--force" => parsed.force = true,
             "--update" => parsed.update = true,
+            "--netbench" => parsed.netbench = true,
             "--out" => {
                 parsed.out = PathBuf::from(it.next().context("--out needs a directory")?);
             }
