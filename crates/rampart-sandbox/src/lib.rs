@@ -14,10 +14,14 @@
 //! - [`jail`]: mount, IPC, UTS (and network) namespaces and `pivot_root`;
 //! - [`cgroup`]: the per-VM cgroup, v2 or v1 per controller;
 //! - [`rlimit`]: resource limits;
-//! - [`seccomp`]: the seccomp allow-list of each thread role (`-sandbox`).
+//! - [`seccomp`]: the seccomp allow-list of each thread role (`-sandbox`);
+//! - [`fdset`]: fd sets and named descriptors (`-add-fd`, `/dev/fdset/N`, QMP `add-fd`...);
+//! - [`paths`]: the monitor's host-path policy (`-monitor-path-allow`).
 
 pub mod cgroup;
+pub mod fdset;
 pub mod jail;
+pub mod paths;
 pub mod privilege;
 pub mod rlimit;
 pub mod seccomp;
