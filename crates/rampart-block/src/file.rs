@@ -7,14 +7,15 @@
 //! other's bytes. Reads past the end of the file return zeroes; writes past it grow the file to
 //! exactly the end of the write (never to the end of the aligned block).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::opener::{NameOrigin, Opener};
 use crate::BlockError;
 
 /// Alignment of offsets, lengths and buffers for `O_DIRECT` (covers 512-byte and 4 KiB
@@ -92,14 +93,26 @@ fn is_aligned(offset: u64, buf: &[u8]) -> bool {
 impl HostFile {
     /// Opens `path` (a regular file or a block device).
     pub fn open(path: &Path, opts: FileOptions) -> Result<HostFile, BlockError> {
-        let mut oo = OpenOptions::new();
-        oo.read(true).write(!opts.read_only);
-        let mut flags = libc::O_CLOEXEC | libc::O_NOCTTY;
+        HostFile::open_with(&crate::opener::PathOpener, path, opts, NameOrigin::Config)
+    }
+
+    /// Opens `path` through `opener` (which may map it to a passed descriptor or confine
+    /// it); `origin` says whether the name came from the configuration or an image.
+    pub fn open_with(
+        opener: &dyn Opener,
+        path: &Path,
+        opts: FileOptions,
+        origin: NameOrigin,
+    ) -> Result<HostFile, BlockError> {
+        let mut flags = if opts.read_only {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
         if opts.direct {
             flags |= libc::O_DIRECT;
         }
-        oo.custom_flags(flags);
-        let file = oo.open(path).map_err(|source| {
+        let file = opener.open(path, flags, origin).map_err(|source| {
             let source = if opts.direct && source.raw_os_error() == Some(libc::EINVAL) {
                 io::Error::other(
                     "the file system does not support O_DIRECT (cache=none/directsync); \

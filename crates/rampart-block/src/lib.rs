@@ -6,6 +6,7 @@
 //! - [`lock`]: QEMU-compatible image locking with OFD locks.
 //! - [`raw`]: the raw format.
 //! - [`qcow2`]: the qcow2 format (v2/v3), with backing chains.
+//! - [`opener`]: how file names become open files (paths, passed fds, the monitor's policy).
 //! - [`open()`]: a configured block node ([`rampart_config::BlockNodeConfig`]) to a back end.
 //!
 //! Everything an image file contains is hostile input.
@@ -14,6 +15,7 @@ mod error;
 pub mod file;
 pub mod lock;
 mod open;
+pub mod opener;
 pub mod qcow2;
 pub mod raw;
 pub mod stats;
@@ -22,7 +24,8 @@ mod testutil;
 pub mod throttle;
 
 pub use error::BlockError;
-pub use open::{open, open_with_chain, probe_format, ChainImage};
+pub use open::{open, open_with_chain, open_with_chain_via, probe_format, ChainImage};
+pub use opener::{NameOrigin, Opener, PathOpener};
 
 /// A disk as a device model sees it: a fixed number of bytes, readable and (unless read-only)
 /// writable at any byte offset. Implementations are thread-safe; requests may run

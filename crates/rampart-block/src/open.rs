@@ -9,6 +9,7 @@ use tracing::warn;
 
 use crate::file::{FileOptions, HostFile};
 use crate::lock::lock_image;
+use crate::opener::{NameOrigin, Opener, PathOpener};
 use crate::qcow2::{self, Qcow2Backend};
 use crate::raw::RawBackend;
 use crate::{BlockBackend, BlockError};
@@ -27,13 +28,19 @@ pub fn probe_format(head: &[u8]) -> BlockFormat {
 }
 
 /// Opens the host file of `node`, with its locks unless `file.locking=off`.
-pub(crate) fn open_host_file(node: &BlockNodeConfig) -> Result<Arc<HostFile>, BlockError> {
-    let file = HostFile::open(
+pub(crate) fn open_host_file(
+    node: &BlockNodeConfig,
+    opener: &dyn Opener,
+    origin: NameOrigin,
+) -> Result<Arc<HostFile>, BlockError> {
+    let file = HostFile::open_with(
+        opener,
         &node.filename,
         FileOptions {
             read_only: node.read_only,
             direct: node.cache.direct,
         },
+        origin,
     )?;
     match node.locking {
         LockingMode::Off => {}
@@ -84,21 +91,31 @@ pub fn open(node: &BlockNodeConfig) -> Result<Arc<dyn BlockBackend>, BlockError>
 pub fn open_with_chain(
     node: &BlockNodeConfig,
 ) -> Result<(Arc<dyn BlockBackend>, Vec<ChainImage>), BlockError> {
+    open_with_chain_via(node, &PathOpener)
+}
+
+/// Opens a node like [`open_with_chain`], every file (backing files too) through `opener`.
+pub fn open_with_chain_via(
+    node: &BlockNodeConfig,
+    opener: &dyn Opener,
+) -> Result<(Arc<dyn BlockBackend>, Vec<ChainImage>), BlockError> {
     node.validate().map_err(|e| BlockError::Unsupported {
         path: node.filename.clone(),
         reason: e.to_string(),
     })?;
     let mut chain = Chain::default();
-    let disk = open_node(node, &mut chain, 0)?;
+    let disk = open_node(node, opener, NameOrigin::Config, &mut chain, 0)?;
     Ok((disk, chain.images))
 }
 
 fn open_node(
     node: &BlockNodeConfig,
+    opener: &dyn Opener,
+    origin: NameOrigin,
     chain: &mut Chain,
     depth: usize,
 ) -> Result<Arc<dyn BlockBackend>, BlockError> {
-    let file = open_host_file(node)?;
+    let file = open_host_file(node, opener, origin)?;
     let meta = file
         .raw_file()
         .metadata()
@@ -140,7 +157,7 @@ fn open_node(
         }
         BlockFormat::Qcow2 => {
             let hdr = qcow2::read_header(&file)?;
-            let backing = open_backing(node, &hdr, probed, chain, depth)?;
+            let backing = open_backing(node, opener, &hdr, probed, chain, depth)?;
             Ok(Arc::new(Qcow2Backend::open(
                 file,
                 hdr,
@@ -169,24 +186,30 @@ fn backing_format(path: &Path, name: &str) -> Result<BlockFormat, BlockError> {
 /// Opens the backing file of a qcow2 node, read-only.
 fn open_backing(
     node: &BlockNodeConfig,
+    opener: &dyn Opener,
     hdr: &qcow2::header::Header,
     probed: bool,
     chain: &mut Chain,
     depth: usize,
 ) -> Result<Option<Arc<dyn BlockBackend>>, BlockError> {
-    let (name, format) = match &node.backing {
+    let from_header = || hdr.backing_file.as_ref().map(PathBuf::from);
+    let (name, format, origin) = match &node.backing {
         BackingConfig::None => return Ok(None),
         BackingConfig::FromImage => (
-            hdr.backing_file.as_ref().map(PathBuf::from),
+            from_header(),
             hdr.backing_format.clone(),
+            NameOrigin::ImageHeader,
         ),
         BackingConfig::Override { format, filename } => (
-            filename
-                .clone()
-                .or_else(|| hdr.backing_file.as_ref().map(PathBuf::from)),
+            filename.clone().or_else(from_header),
             format
                 .map(|f| f.name().to_string())
                 .or_else(|| hdr.backing_format.clone()),
+            if filename.is_some() {
+                NameOrigin::Config
+            } else {
+                NameOrigin::ImageHeader
+            },
         ),
     };
     let Some(name) = name else {
@@ -215,7 +238,16 @@ fn open_backing(
             text.chars().take(80).collect::<String>()
         )));
     }
-    // A relative name is relative to the overlay's directory (as in QEMU).
+    // A relative name is relative to the overlay's directory (as in QEMU); an overlay passed
+    // as an fd set has no directory.
+    if name.is_relative() && node.filename.starts_with(crate::opener::FDSET_DIR) {
+        return Err(bad(format!(
+            "the image was passed as an fd set and names a relative backing file ('{}'), \
+             which has no directory to be relative to: pass the backing file with \
+             backing.file.filename=/dev/fdset/N",
+            name.display()
+        )));
+    }
     let path = if name.is_relative() {
         node.filename
             .parent()
@@ -239,7 +271,7 @@ fn open_backing(
         locking: node.locking,
         backing: BackingConfig::FromImage,
     };
-    open_node(&child, chain, depth + 1).map(Some)
+    open_node(&child, opener, origin, chain, depth + 1).map(Some)
 }
 
 #[cfg(test)]

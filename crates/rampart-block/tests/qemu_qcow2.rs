@@ -327,3 +327,29 @@ fn probed_image_with_a_backing_file_is_not_followed() {
 
     assert!(err.contains("probed") && err.contains("base.raw"), "{err}");
 }
+
+#[test]
+fn a_backing_name_in_the_image_cannot_select_an_fd_set() {
+    let d = Scratch::new("fdset-backing");
+    let img = d.path("top.qcow2");
+    // -u: qemu-img does not open the backing file; the header just names it.
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        "/dev/fdset/0",
+        "-F",
+        "raw",
+        s(&img),
+        "1M",
+    ]);
+
+    let err = open(&node(&img)).err().unwrap().to_string();
+
+    assert!(
+        err.contains("/dev/fdset/0") && err.contains("may not select an fd set"),
+        "{err}"
+    );
+}

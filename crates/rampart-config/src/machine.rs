@@ -247,6 +247,10 @@ pub struct VmConfig {
     pub throttle_groups: Vec<crate::ThrottleGroupConfig>,
     /// `-sandbox` (on, strictest, by default).
     pub sandbox: crate::SandboxConfig,
+    /// `-add-fd`: inherited descriptors for fd sets, in command-line order.
+    pub add_fds: Vec<crate::AddFdConfig>,
+    /// `-monitor-path-allow`: directories monitor commands may open files under.
+    pub monitor_paths: Vec<crate::PathAllowConfig>,
 }
 
 impl Default for VmConfig {
@@ -274,6 +278,8 @@ impl Default for VmConfig {
             netdevs: Vec::new(),
             throttle_groups: Vec::new(),
             sandbox: crate::SandboxConfig::default(),
+            add_fds: Vec::new(),
+            monitor_paths: Vec::new(),
         }
     }
 }

@@ -75,7 +75,8 @@ const CACHE_INFO: Ty = Ty::Object(&[
     req("no-flush", Ty::Bool),
 ]);
 
-const BLOCK_DEVICE_INFO: Ty = Ty::Object(&[
+/// QEMU's `BlockDeviceInfo`.
+pub const BLOCK_DEVICE_INFO: Ty = Ty::Object(&[
     req("file", Ty::Str),
     req("node-name", Ty::Str),
     req("ro", Ty::Bool),
@@ -177,36 +178,42 @@ fn image(d: &BlockDeviceInfo) -> Value {
     Value::Object(m)
 }
 
+/// A node as `query-block`'s `inserted` and `query-named-block-nodes` show it (QEMU's
+/// `BlockDeviceInfo`).
+pub fn inserted(d: &BlockDeviceInfo) -> Value {
+    let mut inserted = Map::new();
+    inserted.insert("file".into(), json!(d.file));
+    inserted.insert("node-name".into(), json!(d.node_name));
+    inserted.insert("ro".into(), json!(d.read_only));
+    inserted.insert("drv".into(), json!(d.drv));
+    if let Some((file, _)) = d.backing.first() {
+        inserted.insert("backing_file".into(), json!(file));
+    }
+    for (k, v) in [
+        ("backing_file_depth", json!(d.backing.len())),
+        ("active", json!(true)),
+        ("encrypted", json!(false)),
+        ("detect_zeroes", json!("off")),
+        ("image", image(d)),
+        ("write_threshold", json!(0)),
+        (
+            "cache",
+            json!({"writeback": d.cache.writeback, "direct": d.cache.direct,
+                   "no-flush": d.cache.no_flush}),
+        ),
+    ] {
+        inserted.insert(k.into(), v);
+    }
+    crate::block_throttle::insert_limits(d, &mut inserted);
+    Value::Object(inserted)
+}
+
 /// `query-block`.
 pub fn query_block(devices: &[BlockDeviceInfo]) -> Value {
     Value::Array(
         devices
             .iter()
             .map(|d| {
-                let mut inserted = Map::new();
-                inserted.insert("file".into(), json!(d.file));
-                inserted.insert("node-name".into(), json!(d.node_name));
-                inserted.insert("ro".into(), json!(d.read_only));
-                inserted.insert("drv".into(), json!(d.drv));
-                if let Some((file, _)) = d.backing.first() {
-                    inserted.insert("backing_file".into(), json!(file));
-                }
-                for (k, v) in [
-                    ("backing_file_depth", json!(d.backing.len())),
-                    ("active", json!(true)),
-                    ("encrypted", json!(false)),
-                    ("detect_zeroes", json!("off")),
-                    ("image", image(d)),
-                    ("write_threshold", json!(0)),
-                    (
-                        "cache",
-                        json!({"writeback": d.cache.writeback, "direct": d.cache.direct,
-                               "no-flush": d.cache.no_flush}),
-                    ),
-                ] {
-                    inserted.insert(k.into(), v);
-                }
-                crate::block_throttle::insert_limits(d, &mut inserted);
                 let mut m = Map::new();
                 m.insert("device".into(), json!(d.device));
                 if let Some(q) = &d.qdev {
@@ -215,7 +222,7 @@ pub fn query_block(devices: &[BlockDeviceInfo]) -> Value {
                 m.insert("type".into(), json!("unknown"));
                 m.insert("removable".into(), json!(false));
                 m.insert("locked".into(), json!(false));
-                m.insert("inserted".into(), Value::Object(inserted));
+                m.insert("inserted".into(), inserted(d));
                 // rampart never stops the VM on an I/O error (no werror/rerror=stop).
                 m.insert("io-status".into(), json!("ok"));
                 Value::Object(m)

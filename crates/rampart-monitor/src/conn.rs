@@ -3,13 +3,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use vmm_sys_util::epoll::EventSet;
 
 use crate::dispatch::Peer;
+use crate::fds::MAX_FDS_PER_MESSAGE;
 use crate::framing::Splitter;
 use crate::qmp::QmpSession;
 use crate::readline::LineEditor;
@@ -76,6 +77,9 @@ pub(crate) struct Conn {
     pub eof: bool,
     /// The fd registered with epoll and the interest set it has.
     pub registered: Option<EventSet>,
+    /// Descriptors received (SCM_RIGHTS, UNIX sockets only) for the next command; closed
+    /// after it.
+    pub pending_fds: Vec<OwnedFd>,
 }
 
 impl Conn {
@@ -107,8 +111,23 @@ impl Conn {
             && matches!(&self.io, ConnIo::Tls(t) if t.has_buffered_input())
     }
 
+    /// Reads input; on a UNIX socket the descriptors that come with it (SCM_RIGHTS) replace
+    /// any still pending. Descriptors are accepted on no other transport.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.read(buf)
+        let ConnIo::Unix(s) = &self.io else {
+            return self.io.read(buf);
+        };
+        let mut fds = Vec::new();
+        let n = recv_with_fds(s, buf, &mut fds)?;
+        if !fds.is_empty() {
+            if !self.pending_fds.is_empty() {
+                tracing::debug!(peer = %self.peer, "new descriptors replace {} unused ones",
+                    self.pending_fds.len());
+            }
+            tracing::debug!(peer = %self.peer, "received {} descriptor(s)", fds.len());
+            self.pending_fds = fds;
+        }
+        Ok(n)
     }
 
     /// Writes what the peer takes now; false if the connection is broken.
@@ -185,4 +204,59 @@ pub(crate) fn peer_cred(s: &UnixStream) -> Option<libc::ucred> {
         )
     };
     (r == 0).then_some(cred)
+}
+
+/// Reads from a UNIX-socket client, collecting the descriptors (`SCM_RIGHTS`) that come with
+/// the bytes into `fds` (close-on-exec). At most [`MAX_FDS_PER_MESSAGE`] are accepted per
+/// read: the kernel closes those that do not fit the ancillary buffer.
+fn recv_with_fds(s: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    const FD_SIZE: u32 = std::mem::size_of::<libc::c_int>() as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(FD_SIZE * MAX_FDS_PER_MESSAGE as u32) } as usize;
+    // u64 elements keep the buffer aligned for cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header, filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() * 8;
+    // SAFETY: `msg` points at `iov` (over `buf`) and `control`, both valid for writes of the
+    // lengths given, and all outlive the call.
+    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/NXTHDR stay inside msg_control.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is a header inside `control` that the kernel wrote.
+        let hdr = unsafe { &*cmsg };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN only computes a size.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = (hdr.cmsg_len as usize).saturating_sub(header) / FD_SIZE as usize;
+            // SAFETY: CMSG_DATA points at the header's payload, inside `control`.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<libc::c_int>();
+            for i in 0..count {
+                // SAFETY: the payload holds `count` ints (cmsg_len says so), maybe unaligned.
+                let fd = unsafe { std::ptr::read_unaligned(data.add(i)) };
+                // SAFETY: the kernel installed this descriptor for us; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        // SAFETY: as above; returns null after the last header.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        tracing::warn!(
+            "a monitor client sent more than {MAX_FDS_PER_MESSAGE} descriptors in one message; \
+             the kernel closed the excess"
+        );
+    }
+    Ok(n as usize)
 }

@@ -1,6 +1,7 @@
 //! The command layer QMP and HMP share: authorization and audit, then the command itself,
 //! answered from static VM facts or by a control request to the VMM thread.
 
+use std::os::fd::OwnedFd;
 use std::time::{Instant, SystemTime};
 
 use rampart_config::control::{ControlReply, ControlRequest, CpuInfo, RunState};
@@ -9,6 +10,8 @@ use tracing::info;
 
 use crate::audit::AuditLog;
 use crate::error::{ErrorClass, QmpError};
+use crate::fds::FdState;
+use crate::nodes::{BlockNodes, NodeState};
 use crate::schema::{self, COMMANDS};
 
 /// Who is on the other end of a monitor connection.
@@ -136,6 +139,8 @@ pub struct Dispatcher {
     backend: Backend,
     authorizer: Box<dyn Authorizer>,
     audit: Option<AuditLog>,
+    pub(crate) fds: FdState,
+    pub(crate) nodes: NodeState,
 }
 
 /// The UUID in its canonical text form.
@@ -158,6 +163,8 @@ impl Dispatcher {
             backend,
             authorizer,
             audit: None,
+            fds: FdState::default(),
+            nodes: NodeState::default(),
         }
     }
 
@@ -227,6 +234,38 @@ impl Dispatcher {
         log.record(&Value::Object(m));
     }
 
+    /// Shares the process's fd sets (those `-add-fd` filled) with the monitor's commands.
+    pub fn with_fdsets(
+        mut self,
+        sets: std::sync::Arc<std::sync::Mutex<rampart_sandbox::fdset::FdSets>>,
+    ) -> Dispatcher {
+        self.fds = FdState::new(sets);
+        self
+    }
+
+    /// Lets `blockdev-add` open nodes through `nodes` (the binary's block layer behind the
+    /// monitor's path policy). Without it, `blockdev-add` is refused.
+    pub fn with_block_nodes(mut self, nodes: Box<dyn BlockNodes>) -> Dispatcher {
+        self.nodes.backend = Some(nodes);
+        self
+    }
+
+    /// Hands the descriptors that arrived with the next command to it; whatever it does not
+    /// take is closed when it returns.
+    pub fn pass_fds(&mut self, fds: Vec<OwnedFd>) {
+        self.fds.passed = fds;
+    }
+
+    /// Closes passed descriptors no command took (a frame that was not a command).
+    pub fn close_passed(&mut self, peer: &Peer) {
+        crate::fds::close_unused(peer, "(none)", &mut self.fds.passed);
+    }
+
+    /// Named descriptors monitor `id` holds (`getfd`).
+    pub fn named_fds(&self, id: &str) -> usize {
+        self.fds.named_count(id)
+    }
+
     pub fn info(&self) -> &VmInfo {
         &self.info
     }
@@ -262,9 +301,16 @@ impl Dispatcher {
             self.audit_command(peer, name, &args, Err(e.class), true, start);
             return Err(e);
         }
+        let passed = self.fds.passed.len();
         let result = self.run(peer, name, &args);
+        crate::fds::close_unused(peer, name, &mut self.fds.passed);
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        info!(peer = %peer, command = name, outcome, "audit: monitor command");
+        if passed > 0 {
+            info!(peer = %peer, command = name, outcome, passed_fds = passed,
+                  "audit: monitor command");
+        } else {
+            info!(peer = %peer, command = name, outcome, "audit: monitor command");
+        }
         let class = result.as_ref().map(|_| ()).map_err(|e| e.class);
         self.audit_command(peer, name, &args, class, false, start);
         result
@@ -301,6 +347,12 @@ impl Dispatcher {
         name: &str,
         args: &Map<String, Value>,
     ) -> Result<Value, QmpError> {
+        if let Some(r) = self.fds.run(peer, name, args) {
+            return r;
+        }
+        if let Some(r) = self.nodes.run(&self.info, name, args) {
+            return r;
+        }
         let i = &self.info;
         Ok(match name {
             "qmp_capabilities" => {
@@ -515,26 +567,185 @@ mod tests {
         }
     }
 
+    /// A descriptor to pass with a command.
+    fn some_fd() -> OwnedFd {
+        std::fs::File::open("/proc/self/status").unwrap().into()
+    }
+
+    /// A block-node backend that "opens" any node by name (the binary's opens files).
+    struct FakeNodes;
+    impl BlockNodes for FakeNodes {
+        fn add(
+            &mut self,
+            args: &Map<String, Value>,
+        ) -> Result<crate::block::BlockDeviceInfo, String> {
+            Ok(crate::block::BlockDeviceInfo {
+                device: String::new(),
+                qdev: None,
+                node_name: args["node-name"].as_str().unwrap().into(),
+                file: "/dev/fdset/0".into(),
+                drv: "raw",
+                read_only: true,
+                virtual_size: 512,
+                backing: Vec::new(),
+                cache: crate::block::CacheInfo {
+                    writeback: true,
+                    direct: false,
+                    no_flush: false,
+                },
+                stats: crate::block::StatsReader(std::sync::Arc::new(Default::default)),
+                throttle: None,
+            })
+        }
+        fn del(&mut self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn every_command_returns_what_its_schema_declares() {
-        let mut d = dispatcher();
+        let mut d = dispatcher().with_block_nodes(Box::new(FakeNodes));
         for c in COMMANDS {
             if c.name == "qmp_capabilities" {
                 continue;
             }
-            let args = match c.name {
-                "human-monitor-command" => Some(json!({"command-line": "info status"})),
-                "set_link" => Some(json!({"name": "nic0", "up": false})),
-                "block_set_io_throttle" => Some(json!({"device": "d0", "bps": 1000, "bps_rd": 0,
-                    "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0})),
-                _ => None,
+            let (args, fd) = match c.name {
+                "human-monitor-command" => (Some(json!({"command-line": "info status"})), false),
+                "set_link" => (Some(json!({"name": "nic0", "up": false})), false),
+                "block_set_io_throttle" => (
+                    Some(json!({"device": "d0", "bps": 1000, "bps_rd": 0,
+                        "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0})),
+                    false,
+                ),
+                "getfd" => (Some(json!({"fdname": "f"})), true),
+                "closefd" => (Some(json!({"fdname": "f"})), false),
+                "add-fd" => (Some(json!({"fdset-id": 1, "opaque": "o"})), true),
+                "remove-fd" => (Some(json!({"fdset-id": 1})), false),
+                "blockdev-add" => (Some(json!({"driver": "raw", "node-name": "n9"})), false),
+                "blockdev-del" => (Some(json!({"node-name": "n9"})), false),
+                _ => (None, false),
             };
+            if fd {
+                d.pass_fds(vec![some_fd()]);
+            }
+            // Run the listing commands while something is listed.
+            if c.name == "query-fdsets" {
+                d.pass_fds(vec![some_fd()]);
+                d.execute(&peer(), "add-fd", None).unwrap();
+            }
             let v = d
                 .execute(&peer(), c.name, args.as_ref())
                 .unwrap_or_else(|e| panic!("{}: {e}", c.name));
             schema::check_value(c.ret, &v, c.name)
                 .unwrap_or_else(|e| panic!("{} returned {v}: {e}", c.name));
         }
+    }
+
+    #[test]
+    fn descriptors_a_command_does_not_take_are_closed() {
+        let mut d = dispatcher();
+        let fd = some_fd();
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        d.pass_fds(vec![fd]);
+
+        d.execute(&peer(), "query-status", None).unwrap();
+
+        assert!(d.fds.passed.is_empty(), "fd {raw} was dropped, so closed");
+        let e = d
+            .execute(&peer(), "getfd", Some(&json!({"fdname": "x"})))
+            .unwrap_err();
+        assert_eq!(e.desc, "No file descriptor supplied via SCM_RIGHTS");
+    }
+
+    #[test]
+    fn named_descriptors_belong_to_their_monitor() {
+        let mut d = dispatcher();
+        d.pass_fds(vec![some_fd()]);
+        d.execute(&peer(), "getfd", Some(&json!({"fdname": "disk"})))
+            .unwrap();
+        assert_eq!(d.named_fds("m"), 1);
+        let other = Peer {
+            monitor: "other".into(),
+            ..peer()
+        };
+        let e = d
+            .execute(&other, "closefd", Some(&json!({"fdname": "disk"})))
+            .unwrap_err();
+        assert_eq!(e.desc, "File descriptor named 'disk' not found");
+        // HMP's getfd/closefd are the same commands.
+        assert_eq!(crate::hmp::run_line(&mut d, &peer(), "closefd disk"), "");
+        assert_eq!(d.named_fds("m"), 0);
+    }
+
+    #[test]
+    fn add_fd_and_remove_fd_answer_like_qemu() {
+        let mut d = dispatcher();
+        let e = d.execute(&peer(), "add-fd", None).unwrap_err();
+        assert_eq!(e.desc, "No file descriptor supplied via SCM_RIGHTS");
+        d.pass_fds(vec![some_fd()]);
+        let e = d
+            .execute(&peer(), "add-fd", Some(&json!({"fdset-id": -1})))
+            .unwrap_err();
+        assert_eq!(e.desc, "Parameter 'fdset-id' expects a non-negative value");
+        d.pass_fds(vec![some_fd(), some_fd()]);
+        let v = d.execute(&peer(), "add-fd", None).unwrap();
+        assert_eq!(v["fdset-id"], 0);
+        let e = d
+            .execute(
+                &peer(),
+                "remove-fd",
+                Some(&json!({"fdset-id": 0, "fd": 9999})),
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.desc,
+            "File descriptor named 'fdset-id:0, fd:9999' not found"
+        );
+        let e = d
+            .execute(&peer(), "remove-fd", Some(&json!({"fdset-id": -1})))
+            .unwrap_err();
+        assert_eq!(e.desc, "File descriptor named 'fdset-id:-1' not found");
+        d.execute(
+            &peer(),
+            "remove-fd",
+            Some(&json!({"fdset-id": 0, "fd": v["fd"]})),
+        )
+        .unwrap();
+        assert_eq!(d.execute(&peer(), "query-fdsets", None).unwrap(), json!([]));
+    }
+
+    #[test]
+    fn blockdev_add_checks_names_before_opening_anything() {
+        let mut d = dispatcher();
+        let e = d
+            .execute(&peer(), "blockdev-add", Some(&json!({"driver": "raw"})))
+            .unwrap_err();
+        assert_eq!(e.desc, "'node-name' must be specified for the root node");
+        let e = d
+            .execute(
+                &peer(),
+                "blockdev-add",
+                Some(&json!({"driver": "raw", "node-name": "n"})),
+            )
+            .unwrap_err();
+        assert_eq!(e.desc, "blockdev-add is not available on this monitor");
+        let mut d = dispatcher().with_block_nodes(Box::new(FakeNodes));
+        let add = json!({"driver": "raw", "node-name": "n"});
+        d.execute(&peer(), "blockdev-add", Some(&add)).unwrap();
+        let e = d.execute(&peer(), "blockdev-add", Some(&add)).unwrap_err();
+        assert_eq!(e.desc, "Duplicate nodes with node-name='n'");
+        let nodes = d.execute(&peer(), "query-named-block-nodes", None).unwrap();
+        let last = nodes.as_array().unwrap().last().unwrap();
+        assert_eq!(
+            last["node-name"], "n",
+            "added nodes follow the command line's"
+        );
+        d.execute(&peer(), "blockdev-del", Some(&json!({"node-name": "n"})))
+            .unwrap();
+        let e = d
+            .execute(&peer(), "blockdev-del", Some(&json!({"node-name": "n"})))
+            .unwrap_err();
+        assert_eq!(e.desc, "Failed to find node with node-name='n'");
     }
 
     struct DenyStop;

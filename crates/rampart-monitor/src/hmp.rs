@@ -12,7 +12,15 @@ pub const PROMPT: &str = "(qemu) ";
 pub const MAX_LINE: usize = 4096;
 
 const HELP: &[(&str, &str)] = &[
+    (
+        "closefd closefd name",
+        "close a file descriptor previously passed via SCM rights",
+    ),
     ("cont|c", "resume emulation"),
+    (
+        "getfd getfd name",
+        "receive a file descriptor via SCM rights and assign it a name",
+    ),
     ("help|? [cmd]", "show the help"),
     (
         "info [subcommand]",
@@ -104,6 +112,14 @@ fn execute(d: &mut Dispatcher, peer: &Peer, line: &str) -> Result<String, QmpErr
             no_args("system_powerdown")?;
             simple(d, peer, "system_powerdown")
         }
+        "getfd" | "closefd" => match rest.as_slice() {
+            [fdname] => d
+                .execute(peer, cmd, Some(&serde_json::json!({ "fdname": fdname })))
+                .map(|_| String::new()),
+            _ => Err(QmpError::generic(format!(
+                "{cmd}: expects one argument, a name"
+            ))),
+        },
         "quit" | "q" => {
             no_args("quit")?;
             simple(d, peer, "quit")

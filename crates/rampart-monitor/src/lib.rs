@@ -1,6 +1,8 @@
 //! The rampart monitor: QMP and HMP.
 //!
 //! - [`block`]: block devices for `query-block`, `query-blockstats` and `info block`;
+//! - [`fds`]: descriptor passing (`getfd`, `add-fd`, ... with `SCM_RIGHTS`);
+//! - [`nodes`]: block nodes the monitor opens (`blockdev-add`, `blockdev-del`);
 //! - [`framing`]: the bounded JSON stream splitter;
 //! - [`schema`]: the one definition of every command and event, from which argument
 //!   validation, `query-commands` and `query-qmp-schema` ([`introspect`]) are derived;
@@ -22,11 +24,13 @@ mod conn;
 pub mod dispatch;
 pub mod dn;
 pub mod error;
+pub mod fds;
 pub mod framing;
 pub mod glob;
 pub mod hmp;
 pub mod introspect;
 pub mod net;
+pub mod nodes;
 pub mod qmp;
 pub mod readline;
 pub mod schema;

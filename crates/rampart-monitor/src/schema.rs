@@ -247,6 +247,46 @@ pub const COMMANDS: &[CommandDef] = &[
         ret: EMPTY,
     },
     CommandDef {
+        name: "getfd",
+        args: &[req("fdname", Ty::Str)],
+        ret: EMPTY,
+    },
+    CommandDef {
+        name: "closefd",
+        args: &[req("fdname", Ty::Str)],
+        ret: EMPTY,
+    },
+    CommandDef {
+        name: "add-fd",
+        args: &[opt("fdset-id", Ty::Int), opt("opaque", Ty::Str)],
+        ret: crate::fds::ADDFD_INFO,
+    },
+    CommandDef {
+        name: "remove-fd",
+        args: &[req("fdset-id", Ty::Int), opt("fd", Ty::Int)],
+        ret: EMPTY,
+    },
+    CommandDef {
+        name: "query-fdsets",
+        args: &[],
+        ret: Ty::Array(&crate::fds::FDSET_INFO),
+    },
+    CommandDef {
+        name: "blockdev-add",
+        args: crate::nodes::BLOCKDEV_ADD_ARGS,
+        ret: EMPTY,
+    },
+    CommandDef {
+        name: "blockdev-del",
+        args: &[req("node-name", Ty::Str)],
+        ret: EMPTY,
+    },
+    CommandDef {
+        name: "query-named-block-nodes",
+        args: &[opt("flat", Ty::Bool)],
+        ret: crate::nodes::NAMED_BLOCK_NODES,
+    },
+    CommandDef {
         name: "human-monitor-command",
         args: &[req("command-line", Ty::Str), opt("cpu-index", Ty::Int)],
         ret: Ty::Str,

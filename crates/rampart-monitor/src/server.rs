@@ -337,6 +337,7 @@ impl State {
             greeting,
             out: Vec::new(),
             peer,
+            pending_fds: Vec::new(),
             reading: true,
             eof: false,
             registered: None,
@@ -546,7 +547,10 @@ impl State {
                     let Session::Qmp(session, _) = &mut conn.session else {
                         unreachable!()
                     };
+                    self.dispatcher
+                        .pass_fds(std::mem::take(&mut conn.pending_fds));
                     let reply = session.handle(frame, &mut self.dispatcher, &conn.peer);
+                    self.dispatcher.close_passed(&conn.peer);
                     self.broadcast(Some(conn));
                     conn.out.extend_from_slice(&reply);
                 }
@@ -557,7 +561,10 @@ impl State {
                 let (echo, lines) = ed.feed_all(bytes);
                 conn.out.extend_from_slice(&echo);
                 for text in lines {
+                    self.dispatcher
+                        .pass_fds(std::mem::take(&mut conn.pending_fds));
                     let out = hmp::run_line(&mut self.dispatcher, &conn.peer, &text);
+                    self.dispatcher.close_passed(&conn.peer);
                     conn.out.extend_from_slice(out.as_bytes());
                     conn.out.extend_from_slice(hmp::PROMPT.as_bytes());
                 }
@@ -578,7 +585,11 @@ impl State {
                                     hmp::MAX_LINE
                                 )
                             } else {
-                                hmp::run_line(&mut self.dispatcher, &conn.peer, &text)
+                                self.dispatcher
+                                    .pass_fds(std::mem::take(&mut conn.pending_fds));
+                                let out = hmp::run_line(&mut self.dispatcher, &conn.peer, &text);
+                                self.dispatcher.close_passed(&conn.peer);
+                                out
                             };
                             conn.out.extend_from_slice(out.as_bytes());
                             conn.out.extend_from_slice(hmp::PROMPT.as_bytes());

@@ -22,7 +22,7 @@ pub const MAX_FDSET_FDS: usize = 256;
 /// Most named descriptors (`getfd`) one monitor holds.
 pub const MAX_NAMED_FDS: usize = 64;
 /// Longest fd name or opaque string.
-pub const MAX_FD_STRING: usize = 255;
+pub const MAX_FD_STRING: usize = 1024;
 /// The file-name prefix that selects an fd set.
 pub const FDSET_PREFIX: &str = "/dev/fdset/";
 
@@ -77,7 +77,8 @@ impl SetFd {
     }
 }
 
-/// Every fd set of the process, by id (listed in ascending order, as QEMU does).
+/// Every fd set of the process, by id. Listed as QEMU 10 lists them: sets in descending id
+/// order, each set's descriptors oldest first.
 #[derive(Debug, Default)]
 pub struct FdSets {
     sets: BTreeMap<u64, Vec<SetFd>>,
@@ -200,11 +201,7 @@ impl FdSets {
                 .expect("fewer sets than u64 values"),
         };
         let raw = fd.as_raw_fd();
-        // Newest first, as QEMU lists them.
-        self.sets
-            .entry(id)
-            .or_default()
-            .insert(0, SetFd { fd, opaque });
+        self.sets.entry(id).or_default().push(SetFd { fd, opaque });
         Ok((id, raw))
     }
 
@@ -236,29 +233,29 @@ impl FdSets {
         Ok(())
     }
 
-    /// Every set and its descriptors, sets in ascending order, newest descriptor first.
+    /// Every set and its descriptors, sets in descending order, oldest descriptor first.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &[SetFd])> {
-        self.sets.iter().map(|(id, fds)| (*id, fds.as_slice()))
+        self.sets
+            .iter()
+            .rev()
+            .map(|(id, fds)| (*id, fds.as_slice()))
     }
 
     /// A duplicate (close-on-exec) of the descriptor of set `set` whose access mode and
-    /// `O_DIRECT` flag match `flags` (the flags an `open` of the file would use).
+    /// `O_DIRECT` flag match `flags` (the flags an `open` of the file would use); of several
+    /// that match, the newest (as QEMU).
     pub fn dup_matching(&self, path: &Path, set: u64, flags: i32) -> Result<OwnedFd, FdSetError> {
         let shown = path.display().to_string();
         let fds = self.sets.get(&set).ok_or_else(|| FdSetError::NoSuchSet {
             path: shown.clone(),
             set,
         })?;
-        for f in fds {
-            let got = status_flags(f.fd()).map_err(|source| FdSetError::Dup {
-                fd: f.fd(),
-                source,
-            })?;
+        for f in fds.iter().rev() {
+            let got =
+                status_flags(f.fd()).map_err(|source| FdSetError::Dup { fd: f.fd(), source })?;
             if got & match_mask() == flags & match_mask() {
-                return dup_cloexec(f.fd()).map_err(|source| FdSetError::Dup {
-                    fd: f.fd(),
-                    source,
-                });
+                return dup_cloexec(f.fd())
+                    .map_err(|source| FdSetError::Dup { fd: f.fd(), source });
             }
         }
         Err(FdSetError::NoMatchingFd {
@@ -356,7 +353,12 @@ mod tests {
         assert_eq!(fdset_of(Path::new("/dev/fdset/0")).unwrap(), Some(0));
         assert_eq!(fdset_of(Path::new("/dev/fdset/42")).unwrap(), Some(42));
         assert_eq!(fdset_of(Path::new("/tmp/disk.img")).unwrap(), None);
-        for bad in ["/dev/fdset/", "/dev/fdset/x", "/dev/fdset/1/..", "/dev/fdset/-1"] {
+        for bad in [
+            "/dev/fdset/",
+            "/dev/fdset/x",
+            "/dev/fdset/1/..",
+            "/dev/fdset/-1",
+        ] {
             let e = fdset_of(Path::new(bad)).unwrap_err();
             assert!(e.to_string().contains("/dev/fdset/N"), "{bad}: {e}");
         }
@@ -369,13 +371,18 @@ mod tests {
         let p = scratch("modes");
         let mut sets = FdSets::new();
         let (set, ro) = sets.add(Some(3), open(&p, false), None).unwrap();
-        let (_, rw) = sets.add(Some(3), open(&p, true), Some("rw".into())).unwrap();
+        let (_, rw) = sets
+            .add(Some(3), open(&p, true), Some("rw".into()))
+            .unwrap();
         assert_eq!(set, 3);
 
         let got_rw = sets.dup_matching(&p, 3, libc::O_RDWR).unwrap();
         let got_ro = sets.dup_matching(&p, 3, libc::O_RDONLY).unwrap();
 
-        assert_eq!(status_flags(got_rw.as_raw_fd()).unwrap() & libc::O_ACCMODE, libc::O_RDWR);
+        assert_eq!(
+            status_flags(got_rw.as_raw_fd()).unwrap() & libc::O_ACCMODE,
+            libc::O_RDWR
+        );
         assert_eq!(
             status_flags(got_ro.as_raw_fd()).unwrap() & libc::O_ACCMODE,
             libc::O_RDONLY
@@ -404,14 +411,18 @@ mod tests {
             .to_string();
         assert!(e.contains("fd set 2 does not exist"), "{e}");
         let e = sets
-            .dup_matching(Path::new("/dev/fdset/1"), 1, libc::O_RDONLY | libc::O_DIRECT)
+            .dup_matching(
+                Path::new("/dev/fdset/1"),
+                1,
+                libc::O_RDONLY | libc::O_DIRECT,
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("O_DIRECT"), "{e}");
     }
 
     #[test]
-    fn new_sets_take_the_lowest_free_id_and_list_newest_first() {
+    fn new_sets_take_the_lowest_free_id_and_list_as_qemu_10_does() {
         let _g = serial();
         let p = scratch("ids");
         let mut sets = FdSets::new();
@@ -425,9 +436,10 @@ mod tests {
             .iter()
             .map(|(id, fds)| (id, fds.iter().map(SetFd::fd).collect()))
             .collect();
-        assert_eq!(listed.iter().map(|l| l.0).collect::<Vec<_>>(), [0, 1, 2]);
-        assert_eq!(listed[2].1[0], newest);
-        assert_eq!(sets.iter().nth(2).unwrap().1[0].opaque(), Some("x"));
+        assert_eq!(listed.iter().map(|l| l.0).collect::<Vec<_>>(), [2, 1, 0]);
+        assert_eq!(listed[0].1.len(), 2);
+        assert_eq!(listed[0].1[1], newest, "oldest first");
+        assert_eq!(sets.iter().next().unwrap().1[1].opaque(), Some("x"));
     }
 
     #[test]
@@ -443,7 +455,10 @@ mod tests {
         assert!(!is_open(a));
         assert!(is_open(dup.as_raw_fd()), "a user's duplicate stays open");
         let e = sets.remove(5, Some(a)).unwrap_err().to_string();
-        assert_eq!(e, format!("File descriptor named 'fdset-id:5, fd:{a}' not found"));
+        assert_eq!(
+            e,
+            format!("File descriptor named 'fdset-id:5, fd:{a}' not found")
+        );
 
         sets.remove(5, None).unwrap();
         assert!(!is_open(b));

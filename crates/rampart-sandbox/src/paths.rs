@@ -31,7 +31,10 @@ pub enum PathError {
         path.display(),
         allowed_text(allowed)
     )]
-    NotAllowed { path: PathBuf, allowed: Vec<PathBuf> },
+    NotAllowed {
+        path: PathBuf,
+        allowed: Vec<PathBuf>,
+    },
     #[error(
         "'{}' leaves the allowed directory '{}' (through '..' or a symbolic link); the \
          monitor opens files only beneath the directories allowed with {OPTION}",
@@ -75,8 +78,7 @@ pub struct PathPolicy {
 
 fn plain_absolute(p: &Path) -> bool {
     p.is_absolute()
-        && p
-            .components()
+        && p.components()
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
@@ -208,10 +210,8 @@ mod tests {
     /// A scratch tree: `root/allowed/{disk.img,sub/inner.img}`, `root/secret.img`, and links
     /// inside `allowed` pointing in and out.
     fn tree(name: &str) -> (PathBuf, PathBuf) {
-        let root = std::env::temp_dir().join(format!(
-            "rampart-paths-{}-{name}",
-            std::process::id()
-        ));
+        let root =
+            std::env::temp_dir().join(format!("rampart-paths-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let allowed = root.join("allowed");
         std::fs::create_dir_all(allowed.join("sub")).unwrap();
@@ -234,9 +234,15 @@ mod tests {
         let (_root, allowed) = tree("ok");
         let p = PathPolicy::new(&[(allowed.clone(), false)]).unwrap();
 
-        assert_eq!(read(p.open(&allowed.join("disk.img"), libc::O_RDONLY).unwrap()), "ok");
         assert_eq!(
-            read(p.open(&allowed.join("sub/inner.img"), libc::O_RDWR).unwrap()),
+            read(p.open(&allowed.join("disk.img"), libc::O_RDONLY).unwrap()),
+            "ok"
+        );
+        assert_eq!(
+            read(
+                p.open(&allowed.join("sub/inner.img"), libc::O_RDWR)
+                    .unwrap()
+            ),
             "inner"
         );
         assert_eq!(
@@ -287,11 +293,12 @@ mod tests {
             .open(&root.join("secret.img"), libc::O_RDONLY)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("-monitor-path-allow DIR") && e.contains("/dev/fdset/N"), "{e}");
+        assert!(
+            e.contains("-monitor-path-allow DIR") && e.contains("/dev/fdset/N"),
+            "{e}"
+        );
         assert!(e.contains(&*allowed.to_string_lossy()), "{e}");
-        let e = p
-            .open(Path::new("disk.img"), libc::O_RDONLY)
-            .unwrap_err();
+        let e = p.open(Path::new("disk.img"), libc::O_RDONLY).unwrap_err();
         assert!(matches!(e, PathError::NotAllowed { .. }), "relative: {e}");
         let none = PathPolicy::default();
         let e = none
@@ -307,9 +314,7 @@ mod tests {
         let p = PathPolicy::new(&[(allowed.clone(), true)]).unwrap();
 
         assert!(p.open(&allowed.join("disk.img"), libc::O_RDONLY).is_ok());
-        let e = p
-            .open(&allowed.join("disk.img"), libc::O_RDWR)
-            .unwrap_err();
+        let e = p.open(&allowed.join("disk.img"), libc::O_RDWR).unwrap_err();
         assert!(matches!(e, PathError::ReadOnly { .. }), "{e}");
     }
 

@@ -2,13 +2,14 @@
 
 mod cli;
 mod confine;
+mod host;
 mod monitors;
+mod nodes;
 mod terminal;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -46,17 +47,6 @@ fn host_memory_bytes() -> u64 {
     info.totalram.saturating_mul(u64::from(info.mem_unit))
 }
 
-fn open_regular(what: &str, path: &Path) -> Result<File> {
-    let file = File::open(path).with_context(|| format!("{what} '{}'", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("{what} '{}'", path.display()))?;
-    if !meta.is_file() {
-        bail!("{what} '{}' is not a regular file", path.display());
-    }
-    Ok(file)
-}
-
 fn open_console(config: &VmConfig) -> Result<ConsoleIo> {
     Ok(match &config.serial {
         SerialBackend::None => ConsoleIo::None,
@@ -90,6 +80,7 @@ fn open_console(config: &VmConfig) -> Result<ConsoleIo> {
 #[allow(clippy::type_complexity)]
 fn open_drives(
     config: &VmConfig,
+    opener: &dyn rampart_block::Opener,
 ) -> Result<(
     Vec<rampart_vmm::vm::OpenDisk>,
     Vec<Vec<rampart_block::ChainImage>>,
@@ -97,7 +88,7 @@ fn open_drives(
     let mut out = Vec::new();
     let mut chains = Vec::new();
     for d in &config.drives {
-        let (disk, chain) = rampart_block::open_with_chain(&d.node)
+        let (disk, chain) = rampart_block::open_with_chain_via(&d.node, opener)
             .with_context(|| format!("block node '{}'", d.node.node_name))?;
         info!(
             "block node '{}': '{}', {} bytes{}",
@@ -205,6 +196,10 @@ fn run(config: VmConfig) -> Result<ExitCode> {
             host_memory_bytes: host_memory_bytes(),
         })
         .context("invalid configuration")?;
+    // Passed descriptors first: nothing rampart opens may take their numbers before they are
+    // checked and moved into their sets.
+    let fdsets = host::take_fdsets(&config)?;
+    let opener = host::StartupOpener(fdsets.clone());
     // The user is looked up and the directories checked before anything is opened.
     let plan = confine::plan(&config)?;
     if !config.sandbox.enabled {
@@ -212,15 +207,19 @@ fn run(config: VmConfig) -> Result<ExitCode> {
     }
     // Host resources are opened once, before the VM is built; a reset reuses them.
     let kernel_path = config.boot.kernel.as_deref().context("no -kernel")?;
-    let kernel = open_regular("-kernel", kernel_path)?;
+    let kernel = host::open_regular(&opener, "-kernel", kernel_path)?;
     let initrd = match &config.boot.initrd {
-        Some(p) => Some(open_regular("-initrd", p)?),
+        Some(p) => Some(host::open_regular(&opener, "-initrd", p)?),
         None => None,
     };
     let console = open_console(&config)?;
-    let (disks, chains) = open_drives(&config)?;
+    let (disks, chains) = open_drives(&config, &opener)?;
     let nics = open_nics(&config)?;
     let throttles = drive_throttles(&config);
+    let monitor_opener = host::MonitorOpener {
+        sets: fdsets,
+        policy: host::monitor_policy(&config)?,
+    };
     let accel = vm::choose_accel(&config.accel)?;
     let kvm = match accel {
         rampart_config::Accel::Kvm => Some(rampart_vmm::accel::kvm::KvmAccel::open()?),
@@ -250,6 +249,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
                     nics: &nics,
                     throttles: &throttles,
                 },
+                monitor_opener,
             )?;
             monitors::connect_nic_events(&config, &nics, &events);
             control.set_publisher(monitors::publisher(events));

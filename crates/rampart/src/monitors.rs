@@ -404,6 +404,7 @@ pub fn start(
     accel: Accel,
     client: ControlClient,
     opened: Opened<'_>,
+    opener: crate::host::MonitorOpener,
 ) -> Result<(Monitors, EventSink)> {
     let Opened {
         disks,
@@ -420,11 +421,14 @@ pub fn start(
         audit,
     } = open;
     let backend = Box::new(move |req| client.call(req));
+    let fdsets = opener.sets.clone();
     let mut dispatcher = Dispatcher::new(
         vm_info(config, accel, kvm_present, disks, chains, nics, throttles),
         backend,
         Box::new(authz),
-    );
+    )
+    .with_fdsets(fdsets)
+    .with_block_nodes(Box::new(crate::nodes::MonitorNodes::new(opener)));
     if let Some(file) = audit {
         let log = AuditLog::start(
             file,

@@ -45,6 +45,8 @@ pub(crate) enum Opt {
     Netdev,
     Nic,
     Sandbox,
+    AddFd,
+    MonitorPathAllow,
 }
 
 struct OptDef {
@@ -99,6 +101,8 @@ const TABLE: &[OptDef] = &[
     def("-netdev", Opt::Netdev, true),
     def("-nic", Opt::Nic, true),
     def("-sandbox", Opt::Sandbox, true),
+    def("-add-fd", Opt::AddFd, true),
+    def("-monitor-path-allow", Opt::MonitorPathAllow, true),
 ];
 
 /// One option occurrence: which option, the spelling used (single dash, for messages), and its

@@ -33,7 +33,8 @@ Machine:
 
 Boot:
   -kernel PATH     Linux kernel (bzImage or ELF) to boot; required
-  -initrd PATH     initial ramdisk
+                   (PATH may be /dev/fdset/N, see -add-fd)
+  -initrd PATH     initial ramdisk (PATH may be /dev/fdset/N)
   -append STRING   kernel command line, taken literally
 
 Console and display:
@@ -133,6 +134,20 @@ Network (tap back end, virtio-net-pci):
   -nic tap,[same keys][,model=virtio-net-pci][,mac=MAC]
                    a -netdev tap and a virtio-net-pci on it in one option
   -netdev help     list network back ends
+
+Passing files instead of names (see docs/security.md):
+  -add-fd fd=N,set=M[,opaque=STR]
+                   put inherited descriptor N (3 or more, close-on-exec clear) in
+                   fd set M; rampart keeps a duplicate and closes N. The name
+                   /dev/fdset/M then works wherever a file name does (-kernel,
+                   -initrd, -drive file=, -blockdev filename=,
+                   backing.file.filename=), picking the descriptor of the set
+                   whose access mode (read-only / read-write) and O_DIRECT match
+  -monitor-path-allow [path=]DIR[,readonly=on]
+                   monitor commands (blockdev-add) may open files beneath DIR
+                   (resolved by the kernel inside DIR: no '..' or symbolic-link
+                   escape); readonly=on allows read-only opens only. Without it a
+                   monitor command can name files only as /dev/fdset/N
 
 Objects and devices (parsed; types rampart does not implement are refused by
 name):

@@ -19,6 +19,7 @@ mod argv;
 mod block;
 mod devices;
 mod help;
+mod host;
 mod monitor;
 mod net;
 mod objects;
@@ -117,6 +118,21 @@ pub enum CliError {
     Config(#[from] ConfigError),
 }
 
+/// A block node from `blockdev-add`'s arguments (JSON text): the same rules as `-blockdev`'s
+/// JSON form. The message of an error does not name `-blockdev`.
+pub fn blockdev_json(json: &str) -> Result<rampart_config::DriveConfig, String> {
+    let strip = |e: CliError| {
+        let text = e.to_string();
+        text.strip_prefix("-blockdev: ")
+            .map(str::to_owned)
+            .unwrap_or(text)
+    };
+    match block::blockdev(OsStr::new(json)).map_err(strip)? {
+        block::BlockRequest::Node(d) => Ok(*d),
+        block::BlockRequest::Help => Err("driver=help is a command-line request".into()),
+    }
+}
+
 /// Parses the command line (without argv\[0\]).
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Cli, CliError> {
     let items = argv::tokenize(args)?;
@@ -162,6 +178,8 @@ struct Builder {
     /// `-run-with`, `-runas` and `-chroot`, merged in order (a later key wins).
     run_with: Option<Opts>,
     sandbox: Option<Opts>,
+    add_fds: Vec<rampart_config::AddFdConfig>,
+    monitor_paths: Vec<rampart_config::PathAllowConfig>,
 }
 
 fn merge(slot: &mut Option<Opts>, new: Opts) {
@@ -287,6 +305,8 @@ impl Builder {
                 }
             },
             Opt::Sandbox => merge(&mut self.sandbox, qemu_opts::parse(&sandbox::SANDBOX, arg)?),
+            Opt::AddFd => self.add_fds.push(host::add_fd(arg)?),
+            Opt::MonitorPathAllow => self.monitor_paths.push(host::path_allow(arg)?),
             Opt::Object | Opt::Device => match objects::request(item.opt, arg)? {
                 objects::Request::Help(text) => return Ok(Some(Cli::Info(text))),
                 objects::Request::Device(dev) => self.devices.push(dev),
@@ -396,6 +416,8 @@ impl Builder {
         config.tls_creds = self.tls_creds;
         config.authz = self.authz;
         config.audit = self.audit;
+        config.add_fds = self.add_fds;
+        config.monitor_paths = self.monitor_paths;
         Ok(config)
     }
 }

@@ -196,3 +196,39 @@ pub fn assert_every_thread_filtered(pid: u32, expected: &[&str]) {
         "a thread runs without its seccomp filter: {threads:?}"
     );
 }
+
+/// Makes the child inherit each descriptor as the given number (close-on-exec clear), as a
+/// management tool passes descriptors for `-add-fd`.
+pub fn pass_fds(cmd: &mut Command, fds: Vec<(std::os::fd::OwnedFd, i32)>) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl/dup2,
+    // which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // First move every source above the targets, so that no dup2 overwrites a source
+            // and none is a no-op (dup2(fd, fd) would leave close-on-exec set).
+            let mut moved = [0i32; 16];
+            for (i, (fd, _)) in fds.iter().enumerate().take(16) {
+                let r = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 1000);
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                moved[i] = r;
+            }
+            for (i, (_, target)) in fds.iter().enumerate().take(16) {
+                if libc::dup2(moved[i], *target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The number of open descriptors of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}

@@ -141,3 +141,53 @@ impl Hmp {
         out.trim_end_matches("(qemu) ").to_string()
     }
 }
+
+impl Qmp {
+    /// Sends `text` (plus a newline) in one message carrying `fds` (SCM_RIGHTS) and returns
+    /// the reply.
+    pub fn cmd_fds(&mut self, text: &str, fds: &[std::os::fd::RawFd]) -> Value {
+        send_with_fds(&self.writer, format!("{text}\n").as_bytes(), fds);
+        self.reply()
+    }
+}
+
+/// Sends `bytes` in one `sendmsg` with `fds` as SCM_RIGHTS ancillary data.
+pub fn send_with_fds(s: &UnixStream, bytes: &[u8], fds: &[std::os::fd::RawFd]) {
+    use std::os::fd::AsRawFd;
+    let fd_bytes = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: plain data; filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer has room for one header with `fds`.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes) as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(c),
+                fd_bytes as usize,
+            );
+        }
+    }
+    // SAFETY: `msg` points at live buffers of the given sizes.
+    let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, 0) };
+    assert_eq!(
+        n,
+        bytes.len() as isize,
+        "sendmsg: {}",
+        std::io::Error::last_os_error()
+    );
+}
