@@ -1,11 +1,15 @@
 //! Linux-level tests of the PCI bus and virtio devices: Debian's kernel under rampart's
 //! software CPU finds the devices through ACPI (MCFG, PNP0A08), drives them with MSI-X, and
 //! reads and writes real image files. Every check shares one boot: boots under the interpreter
-//! cost about a minute each.
+//! cost about a minute each. The kernel, the initrd and the read-write disk are passed as
+//! descriptors (`-add-fd`, `/dev/fdset/N`), as a management tool that gives rampart no file
+//! system access would pass them.
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
+use std::fs::{File, OpenOptions};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -47,12 +51,37 @@ fn linux_uses_virtio_blk_and_rng_over_pci() {
         })
         .collect();
     let data = dir.file("data.img", &data_bytes);
-    let mut cmd = guest_cmd("virtio", "virtio_blk,virtio_rng");
+    // The kernel and initrd by descriptor (sets 10, 11); the read-write disk as set 12 with a
+    // read-only descriptor and an O_RDWR|O_DIRECT one: cache=none picks the latter.
+    let fd = |p: &Path| -> OwnedFd { File::open(p).unwrap().into() };
+    let rw_direct: OwnedFd = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&rw)
+        .unwrap()
+        .into();
+    let mut cmd = rampart();
+    cmd.args(["-accel", "tcg", "-m", "512", "-nographic"])
+        .args(["-add-fd", "fd=110,set=10", "-kernel", "/dev/fdset/10"])
+        .args(["-add-fd", "fd=111,set=11", "-initrd", "/dev/fdset/11"])
+        .args(["-add-fd", "fd=112,set=12,opaque=rw.img:ro"])
+        .args(["-add-fd", "fd=113,set=12,opaque=rw.img:rw-direct"])
+        .args([
+            "-append",
+            &format!("{CMDLINE} rampart.modules=virtio_blk,virtio_rng rampart.test=virtio"),
+        ]);
+    pass_fds(
+        &mut cmd,
+        vec![
+            (fd(&guest_file("vmlinuz")), 110),
+            (fd(&guest_file("initrd.img")), 111),
+            (fd(&rw), 112),
+            (rw_direct, 113),
+        ],
+    );
     cmd.arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,cache=none,discard=unmap",
-            rw.display()
-        ))
+        .arg("file=/dev/fdset/12,format=raw,if=virtio,cache=none,discard=unmap")
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=none,id=d1,readonly=on",
@@ -83,7 +112,8 @@ fn linux_uses_virtio_blk_and_rng_over_pci() {
     let second = run_to_end(second, Duration::from_secs(60));
     let r = wait_with_limit(child, LIMIT);
 
-    // Assert: the second instance was refused by the image lock.
+    // Assert: the second instance was refused by the image lock (held through the passed
+    // descriptor).
     assert_ne!(second.code, Some(0), "{second:?}");
     assert!(second.stderr.contains("lock"), "{second:?}");
     assert_eq!(r.code, Some(0), "{r:?}");

@@ -233,3 +233,22 @@ fn qemu_qmp_client_speaks_to_the_tls_monitor_with_client_certificates() {
         assert!(ok && out.contains("qmp_tls_client: ok"), "{role}: {out}");
     }
 }
+
+#[test]
+fn qemu_qmp_client_passes_descriptors_for_getfd_add_fd_and_blockdev_add() {
+    let venv = venv();
+    let g = start("pyfd");
+    let image = g._dir.file("py.img", &[0u8; 65536]);
+    let script = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/fd_client.py"
+    ));
+    let (ok, out) = run(
+        Command::new(venv.join("bin/python3"))
+            .arg(script)
+            .arg(&g.sock)
+            .arg(&image),
+        "",
+    );
+    assert!(ok && out.contains("fd_client: ok"), "{out}");
+}

@@ -543,3 +543,49 @@ fn sandbox_argument_errors_name_the_culprit() {
     assert!(err(&["-sandbox", "on,bogus=1"]).contains("'bogus'"));
     assert!(err(&["-sandbox"]).contains("-sandbox"));
 }
+
+#[test]
+fn add_fd_and_monitor_path_allow_build_their_config() {
+    let c = run(&[
+        "-add-fd",
+        "fd=5,set=2,opaque=disk",
+        "-add-fd",
+        "fd=6,set=2",
+        "-monitor-path-allow",
+        "/srv/images",
+        "-monitor-path-allow",
+        "path=/srv/iso,readonly=on",
+    ]);
+
+    assert_eq!(
+        c.add_fds,
+        [
+            rampart_config::AddFdConfig {
+                fd: 5,
+                set: 2,
+                opaque: Some("disk".into())
+            },
+            rampart_config::AddFdConfig {
+                fd: 6,
+                set: 2,
+                opaque: None
+            },
+        ]
+    );
+    assert_eq!(c.monitor_paths.len(), 2);
+    assert!(!c.monitor_paths[0].readonly);
+    assert_eq!(c.monitor_paths[1].dir, std::path::PathBuf::from("/srv/iso"));
+    assert!(c.monitor_paths[1].readonly);
+}
+
+#[test]
+fn bad_add_fd_and_monitor_path_allow_are_refused_by_name() {
+    assert!(err(&["-add-fd", "set=1"]).contains("fd option is required"));
+    assert!(err(&["-add-fd", "fd=3"]).contains("set option is required"));
+    assert!(err(&["-add-fd", "fd=2,set=1"]).contains("standard I/O stream"));
+    assert!(err(&["-add-fd", "fd=-1,set=1"]).contains("'fd'"));
+    assert!(err(&["-add-fd", "fd=3,set=1,flags=x"]).contains("flags"));
+    assert!(err(&["-monitor-path-allow", "relative/dir"]).contains("absolute"));
+    assert!(err(&["-monitor-path-allow", "/srv/../etc"]).contains("absolute"));
+    assert!(err(&["-monitor-path-allow", "/srv,readonly=maybe"]).contains("readonly"));
+}
