@@ -85,7 +85,7 @@ pub const SHUTDOWN_CAUSE_NAMES: &[&str] = &[
 ];
 
 /// What the monitor asks the VMM thread to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ControlRequest {
     QueryStatus,
     QueryCpus,
@@ -94,6 +94,9 @@ pub enum ControlRequest {
     SystemReset,
     SystemPowerdown,
     Quit,
+    /// Write guest RAM as an ELF core to this file (`dump-guest-memory`, paging=false); the
+    /// vCPUs are paused while it is written.
+    DumpGuestMemory(std::fs::File),
 }
 
 /// One vCPU as `query-cpus-fast` reports it.

@@ -141,6 +141,7 @@ pub struct Dispatcher {
     audit: Option<AuditLog>,
     pub(crate) fds: FdState,
     pub(crate) nodes: NodeState,
+    pub(crate) file_creator: Option<crate::dump::FileCreator>,
 }
 
 /// The UUID in its canonical text form.
@@ -165,6 +166,7 @@ impl Dispatcher {
             audit: None,
             fds: FdState::default(),
             nodes: NodeState::default(),
+            file_creator: None,
         }
     }
 
@@ -232,6 +234,13 @@ impl Dispatcher {
             json!(start.elapsed().as_micros() as u64),
         );
         log.record(&Value::Object(m));
+    }
+
+    /// Lets commands that write files (`dump-guest-memory file:PATH`) create them through
+    /// `create` (the binary's, behind the monitor's path policy).
+    pub fn with_file_creator(mut self, create: crate::dump::FileCreator) -> Dispatcher {
+        self.file_creator = Some(create);
+        self
     }
 
     /// Shares the process's fd sets (those `-add-fd` filled) with the monitor's commands.
@@ -316,7 +325,7 @@ impl Dispatcher {
         result
     }
 
-    fn control(&mut self, req: ControlRequest) -> Result<ControlReply, QmpError> {
+    pub(crate) fn control(&mut self, req: ControlRequest) -> Result<ControlReply, QmpError> {
         (self.backend)(req).map_err(QmpError::generic)
     }
 
@@ -432,6 +441,8 @@ impl Dispatcher {
                     .collect(),
             ),
             "query-block" => crate::block::query_block(&i.blocks),
+            "dump-guest-memory" => return crate::dump::run(self, peer, args),
+            "query-dump-guest-memory-capability" => crate::dump::capability(),
             "query-blockstats" => crate::block::query_blockstats(&i.blocks),
             "block_set_io_throttle" => crate::block_throttle::set_io_throttle(&i.blocks, args)?,
             "set_link" => crate::net::set_link(
@@ -623,6 +634,12 @@ mod tests {
                 "remove-fd" => (Some(json!({"fdset-id": 1})), false),
                 "blockdev-add" => (Some(json!({"driver": "raw", "node-name": "n9"})), false),
                 "blockdev-del" => (Some(json!({"node-name": "n9"})), false),
+                "dump-guest-memory" => {
+                    d.pass_fds(vec![some_fd()]);
+                    d.execute(&peer(), "getfd", Some(&json!({"fdname": "dump"})))
+                        .unwrap();
+                    (Some(json!({"paging": false, "protocol": "fd:dump"})), false)
+                }
                 _ => (None, false),
             };
             if fd {

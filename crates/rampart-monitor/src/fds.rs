@@ -75,6 +75,12 @@ impl FdState {
         (!self.passed.is_empty()).then(|| self.passed.remove(0))
     }
 
+    /// Takes the descriptor monitor `peer` named `name` (a command that consumes it, as
+    /// QEMU's `fd:NAME` users do).
+    pub(crate) fn take_named(&mut self, peer: &Peer, name: &str) -> Option<OwnedFd> {
+        self.named.get_mut(&peer.monitor)?.take(name).ok()
+    }
+
     /// Descriptors held for monitor `id` under names.
     pub fn named_count(&self, id: &str) -> usize {
         self.named.get(id).map_or(0, NamedFds::len)

@@ -1,6 +1,7 @@
 //! The rampart monitor: QMP and HMP.
 //!
 //! - [`block`]: block devices for `query-block`, `query-blockstats` and `info block`;
+//! - [`dump`]: `dump-guest-memory` (ELF core of guest RAM);
 //! - [`fds`]: descriptor passing (`getfd`, `add-fd`, ... with `SCM_RIGHTS`);
 //! - [`nodes`]: block nodes the monitor opens (`blockdev-add`, `blockdev-del`);
 //! - [`framing`]: the bounded JSON stream splitter;
@@ -23,6 +24,7 @@ pub mod block_throttle;
 mod conn;
 pub mod dispatch;
 pub mod dn;
+pub mod dump;
 pub mod error;
 pub mod fds;
 pub mod framing;

@@ -287,6 +287,16 @@ pub const COMMANDS: &[CommandDef] = &[
         ret: crate::nodes::NAMED_BLOCK_NODES,
     },
     CommandDef {
+        name: "dump-guest-memory",
+        args: crate::dump::DUMP_ARGS,
+        ret: EMPTY,
+    },
+    CommandDef {
+        name: "query-dump-guest-memory-capability",
+        args: &[],
+        ret: crate::dump::DUMP_CAPABILITY,
+    },
+    CommandDef {
         name: "human-monitor-command",
         args: &[req("command-line", Ty::Str), opt("cpu-index", Ty::Int)],
         ret: Ty::Str,

@@ -87,12 +87,13 @@ fn cstring(p: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
-/// `openat2(dir, rest, how)` with `resolve` flags.
-fn openat2(dir: &OwnedFd, rest: &Path, flags: i32, resolve: u64) -> io::Result<OwnedFd> {
+/// `openat2(dir, rest, how)` with `resolve` flags (`mode` for a file `O_CREAT` makes).
+fn openat2(dir: &OwnedFd, rest: &Path, flags: i32, mode: u64, resolve: u64) -> io::Result<OwnedFd> {
     let name = cstring(rest)?;
     // SAFETY: open_how is plain data; zeroed is a valid value, the fields are set below.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.mode = mode;
     how.resolve = resolve;
     // SAFETY: `name` is a NUL-terminated string and `how` a valid open_how that outlive the
     // call; its size is passed. The kernel returns a new descriptor or an error.
@@ -156,6 +157,17 @@ impl PathPolicy {
     /// `O_CREAT`) if it lies beneath an allowed directory, resolving it inside that directory
     /// only. The most specific allowed directory that is a prefix of `path` is used.
     pub fn open(&self, path: &Path, flags: i32) -> Result<OwnedFd, PathError> {
+        let flags = flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_PATH);
+        self.open_beneath(path, flags, 0)
+    }
+
+    /// Creates (or truncates) `path`, write-only, mode 0600, under the same rules as
+    /// [`PathPolicy::open`]; a read-only allowed directory refuses.
+    pub fn create(&self, path: &Path) -> Result<OwnedFd, PathError> {
+        self.open_beneath(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o600)
+    }
+
+    fn open_beneath(&self, path: &Path, flags: i32, mode: u64) -> Result<OwnedFd, PathError> {
         let not_allowed = || PathError::NotAllowed {
             path: path.to_path_buf(),
             allowed: self.dirs.iter().map(|d| d.path.clone()).collect(),
@@ -182,11 +194,11 @@ impl PathPolicy {
         } else {
             rest
         };
-        let flags = flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_PATH);
         openat2(
             &dir.dir,
             rest,
             flags,
+            mode,
             libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
         )
         .map_err(|source| match source.raw_os_error() {
@@ -316,6 +328,33 @@ mod tests {
         assert!(p.open(&allowed.join("disk.img"), libc::O_RDONLY).is_ok());
         let e = p.open(&allowed.join("disk.img"), libc::O_RDWR).unwrap_err();
         assert!(matches!(e, PathError::ReadOnly { .. }), "{e}");
+    }
+
+    #[test]
+    fn files_are_created_only_beneath_writable_allowed_directories() {
+        let (root, allowed) = tree("create");
+        let p = PathPolicy::new(&[(allowed.clone(), false)]).unwrap();
+
+        let fd = p.create(&allowed.join("dump.elf")).unwrap();
+        std::fs::write(format!("/proc/self/fd/{}", fd.as_raw_fd()), b"core").unwrap();
+        assert_eq!(std::fs::read(allowed.join("dump.elf")).unwrap(), b"core");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(allowed.join("dump.elf"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let e = p.create(&allowed.join("../made.elf")).unwrap_err();
+        assert!(matches!(e, PathError::Escapes { .. }), "{e}");
+        let e = p.create(&allowed.join("rel-out.img")).unwrap_err();
+        assert!(matches!(e, PathError::Escapes { .. }), "{e}");
+        assert_eq!(std::fs::read(root.join("secret.img")).unwrap(), b"secret");
+        assert!(!root.join("made.elf").exists());
+        let ro = PathPolicy::new(&[(allowed.clone(), true)]).unwrap();
+        assert!(matches!(
+            ro.create(&allowed.join("x.elf")),
+            Err(PathError::ReadOnly { .. })
+        ));
     }
 
     #[test]

@@ -57,7 +57,22 @@ pub struct PendingRequest {
     reply: mpsc::SyncSender<Reply>,
 }
 
+/// Where the answer to a request goes.
+pub struct Responder(mpsc::SyncSender<Reply>);
+
+impl Responder {
+    pub fn answer(self, reply: Reply) {
+        // The client may have gone (timed out); nothing to do then.
+        let _ = self.0.try_send(reply);
+    }
+}
+
 impl PendingRequest {
+    /// The request itself and where its answer goes.
+    pub fn into_parts(self) -> (ControlRequest, Responder) {
+        (self.request, Responder(self.reply))
+    }
+
     pub fn answer(self, reply: Reply) {
         // The client may have gone (timed out); nothing to do then.
         let _ = self.reply.try_send(reply);

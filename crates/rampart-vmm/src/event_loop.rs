@@ -36,6 +36,8 @@ pub struct Sources<'a> {
     pub poweroff_evt: &'a EventFd,
     /// Presses the ACPI power button (`system_powerdown`), if the machine has one.
     pub power_button: Option<&'a dyn Fn()>,
+    /// Guest RAM (for `dump-guest-memory`).
+    pub memory: &'a vm_memory::GuestMemoryMmap,
 }
 
 fn add(epoll: &Epoll, fd: RawFd, token: u64) -> std::io::Result<()> {
@@ -204,8 +206,8 @@ pub fn run(
                 TOKEN_CONTROL => {
                     res.control.clear_wake();
                     while let Some(pending) = res.control.next() {
-                        let (reply, outcome) =
-                            control(pending.request, config, res, src.power_button, vcpus);
+                        let (request, pending) = pending.into_parts();
+                        let (reply, outcome) = control(request, config, res, &src, vcpus);
                         if outcome == Some(Outcome::Quit) {
                             // QEMU 10 emits SHUTDOWN before its reply to `quit`: publishing
                             // before answering puts the event ahead of the reply every time.
@@ -300,9 +302,10 @@ fn control(
     request: ControlRequest,
     config: &VmConfig,
     res: &mut HostResources,
-    power_button: Option<&dyn Fn()>,
+    src: &Sources<'_>,
     vcpus: &mut [VcpuHandle],
 ) -> (Reply, Option<Outcome>) {
+    let power_button = src.power_button;
     let port: &mut ControlPort = &mut res.control;
     let done = Ok(ControlReply::Done);
     match request {
@@ -377,6 +380,31 @@ fn control(
         ControlRequest::Quit => {
             info!("quit (monitor)");
             (done, Some(Outcome::Quit))
+        }
+        ControlRequest::DumpGuestMemory(file) => {
+            // The vCPUs stay out of guest mode while RAM is copied (no STOP/RESUME events:
+            // the run state does not change).
+            let running = port.state.is_running();
+            if running {
+                for v in vcpus.iter() {
+                    if !v.pause_and_wait(PAUSE_LIMIT) {
+                        warn!(cpu = v.index(), "vCPU did not pause in time");
+                    }
+                }
+            }
+            let r = crate::dump::write_elf_core(&file, src.memory);
+            if running {
+                for v in vcpus.iter() {
+                    v.resume();
+                }
+            }
+            match r {
+                Ok(bytes) => {
+                    info!(bytes, "guest memory dumped (monitor)");
+                    (done, None)
+                }
+                Err(e) => (Err(format!("dump-guest-memory: {e}")), None),
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod boot;
 pub mod chardev;
 pub mod console;
 pub mod control;
+pub mod dump;
 pub mod event_loop;
 pub mod io;
 pub mod pci;

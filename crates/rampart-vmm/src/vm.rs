@@ -430,6 +430,7 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
                 reset_evt: &reset_evt,
                 poweroff_evt: &poweroff_evt,
                 power_button: Some(&press_power_button),
+                memory: &mem,
             },
             serial_dev.as_ref(),
             &mut vcpus,

@@ -86,6 +86,22 @@ impl Opener for MonitorOpener {
     }
 }
 
+impl MonitorOpener {
+    /// Creates (or truncates) a file a monitor command writes (`dump-guest-memory
+    /// file:PATH`): a write-only descriptor from an fd set, or a new file beneath a writable
+    /// allowed directory.
+    pub fn create(&self, path: &Path) -> io::Result<File> {
+        match from_fdset(&self.sets, path, libc::O_WRONLY) {
+            Some(r) => r,
+            None => self
+                .policy
+                .create(path)
+                .map(File::from)
+                .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string())),
+        }
+    }
+}
+
 /// Opens the monitor's allowed directories (at start-up, before any jail).
 pub fn monitor_policy(config: &VmConfig) -> Result<PathPolicy> {
     let dirs: Vec<_> = config

@@ -422,13 +422,16 @@ pub fn start(
     } = open;
     let backend = Box::new(move |req| client.call(req));
     let fdsets = opener.sets.clone();
+    let opener = Arc::new(opener);
+    let creator = opener.clone();
     let mut dispatcher = Dispatcher::new(
         vm_info(config, accel, kvm_present, disks, chains, nics, throttles),
         backend,
         Box::new(authz),
     )
     .with_fdsets(fdsets)
-    .with_block_nodes(Box::new(crate::nodes::MonitorNodes::new(opener)));
+    .with_block_nodes(Box::new(crate::nodes::MonitorNodes::new(opener)))
+    .with_file_creator(Box::new(move |path| creator.create(path)));
     if let Some(file) = audit {
         let log = AuditLog::start(
             file,

@@ -15,12 +15,12 @@ use crate::host::MonitorOpener;
 
 /// Opens `blockdev-add` nodes through `opener`.
 pub struct MonitorNodes {
-    opener: MonitorOpener,
+    opener: Arc<MonitorOpener>,
     open: Vec<(String, Arc<dyn BlockBackend>)>,
 }
 
 impl MonitorNodes {
-    pub fn new(opener: MonitorOpener) -> MonitorNodes {
+    pub fn new(opener: Arc<MonitorOpener>) -> MonitorNodes {
         MonitorNodes {
             opener,
             open: Vec::new(),
@@ -34,7 +34,7 @@ impl BlockNodes for MonitorNodes {
         let d = crate::cli::blockdev_json(&text)?;
         let node = d.node;
         let (disk, chain) =
-            rampart_block::open_with_chain_via(&node, &self.opener).map_err(|e| e.to_string())?;
+            rampart_block::open_with_chain_via(&node, &*self.opener).map_err(|e| e.to_string())?;
         info!(
             "blockdev-add: node '{}': '{}', {} bytes{}",
             node.node_name,

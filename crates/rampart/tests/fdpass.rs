@@ -512,3 +512,120 @@ fn without_allowed_directories_the_monitor_opens_no_path() {
         "{r}"
     );
 }
+
+/// The PT_LOAD segments of an ELF64 file: (file offset, physical address, file size).
+fn load_segments(elf: &[u8]) -> Vec<(u64, u64, u64)> {
+    assert_eq!(&elf[..4], b"\x7fELF", "not an ELF file");
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(32) as usize, u16_at(54) as usize, u16_at(56));
+    (0..phnum as usize)
+        .map(|i| phoff + i * phentsize)
+        .filter(|&p| u32::from_le_bytes(elf[p..p + 4].try_into().unwrap()) == 1)
+        .map(|p| (u64_at(p + 8), u64_at(p + 24), u64_at(p + 32)))
+        .collect()
+}
+
+/// The bytes of guest-physical range [addr, addr+len) in a core file.
+fn core_bytes(core: &[u8], addr: u64, len: u64) -> &[u8] {
+    let (off, start, _) = load_segments(core)
+        .into_iter()
+        .find(|&(_, start, size)| start <= addr && addr + len <= start + size)
+        .unwrap_or_else(|| panic!("no segment holds {addr:#x}"));
+    let at = (off + addr - start) as usize;
+    &core[at..at + len as usize]
+}
+
+#[test]
+fn dump_guest_memory_writes_an_elf_core_to_a_passed_fd_or_an_allowed_file() {
+    let dir = Scratch::new("fdpass-dump");
+    let allowed = dir.path("dumps");
+    std::fs::create_dir(&allowed).unwrap();
+    let by_fd = dir.path("by-fd.elf");
+    let outside = dir.path("outside.elf");
+    let allow = ["-monitor-path-allow".into(), allowed.display().to_string()];
+    let vm = start(dir, &allow, Vec::new());
+    let mut q = vm.qmp();
+    let guest = std::fs::read(vm.dir.path("Spin.elf")).unwrap();
+
+    // fd:NAME, a descriptor passed with getfd (and consumed by the dump).
+    let f = File::create(&by_fd).unwrap();
+    let r = q.cmd_fds(
+        r#"{"execute":"getfd","arguments":{"fdname":"core"}}"#,
+        &[f.as_raw_fd()],
+    );
+    ret(&r);
+    drop(f);
+    let r = q.cmd(
+        r#"{"execute":"dump-guest-memory","arguments":{"paging":false,"protocol":"fd:core"}}"#,
+    );
+    assert_eq!(ret(&r), &json!({}));
+    let r = q.cmd(r#"{"execute":"closefd","arguments":{"fdname":"core"}}"#);
+    assert!(
+        error(&r).contains("not found"),
+        "the dump took the descriptor: {r}"
+    );
+    // file:PATH beneath the allowed directory: created 0600.
+    let in_dir = allowed.join("core.elf");
+    let r = q.cmd(
+        &json!({"execute": "dump-guest-memory",
+                "arguments": {"paging": false, "protocol": format!("file:{}", in_dir.display())}})
+        .to_string(),
+    );
+    assert_eq!(ret(&r), &json!({}));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&in_dir).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The guest keeps running.
+    assert_eq!(q.exec("query-status")["status"], "running");
+
+    // Both cores hold 64 MiB of RAM and the test guest's code where it was loaded.
+    for core in [&by_fd, &in_dir] {
+        let bytes = std::fs::read(core).unwrap();
+        let ram: u64 = load_segments(&bytes).iter().map(|s| s.2).sum();
+        assert_eq!(ram, 64 << 20, "{}", core.display());
+        let (off, paddr, size) = load_segments(&guest)[0];
+        let code = &guest[off as usize..(off + size.min(64)) as usize];
+        assert_eq!(core_bytes(&bytes, paddr, code.len() as u64), code);
+    }
+
+    // Refusals: outside the allowed directory, unsupported options, bad protocols.
+    let r = q.cmd(
+        &json!({"execute": "dump-guest-memory",
+                "arguments": {"paging": false, "protocol": format!("file:{}", outside.display())}})
+        .to_string(),
+    );
+    assert!(error(&r).contains("-monitor-path-allow"), "{r}");
+    assert!(!outside.exists());
+    for (args, want) in [
+        (
+            json!({"paging": true, "protocol": "fd:x"}),
+            "paging=true is not supported",
+        ),
+        (
+            json!({"paging": false, "protocol": "fd:x", "format": "win-dmp"}),
+            "format 'win-dmp'",
+        ),
+        (
+            json!({"paging": false, "protocol": "fd:x", "begin": 0}),
+            "Parameter 'length' is missing",
+        ),
+        (
+            json!({"paging": false, "protocol": "tcp:x"}),
+            "must start with 'file:' or 'fd:'",
+        ),
+        (
+            json!({"paging": false, "protocol": "fd:nosuch"}),
+            "File descriptor named 'nosuch' has not been found",
+        ),
+    ] {
+        let r = q.cmd(&json!({"execute": "dump-guest-memory", "arguments": args}).to_string());
+        assert!(error(&r).contains(want), "{args}: {r}");
+    }
+    assert_eq!(
+        q.exec("query-dump-guest-memory-capability"),
+        json!({"formats": ["elf"]})
+    );
+}
