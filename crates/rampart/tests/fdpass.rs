@@ -629,3 +629,59 @@ fn dump_guest_memory_writes_an_elf_core_to_a_passed_fd_or_an_allowed_file() {
         json!({"formats": ["elf"]})
     );
 }
+
+/// In the jail, as `nobody`, with an empty root: allowed directories still work (they were
+/// opened as `O_PATH` descriptors before the jail), and a descriptor passed over QMP gives
+/// read-write access to an image `nobody` could never open by name.
+#[test]
+fn the_path_policy_and_fd_sets_work_inside_the_jail_as_nobody() {
+    // SAFETY: geteuid only reads the caller's credentials.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let dir = Scratch::new("fdpass-jail");
+    let jail = dir.path("jail");
+    let allowed = dir.path("allowed");
+    std::fs::create_dir(&jail).unwrap();
+    std::fs::create_dir(&allowed).unwrap();
+    let ro_img = allowed.join("ro.raw");
+    std::fs::write(&ro_img, vec![1u8; 65536]).unwrap();
+    // Root's own image, mode 0600: out of nobody's reach by name.
+    let private = dir.file("private.raw", &[2u8; 65536]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let args = [
+        "-run-with".to_string(),
+        format!("user=nobody,jail={}", jail.display()),
+        "-monitor-path-allow".into(),
+        allowed.display().to_string(),
+    ];
+    let vm = start(dir, &args, Vec::new());
+    let mut q = vm.qmp();
+
+    let r = blockdev_add(
+        &mut q,
+        json!({"driver": "raw", "node-name": "ro", "read-only": true,
+               "file": {"driver": "file", "filename": ro_img.display().to_string()}}),
+    );
+    assert_eq!(ret(&r), &json!({}), "{}", vm.log());
+    let r = blockdev_add(
+        &mut q,
+        json!({"driver": "raw", "node-name": "byname", "read-only": true,
+               "file": {"driver": "file", "filename": private.display().to_string()}}),
+    );
+    assert!(error(&r).contains("-monitor-path-allow"), "{r}");
+    let fd = open(&private, true);
+    let r = q.cmd_fds(
+        r#"{"execute":"add-fd","arguments":{"fdset-id":1}}"#,
+        &[fd.as_raw_fd()],
+    );
+    ret(&r);
+    let r = blockdev_add(
+        &mut q,
+        json!({"driver": "raw", "node-name": "passed",
+               "file": {"driver": "file", "filename": "/dev/fdset/1"}}),
+    );
+    assert_eq!(ret(&r), &json!({}), "{}", vm.log());
+    let nodes = q.exec("query-named-block-nodes");
+    assert_eq!(nodes[1]["node-name"], "passed", "{nodes}");
+    assert_eq!(nodes[1]["ro"], false, "{nodes}");
+}
