@@ -233,7 +233,10 @@ fn run(config: VmConfig) -> Result<ExitCode> {
     // Before the first other thread starts (each installs its role's filter from these), and
     // after anything that changes our pid (the supervised child: the filters let signals
     // reach this process only).
-    rampart_sandbox::seccomp::prepare(&config.sandbox).context("-sandbox")?;
+    let needs = rampart_sandbox::seccomp::Needs {
+        monitor_opens_paths: !config.monitor_paths.is_empty(),
+    };
+    rampart_sandbox::seccomp::prepare_with(&config.sandbox, &needs).context("-sandbox")?;
     let (client, mut control) =
         rampart_vmm::control::channel(config.lifecycle.start_paused).context("control channel")?;
     let monitors = match open_monitors {

@@ -112,6 +112,14 @@ pub enum SeccompError {
     AlreadyPrepared,
 }
 
+/// What the rest of the configuration needs from the allow-lists, beyond `-sandbox`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// `-monitor-path-allow` was given: the monitor opens files beneath those directories
+    /// (`openat2`).
+    pub monitor_opens_paths: bool,
+}
+
 /// The compiled filters of every role, ready to install.
 pub struct Filters {
     programs: Vec<BpfProgram>,
@@ -120,10 +128,15 @@ pub struct Filters {
 impl Filters {
     /// Compiles every role's list as `config` loosens it.
     pub fn compile(config: &SandboxConfig) -> Result<Filters, SeccompError> {
+        Filters::compile_with(config, &Needs::default())
+    }
+
+    /// [`Filters::compile`], with what the rest of the configuration needs.
+    pub fn compile_with(config: &SandboxConfig, needs: &Needs) -> Result<Filters, SeccompError> {
         let programs = Role::ALL
             .iter()
             .map(|&role| {
-                let list = rules::allow_list(role, config);
+                let list = rules::allow_list_with(role, config, needs);
                 for a in &list {
                     tracing::trace!(
                         role = role.name(),
@@ -157,9 +170,14 @@ static STATE: OnceLock<State> = OnceLock::new();
 /// starts: compiles every role's filter and installs the SIGSYS handler (when `config.enabled`).
 /// Without this call (library use, unit tests of other crates) [`enter`] does nothing.
 pub fn prepare(config: &SandboxConfig) -> Result<(), SeccompError> {
+    prepare_with(config, &Needs::default())
+}
+
+/// [`prepare`], with what the rest of the configuration needs from the lists.
+pub fn prepare_with(config: &SandboxConfig, needs: &Needs) -> Result<(), SeccompError> {
     let state = if config.enabled {
         check_kernel_support()?;
-        let filters = Filters::compile(config)?;
+        let filters = Filters::compile_with(config, needs)?;
         sigsys::install_handler().map_err(SeccompError::Handler)?;
         // glibc does two things lazily that no list should allow: it installs a signal handler
         // of its own on the first pthread_create (rt_sigaction), and it reads

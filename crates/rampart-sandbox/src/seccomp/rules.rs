@@ -241,8 +241,52 @@ fn monitor() -> Vec<Allow> {
         ),
         any(SYS_lseek, "rereading the authz list file from its start"),
         any(SYS_readv, "TLS records (vectored reads)"),
+        with(
+            SYS_recvmsg,
+            Args::OneOf(2, vec![MSG_CMSG_CLOEXEC as u64]),
+            "UNIX-socket client input with the descriptors passed as SCM_RIGHTS (getfd, add-fd), received close-on-exec",
+        ),
+        with(
+            SYS_fcntl,
+            Args::OneOf(1, vec![F_DUPFD_CLOEXEC as u64]),
+            "a duplicate from an fd set (/dev/fdset/N) for blockdev-add and dump-guest-memory",
+        ),
     ]);
+    v.extend(monitor_block_nodes());
     v
+}
+
+/// `blockdev-add` opens, probes and locks images on the monitor thread, and `blockdev-del`
+/// closes them (flushing qcow2 metadata): the image calls, on descriptors only.
+fn monitor_block_nodes() -> Vec<Allow> {
+    use libc::*;
+    vec![
+        any(SYS_pread64, "blockdev-add reads image headers and metadata"),
+        any(
+            SYS_pwrite64,
+            "qcow2 metadata written back when an added node is closed",
+        ),
+        any(SYS_fdatasync, "flush of an added node at blockdev-del"),
+        any(SYS_fsync, "qcow2 metadata ordering at blockdev-del"),
+        any(SYS_fstat, "an added image's size"),
+        with(
+            SYS_fcntl,
+            Args::OneOf(1, vec![F_OFD_GETLK as u64, F_OFD_SETLK as u64]),
+            "QEMU's image locks on an added node, released at blockdev-del",
+        ),
+    ]
+}
+
+/// Files the monitor opens by name, only with `-monitor-path-allow`: `openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` relative to the allowed directories' `O_PATH`
+/// descriptors (`rampart_sandbox::paths` is the only caller; the resolve flags sit in a struct
+/// a filter cannot read, so the privilege drop and the jail bound what a subverted thread
+/// could open with it).
+fn monitor_opens_paths() -> Vec<Allow> {
+    vec![any(
+        libc::SYS_openat2,
+        "blockdev-add and dump-guest-memory file:PATH beneath -monitor-path-allow directories",
+    )]
 }
 
 /// The VMM thread: event loop, console, reset (which builds the VM again and starts new
@@ -377,7 +421,25 @@ fn resource_control() -> Vec<Allow> {
 }
 
 /// The whole list of `role`, as `config`'s sub-options loosen it.
+#[cfg(test)]
 pub(crate) fn allow_list(role: Role, config: &SandboxConfig) -> Vec<Allow> {
+    allow_list_with(role, config, &super::Needs::default())
+}
+
+/// [`allow_list`], plus what the rest of the configuration (`needs`) requires.
+pub(crate) fn allow_list_with(
+    role: Role,
+    config: &SandboxConfig,
+    needs: &super::Needs,
+) -> Vec<Allow> {
+    let mut v = base_list(role, config);
+    if role == Role::Monitor && needs.monitor_opens_paths {
+        v.extend(monitor_opens_paths());
+    }
+    v
+}
+
+fn base_list(role: Role, config: &SandboxConfig) -> Vec<Allow> {
     let mut v = base();
     v.extend(match role {
         Role::Vmm => vmm(),

@@ -302,3 +302,28 @@ fn monitor_stat_by_path_is_refused_but_its_open_files_can_be_stat_ed() {
     assert_eq!(by_path, Err(Some(libc::EACCES)));
     assert_eq!(by_fd, Ok(()));
 }
+
+#[test]
+fn openat2_is_allowed_only_to_the_monitor_and_only_with_allowed_directories() {
+    let has_openat2 = |list: &[super::rules::Allow]| list.iter().any(|a| a.nr == libc::SYS_openat2);
+    let needs = Needs {
+        monitor_opens_paths: true,
+    };
+    for role in Role::ALL {
+        let config = SandboxConfig::default();
+        assert!(!has_openat2(&allow_list(role, &config)), "{}", role.name());
+        let with = super::rules::allow_list_with(role, &config, &needs);
+        assert_eq!(has_openat2(&with), role == Role::Monitor, "{}", role.name());
+    }
+}
+
+#[test]
+fn the_monitor_receives_descriptors_only_close_on_exec() {
+    let list = allow_list(Role::Monitor, &SandboxConfig::default());
+    let recvmsg: Vec<_> = list.iter().filter(|a| a.nr == libc::SYS_recvmsg).collect();
+    assert_eq!(recvmsg.len(), 1);
+    assert_eq!(
+        recvmsg[0].args,
+        super::rules::Args::OneOf(2, vec![libc::MSG_CMSG_CLOEXEC as u64])
+    );
+}
