@@ -303,7 +303,7 @@ impl VmConfig {
         crate::validate_drives(&self.drives)?;
         self.run_with.validate()?;
         crate::validate_devices(&self.devices, &self.drives)?;
-        crate::validate_netdevs(&self.netdevs, &self.devices)?;
+        crate::validate_netdevs(&self.netdevs, &self.devices, &self.sandbox)?;
         crate::validate_throttling(&self.drives, &self.throttle_groups)?;
         if self.memory_bytes > host.host_memory_bytes {
             return Err(ConfigError::Memory {

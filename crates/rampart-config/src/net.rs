@@ -22,6 +22,10 @@ pub struct NetdevConfig {
     pub tap: TapSource,
     /// Rate limits of the NIC this back end serves (`throttling.*`).
     pub limits: NetLimits,
+    /// `script=`/`downscript=` values other than `no` (key, value): programs QEMU would run.
+    /// rampart runs none; validation refuses them, naming the sandbox's `spawn=` when it is the
+    /// reason.
+    pub scripts: Vec<(String, String)>,
 }
 
 /// QEMU's default MAC for the `n`th NIC: 52:54:00:12:34:(56 + n).
@@ -50,8 +54,27 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 pub fn validate_netdevs(
     netdevs: &[NetdevConfig],
     devices: &[DeviceConfig],
+    sandbox: &crate::SandboxConfig,
 ) -> Result<(), ConfigError> {
     let bad = |m: String| Err(ConfigError::Invalid(m));
+    for n in netdevs {
+        if let Some((key, value)) = n.scripts.first() {
+            return bad(if sandbox.spawn.allowed() {
+                format!(
+                    "-netdev tap,id={}: {key}={value}: rampart does not run tap scripts; \
+                     configure the tap beforehand and use {key}=no",
+                    n.id
+                )
+            } else {
+                format!(
+                    "-netdev tap,id={}: {key}={value} would start a process, which the sandbox \
+                     refuses (-sandbox spawn=deny, the default); configure the tap beforehand \
+                     and use {key}=no",
+                    n.id
+                )
+            });
+        }
+    }
     if netdevs.len() > MAX_NETDEVS {
         return bad(format!("at most {MAX_NETDEVS} -netdev back ends"));
     }
@@ -100,11 +123,42 @@ pub fn validate_netdevs(
 mod tests {
     use super::*;
 
+    const SB: crate::SandboxConfig = crate::SandboxConfig {
+        enabled: true,
+        obsolete: crate::SandboxPermission::Deny,
+        elevate_privileges: crate::ElevatePrivileges::Deny,
+        spawn: crate::SandboxPermission::Deny,
+        resource_control: crate::SandboxPermission::Deny,
+    };
+
+    #[test]
+    fn tap_scripts_are_refused_naming_the_sandbox_when_it_is_the_reason() {
+        let mut n = tap("n0");
+        n.scripts = vec![("script".into(), "/etc/qemu-ifup".into())];
+        let e = validate_netdevs(&[n.clone()], &[], &SB)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spawn=deny") && e.contains("script=/etc/qemu-ifup"),
+            "{e}"
+        );
+        let allow = crate::SandboxConfig {
+            spawn: crate::SandboxPermission::Allow,
+            ..SB
+        };
+        let e = validate_netdevs(&[n], &[], &allow).unwrap_err().to_string();
+        assert!(
+            e.contains("does not run tap scripts") && !e.contains("spawn=deny"),
+            "{e}"
+        );
+    }
+
     fn tap(id: &str) -> NetdevConfig {
         NetdevConfig {
             id: id.into(),
             tap: TapSource::Ifname(Some("tap0".into())),
             limits: NetLimits::default(),
+            scripts: Vec::new(),
         }
     }
 
@@ -127,18 +181,18 @@ mod tests {
 
     #[test]
     fn nics_must_name_an_unused_backend() {
-        assert!(validate_netdevs(&[tap("n0")], &[nic("n0")]).is_ok());
-        let e = validate_netdevs(&[tap("n0")], &[nic("n1")]).unwrap_err();
+        assert!(validate_netdevs(&[tap("n0")], &[nic("n0")], &SB).is_ok());
+        let e = validate_netdevs(&[tap("n0")], &[nic("n1")], &SB).unwrap_err();
         assert!(e.to_string().contains("'n1'"), "{e}");
-        let e = validate_netdevs(&[tap("n0")], &[nic("n0"), nic("n0")]).unwrap_err();
+        let e = validate_netdevs(&[tap("n0")], &[nic("n0"), nic("n0")], &SB).unwrap_err();
         assert!(e.to_string().contains("already in use"), "{e}");
-        let e = validate_netdevs(&[tap("n0"), tap("n0")], &[]).unwrap_err();
+        let e = validate_netdevs(&[tap("n0"), tap("n0")], &[], &SB).unwrap_err();
         assert!(e.to_string().contains("duplicate"), "{e}");
         let multicast = DeviceConfig::VirtioNet {
             id: None,
             netdev: "n0".into(),
             mac: Some([1, 0, 0, 0, 0, 1]),
         };
-        assert!(validate_netdevs(&[tap("n0")], &[multicast]).is_err());
+        assert!(validate_netdevs(&[tap("n0")], &[multicast], &SB).is_err());
     }
 }

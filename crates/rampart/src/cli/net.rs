@@ -2,9 +2,10 @@
 //! and the NIC's rate limits (`throttling.{rx,tx}-{bps,pps}[-max[-length]]`, rampart's own
 //! options in the style of QEMU's block `throttling.*`).
 //!
-//! `script=` and `downscript=` other than `no` would start a process: rampart refuses them
-//! (its sandbox denies spawning processes by default, `-sandbox spawn=deny`). Without them,
-//! rampart runs no script (QEMU would run `/etc/qemu-ifup`).
+//! `script=` and `downscript=` other than `no` would start a process: validation refuses them
+//! (naming `-sandbox spawn=deny`, the default, when that is the reason; rampart runs no tap
+//! script even with `spawn=allow`). Without them, rampart runs no script (QEMU would run
+//! `/etc/qemu-ifup`).
 
 use std::ffi::OsStr;
 
@@ -110,17 +111,12 @@ fn limits(o: &Opts) -> Result<NetLimits, CliError> {
 /// The tap part shared by `-netdev` and `-nic`.
 fn tap(o: &Opts, id: String) -> Result<NetdevConfig, CliError> {
     let option = o.option;
+    // Refused at validation, which knows the sandbox's spawn= (rampart runs no script).
+    let mut scripts = Vec::new();
     for key in ["script", "downscript"] {
         if let Some(v) = o.str(key)? {
             if v != "no" {
-                return Err(invalid(
-                    option,
-                    format!(
-                        "{key}={v} would start a process, which the sandbox refuses \
-                         (-sandbox spawn=deny, the default); configure the tap beforehand \
-                         and use {key}=no"
-                    ),
-                ));
+                scripts.push((key.to_string(), v.to_string()));
             }
         }
     }
@@ -172,6 +168,7 @@ fn tap(o: &Opts, id: String) -> Result<NetdevConfig, CliError> {
         id,
         tap: source,
         limits: limits(o)?,
+        scripts,
     })
 }
 
@@ -271,11 +268,11 @@ mod tests {
     }
 
     #[test]
-    fn scripts_are_refused_with_the_sandbox_reason() {
-        let e = netdev("tap,id=n0,ifname=tap0,script=/etc/qemu-ifup").unwrap_err();
-        assert!(e.contains("spawn=deny") && e.contains("script="), "{e}");
-        let e = netdev("tap,id=n0,downscript=/bin/true").unwrap_err();
-        assert!(e.contains("downscript="), "{e}");
+    fn scripts_are_kept_for_validation_and_no_means_none() {
+        let n = netdev("tap,id=n0,ifname=tap0,script=/etc/qemu-ifup,downscript=no").unwrap();
+        assert_eq!(n.scripts, vec![("script".into(), "/etc/qemu-ifup".into())]);
+        let n = netdev("tap,id=n0,ifname=tap0,script=no,downscript=no").unwrap();
+        assert!(n.scripts.is_empty());
     }
 
     #[test]
