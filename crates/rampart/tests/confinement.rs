@@ -406,3 +406,58 @@ fn killing_the_supervisor_with_sigkill_takes_the_jailed_vm_with_it() {
         "the VM process {vm} outlived its supervisor"
     );
 }
+
+#[test]
+fn an_unprivileged_jailed_rampart_cannot_read_a_root_only_file_through_the_monitor() {
+    let dir = Scratch::new("jail-monitor");
+    let jail = dir.path("jail");
+    let allowed = dir.path("allowed");
+    std::fs::create_dir(&jail).unwrap();
+    std::fs::create_dir(&allowed).unwrap();
+    let mode = |p: &Path, m| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
+    };
+    mode(&allowed, 0o755);
+    let public = allowed.join("public.raw");
+    let secret = allowed.join("secret.raw");
+    std::fs::write(&public, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&secret, vec![7u8; 1 << 20]).unwrap();
+    mode(&public, 0o644);
+    mode(&secret, 0o600);
+    let sock = dir.path("qmp.sock");
+    let mut child = kvm_cmd(&test_guest(&dir, Program::Spin), "64")
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .arg("-monitor-path-allow")
+        .arg(&allowed)
+        .arg("-run-with")
+        .arg(format!("user=nobody,jail={}", jail.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    read_until(&mut child, SPIN_LINE, LIMIT);
+    let mut q = common::qmp::Qmp::connect(&sock);
+    let add = |q: &mut common::qmp::Qmp, name: &str, file: &Path| {
+        q.cmd(
+            &serde_json::json!({"execute": "blockdev-add", "arguments": {
+                "driver": "file", "node-name": name, "read-only": true,
+                "filename": file.display().to_string()}})
+            .to_string(),
+        )
+    };
+
+    let public_reply = add(&mut q, "pub", &public);
+    let secret_reply = add(&mut q, "sec", &secret);
+    drop(q);
+    let r = stop(child);
+
+    assert_eq!(
+        public_reply["return"],
+        serde_json::json!({}),
+        "{public_reply}"
+    );
+    let desc = secret_reply["error"]["desc"].as_str().unwrap_or_default();
+    assert!(desc.contains("Permission denied"), "{secret_reply}");
+    assert_eq!(r.code, Some(0), "{r:?}");
+}
