@@ -390,3 +390,47 @@ fn missing_credential_files_are_named_at_start_up() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("server-cert.pem"), "{}", out.stderr);
 }
+
+#[test]
+fn hmp_over_tls_shows_its_banner_only_after_authorization_and_keeps_the_role() {
+    let ca = Ca::new("Test CA");
+    let dir = Scratch::new("tls-hmp");
+    ca.write_server_dir(&dir.path("pki"));
+    let port = free_port();
+    let authz = json!({
+        "qom-type": "authz-list", "id": "a0", "policy": "deny",
+        "rules": [{"match": DASHBOARD, "policy": "allow", "commands": ["query-*"]}]
+    });
+    let args: Vec<String> = vec![
+        "-object".into(),
+        "tls-creds-x509,id=tls0,dir={dir}/pki,verify-peer=on".into(),
+        "-object".into(),
+        authz.to_string(),
+        "-monitor".into(),
+        format!("tcp:127.0.0.1:{port},server=on,wait=off,tls-creds=tls0,tls-authz=a0"),
+    ];
+    let _vm = Vm::start(dir, &args, "monitor listening on TCP");
+
+    // A refused certificate gets no banner.
+    assert_refused("denied DN", port, &ca, Some(&ca.client("admin")));
+
+    let mut s = connect(port, &ca, Some(&ca.client("dashboard"))).unwrap();
+    let until_prompt = |s: &mut common::pki::TlsClient| {
+        let mut acc = Vec::new();
+        let mut b = [0u8; 1];
+        while !acc.ends_with(b"(qemu) ") {
+            let n = s.read(&mut b).expect("read from HMP");
+            assert!(n > 0, "HMP closed: {:?}", String::from_utf8_lossy(&acc));
+            acc.push(b[0]);
+        }
+        String::from_utf8_lossy(&acc).into_owned()
+    };
+    assert!(until_prompt(&mut s).contains("monitor"));
+    s.write_all(b"info status\n").unwrap();
+    assert!(until_prompt(&mut s).contains("VM status: running"));
+    s.write_all(b"stop\n").unwrap();
+    let out = until_prompt(&mut s);
+    assert!(out.contains("Command 'stop' is not permitted"), "{out}");
+    s.write_all(b"info status\n").unwrap();
+    assert!(until_prompt(&mut s).contains("VM status: running"));
+}
