@@ -437,6 +437,96 @@ fn net_seeds(root: &Path) {
             desc(m, 4, 0x5002, 1, 2, 0);
         }),
     );
+/// One DER element.
+fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match body.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n < 0x100 => out.extend_from_slice(&[0x81, n as u8]),
+        n => out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// A certificate-shaped DER whose subject is `rdns` (each a list of (OID body, value tag,
+/// value)); the signature is not a real one (the DN reader does not look at it).
+fn cert(rdns: &[&[(&[u8], u8, &[u8])]]) -> Vec<u8> {
+    let name: Vec<u8> = rdns
+        .iter()
+        .flat_map(|rdn| {
+            let atvs: Vec<u8> = rdn
+                .iter()
+                .flat_map(|(oid, tag, v)| der(0x30, &[der(0x06, oid), der(*tag, v)].concat()))
+                .collect();
+            der(0x31, &atvs)
+        })
+        .collect();
+    let alg = der(
+        0x30,
+        &der(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+    );
+    let tbs = der(
+        0x30,
+        &[
+            der(0xa0, &der(0x02, &[2])),
+            der(0x02, &[1, 2, 3, 4]),
+            alg.clone(),
+            der(
+                0x30,
+                &der(
+                    0x31,
+                    &der(0x30, &[der(0x06, &[0x55, 4, 3]), der(0x0c, b"CA")].concat()),
+                ),
+            ),
+            der(
+                0x30,
+                &[der(0x17, b"240101000000Z"), der(0x17, b"990101000000Z")].concat(),
+            ),
+            der(0x30, &name),
+            der(0x30, &[alg.clone(), der(0x03, &[0, 4, 1, 2])].concat()),
+        ]
+        .concat(),
+    );
+    der(0x30, &[tbs, alg, der(0x03, &[0, 1, 2, 3])].concat())
+}
+
+fn dn_seeds(root: &Path) {
+    const CN: &[u8] = &[0x55, 4, 3];
+    const O: &[u8] = &[0x55, 4, 10];
+    const C: &[u8] = &[0x55, 4, 6];
+    const EMAIL: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01];
+    const ODD: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x7f];
+    write(
+        root,
+        "x509_dn",
+        "c-o-cn",
+        &cert(&[
+            &[(C, 0x13, b"GB")],
+            &[(O, 0x0c, b"Example Org")],
+            &[(CN, 0x0c, b"admin")],
+        ]),
+    );
+    write(
+        root,
+        "x509_dn",
+        "escapes-multivalued",
+        &cert(&[
+            &[(O, 0x0c, b"Acme, Inc."), (CN, 0x0c, b"#ops+dev ")],
+            &[(EMAIL, 0x16, b"a@b")],
+        ]),
+    );
+    write(
+        root,
+        "x509_dn",
+        "bmp-teletex-unknown",
+        &cert(&[
+            &[(CN, 0x1e, &[0, b'x', 0x00, 0xe9])],
+            &[(O, 0x14, &[0xe9, b'a'])],
+            &[(ODD, 0x04, &[1, 2, 3])],
+        ]),
+    );
+    write(root, "x509_dn", "empty-subject", &cert(&[]));
 }
 
 fn main() {
@@ -449,5 +539,6 @@ fn main() {
     tcg_seeds(&root);
     qcow2_seeds(&root);
     net_seeds(&root);
+    dn_seeds(&root);
     println!("seed corpus written under {}", root.display());
 }

@@ -19,6 +19,7 @@ pub mod net_tx;
 pub mod qcow2_open;
 pub mod tcg_run;
 pub mod virtio_blk;
+pub mod x509_dn;
 
 mod props_check;
 
@@ -34,7 +35,7 @@ pub fn strict() -> bool {
 }
 
 /// The names of all targets, as the folders under `fuzz/corpus/` and `fuzz/regressions/`.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "bzimage_header",
     "decompress",
     "kernel_loader",
@@ -44,6 +45,7 @@ pub const TARGETS: [&str; 9] = [
     "qcow2_open",
     "virtio_blk",
     "net_tx",
+    "x509_dn",
 ];
 
 /// Runs target `name` on `data`; `None` if there is no target of that name.
@@ -58,6 +60,7 @@ pub fn run_target(name: &str, data: &[u8]) -> Option<()> {
         "qcow2_open" => qcow2_open::run(data),
         "virtio_blk" => virtio_blk::run(data),
         "net_tx" => net_tx::run(data),
+        "x509_dn" => x509_dn::run(data),
         _ => return None,
     }
     Some(())
