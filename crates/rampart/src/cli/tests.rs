@@ -357,6 +357,29 @@ fn drives_and_blockdevs_become_configs_in_order() {
 }
 
 #[test]
+fn drive_throttling_keys_become_the_drives_limits() {
+    let c = run(&[
+        "-drive",
+        "file=d.img,format=raw,if=virtio,throttling.bps-write=50M,throttling.iops-total=2000,\
+         throttling.iops-total-max=4000,throttling.iops-total-max-length=5,throttling.bps-read=1M",
+    ]);
+    let limits = &c.drives[0].throttle.limits;
+    assert_eq!(limits.bps_write.avg, 50 << 20);
+    assert!(!limits.bps_total.is_set());
+    assert_eq!(limits.bps_read.avg, 1 << 20);
+    assert_eq!(
+        (
+            limits.iops_total.avg,
+            limits.iops_total.max,
+            limits.iops_total.max_length
+        ),
+        (2000, 4000, 5)
+    );
+    assert!(!limits.iops_write.is_set());
+    assert_eq!(c.drives[0].throttle.group, None);
+}
+
+#[test]
 fn duplicate_drive_ids_fail_validation() {
     let c = run(&[
         "-kernel",

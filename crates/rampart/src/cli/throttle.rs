@@ -19,29 +19,6 @@ const NAMES: [&str; 6] = [
     "iops-write",
 ];
 
-/// The `-drive` keys of this module.
-pub(crate) const DRIVE_KEYS: &[&str] = &[
-    "throttling.group",
-    "throttling.bps-total",
-    "throttling.bps-total-max",
-    "throttling.bps-total-max-length",
-    "throttling.bps-read",
-    "throttling.bps-read-max",
-    "throttling.bps-read-max-length",
-    "throttling.bps-write",
-    "throttling.bps-write-max",
-    "throttling.bps-write-max-length",
-    "throttling.iops-total",
-    "throttling.iops-total-max",
-    "throttling.iops-total-max-length",
-    "throttling.iops-read",
-    "throttling.iops-read-max",
-    "throttling.iops-read-max-length",
-    "throttling.iops-write",
-    "throttling.iops-write-max",
-    "throttling.iops-write-max-length",
-];
-
 fn assemble(
     mut get: impl FnMut(&str) -> Result<Option<u64>, CliError>,
 ) -> Result<BlockLimits, CliError> {
@@ -65,7 +42,9 @@ fn assemble(
 /// `-drive`'s `throttling.*`.
 pub(crate) fn drive(opts: &Opts) -> Result<DriveThrottle, CliError> {
     let limits = assemble(|name| {
-        let Some(key) = DRIVE_KEYS
+        // The `'static` key as `-drive`'s spec (which lists every key it takes) spells it.
+        let Some(key) = super::block::DRIVE
+            .known
             .iter()
             .find(|k| **k == format!("throttling.{name}"))
         else {
