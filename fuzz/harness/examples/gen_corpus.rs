@@ -437,6 +437,8 @@ fn net_seeds(root: &Path) {
             desc(m, 4, 0x5002, 1, 2, 0);
         }),
     );
+}
+
 /// One DER element.
 fn der(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
