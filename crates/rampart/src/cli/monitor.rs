@@ -96,7 +96,8 @@ const MONITOR: OptSpec = legacy("-monitor");
 const QMP_TCP: OptSpec = legacy_tcp("-qmp");
 const MONITOR_TCP: OptSpec = legacy_tcp("-monitor");
 
-/// The security properties every socket chardev takes.
+/// The security properties every socket chardev takes (none for stdio).
+#[derive(Default)]
 struct SocketSecurity {
     tls_creds: Option<String>,
     tls_authz: Option<String>,
@@ -121,6 +122,18 @@ fn security(opts: &qemu_opts::Opts) -> Result<SocketSecurity, CliError> {
         tls_authz: id("tls-authz")?,
         insecure: opts.bool("insecure")?.unwrap_or(false),
     })
+}
+
+impl SocketSecurity {
+    fn chardev(self, id: String, backend: ChardevBackend) -> ChardevConfig {
+        ChardevConfig {
+            id,
+            backend,
+            tls_creds: self.tls_creds,
+            tls_authz: self.tls_authz,
+            insecure: self.insecure,
+        }
+    }
 }
 
 fn tcp_backend(
@@ -208,7 +221,7 @@ pub(crate) fn chardev(arg: &OsStr) -> Result<ChardevConfig, CliError> {
             })
         }
     };
-    let mut sec = security(&opts)?;
+    let sec = security(&opts)?;
     let backend = match opts.str("backend")? {
         Some("socket") => {
             if opts.os("signal").is_some() {
@@ -240,22 +253,12 @@ pub(crate) fn chardev(arg: &OsStr) -> Result<ChardevConfig, CliError> {
             }
         }
         Some("stdio") => {
-            sec = SocketSecurity {
-                tls_creds: None,
-                tls_authz: None,
-                insecure: false,
-            };
-            for key in [
-                "path",
-                "host",
-                "port",
-                "server",
-                "wait",
-                "signal",
-                "tls-creds",
-                "tls-authz",
-                "insecure",
-            ] {
+            // Every key but these belongs to sockets (so `sec` is empty here).
+            for &key in CHARDEV
+                .known
+                .iter()
+                .filter(|k| !matches!(**k, "backend" | "id"))
+            {
                 if opts.os(key).is_some() {
                     return Err(unknown_for("stdio", key));
                 }
@@ -277,13 +280,7 @@ pub(crate) fn chardev(arg: &OsStr) -> Result<ChardevConfig, CliError> {
             })
         }
     };
-    Ok(ChardevConfig {
-        id,
-        backend,
-        tls_creds: sec.tls_creds,
-        tls_authz: sec.tls_authz,
-        insecure: sec.insecure,
-    })
+    Ok(sec.chardev(id, backend))
 }
 
 fn unknown_for(backend: &str, key: &str) -> CliError {
@@ -356,11 +353,7 @@ pub(crate) fn legacy_monitor(
             max: qemu_opts::MAX_ARG_LEN,
         });
     }
-    let mut sec = SocketSecurity {
-        tls_creds: None,
-        tls_authz: None,
-        insecure: false,
-    };
+    let mut sec = SocketSecurity::default();
     let backend = if bytes == b"none" {
         return Ok(None);
     } else if bytes == b"stdio" {
@@ -408,13 +401,7 @@ pub(crate) fn legacy_monitor(
     };
     let id = format!("compat_monitor{index}");
     Ok(Some((
-        ChardevConfig {
-            id: id.clone(),
-            backend,
-            tls_creds: sec.tls_creds,
-            tls_authz: sec.tls_authz,
-            insecure: sec.insecure,
-        },
+        sec.chardev(id.clone(), backend),
         MonitorConfig {
             chardev: id,
             mode,
@@ -587,6 +574,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("path"));
+        assert!(chardev(os("stdio,id=x,tls-creds=t0"))
+            .unwrap_err()
+            .to_string()
+            .contains("tls-creds"));
         assert!(mon(os("chardev=x,mode=fancy"))
             .unwrap_err()
             .to_string()
