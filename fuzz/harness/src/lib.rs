@@ -19,6 +19,7 @@ pub mod net_tx;
 pub mod qcow2_open;
 pub mod tcg_run;
 pub mod virtio_blk;
+pub mod virtqueue;
 pub mod x509_dn;
 
 mod props_check;

@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use rampart_block::{BlockBackend, BlockError};
 use rampart_devices::virtio::block::BlockRequests;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const DISK_BYTES: usize = 64 << 10;
 
@@ -79,25 +77,10 @@ impl BlockBackend for MemDisk {
 }
 
 pub fn run(data: &[u8]) {
-    if data.len() < 4 {
+    let Some(mut hq) = crate::virtqueue::hostile_queue(data, 4) else {
         return;
-    }
-    let size = 1u16 << (data[0] % 9);
-    let avail_idx = u16::from_le_bytes([data[1], data[2]]);
-    let flags = data[3];
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("guest memory");
-    let body = &data[4..data.len().min(4 + 0x10000)];
-    mem.write_slice(body, GuestAddress(0))
-        .expect("fill guest memory");
-    mem.write_obj(avail_idx, GuestAddress(0x1002))
-        .expect("avail index");
-    let mut q = Queue::new(256).expect("queue");
-    q.set_size(size);
-    q.set_desc_table_address(Some(0), Some(0));
-    q.set_avail_ring_address(Some(0x1000), Some(0));
-    q.set_used_ring_address(Some(0x2000), Some(0));
-    q.set_event_idx(flags & 4 != 0);
-    q.set_ready(true);
+    };
+    let flags = hq.setup;
     let pattern: Vec<u8> = (0..DISK_BYTES).map(|i| (i * 7 % 251) as u8).collect();
     let disk = Arc::new(MemDisk {
         data: Mutex::new(pattern.clone()),
@@ -106,12 +89,8 @@ pub fn run(data: &[u8]) {
     });
     let stats = Arc::new(rampart_block::stats::BlockStats::new());
     let mut requests = BlockRequests::new(disk.clone(), "fuzz", stats);
-    let _ = requests.process(&mut q, &mem);
-    assert!(
-        q.next_used() <= size,
-        "used {} buffers of a {size}-entry queue in one pass",
-        q.next_used()
-    );
+    let _ = requests.process(&mut hq.queue, &hq.mem);
+    crate::virtqueue::check_one_pass(&hq);
     if disk.read_only {
         assert!(*disk.lock() == pattern, "a read-only disk was changed");
     }
