@@ -453,7 +453,10 @@ fn der(tag: u8, body: &[u8]) -> Vec<u8> {
 
 /// A certificate-shaped DER whose subject is `rdns` (each a list of (OID body, value tag,
 /// value)); the signature is not a real one (the DN reader does not look at it).
-fn cert(rdns: &[&[(&[u8], u8, &[u8])]]) -> Vec<u8> {
+/// One relative distinguished name: (OID body, value tag, value) for each attribute.
+type Rdn<'a> = &'a [(&'a [u8], u8, &'a [u8])];
+
+fn cert(rdns: &[Rdn]) -> Vec<u8> {
     let name: Vec<u8> = rdns
         .iter()
         .flat_map(|rdn| {
