@@ -43,6 +43,16 @@ fn read(dir: &Path, file: &str) -> String {
     std::fs::read_to_string(dir.join(file)).unwrap()
 }
 
+/// A host whose unified hierarchy is `dir` (its controllers read from the fake files), with
+/// these v1 hierarchies beside it.
+fn v2_host(dir: &Path, v1: Vec<V1Hierarchy>) -> Hierarchies {
+    Hierarchies {
+        v2_dir: Some(dir.to_path_buf()),
+        v2_controllers: detect::read_controllers(dir),
+        v1,
+    }
+}
+
 fn all_limits() -> CgroupLimits {
     CgroupLimits {
         cpu: Some(CpuMax {
@@ -70,11 +80,7 @@ fn v2_writes_every_limit_and_enables_the_controllers_for_the_child() {
             ("cgroup.subtree_control", "\n"),
         ],
     );
-    let host = Hierarchies {
-        v2_dir: Some(parent.clone()),
-        v2_controllers: detect::read_controllers(&parent),
-        v1: Vec::new(),
-    };
+    let host = v2_host(&parent, Vec::new());
 
     let cg = VmCgroup::create(&host, "rampart-1", &all_limits()).unwrap();
     cg.join().unwrap();
@@ -105,11 +111,7 @@ fn v2_leaves_enabled_controllers_alone() {
             ("cgroup.subtree_control", "memory pids\n"),
         ],
     );
-    let host = Hierarchies {
-        v2_dir: Some(parent.clone()),
-        v2_controllers: detect::read_controllers(&parent),
-        v1: Vec::new(),
-    };
+    let host = v2_host(&parent, Vec::new());
     let limits = CgroupLimits {
         pids: Some(10),
         ..Default::default()
@@ -133,16 +135,15 @@ fn hybrid_host_uses_v1_for_controllers_the_v2_hierarchy_lacks() {
         controllers: vec![c.to_string()],
         dir: dir.to_path_buf(),
     };
-    let host = Hierarchies {
-        v2_dir: Some(unified.clone()),
-        v2_controllers: detect::read_controllers(&unified),
-        v1: vec![
+    let host = v2_host(
+        &unified,
+        vec![
             v1("memory", &memory),
             v1("pids", &pids),
             v1("cpu", &cpu),
             v1("blkio", &blkio),
         ],
-    };
+    );
 
     let cg = VmCgroup::create(&host, "rampart-7", &all_limits()).unwrap();
 
