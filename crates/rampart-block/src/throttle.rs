@@ -123,17 +123,7 @@ pub const IOPS_WRITE: usize = 5;
 
 /// The buckets of a block device (or a throttle group shared by several).
 pub fn block_buckets(l: &BlockLimits, now: Instant) -> Buckets {
-    Buckets::new(
-        &[
-            l.bps_total,
-            l.bps_read,
-            l.bps_write,
-            l.iops_total,
-            l.iops_read,
-            l.iops_write,
-        ],
-        now,
-    )
+    Buckets::new(&l.as_array(), now)
 }
 
 /// The kind of a block request, for throttling.

@@ -65,8 +65,8 @@ pub struct BlockLimits {
 }
 
 impl BlockLimits {
-    /// Whether any limit is set.
-    pub fn any(&self) -> bool {
+    /// The six limits in field order: bps total, read, write; iops total, read, write.
+    pub fn as_array(&self) -> [RateLimit; 6] {
         [
             self.bps_total,
             self.bps_read,
@@ -75,19 +75,23 @@ impl BlockLimits {
             self.iops_read,
             self.iops_write,
         ]
-        .iter()
-        .any(RateLimit::is_set)
+    }
+
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.as_array().iter().any(RateLimit::is_set)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (l, n) in [
-            (self.bps_total, "bps-total"),
-            (self.bps_read, "bps-read"),
-            (self.bps_write, "bps-write"),
-            (self.iops_total, "iops-total"),
-            (self.iops_read, "iops-read"),
-            (self.iops_write, "iops-write"),
-        ] {
+        let names = [
+            "bps-total",
+            "bps-read",
+            "bps-write",
+            "iops-total",
+            "iops-read",
+            "iops-write",
+        ];
+        for (l, n) in self.as_array().into_iter().zip(names) {
             l.validate(n)?;
         }
         if self.bps_total.is_set() && (self.bps_read.is_set() || self.bps_write.is_set()) {

@@ -31,17 +31,6 @@ impl std::fmt::Debug for ThrottleControl {
 /// QEMU's names for the six limits, in [`BlockLimits`] order.
 const NAMES: [&str; 6] = ["bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr"];
 
-fn fields(l: &BlockLimits) -> [RateLimit; 6] {
-    [
-        l.bps_total,
-        l.bps_read,
-        l.bps_write,
-        l.iops_total,
-        l.iops_read,
-        l.iops_write,
-    ]
-}
-
 /// `block_set_io_throttle`'s arguments.
 pub const ARGS: &[Member] = &[
     opt("device", Ty::Str),
@@ -71,7 +60,7 @@ pub const ARGS: &[Member] = &[
 /// The limit members `query-block` reports for `d` (QEMU's `BlockDeviceInfo`).
 pub fn insert_limits(d: &BlockDeviceInfo, m: &mut Map<String, Value>) {
     let l = d.throttle.as_ref().map(|t| (t.get)()).unwrap_or_default();
-    for (name, r) in NAMES.iter().zip(fields(&l)) {
+    for (name, r) in NAMES.iter().zip(l.as_array()) {
         m.insert((*name).into(), json!(r.avg));
         if r.max != 0 {
             m.insert(format!("{name}_max"), json!(r.max));
