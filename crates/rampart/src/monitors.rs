@@ -12,7 +12,7 @@ use rampart_config::{
 };
 use rampart_monitor::audit::AuditLog;
 use rampart_monitor::authz::{Authz, MonitorAuthz};
-use rampart_monitor::block::{BlockDeviceInfo, CacheInfo, StatsReader};
+use rampart_monitor::block::{BlockDeviceInfo, StatsReader};
 use rampart_monitor::block_throttle::ThrottleControl;
 use rampart_monitor::net::{NicControl, NicInfo};
 use rampart_monitor::{
@@ -190,7 +190,6 @@ fn block_devices(
         let (_, disk, stats) = &disks[i];
         let chain = &chains[i];
         let stats = stats.clone();
-        let drv = chain.first().map_or(d.node.format, |c| c.format).name();
         BlockDeviceInfo {
             device: if d.from_blockdev {
                 String::new()
@@ -201,22 +200,6 @@ fn block_devices(
                 .iter()
                 .find(|(n, _)| *n == d.node.node_name)
                 .map(|(_, q)| q.clone()),
-            node_name: d.node.node_name.clone(),
-            file: d.node.filename.display().to_string(),
-            drv,
-            read_only: disk.read_only(),
-            virtual_size: disk.size(),
-            backing: chain
-                .iter()
-                .skip(1)
-                .map(|c| (c.filename.display().to_string(), c.format.name()))
-                .collect(),
-            cache: CacheInfo {
-                writeback: !d.node.cache.writethrough,
-                direct: d.node.cache.direct,
-                no_flush: d.node.cache.no_flush,
-            },
-            stats: StatsReader(Arc::new(move || stats.snapshot())),
             throttle: throttles
                 .iter()
                 .find(|(n, _)| *n == d.node.node_name)
@@ -228,6 +211,12 @@ fn block_devices(
                         group: t.group().map(str::to_owned),
                     }
                 }),
+            ..crate::nodes::node_info(
+                &d.node,
+                &**disk,
+                chain,
+                StatsReader(Arc::new(move || stats.snapshot())),
+            )
         }
     };
     let n = config.drives.len().min(disks.len()).min(chains.len());

@@ -4,14 +4,47 @@
 
 use std::sync::Arc;
 
-use rampart_block::BlockBackend;
+use rampart_block::{BlockBackend, ChainImage};
 use rampart_config::control::BlockStatsSnapshot;
+use rampart_config::BlockNodeConfig;
 use rampart_monitor::block::{BlockDeviceInfo, CacheInfo, StatsReader};
 use rampart_monitor::nodes::BlockNodes;
 use serde_json::{Map, Value};
 use tracing::info;
 
 use crate::host::MonitorOpener;
+
+/// What the monitor reports of an opened node (`disk`, with the images of its backing `chain`,
+/// the node's own first): a node no device uses (`device` empty, no `qdev`, no throttle) until
+/// the caller fills those in.
+pub(crate) fn node_info(
+    node: &BlockNodeConfig,
+    disk: &dyn BlockBackend,
+    chain: &[ChainImage],
+    stats: StatsReader,
+) -> BlockDeviceInfo {
+    BlockDeviceInfo {
+        device: String::new(),
+        qdev: None,
+        node_name: node.node_name.clone(),
+        file: node.filename.display().to_string(),
+        drv: chain.first().map_or(node.format, |c| c.format).name(),
+        read_only: disk.read_only(),
+        virtual_size: disk.size(),
+        backing: chain
+            .iter()
+            .skip(1)
+            .map(|c| (c.filename.display().to_string(), c.format.name()))
+            .collect(),
+        cache: CacheInfo {
+            writeback: !node.cache.writethrough,
+            direct: node.cache.direct,
+            no_flush: node.cache.no_flush,
+        },
+        stats,
+        throttle: None,
+    }
+}
 
 /// Opens `blockdev-add` nodes through `opener`.
 pub struct MonitorNodes {
@@ -42,28 +75,13 @@ impl BlockNodes for MonitorNodes {
             disk.size(),
             if disk.read_only() { ", read-only" } else { "" }
         );
-        let out = BlockDeviceInfo {
-            device: String::new(),
-            qdev: None,
-            node_name: node.node_name.clone(),
-            file: node.filename.display().to_string(),
-            drv: chain.first().map_or(node.format, |c| c.format).name(),
-            read_only: disk.read_only(),
-            virtual_size: disk.size(),
-            backing: chain
-                .iter()
-                .skip(1)
-                .map(|c| (c.filename.display().to_string(), c.format.name()))
-                .collect(),
-            cache: CacheInfo {
-                writeback: !node.cache.writethrough,
-                direct: node.cache.direct,
-                no_flush: node.cache.no_flush,
-            },
-            // No device does I/O on it (hot-plug is not implemented).
-            stats: StatsReader(Arc::new(BlockStatsSnapshot::default)),
-            throttle: None,
-        };
+        // No device does I/O on it (hot-plug is not implemented).
+        let out = node_info(
+            &node,
+            &*disk,
+            &chain,
+            StatsReader(Arc::new(BlockStatsSnapshot::default)),
+        );
         self.open.push((node.node_name, disk));
         Ok(out)
     }
