@@ -60,13 +60,13 @@ fn serial_filename(s: &SerialBackend) -> Option<String> {
     })
 }
 
-/// The static facts the monitor reports.
-/// The QOM path of each virtio-blk device's back end, by drive name, numbered as QEMU does
-/// (`-device id=X`: /machine/peripheral/X; anonymous devices, `-drive if=virtio` first:
-/// /machine/peripheral-anon/device[N]), in the order the devices are created.
-fn block_qdevs(config: &VmConfig) -> Vec<(String, String)> {
+/// The QOM path of each virtio device's back end, numbered as QEMU does (`-device id=X`:
+/// /machine/peripheral/X; anonymous devices, `-drive if=virtio` first:
+/// /machine/peripheral-anon/device[N]), in the order the devices are created: one path per
+/// `-drive if=virtio`, then one per `-device`.
+fn qom_paths(config: &VmConfig) -> (Vec<String>, Vec<String>) {
     let mut anon = 0;
-    let mut path = |id: Option<&String>| match id {
+    let mut path = |id: Option<&str>| match id {
         Some(id) => format!("/machine/peripheral/{id}/virtio-backend"),
         None => {
             anon += 1;
@@ -76,46 +76,42 @@ fn block_qdevs(config: &VmConfig) -> Vec<(String, String)> {
             )
         }
     };
-    let mut out = Vec::new();
-    for d in &config.drives {
-        if d.interface == DriveInterface::Virtio {
-            out.push((d.node.node_name.clone(), path(None)));
-        }
-    }
-    for dev in &config.devices {
-        match dev {
-            DeviceConfig::VirtioRng { id } | DeviceConfig::VirtioNet { id, .. } => {
-                path(id.as_ref());
-            }
-            DeviceConfig::VirtioBlk { id, drive, .. } => {
-                out.push((drive.clone(), path(id.as_ref())));
-            }
-        }
-    }
-    out
-}
-
-/// Each NIC's net client name (`id=`, or QEMU's `virtio-net-pci.N`), back end and QOM
-/// path, numbered as [`block_qdevs`] numbers devices.
-fn nic_names(config: &VmConfig) -> Vec<(String, String, String)> {
-    let mut anon = config
+    let drives = config
         .drives
         .iter()
         .filter(|d| d.interface == DriveInterface::Virtio)
-        .count();
+        .map(|_| path(None))
+        .collect();
+    let devices = config.devices.iter().map(|dev| path(dev.id())).collect();
+    (drives, devices)
+}
+
+/// The QOM path of each virtio-blk device's back end, by drive name.
+fn block_qdevs(config: &VmConfig) -> Vec<(String, String)> {
+    let (drive_paths, device_paths) = qom_paths(config);
+    let drives = config
+        .drives
+        .iter()
+        .filter(|d| d.interface == DriveInterface::Virtio)
+        .zip(drive_paths)
+        .map(|(d, path)| (d.node.node_name.clone(), path));
+    let devices = config
+        .devices
+        .iter()
+        .zip(device_paths)
+        .filter_map(|(dev, path)| match dev {
+            DeviceConfig::VirtioBlk { drive, .. } => Some((drive.clone(), path)),
+            _ => None,
+        });
+    drives.chain(devices).collect()
+}
+
+/// Each NIC's net client name (`id=`, or QEMU's `virtio-net-pci.N`), back end and QOM path.
+fn nic_names(config: &VmConfig) -> Vec<(String, String, String)> {
+    let (_, device_paths) = qom_paths(config);
     let mut auto = 0;
     let mut out = Vec::new();
-    for dev in &config.devices {
-        let path = match dev.id() {
-            Some(id) => format!("/machine/peripheral/{id}/virtio-backend"),
-            None => {
-                anon += 1;
-                format!(
-                    "/machine/peripheral-anon/device[{}]/virtio-backend",
-                    anon - 1
-                )
-            }
-        };
+    for (dev, path) in config.devices.iter().zip(device_paths) {
         if let DeviceConfig::VirtioNet { id, netdev, .. } = dev {
             let name = match id {
                 Some(id) => id.clone(),
