@@ -22,6 +22,7 @@
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, Mnemonic};
 
+use crate::fast::{lower, Fast};
 use crate::memory::GuestMemory;
 
 /// Blocks in the direct-mapped table (a power of two).
@@ -38,6 +39,10 @@ pub(crate) struct Op {
     pub(crate) mnemonic: Mnemonic,
     /// Atomic on its memory operand (`lock` prefix, or XCHG with memory).
     pub(crate) locked: bool,
+    /// The pre-decoded form, or [`Fast::Generic`].
+    pub(crate) fast: Fast,
+    /// Address of the next instruction.
+    pub(crate) next_ip: u64,
 }
 
 /// One decoded block.
@@ -87,7 +92,8 @@ impl BlockCache {
     /// the block's physical start, within its page). Returns its slot, or `None` if not even
     /// the first instruction decodes completely within `code` (the caller then runs it on the
     /// single-instruction path, which handles page-crossing and invalid instructions).
-    pub(crate) fn build(&mut self, ip: u64, code: &[u8]) -> Option<usize> {
+    /// `fast`: lower instructions to their pre-decoded forms (`crate::fast`).
+    pub(crate) fn build(&mut self, ip: u64, code: &[u8], fast: bool) -> Option<usize> {
         let i = slot(ip);
         let b = &mut self.slots[i];
         b.ip = ip;
@@ -105,6 +111,8 @@ impl BlockCache {
                 instr,
                 mnemonic: instr.mnemonic(),
                 locked: crate::exec::is_locked(&instr),
+                fast: if fast { lower(&instr) } else { Fast::Generic },
+                next_ip: instr.next_ip(),
             });
             // A conditional branch does not end the block: when taken, the run loop leaves
             // the block there (RIP is not the next instruction's).
@@ -150,7 +158,7 @@ mod tests {
         // mov eax,1; add eax,eax; jmp $; nop
         let code = [0xb8, 1, 0, 0, 0, 0x01, 0xc0, 0xeb, 0xfe, 0x90];
         let mut c = BlockCache::default();
-        let i = c.build(0x1000, &code).unwrap();
+        let i = c.build(0x1000, &code, true).unwrap();
         assert_eq!(c.block(i).instrs.len(), 3);
         assert_eq!(c.block(i).bytes, &code[..9]);
     }
@@ -160,7 +168,7 @@ mod tests {
         // cmp eax,1; je +2; inc eax; ret
         let code = [0x83, 0xf8, 1, 0x74, 2, 0xff, 0xc0, 0xc3];
         let mut c = BlockCache::default();
-        let i = c.build(0x1000, &code).unwrap();
+        let i = c.build(0x1000, &code, true).unwrap();
         assert_eq!(c.block(i).instrs.len(), 4);
     }
 
@@ -168,10 +176,13 @@ mod tests {
     fn block_stops_before_an_instruction_cut_off_by_the_window() {
         // nop; then the first two bytes of mov eax, imm32.
         let mut c = BlockCache::default();
-        let i = c.build(0x1000, &[0x90, 0xb8, 1]).unwrap();
+        let i = c.build(0x1000, &[0x90, 0xb8, 1], true).unwrap();
         assert_eq!(c.block(i).instrs.len(), 1);
-        assert!(c.build(0x2000, &[0xb8, 1]).is_none());
-        assert!(c.build(0x3000, &[0x0f, 0xff]).is_none(), "invalid first");
+        assert!(c.build(0x2000, &[0xb8, 1], true).is_none());
+        assert!(
+            c.build(0x3000, &[0x0f, 0xff], true).is_none(),
+            "invalid first"
+        );
     }
 
     #[test]
@@ -180,7 +191,7 @@ mod tests {
         let mut m = FlatMemory::new(0x4000);
         m.load(0x2000, &code).unwrap();
         let mut c = BlockCache::default();
-        let i = c.build(0x40_0000, &code).unwrap();
+        let i = c.build(0x40_0000, &code, true).unwrap();
         assert_eq!(c.lookup(0x40_0000, 0x2000, &m), Some(i));
         assert_eq!(c.lookup(0x40_1000, 0x2000, &m), None, "other ip");
         assert_eq!(c.lookup(0x40_0000, 0x3000, &m), None, "other bytes there");

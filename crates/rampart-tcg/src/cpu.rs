@@ -278,6 +278,9 @@ pub struct Cpu {
     pub(crate) code_page: u64,
     /// This CPU stored to `code_page` since the block started.
     pub(crate) code_written: bool,
+    /// Lower decoded blocks to pre-decoded forms (`crate::fast`); off only in tests that
+    /// compare the two paths.
+    pub(crate) fast_ops: bool,
 }
 
 impl std::fmt::Debug for Cpu {
@@ -369,6 +372,7 @@ impl Cpu {
             blocks: crate::block_cache::BlockCache::default(),
             code_page: u64::MAX,
             code_written: false,
+            fast_ops: true,
         }
     }
 
@@ -550,7 +554,7 @@ impl Cpu {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Width {
+pub(crate) enum Width {
     Low8,
     High8,
     W16,
@@ -562,7 +566,7 @@ enum Width {
 /// (with AH..BH at 4..7), AX..R15W, EAX..R15D, RAX..R15 (checked against iced's own
 /// classification by a test below).
 #[inline]
-fn gpr_slot(r: Register) -> Option<(usize, Width)> {
+pub(crate) fn gpr_slot(r: Register) -> Option<(usize, Width)> {
     const AL: usize = Register::AL as usize;
     const R15L: usize = Register::R15L as usize;
     const AX: usize = Register::AX as usize;

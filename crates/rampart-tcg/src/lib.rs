@@ -71,6 +71,7 @@ mod decode_cache;
 pub mod exception;
 mod exception32;
 mod exec;
+mod fast;
 pub mod flags;
 pub mod memory;
 pub mod mmu;
@@ -227,7 +228,7 @@ impl Cpu {
                     .min((memory::PAGE_SIZE - pa % memory::PAGE_SIZE) as usize);
                 let mut code = [0u8; block_cache::MAX_BYTES];
                 if mem.read_ram(pa, &mut code[..window]) {
-                    self.blocks.build(rip, &code[..window])
+                    self.blocks.build(rip, &code[..window], self.fast_ops)
                 } else {
                     None
                 }
@@ -244,20 +245,33 @@ impl Cpu {
         self.code_written = false;
         let mut r = Ok(());
         for op in &instrs {
-            let instr = &op.instr;
             if *left == 0 {
                 break;
             }
             *left -= 1;
             self.interrupt_shadow = false;
-            self.next_rip = instr.next_ip();
-            r = exec::execute_op(self, mem, instr, op.mnemonic, op.locked);
+            self.next_rip = op.next_ip;
+            if op.fast != fast::Fast::Generic {
+                // Lowered forms cannot halt, flush translations or change mode: only a branch
+                // or a store into this block's page ends the block.
+                r = self.exec_fast(mem, &op.fast);
+                if r.is_err() {
+                    break;
+                }
+                self.rip = self.next_rip;
+                self.tsc = self.tsc.wrapping_add(1);
+                if self.rip != op.next_ip || self.code_written {
+                    break;
+                }
+                continue;
+            }
+            r = exec::execute_op(self, mem, &op.instr, op.mnemonic, op.locked);
             if r.is_err() {
                 break;
             }
             self.rip = self.next_rip;
             self.tsc = self.tsc.wrapping_add(1);
-            if self.rip != instr.next_ip()
+            if self.rip != op.next_ip
                 || self.halted
                 || self.code_written
                 || self.tlb.epoch != epoch
