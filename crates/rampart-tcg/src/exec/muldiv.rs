@@ -110,12 +110,19 @@ fn imul_multi(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<
     } else {
         (cpu.reg(i.op0_register()), cpu.read_op(mem, i, 1)?)
     };
+    let lo = imul_truncated(cpu, size, a, b);
+    cpu.set_reg(i.op0_register(), lo);
+    Ok(())
+}
+
+/// The two- and three-operand IMUL: the product of `a` and `b` (signed, `size` bytes)
+/// truncated to `size`, with the flags recorded (CF = OF = the product did not fit).
+pub(crate) fn imul_truncated(cpu: &mut Cpu, size: u8, a: u64, b: u64) -> u64 {
     let p = sext(a, size) as i64 as i128 * sext(b, size) as i64 as i128;
     let lo = p as u64 & size_mask(size);
     let overflow = sext(lo, size) as i64 as i128 != p;
-    cpu.set_reg(i.op0_register(), lo);
     mul_flags(cpu, size, lo, overflow);
-    Ok(())
+    lo
 }
 
 #[cfg(test)]

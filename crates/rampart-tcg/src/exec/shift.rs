@@ -11,7 +11,8 @@ use crate::flags::{pzs, sign_bit, size_mask, ARITH, CF, OF};
 use crate::memory::GuestMemory;
 use iced_x86::{Instruction, Mnemonic as M};
 
-fn count_mask(size: u8) -> u64 {
+/// The count mask of a shift of `size` bytes (the count is taken modulo 32, or 64).
+pub(crate) fn count_mask(size: u8) -> u64 {
     if size == 8 {
         0x3f
     } else {
@@ -40,18 +41,26 @@ fn commit(
 /// The single-operand-count shifts and rotates (count is 1, an immediate or CL).
 pub(crate) fn shift(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -> Res<()> {
     let size = op_size(i, 0);
-    let bits = size as u64 * 8;
-    let mask = size_mask(size);
-    let sb = sign_bit(size);
     let dst = cpu.loc(i, 0)?;
-    let a = cpu.read_loc(mem, dst, size)? & mask;
+    let a = cpu.read_loc(mem, dst, size)? & size_mask(size);
     let c = cpu.read_op(mem, i, 1)? & count_mask(size);
     if c == 0 {
         // No flags change, but the destination is still written (32-bit registers zero-extend).
         return commit(cpu, mem, i, size, a, 0, 0);
     }
-    let cf_in = cpu.flags.get(CF);
-    let (res, mask_f, f) = match i.mnemonic() {
+    let Some((res, mask_f, f)) = shift_result(i.mnemonic(), size, a, c, cpu.flags.get(CF)) else {
+        return Err(cpu.unimplemented(i));
+    };
+    commit(cpu, mem, i, size, res, mask_f, f)
+}
+
+/// Shift or rotate `a` (`size` bytes, masked) by `c` (masked, non-zero) with carry-in `cf_in`:
+/// (result, the arithmetic flags it writes, their values); `None` if `m` is not a shift.
+pub(crate) fn shift_result(m: M, size: u8, a: u64, c: u64, cf_in: bool) -> Option<(u64, u64, u64)> {
+    let bits = size as u64 * 8;
+    let mask = size_mask(size);
+    let sb = sign_bit(size);
+    Some(match m {
         M::Shl | M::Sal => {
             let res = if c >= 64 { 0 } else { (a << c) & mask };
             let cf = c <= bits && (a >> (bits - c)) & 1 != 0;
@@ -96,7 +105,7 @@ pub(crate) fn shift(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -
             let r = if size <= 2 { c % (bits + 1) } else { c };
             let (mut v, mut cf) = (a, cf_in);
             for _ in 0..r {
-                if i.mnemonic() == M::Rcl {
+                if m == M::Rcl {
                     let out = v & sb != 0;
                     v = ((v << 1) | cf as u64) & mask;
                     cf = out;
@@ -106,16 +115,15 @@ pub(crate) fn shift(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) -
                     cf = out;
                 }
             }
-            let of = if i.mnemonic() == M::Rcl {
+            let of = if m == M::Rcl {
                 (v & sb != 0) != cf
             } else {
                 (v & sb != 0) != (v & (sb >> 1) != 0)
             };
             (v, CF | OF, flag(cf, CF) | flag(of, OF))
         }
-        _ => return Err(cpu.unimplemented(i)),
-    };
-    commit(cpu, mem, i, size, res, mask_f, f)
+        _ => return None,
+    })
 }
 
 fn flag(on: bool, f: u64) -> u64 {

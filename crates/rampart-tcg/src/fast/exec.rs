@@ -5,8 +5,10 @@ use super::{Addr, AluOp, Dst, Fast, Gpr, Src, UnOp, NONE};
 use crate::cpu::{Cpu, SegReg};
 use crate::exception::{Exception, Res};
 use crate::exec::arith::add_sub;
+use crate::exec::muldiv::imul_truncated;
+use crate::exec::shift::{count_mask, shift_result};
 use crate::exec::sext;
-use crate::flags::{size_mask, LazyOp};
+use crate::flags::{size_mask, LazyOp, CF};
 use crate::memory::GuestMemory;
 use crate::mmu::is_canonical;
 use iced_x86::Mnemonic as M;
@@ -189,6 +191,21 @@ impl Cpu {
                     }
                 }
             }
+            // shift::shift
+            Fast::Shift {
+                op,
+                size,
+                dst,
+                count,
+            } => self.fast_shift(mem, op, size, dst, &count),
+            // muldiv::imul_multi
+            Fast::Imul { size, dst, a, b } => {
+                let a = self.fast_src(mem, &a, size)?;
+                let b = self.fast_src(mem, &b, size)?;
+                let lo = imul_truncated(self, size, a, b);
+                self.fast_set(dst, size, lo);
+                Ok(())
+            }
             // mov::cmov
             Fast::Cmov { cc, size, dst, src } => {
                 let v = self.fast_src(mem, &src, size)?;
@@ -251,6 +268,44 @@ impl Cpu {
                 self.flags = saved;
                 return Err(e);
             }
+        }
+        Ok(())
+    }
+
+    /// shift::shift.
+    #[inline(always)]
+    fn fast_shift(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        op: M,
+        size: u8,
+        dst: Dst,
+        count: &Src,
+    ) -> Res<()> {
+        let (a, la) = match dst {
+            Dst::Reg(r) => (self.fast_get(r, size), None),
+            Dst::Mem(addr) => {
+                let la = self.fast_la(&addr)?;
+                (self.read_mem(mem, la, size)?, Some(la))
+            }
+        };
+        let c = self.fast_src(mem, count, 1)? & count_mask(size);
+        let (res, flags) = if c == 0 {
+            // No flags change, but the destination is still written.
+            (a, None)
+        } else {
+            match shift_result(op, size, a, c, self.flags.get(CF)) {
+                Some((res, mask, f)) => (res, Some((mask, f))),
+                None => return Err(Exception::ud().into()),
+            }
+        };
+        match (dst, la) {
+            (Dst::Reg(r), _) => self.fast_set(r, size, res),
+            (Dst::Mem(_), Some(la)) => self.write_mem(mem, la, size, res)?,
+            (Dst::Mem(_), None) => {}
+        }
+        if let Some((mask, f)) = flags {
+            self.flags.set_arith(mask, f);
         }
         Ok(())
     }

@@ -141,6 +141,20 @@ pub(crate) enum Fast {
         cc: u8,
         dst: Dst,
     },
+    /// SHL/SAL, SHR, SAR, ROL, ROR, RCL, RCR by 1, an immediate or CL.
+    Shift {
+        op: M,
+        size: u8,
+        dst: Dst,
+        count: Src,
+    },
+    /// The two- and three-operand IMUL: `dst = a * b`.
+    Imul {
+        size: u8,
+        dst: Gpr,
+        a: Src,
+        b: Src,
+    },
     Cmov {
         cc: u8,
         size: u8,
@@ -316,6 +330,31 @@ fn lower_checked(i: &Instruction) -> Option<Fast> {
         M::Pop if i.code() == Code::Pop_r64 => Fast::Pop {
             dst: gpr(i.op0_register())?,
         },
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr => Fast::Shift {
+            op: m,
+            size: op_size(i, 0),
+            dst: dst(i, 0)?,
+            count: src(i, 1, 1)?,
+        },
+        M::Imul if i.op_count() == 2 => {
+            let size = op_size(i, 0);
+            let d = gpr(i.op0_register())?;
+            Fast::Imul {
+                size,
+                dst: d,
+                a: Src::Reg(d),
+                b: src(i, 1, size)?,
+            }
+        }
+        M::Imul if i.op_count() == 3 => {
+            let size = op_size(i, 0);
+            Fast::Imul {
+                size,
+                dst: gpr(i.op0_register())?,
+                a: src(i, 1, size)?,
+                b: src(i, 2, size)?,
+            }
+        }
         _ if crate::exec::mov::is_setcc(m) => Fast::Setcc {
             cc: cond(i)?,
             dst: dst(i, 0)?,

@@ -163,6 +163,26 @@ const RM_IMM: [Code; 12] = [
     Code::Mov_rm8_imm8,
     Code::Adc_rm64_imm8,
 ];
+const SHIFT_IMUL: [Code; 12] = [
+    Code::Shl_rm64_imm8,
+    Code::Shr_rm64_imm8,
+    Code::Sar_rm32_imm8,
+    Code::Rol_rm32_imm8,
+    Code::Ror_rm16_imm8,
+    Code::Rcl_rm8_imm8,
+    Code::Rcr_rm64_imm8,
+    Code::Shl_rm8_imm8,
+    Code::Imul_r64_rm64_imm32,
+    Code::Imul_r32_rm32_imm8,
+    Code::Imul_r16_rm16_imm16,
+    Code::Sar_rm64_imm8,
+];
+const SHIFT_CL: [Code; 4] = [
+    Code::Shl_rm64_CL,
+    Code::Shr_rm32_CL,
+    Code::Sar_rm8_CL,
+    Code::Ror_rm64_CL,
+];
 const RM: [Code; 10] = [
     Code::Inc_rm64,
     Code::Inc_rm32,
@@ -214,7 +234,7 @@ fn one(rng: &mut Rng, ip: u64, targets: &[u64]) -> Instruction {
 }
 
 fn candidate(rng: &mut Rng, ip: u64, targets: &[u64]) -> Instruction {
-    let mut i = match rng.below(12) {
+    let mut i = match rng.below(14) {
         0..=3 => {
             let code = rng.pick(&RM_R);
             let src = reg(rng, size_of(code, 1), false);
@@ -255,14 +275,49 @@ fn candidate(rng: &mut Rng, ip: u64, targets: &[u64]) -> Instruction {
                 Instruction::with1(code, mem(rng))
             }
         }
-        10 => match rng.below(6) {
+        10 => match rng.below(7) {
             0 => Instruction::with2(Code::Lea_r64_m, reg(rng, 8, true), mem(rng)),
             1 => Instruction::with2(Code::Lea_r32_m, reg(rng, 4, true), mem(rng)),
+            5 => Instruction::with2(Code::Imul_r64_rm64, reg(rng, 8, true), mem(rng)),
             2 => Instruction::with1(Code::Push_r64, reg(rng, 8, false)),
             3 => Instruction::with1(Code::Pop_r64, reg(rng, 8, true)),
             4 => Ok(Instruction::with(Code::Retnq)),
-            _ => Ok(Instruction::with(Code::Nopd)),
+            6 => Ok(Instruction::with(Code::Nopd)),
+            _ => Instruction::with2(Code::Imul_r32_rm32, reg(rng, 4, true), reg(rng, 4, false)),
         },
+        11 => {
+            let code = rng.pick(&SHIFT_IMUL);
+            let imm = rng.next() as i32 >> rng.below(32);
+            let imm = match format!("{code:?}") {
+                n if n.ends_with("imm8") => imm as i8 as i32,
+                n if n.ends_with("imm16") => imm as i16 as i32,
+                _ => imm,
+            };
+            let op0 = reg(rng, size_of(code, 0), true);
+            let rm = if rng.below(2) == 0 {
+                None
+            } else {
+                Some(mem(rng))
+            };
+            if format!("{code:?}").starts_with("Imul") {
+                match rm {
+                    Some(m) => Instruction::with3(code, op0, m, imm),
+                    None => Instruction::with3(code, op0, reg(rng, size_of(code, 1), false), imm),
+                }
+            } else {
+                match rm {
+                    Some(m) => Instruction::with2(code, m, imm as u32 & 0xff),
+                    None => Instruction::with2(code, op0, imm as u32 & 0xff),
+                }
+            }
+        }
+        12 => {
+            let code = rng.pick(&SHIFT_CL);
+            match rng.below(3) {
+                0 => Instruction::with2(code, mem(rng), R::CL),
+                _ => Instruction::with2(code, reg(rng, size_of(code, 0), true), R::CL),
+            }
+        }
         _ => Instruction::with_branch(rng.pick(&BRANCH), rng.pick(targets)),
     }
     .expect("valid instruction");
