@@ -26,7 +26,7 @@ use crate::fast::{lower, Fast};
 use crate::memory::GuestMemory;
 
 /// Blocks in the direct-mapped table (a power of two).
-const SLOTS: usize = 4096;
+const SLOTS: usize = 16384;
 /// Most instructions in one block.
 pub(crate) const MAX_INSNS: usize = 32;
 /// Most code bytes in one block (also the fetch window when a block is built).

@@ -49,6 +49,21 @@ pub trait GuestMemory {
     /// Write `buf` at `gpa`.
     fn write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemFault>;
 
+    /// Read `size` bytes (1, 2, 4 or 8; within one page) at `gpa` as a little-endian value:
+    /// the data path of most instructions. Implementations may make it faster than
+    /// [`GuestMemory::read`] for RAM; the default goes through it.
+    fn read_small(&mut self, gpa: u64, size: u8) -> Result<u64, MemFault> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b[..(size as usize).min(8)])?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Write the low `size` bytes (1, 2, 4 or 8; within one page) of `v` at `gpa`; the
+    /// default goes through [`GuestMemory::write`].
+    fn write_small(&mut self, gpa: u64, size: u8, v: u64) -> Result<(), MemFault> {
+        self.write(gpa, &v.to_le_bytes()[..(size as usize).min(8)])
+    }
+
     /// Fast path: the RAM bytes `[gpa, gpa+len)` if they are plain RAM, else `None`.
     fn ram_slice(&self, _gpa: u64, _len: usize) -> Option<&[u8]> {
         None

@@ -170,6 +170,7 @@ pub(crate) fn read_phys_u64(mem: &mut dyn GuestMemory, gpa: u64) -> Result<u64, 
 
 impl Cpu {
     /// Translate a linear address for `access`, raising #PF as the hardware would.
+    #[inline]
     pub fn translate(
         &mut self,
         mem: &mut dyn GuestMemory,

@@ -155,19 +155,34 @@ impl Cpu {
     }
 
     /// Read `size` bytes (1..=8) at linear address `la`.
+    #[inline]
     pub(crate) fn read_mem(&mut self, mem: &mut dyn GuestMemory, la: u64, size: u8) -> Res<u64> {
-        let mut b = [0u8; 8];
-        let n = (size as usize).min(8);
-        let access = self.data_access(AccessKind::Read);
-        self.read_linear(mem, la, &mut b[..n], access)?;
-        let v = u64::from_le_bytes(b);
+        let v = self.read_data(mem, la, size)?;
         if self.lock.active && self.lock.read.is_none() {
             self.lock.read = Some((la, size, v));
         }
         Ok(v)
     }
 
+    /// Read `size` bytes (1..=8) at linear address `la` with this CPU's data privilege: one
+    /// translation and [`GuestMemory::read_small`] when the access stays in one page.
+    #[inline]
+    pub(crate) fn read_data(&mut self, mem: &mut dyn GuestMemory, la: u64, size: u8) -> Res<u64> {
+        let n = (size as usize).min(8);
+        let access = self.data_access(AccessKind::Read);
+        if (la & 0xfff) as usize + n <= 0x1000 {
+            let pa = self.translate(mem, la, access)?;
+            return mem
+                .read_small(pa, n as u8)
+                .map_err(|e| Event::Exit(crate::Exit::from(e)));
+        }
+        let mut b = [0u8; 8];
+        self.read_linear(mem, la, &mut b[..n], access)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
     /// Write the low `size` bytes (1..=8) of `v` at linear address `la`.
+    #[inline]
     pub(crate) fn write_mem(
         &mut self,
         mem: &mut dyn GuestMemory,
@@ -180,6 +195,14 @@ impl Cpu {
             if self.lock.active && rla == la && rsize == size {
                 return self.write_locked(mem, la, n, old, v);
             }
+        }
+        if (la & 0xfff) as usize + n <= 0x1000 {
+            let access = self.data_access(AccessKind::Write);
+            let pa = self.translate(mem, la, access)?;
+            self.note_store(pa);
+            return mem
+                .write_small(pa, n as u8, v)
+                .map_err(|e| Event::Exit(crate::Exit::from(e)));
         }
         let user = self.user_access();
         self.write_linear(mem, la, &v.to_le_bytes()[..n], user)

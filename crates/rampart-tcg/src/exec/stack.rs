@@ -5,7 +5,6 @@ use crate::cpu::{Cpu, SegReg};
 use crate::exception::{Exception, Res};
 use crate::flags::{self, size_mask};
 use crate::memory::GuestMemory;
-use crate::mmu::{Access, AccessKind};
 use iced_x86::{Code, Instruction, Mnemonic as M, OpKind, Register};
 
 impl Cpu {
@@ -23,13 +22,7 @@ impl Cpu {
     /// Read `size` bytes of the stack at stack pointer value `sp` (#SS on a bad address).
     pub(crate) fn read_stack(&mut self, mem: &mut dyn GuestMemory, sp: u64, size: u8) -> Res<u64> {
         let la = self.stack_la(sp, size)?;
-        let mut b = [0u8; 8];
-        let access = Access {
-            kind: AccessKind::Read,
-            user: self.user_access(),
-        };
-        self.read_linear(mem, la, &mut b[..(size as usize).min(8)], access)?;
-        Ok(u64::from_le_bytes(b))
+        self.read_data(mem, la, size)
     }
 
     /// Push `size` bytes; the stack pointer changes only if the write succeeds.

@@ -45,11 +45,18 @@ impl<'a> VcpuBus<'a> {
     /// The RAM bytes `[gpa, gpa + len)` if they are all in one RAM region.
     #[inline]
     fn ram(&self, gpa: u64, len: usize) -> Option<VolatileSlice<'a>> {
+        let (slice, off) = self.region(gpa)?;
+        slice.subslice(off, len).ok()
+    }
+
+    /// The RAM region holding `gpa` and the offset of `gpa` in it.
+    #[inline]
+    fn region(&self, gpa: u64) -> Option<(&VolatileSlice<'a>, usize)> {
         for (start, slice) in &self.ram {
             if let Some(off) = gpa.checked_sub(*start) {
                 let off = usize::try_from(off).ok()?;
                 if off < slice.len() {
-                    return slice.subslice(off, len).ok();
+                    return Some((slice, off));
                 }
             }
         }
@@ -141,6 +148,40 @@ impl GuestMemory for VcpuBus<'_> {
         Ok(())
     }
 
+    fn read_small(&mut self, gpa: u64, size: u8) -> Result<u64, MemFault> {
+        if let Some((slice, off)) = self.region(gpa) {
+            // One volatile load of the whole value (unaligned is fine: vm-memory reads it as
+            // a packed value), bounds-checked against the region.
+            let v = match size {
+                1 => slice.get_ref::<u8>(off).map(|r| u64::from(r.load())),
+                2 => slice.get_ref::<u16>(off).map(|r| u64::from(r.load())),
+                4 => slice.get_ref::<u32>(off).map(|r| u64::from(r.load())),
+                _ => slice.get_ref::<u64>(off).map(|r| r.load()),
+            };
+            if let Ok(v) = v {
+                return Ok(v);
+            }
+        }
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b[..usize::from(size).min(8)])?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn write_small(&mut self, gpa: u64, size: u8, v: u64) -> Result<(), MemFault> {
+        if let Some((slice, off)) = self.region(gpa) {
+            let done = match size {
+                1 => slice.get_ref::<u8>(off).map(|r| r.store(v as u8)),
+                2 => slice.get_ref::<u16>(off).map(|r| r.store(v as u16)),
+                4 => slice.get_ref::<u32>(off).map(|r| r.store(v as u32)),
+                _ => slice.get_ref::<u64>(off).map(|r| r.store(v)),
+            };
+            if done.is_ok() {
+                return Ok(());
+            }
+        }
+        self.write(gpa, &v.to_le_bytes()[..usize::from(size).min(8)])
+    }
+
     fn read_ram(&self, gpa: u64, buf: &mut [u8]) -> bool {
         match self.ram(gpa, buf.len()) {
             Some(ram) => ram.copy_to(buf) == buf.len(),
@@ -225,6 +266,66 @@ impl GuestMemory for VcpuBus<'_> {
 #[cfg(test)]
 mod tests {
     use super::same_bytes;
+    use super::{Machine, VcpuBus};
+    use crate::accel::IoHandler;
+    use rampart_config::VmConfig;
+    use rampart_tcg::GuestMemory;
+    use std::sync::Mutex;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    /// Records MMIO and answers reads with 0xab bytes.
+    #[derive(Default)]
+    struct Mmio(Mutex<Vec<(u64, Vec<u8>)>>);
+
+    impl IoHandler for Mmio {
+        fn pio_read(&self, _port: u16, _data: &mut [u8]) {}
+        fn pio_write(&self, _port: u16, _data: &[u8]) {}
+        fn mmio_read(&self, _addr: u64, data: &mut [u8]) {
+            data.fill(0xab);
+        }
+        fn mmio_write(&self, addr: u64, data: &[u8]) {
+            self.0.lock().unwrap().push((addr, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn small_accesses_hit_ram_by_value_and_fall_back_to_mmio_outside_it() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x2000),
+            (GuestAddress(0x10_0000), 0x1000),
+        ])
+        .unwrap();
+        let machine = Machine::new(&mem, &VmConfig::default());
+        let io = Mmio::default();
+        let mut bus = VcpuBus::new(&machine, &machine.slots[0], &io);
+        // Every size, aligned and not, in both regions; values read back as written.
+        for (gpa, size) in [(0x10, 8), (0x1ffc, 4), (0x123, 2), (0x7, 8), (0x10_0ff8, 8)] {
+            let v = 0x1122_3344_5566_7788u64 & (u64::MAX >> (64 - 8 * size));
+            bus.write_small(gpa, size as u8, v).unwrap();
+            assert_eq!(bus.read_small(gpa, size as u8).unwrap(), v, "{gpa:#x}");
+            let mut raw = [0u8; 8];
+            mem.read_slice(&mut raw[..size], GuestAddress(gpa)).unwrap();
+            assert_eq!(
+                raw[..size],
+                v.to_le_bytes()[..size],
+                "{gpa:#x} little-endian in RAM"
+            );
+        }
+        // Between and past the regions: MMIO, never RAM.
+        assert_eq!(bus.read_small(0x8000, 4).unwrap(), 0xabab_abab);
+        bus.write_small(0x10_1000, 2, 0xbeef).unwrap();
+        assert_eq!(
+            io.0.lock().unwrap().as_slice(),
+            &[(0x10_1000, vec![0xef, 0xbe])]
+        );
+        let mut raw = [0u8; 8];
+        mem.read_slice(&mut raw, GuestAddress(0x10_0ff8)).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(raw),
+            0x1122_3344_5566_7788,
+            "RAM untouched"
+        );
+    }
 
     #[test]
     fn same_bytes_compares_every_byte() {
