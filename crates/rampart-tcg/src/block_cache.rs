@@ -50,6 +50,11 @@ pub(crate) struct Op {
 pub(crate) struct Block {
     /// Linear address of the first instruction; meaningful only if `instrs` is non-empty.
     ip: u64,
+    /// The validation generation (`Cpu::code_gen`) in which the bytes at `checked_pa` were
+    /// last found equal to `bytes` (0: never).
+    checked_gen: u64,
+    /// Guest-physical address of the first byte when it was last validated.
+    checked_pa: u64,
     /// The code bytes the instructions were decoded from.
     bytes: Vec<u8>,
     /// The decoded instructions, in order.
@@ -81,11 +86,30 @@ fn slot(ip: u64) -> usize {
 
 impl BlockCache {
     /// The slot of a valid block starting at linear `ip`, whose code now sits at
-    /// guest-physical `pa`, if the bytes there are still the ones it was decoded from.
-    pub(crate) fn lookup(&self, ip: u64, pa: u64, mem: &dyn GuestMemory) -> Option<usize> {
+    /// guest-physical `pa`, if the bytes there are still the ones it was decoded from. A block
+    /// already validated at `pa` in generation `gen` is not compared again (see
+    /// `Cpu::code_gen` for when a generation ends).
+    pub(crate) fn lookup(
+        &mut self,
+        ip: u64,
+        pa: u64,
+        gen: u64,
+        mem: &dyn GuestMemory,
+    ) -> Option<usize> {
         let i = slot(ip);
-        let b = &self.slots[i];
-        (b.ip == ip && !b.instrs.is_empty() && mem.code_matches(pa, &b.bytes)).then_some(i)
+        let b = &mut self.slots[i];
+        if b.ip != ip || b.instrs.is_empty() {
+            return None;
+        }
+        if b.checked_gen == gen && b.checked_pa == pa {
+            return Some(i);
+        }
+        if !mem.code_matches(pa, &b.bytes) {
+            return None;
+        }
+        b.checked_gen = gen;
+        b.checked_pa = pa;
+        Some(i)
     }
 
     /// Decode a block of 64-bit code starting at linear `ip` from `code` (the RAM bytes from
@@ -97,6 +121,7 @@ impl BlockCache {
         let i = slot(ip);
         let b = &mut self.slots[i];
         b.ip = ip;
+        b.checked_gen = 0;
         b.instrs.clear();
         b.bytes.clear();
         let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
@@ -192,11 +217,38 @@ mod tests {
         m.load(0x2000, &code).unwrap();
         let mut c = BlockCache::default();
         let i = c.build(0x40_0000, &code, true).unwrap();
-        assert_eq!(c.lookup(0x40_0000, 0x2000, &m), Some(i));
-        assert_eq!(c.lookup(0x40_1000, 0x2000, &m), None, "other ip");
-        assert_eq!(c.lookup(0x40_0000, 0x3000, &m), None, "other bytes there");
+        assert_eq!(c.lookup(0x40_0000, 0x2000, 1, &m), Some(i));
+        assert_eq!(c.lookup(0x40_1000, 0x2000, 2, &m), None, "other ip");
+        assert_eq!(
+            c.lookup(0x40_0000, 0x3000, 3, &m),
+            None,
+            "other bytes there"
+        );
         m.load(0x2001, &[0xcc]).unwrap();
-        assert_eq!(c.lookup(0x40_0000, 0x2000, &m), None, "bytes changed");
-        assert_eq!(c.lookup(0x40_0000, 0x10_0000, &m), None, "not RAM");
+        assert_eq!(c.lookup(0x40_0000, 0x2000, 4, &m), None, "bytes changed");
+        assert_eq!(c.lookup(0x40_0000, 0x10_0000, 5, &m), None, "not RAM");
+    }
+
+    #[test]
+    fn a_block_validated_in_a_generation_is_not_compared_again_until_the_next() {
+        let code = [0x90, 0x90, 0xc3];
+        let mut m = FlatMemory::new(0x4000);
+        m.load(0x2000, &code).unwrap();
+        let mut c = BlockCache::default();
+        let i = c.build(0x40_0000, &code, true).unwrap();
+        assert_eq!(c.lookup(0x40_0000, 0x2000, 7, &m), Some(i));
+        m.load(0x2001, &[0xcc]).unwrap();
+        assert_eq!(
+            c.lookup(0x40_0000, 0x2000, 7, &m),
+            Some(i),
+            "same generation"
+        );
+        assert_eq!(c.lookup(0x40_0000, 0x2000, 8, &m), None, "next generation");
+        m.load(0x2001, &[0x90]).unwrap();
+        assert_eq!(
+            c.lookup(0x40_0000, 0x3000, 8, &m),
+            None,
+            "other frame, compared"
+        );
     }
 }

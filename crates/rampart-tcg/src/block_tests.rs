@@ -119,3 +119,30 @@ fn taken_conditional_branch_leaves_the_block() {
     assert_eq!(t.exit, Exit::Halt);
     assert_eq!(t.cpu.gpr[0], 2);
 }
+
+#[test]
+fn store_to_another_blocks_page_is_seen_at_that_blocks_next_entry_in_the_same_run() {
+    // A function on the next page runs twice (built, then validated), is patched by a store
+    // from this page, and runs again within one `run` call: the last call must execute the
+    // patched bytes.
+    let func = CODE + 0x1000;
+    let call = |code: &mut Vec<u8>| {
+        let next = CODE + code.len() as u64 + 5;
+        code.push(0xe8);
+        code.extend_from_slice(&(func.wrapping_sub(next) as u32).to_le_bytes());
+    };
+    let mut code = Vec::new();
+    call(&mut code);
+    call(&mut code);
+    code.extend_from_slice(&[0xc6, 0x04, 0x25]); // mov byte [func + 1], 9
+    code.extend_from_slice(&((func + 1) as u32).to_le_bytes());
+    code.push(9);
+    call(&mut code);
+    code.push(0xf4);
+    let mut m = Machine::new();
+    m.load_code(&code);
+    m.mem.load(func, &[0xb8, 1, 0, 0, 0, 0xc3]).unwrap(); // mov eax, 1; ret
+    let t = m.run(100);
+    assert_eq!(t.exit, Exit::Halt);
+    assert_eq!(t.cpu.gpr[0], 9);
+}

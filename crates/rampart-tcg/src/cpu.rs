@@ -278,6 +278,16 @@ pub struct Cpu {
     pub(crate) code_page: u64,
     /// This CPU stored to `code_page` since the block started.
     pub(crate) code_written: bool,
+    /// The block validation generation: a decoded block found intact in this generation runs
+    /// again without comparing its bytes. A generation ends at every `Cpu::run` call (so
+    /// stores of other vCPUs and DMA are seen within one run slice, as cross-modifying code on
+    /// hardware is seen after a serializing instruction), at every exception or interrupt
+    /// delivery and system instruction (IRET, CPUID, MOV to CR, WRMSR... are serializing), and
+    /// when this CPU stores to a page that may hold a block validated in it (`code_pages`).
+    pub(crate) code_gen: u64,
+    /// Pages of the blocks validated in this generation, as a 64-bit hash set (bit = page
+    /// number mod 64; a false hit only ends the generation early).
+    pub(crate) code_pages: u64,
     /// Lower decoded blocks to pre-decoded forms (`crate::fast`); off only in tests that
     /// compare the two paths.
     pub(crate) fast_ops: bool,
@@ -372,6 +382,8 @@ impl Cpu {
             blocks: crate::block_cache::BlockCache::default(),
             code_page: u64::MAX,
             code_written: false,
+            code_gen: 1,
+            code_pages: 0,
             fast_ops: true,
         }
     }
@@ -510,6 +522,13 @@ impl Cpu {
             0xffff => self.gpr[gpr::RSP] = (self.gpr[gpr::RSP] & !0xffff) | (v & 0xffff),
             m => self.gpr[gpr::RSP] = v & m,
         }
+    }
+
+    /// End the block validation generation (see `code_gen`).
+    #[inline]
+    pub(crate) fn new_code_gen(&mut self) {
+        self.code_gen = self.code_gen.wrapping_add(1).max(1);
+        self.code_pages = 0;
     }
 
     /// Flush the software TLB (after the embedder edits CR0/CR3/CR4/EFER or page tables directly).

@@ -145,6 +145,8 @@ impl Cpu {
         mem: &mut dyn GuestMemory,
         exc: Exception,
     ) -> Result<(), Exit> {
+        // Delivery is serializing: code changed by others is seen from here on.
+        self.new_code_gen();
         let mut current = exc;
         // Bounded: serial delivery can chain at most a few times before #DF or shutdown.
         for _ in 0..4 {

@@ -143,6 +143,8 @@ impl Cpu {
                 size: p.size,
             };
         }
+        // Code may have been changed by other vCPUs or devices since the last run.
+        self.new_code_gen();
         let mut left = budget;
         while left > 0 {
             if self.halted {
@@ -221,7 +223,7 @@ impl Cpu {
             user: self.user_access(),
         };
         let pa = self.translate(mem, rip, access)?;
-        let slot = match self.blocks.lookup(rip, pa, mem) {
+        let slot = match self.blocks.lookup(rip, pa, self.code_gen, mem) {
             Some(i) => Some(i),
             None => {
                 let window = block_cache::MAX_BYTES
@@ -238,6 +240,7 @@ impl Cpu {
             *left -= 1;
             return self.step(mem);
         };
+        self.code_pages |= 1 << ((pa >> 12) & 63);
         // Borrowed out of the cache while it runs (nothing below touches the block cache).
         let instrs = self.blocks.take_instrs(slot);
         let epoch = self.tlb.epoch;

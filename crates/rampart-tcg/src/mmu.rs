@@ -477,11 +477,15 @@ impl Cpu {
     }
 
     /// Record a store of this CPU at guest-physical `pa`: if it hits the page of the block
-    /// being run, the block stops after the current instruction (self-modifying code).
+    /// being run, the block stops after the current instruction (self-modifying code); if it
+    /// may hit a page of a block validated in this generation, the generation ends.
     #[inline]
     pub(crate) fn note_store(&mut self, pa: u64) {
         if pa >> 12 == self.code_page {
             self.code_written = true;
+        }
+        if self.code_pages & (1 << ((pa >> 12) & 63)) != 0 {
+            self.new_code_gen();
         }
     }
 

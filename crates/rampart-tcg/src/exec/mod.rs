@@ -387,7 +387,11 @@ fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction, m
         | M::Ud1
         | M::Iretq
         | M::Iretd
-        | M::Iret => control::interrupt(cpu, mem, i),
+        | M::Iret => {
+            // Serializing (IRET) or an event: code changed by others is seen from here on.
+            cpu.new_code_gen();
+            control::interrupt(cpu, mem, i)
+        }
         M::Movsb
         | M::Movsw
         | M::Movsd
@@ -421,7 +425,11 @@ fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction, m
         m if mov::is_setcc(m) => mov::setcc(cpu, mem, i),
         m if sse::handles(m) => sse::exec(cpu, mem, i),
         m if x87::handles(m) => x87::exec(cpu, mem, i),
-        _ => system::exec(cpu, mem, i),
+        _ => {
+            // CPUID, MOV to CR, WRMSR, LGDT... are serializing.
+            cpu.new_code_gen();
+            system::exec(cpu, mem, i)
+        }
     }
 }
 
