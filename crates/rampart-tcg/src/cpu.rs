@@ -285,13 +285,16 @@ pub struct Cpu {
     /// delivery and system instruction (IRET, CPUID, MOV to CR, WRMSR... are serializing), and
     /// when this CPU stores to a page that may hold a block validated in it (`code_pages`).
     pub(crate) code_gen: u64,
-    /// Pages of the blocks validated in this generation, as a 64-bit hash set (bit = page
-    /// number mod 64; a false hit only ends the generation early).
-    pub(crate) code_pages: u64,
+    /// Pages of the blocks validated in this generation, as a bit set of page numbers modulo
+    /// its size (a false hit only ends the generation early).
+    pub(crate) code_pages: [u64; CODE_PAGE_WORDS],
     /// Lower decoded blocks to pre-decoded forms (`crate::fast`); off only in tests that
     /// compare the two paths.
     pub(crate) fast_ops: bool,
 }
+
+/// Words of `Cpu::code_pages`.
+pub(crate) const CODE_PAGE_WORDS: usize = 8;
 
 impl std::fmt::Debug for Cpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -383,7 +386,7 @@ impl Cpu {
             code_page: u64::MAX,
             code_written: false,
             code_gen: 1,
-            code_pages: 0,
+            code_pages: [0; CODE_PAGE_WORDS],
             fast_ops: true,
         }
     }
@@ -524,11 +527,25 @@ impl Cpu {
         }
     }
 
+    /// Note that a block on the page of `pa` was validated in this generation.
+    #[inline]
+    pub(crate) fn mark_code_page(&mut self, pa: u64) {
+        let bit = (pa >> 12) as usize % (CODE_PAGE_WORDS * 64);
+        self.code_pages[bit / 64] |= 1 << (bit % 64);
+    }
+
+    /// Whether a block on the page of `pa` may have been validated in this generation.
+    #[inline]
+    pub(crate) fn code_page_marked(&self, pa: u64) -> bool {
+        let bit = (pa >> 12) as usize % (CODE_PAGE_WORDS * 64);
+        self.code_pages[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
     /// End the block validation generation (see `code_gen`).
     #[inline]
     pub(crate) fn new_code_gen(&mut self) {
         self.code_gen = self.code_gen.wrapping_add(1).max(1);
-        self.code_pages = 0;
+        self.code_pages = [0; CODE_PAGE_WORDS];
     }
 
     /// Flush the software TLB (after the embedder edits CR0/CR3/CR4/EFER or page tables directly).

@@ -223,6 +223,12 @@ impl Flags {
 
     /// Overwrite exactly the arithmetic flags in `mask` with those in `value`.
     pub fn set_arith(&mut self, mask: u64, value: u64) {
+        if mask & ARITH == ARITH {
+            // All six replaced: the lazy record need not be evaluated first.
+            self.other = (self.other & !ARITH) | (value & ARITH);
+            self.op = LazyOp::Materialized;
+            return;
+        }
         self.materialize();
         let mask = mask & ARITH;
         self.other = (self.other & !mask) | (value & mask);
@@ -253,8 +259,8 @@ impl Flags {
     }
 
     /// The common cases straight from the lazy record, without computing all six flags:
-    /// any condition after CMP/SUB (without borrow in) or a logic instruction, and ZF after
-    /// any lazy operation. `None` for the rest.
+    /// any condition but parity after ADD, CMP or SUB (without carry or borrow in) or a logic
+    /// instruction, and ZF after any lazy operation. `None` for the rest.
     #[inline]
     fn fast_condition(&self, cc: u8) -> Option<bool> {
         let m = size_mask(self.size);
@@ -268,11 +274,27 @@ impl Flags {
                 // Signed values: flipping the sign bit maps signed order onto unsigned order.
                 let (sa, sb_) = (a ^ sb, b ^ sb);
                 match n {
+                    0 => (a ^ b) & (a ^ r) & sb != 0,
                     1 => a < b,
                     3 => a <= b,
                     4 => r & sb != 0,
                     6 => sa < sb_,
                     7 => sa <= sb_,
+                    _ => return None,
+                }
+            }
+            (LazyOp::Add, n) if !self.carry => {
+                let (a, b) = (self.a & m, self.b & m);
+                let cf = r < a;
+                let of = (a ^ r) & (b ^ r) & sb != 0;
+                let sf = r & sb != 0;
+                match n {
+                    0 => of,
+                    1 => cf,
+                    3 => cf || r == 0,
+                    4 => sf,
+                    6 => sf != of,
+                    7 => r == 0 || sf != of,
                     _ => return None,
                 }
             }

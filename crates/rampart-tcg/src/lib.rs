@@ -240,7 +240,7 @@ impl Cpu {
             *left -= 1;
             return self.step(mem);
         };
-        self.code_pages |= 1 << ((pa >> 12) & 63);
+        self.mark_code_page(pa);
         // Borrowed out of the cache while it runs (nothing below touches the block cache).
         let instrs = self.blocks.take_instrs(slot);
         let epoch = self.tlb.epoch;

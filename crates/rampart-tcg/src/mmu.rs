@@ -484,7 +484,7 @@ impl Cpu {
         if pa >> 12 == self.code_page {
             self.code_written = true;
         }
-        if self.code_pages & (1 << ((pa >> 12) & 63)) != 0 {
+        if self.code_page_marked(pa) {
             self.new_code_gen();
         }
     }
