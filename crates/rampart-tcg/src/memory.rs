@@ -82,6 +82,13 @@ pub trait GuestMemory {
         }
     }
 
+    /// Copy `buf` into RAM at `gpa` (within one page, any length up to a page) for the bulk
+    /// path of REP MOVS/STOS; `false`, writing nothing, if the bytes are not all plain RAM
+    /// (never touches MMIO). The default always declines.
+    fn write_ram(&mut self, _gpa: u64, _buf: &[u8]) -> bool {
+        false
+    }
+
     /// Whether the RAM bytes `[gpa, gpa + expected.len())` (within one page) are exactly
     /// `expected`: how decoded code is validated before it runs. `false` if not all RAM.
     fn code_matches(&self, gpa: u64, expected: &[u8]) -> bool {
@@ -242,6 +249,19 @@ impl GuestMemory for FlatMemory {
 
     fn ram_slice(&self, gpa: u64, len: usize) -> Option<&[u8]> {
         self.range(gpa, len).map(|r| &self.ram[r])
+    }
+
+    fn write_ram(&mut self, gpa: u64, buf: &[u8]) -> bool {
+        if (gpa % PAGE_SIZE) + buf.len() as u64 > PAGE_SIZE {
+            return false;
+        }
+        match self.range(gpa, buf.len()) {
+            Some(r) => {
+                self.ram[r].copy_from_slice(buf);
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use crate::cpu::Cpu;
 use crate::exception::Res;
 use crate::flags::{size_mask, DF, ZF};
 use crate::memory::GuestMemory;
+use crate::mmu::{Access, AccessKind};
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
 /// Iterations of a REP string instruction per interpreter step.
@@ -85,6 +86,24 @@ pub(crate) fn exec(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) ->
                 return Ok(());
             }
         }
+        if rep
+            && cpu.fast_ops
+            && amask == u64::MAX
+            && step == size as u64
+            && matches!(kind, Kind::Movs | Kind::Stos)
+        {
+            let n = cpu.bulk(
+                mem,
+                kind == Kind::Movs,
+                src_seg,
+                size,
+                MAX_ITERATIONS - done,
+            )?;
+            if n > 0 {
+                done += n;
+                continue;
+            }
+        }
         let rsi = cpu.gpr[6] & amask;
         let rdi = cpu.gpr[7] & amask;
         let mut stop = false;
@@ -140,6 +159,95 @@ pub(crate) fn exec(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) ->
                 return Ok(());
             }
         }
+    }
+}
+
+/// Most bytes one bulk step of REP MOVS/STOS moves (one page).
+const BULK_BYTES: usize = 4096;
+
+impl Cpu {
+    /// The bulk path of a forward REP MOVS (`movs`) or REP STOS with 64-bit addresses: as many
+    /// elements (at most `limit` and RCX) as stay within the current source and destination
+    /// pages, translated once per page and copied RAM to RAM. Returns the elements done (RSI,
+    /// RDI and RCX updated); 0 when the path does not apply (fewer than two elements, either
+    /// side not RAM, or overlapping source and destination, whose element-by-element result
+    /// differs from a block copy), and the caller takes one element the ordinary way. Faults
+    /// come from the translations, before anything of the chunk is written, so the state is
+    /// that of the element-by-element loop at its first element.
+    fn bulk(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        movs: bool,
+        src_seg: Register,
+        size: u8,
+        limit: u64,
+    ) -> Res<u64> {
+        let size64 = size as u64;
+        let room = |la: u64| (0x1000 - (la & 0xfff)) / size64;
+        let dst = self.string_la(Register::ES, self.gpr[7], size)?;
+        let mut k = self.gpr[1].min(limit).min(room(dst));
+        let src = if movs {
+            let src = self.string_la(src_seg, self.gpr[6], size)?;
+            k = k.min(room(src));
+            Some(src)
+        } else {
+            None
+        };
+        if k < 2 {
+            return Ok(0);
+        }
+        let n = (k * size64) as usize;
+        let mut buf = [0u8; BULK_BYTES];
+        let buf = &mut buf[..n];
+        let user = self.user_access();
+        if let Some(src) = src {
+            let pa = self.translate(
+                mem,
+                src,
+                Access {
+                    kind: AccessKind::Read,
+                    user,
+                },
+            )?;
+            let pd = self.translate(
+                mem,
+                dst,
+                Access {
+                    kind: AccessKind::Write,
+                    user,
+                },
+            )?;
+            let overlap = pd < pa + n as u64 && pa < pd + n as u64;
+            if overlap || !mem.read_ram(pa, buf) || !self.write_chunk(mem, pd, buf) {
+                return Ok(0);
+            }
+            self.gpr[6] = self.gpr[6].wrapping_add(n as u64);
+        } else {
+            let pd = self.translate(
+                mem,
+                dst,
+                Access {
+                    kind: AccessKind::Write,
+                    user,
+                },
+            )?;
+            let v = self.gpr[0].to_le_bytes();
+            for c in buf.chunks_exact_mut(size as usize) {
+                c.copy_from_slice(&v[..size as usize]);
+            }
+            if !self.write_chunk(mem, pd, buf) {
+                return Ok(0);
+            }
+        }
+        self.gpr[7] = self.gpr[7].wrapping_add(n as u64);
+        self.gpr[1] -= k;
+        Ok(k)
+    }
+
+    /// Write a bulk chunk at guest-physical `pa` (within one page) if it is all RAM.
+    fn write_chunk(&mut self, mem: &mut dyn GuestMemory, pa: u64, buf: &[u8]) -> bool {
+        self.note_store(pa);
+        mem.write_ram(pa, buf)
     }
 }
 
@@ -244,5 +352,64 @@ mod tests {
         }));
         let t = m.run(100);
         assert_eq!(t.cpu.gpr[0], 0x9abc_def0);
+    }
+
+    /// REP MOVS/STOS with the bulk path against the element-by-element loop: random sizes,
+    /// counts, page-crossing and overlapping ranges, and ranges running off the end of RAM.
+    #[test]
+    fn bulk_rep_movs_and_stos_match_the_element_loop() {
+        let mut seed = 0x5717_0b01_u64;
+        let mut next = move || {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let forms: [&[u8]; 8] = [
+            &[0xf3, 0xa4],       // rep movsb
+            &[0xf3, 0x66, 0xa5], // rep movsw
+            &[0xf3, 0xa5],       // rep movsd
+            &[0xf3, 0x48, 0xa5], // rep movsq
+            &[0xf3, 0xaa],       // rep stosb
+            &[0xf3, 0x66, 0xab], // rep stosw
+            &[0xf3, 0xab],       // rep stosd
+            &[0xf3, 0x48, 0xab], // rep stosq
+        ];
+        for case in 0..400 {
+            let form = forms[(next() % 8) as usize];
+            let src = DATA + next() % 0x6000;
+            let dst = match next() % 4 {
+                0 => src + next() % 64,           // overlapping, forward
+                1 => 0x40_0000 - next() % 0x3000, // running off the end of RAM
+                _ => DATA + 0x8000 + next() % 0x6000,
+            };
+            let count = next() % 9000;
+            let acc = next();
+            let fill: Vec<u8> = (0..0x1_0000).map(|_| next() as u8).collect();
+            let outs = [true, false].map(|fast| {
+                let mut m = Machine::new();
+                m.cpu.fast_ops = fast;
+                m.mem.load(DATA, &fill).unwrap();
+                let mut code = form.to_vec();
+                code.push(0xf4);
+                m.load_code(&code);
+                m.cpu.gpr[6] = src;
+                m.cpu.gpr[7] = dst;
+                m.cpu.gpr[1] = count;
+                m.cpu.gpr[0] = acc;
+                let exit = m.cpu.run(&mut m.mem, 100);
+                let mut data = vec![0u8; 0x2_0000];
+                m.mem.dump(DATA, &mut data).unwrap();
+                let mut top = vec![0u8; 0x3000];
+                m.mem.dump(0x40_0000 - 0x3000, &mut top).unwrap();
+                (exit, m.cpu.gpr, m.cpu.rip, data, top)
+            });
+            let ctx = format!("case {case}: {form:02x?} src {src:#x} dst {dst:#x} count {count}");
+            assert_eq!(outs[0].0, outs[1].0, "{ctx}");
+            assert_eq!(outs[0].1, outs[1].1, "{ctx}");
+            assert_eq!(outs[0].2, outs[1].2, "{ctx}");
+            assert!(outs[0].3 == outs[1].3, "{ctx}: data differs");
+            assert!(outs[0].4 == outs[1].4, "{ctx}: end of RAM differs");
+        }
     }
 }

@@ -189,6 +189,19 @@ impl GuestMemory for VcpuBus<'_> {
         }
     }
 
+    fn write_ram(&mut self, gpa: u64, buf: &[u8]) -> bool {
+        if !in_page(gpa, buf.len(), gpa & !(PAGE - 1)) {
+            return false;
+        }
+        match self.ram(gpa, buf.len()) {
+            Some(ram) => {
+                ram.copy_from(buf);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn code_matches(&self, gpa: u64, expected: &[u8]) -> bool {
         let Some(ram) = self.ram(gpa, expected.len()) else {
             return false;
