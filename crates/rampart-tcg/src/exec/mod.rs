@@ -308,6 +308,27 @@ pub(crate) struct LockState {
     read: Option<(u64, u8, u64)>,
 }
 
+/// The serializing system instructions the generic path runs (IRET is handled with the
+/// events; MOV to CR/DR goes through MOV): after one, code stored by other vCPUs or devices
+/// must be what runs, so the block validation generation ends (`Cpu::code_gen`).
+fn is_serializing(m: M) -> bool {
+    matches!(
+        m,
+        M::Cpuid
+            | M::Invd
+            | M::Wbinvd
+            | M::Invlpg
+            | M::Invpcid
+            | M::Lgdt
+            | M::Lidt
+            | M::Lldt
+            | M::Ltr
+            | M::Wrmsr
+            | M::Serialize
+            | M::Rsm
+    )
+}
+
 /// Whether `i` is atomic on its memory operand: a `lock` prefix, or XCHG with memory.
 pub(crate) fn is_locked(i: &Instruction) -> bool {
     i.has_lock_prefix()
@@ -426,8 +447,9 @@ fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction, m
         m if sse::handles(m) => sse::exec(cpu, mem, i),
         m if x87::handles(m) => x87::exec(cpu, mem, i),
         _ => {
-            // CPUID, MOV to CR, WRMSR, LGDT... are serializing.
-            cpu.new_code_gen();
+            if is_serializing(m) {
+                cpu.new_code_gen();
+            }
             system::exec(cpu, mem, i)
         }
     }

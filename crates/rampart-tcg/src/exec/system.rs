@@ -196,6 +196,10 @@ pub(crate) fn mov_special(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruct
     }
     if r0.is_cr() || r1.is_cr() || r0.is_dr() || r1.is_dr() {
         require_cpl0(cpu)?;
+        if r0.is_cr() || r0.is_dr() {
+            // MOV to CR/DR is serializing (see `Cpu::code_gen`).
+            cpu.new_code_gen();
+        }
         if r1.is_cr() {
             let v = read_cr(cpu, r1)?;
             cpu.set_reg(r0, v);

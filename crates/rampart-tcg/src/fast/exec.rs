@@ -238,7 +238,8 @@ impl Cpu {
             }
         };
         let b = self.fast_src(mem, src, size)?;
-        let saved = self.flags;
+        // Only a memory destination can still fault after the flags are recorded.
+        let saved = la.map(|_| self.flags);
         let (res, write) = match op {
             AluOp::Add => (add_sub(self, M::Add, size, a, b), true),
             AluOp::Adc => (add_sub(self, M::Adc, size, a, b), true),
@@ -265,7 +266,9 @@ impl Cpu {
                 (Dst::Mem(_), None) => Ok(()),
             };
             if let Err(e) = r {
-                self.flags = saved;
+                if let Some(saved) = saved {
+                    self.flags = saved;
+                }
                 return Err(e);
             }
         }
