@@ -19,6 +19,11 @@
 //! after any store of this CPU to the block's page (self-modifying code takes effect at the
 //! next instruction, as on hardware); stores of other vCPUs take effect at the next block
 //! entry, which hardware also allows for cross-modifying code without serialisation.
+//!
+//! A block found intact is not compared again until its validation generation ends
+//! (`Cpu::code_gen`: each run slice, event delivery, serializing instruction, or store of this
+//! CPU to a page holding a block validated in the generation), which keeps the comparison off
+//! the path of loops.
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, Mnemonic};
 

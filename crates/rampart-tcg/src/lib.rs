@@ -19,8 +19,10 @@
 //!   is decoded once by `iced-x86`, kept with the bytes it came from, and on every entry its
 //!   start is translated through the MMU and its bytes compared with guest RAM
 //!   ([`GuestMemory::code_matches`]), so code changed by anyone (this CPU, another vCPU, DMA)
-//!   never runs stale; a store of this CPU into the running block's page, a TLB flush or a
-//!   mode change ends the block. Other instructions (outside 64-bit mode, crossing a page, or
+//!   never runs stale (a block found intact is not compared again within one validation
+//!   generation: see `Cpu::code_gen`); a store of this CPU into the running block's page, a
+//!   TLB flush or a mode change ends the block. Most instructions of a block are lowered to
+//!   pre-decoded forms (`fast`) that run without looking at the decoded `Instruction` again. Other instructions (outside 64-bit mode, crossing a page, or
 //!   fetched from MMIO) are fetched one at a time through the MMU (also across a page
 //!   boundary) and decoded with the bitness of CS (64, or 32/16 from CS.D; the 0x66/0x67
 //!   prefixes are iced's business). Outside 64-bit mode RIP holds the CS offset (EIP or IP)
