@@ -191,6 +191,10 @@ fn drive_throttles(config: &VmConfig) -> Vec<rampart_vmm::vm::DriveThrottle> {
 }
 
 fn run(config: VmConfig) -> Result<ExitCode> {
+    if config.sandbox.enabled {
+        // Before anything large is allocated and freed (see warm_up_libc).
+        rampart_sandbox::seccomp::warm_up_libc().context("-sandbox: glibc warm-up thread")?;
+    }
     config
         .validate(&HostLimits {
             host_memory_bytes: host_memory_bytes(),

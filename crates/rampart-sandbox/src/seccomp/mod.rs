@@ -179,28 +179,35 @@ pub fn prepare_with(config: &SandboxConfig, needs: &Needs) -> Result<(), Seccomp
         check_kernel_support()?;
         let filters = Filters::compile_with(config, needs)?;
         sigsys::install_handler().map_err(SeccompError::Handler)?;
-        // glibc does two things lazily that no list should allow: it installs a signal handler
-        // of its own on the first pthread_create (rt_sigaction), and it reads
-        // /proc/sys/vm/overcommit_memory (openat) the first time a thread's malloc heap
-        // shrinks. Have both happen now, before any filter, on a thread that allocates and
-        // frees 2 MiB in blocks below malloc's mmap threshold (zeroed: calloc leaves fresh
-        // heap pages untouched, so this costs no resident memory).
-        std::thread::Builder::new()
-            .name("seccomp-prep".into())
-            .spawn(|| {
-                let blocks: Vec<Vec<u8>> = (0..32).map(|_| vec![0u8; 64 << 10]).collect();
-                drop(std::hint::black_box(blocks));
-            })
-            .and_then(|t| {
-                t.join()
-                    .map_err(|_| std::io::Error::other("thread panicked"))
-            })
-            .map_err(SeccompError::Handler)?;
+        warm_up_libc().map_err(SeccompError::Handler)?;
         State::On(filters)
     } else {
         State::Off
     };
     STATE.set(state).map_err(|_| SeccompError::AlreadyPrepared)
+}
+
+/// Makes glibc do now two things it does lazily that no list should allow: it installs a
+/// signal handler of its own on the first `pthread_create` (`rt_sigaction`), and it reads
+/// `/proc/sys/vm/overcommit_memory` (`openat`) the first time a thread's malloc heap shrinks.
+/// A short-lived thread allocates and frees 2 MiB in blocks below malloc's mmap threshold
+/// (zeroed: calloc leaves fresh heap pages untouched, so this costs no resident memory).
+///
+/// A heap only shrinks once its free top exceeds malloc's trim threshold, which glibc raises
+/// to twice the size of any mmap-backed block freed (a qcow2 image's first cluster, up to
+/// 2 MiB, is read into one at open). So `main` calls this first thing, before anything
+/// large is allocated and freed; [`prepare`] calls it again for other users (harmless).
+pub fn warm_up_libc() -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("seccomp-prep".into())
+        .spawn(|| {
+            let blocks: Vec<Vec<u8>> = (0..32).map(|_| vec![0u8; 64 << 10]).collect();
+            drop(std::hint::black_box(blocks));
+        })
+        .and_then(|t| {
+            t.join()
+                .map_err(|_| std::io::Error::other("thread panicked"))
+        })
 }
 
 /// Whether [`prepare`] turned the filters on.
