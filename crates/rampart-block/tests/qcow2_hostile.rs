@@ -262,11 +262,12 @@ fn backing_chain_depth_is_limited() {
 }
 
 #[test]
-fn dirty_image_is_refused_writable_but_reads() {
-    let d = Scratch::new("h-dirty");
+fn corrupt_flagged_image_is_refused_writable_but_reads() {
+    // (Dirty images are repaired instead: tests/qcow2_repair.rs.)
+    let d = Scratch::new("h-corrupt");
     let mut img = template(&d);
-    put64(&mut img, 72, 1);
-    let p = d.raw("dirty.qcow2", &img);
+    put64(&mut img, 72, 1 << 1);
+    let p = d.raw("corrupt.qcow2", &img);
 
     let e = open(&node(&p, false)).err().unwrap().to_string();
     let ro = open(&node(&p, true)).unwrap();
@@ -274,7 +275,7 @@ fn dirty_image_is_refused_writable_but_reads() {
     ro.read_at(0, &mut b).unwrap();
 
     assert!(
-        e.contains("dirty") && e.contains("qemu-img check -r all"),
+        e.contains("marked corrupt") && e.contains("qemu-img check -r all"),
         "{e}"
     );
     assert_eq!(b[0], 0x5a);

@@ -262,7 +262,7 @@ fn tcg_seeds(root: &Path) {
 
 /// qcow2 images made by `qemu-img` (512-byte clusters keep them small), when it is
 /// installed: plain v3 and v2 with data, compressed (zlib and zstd), with a backing file name,
-/// and with a refcount table that had to grow.
+/// with a refcount table that had to grow, and dirty (lazy refcounts never written back).
 fn qcow2_seeds(root: &Path) {
     let tmp = std::env::temp_dir().join(format!("rampart-gen-qcow2-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -347,6 +347,16 @@ fn qcow2_seeds(root: &Path) {
         if let Some(cmd) = io {
             run("qemu-io", &["-f", "qcow2", "-c", cmd, name]);
         }
+        let bytes = std::fs::read(tmp.join(name)).expect("reading a qcow2 seed");
+        write(root, "qcow2_open", name, &bytes);
+    }
+    // A dirty image: lazy refcounts, killed before it wrote them back (the repair path of a
+    // writable open).
+    let name = "dirty-lazy";
+    let opts = "cluster_size=512,lazy_refcounts=on";
+    if run("qemu-img", &["create", "-f", "qcow2", "-o", opts, name, "64K"]) {
+        let cmds = ["-c", "write -P 0x3c 0 6k", "-c", "flush", "-c", "sigraise 9"];
+        run("qemu-io", &[&["-f", "qcow2"][..], &cmds, &[name]].concat());
         let bytes = std::fs::read(tmp.join(name)).expect("reading a qcow2 seed");
         write(root, "qcow2_open", name, &bytes);
     }

@@ -4,6 +4,7 @@
 //! - [`meta`]: L1/L2 tables, refcounts, allocation, crash-safe write-back.
 //! - [`cache`]: the bounded metadata cache.
 //! - [`compress`]: compressed clusters (deflate, zstd).
+//! - [`repair`]: rebuilding the refcounts of a dirty (lazy-refcount) image on a writable open.
 //!
 //! Everything read from the image is validated before use: table offsets and sizes against the
 //! file size and fixed limits, every L1/L2/refcount entry when it is followed. Memory is
@@ -14,6 +15,7 @@ mod cache;
 mod compress;
 pub mod header;
 mod meta;
+mod repair;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -108,7 +110,7 @@ impl Qcow2Backend {
     /// opened backing file, if any.
     pub fn open(
         file: Arc<HostFile>,
-        hdr: Header,
+        mut hdr: Header,
         backing: Option<Arc<dyn BlockBackend>>,
         cache: CacheConfig,
         discard: DiscardMode,
@@ -119,13 +121,6 @@ impl Qcow2Backend {
             reason,
         };
         if writable {
-            if hdr.is_dirty() {
-                return Err(refuse(
-                    "the image is dirty (lazy refcounts were not written back); repair it \
-                     with 'qemu-img check -r all' or open it read-only"
-                        .into(),
-                ));
-            }
             if hdr.is_corrupt() {
                 return Err(refuse(
                     "the image is marked corrupt; repair it with 'qemu-img check -r all' or \
@@ -140,18 +135,24 @@ impl Qcow2Backend {
                     hdr.nb_snapshots
                 )));
             }
+            if hdr.autoclear != 0 && hdr.version >= 3 {
+                // A writer that does not maintain what an autoclear bit describes (persistent
+                // bitmaps, say) must clear it — before a repair frees the clusters it used.
+                file.write_at(88, &0u64.to_be_bytes())?;
+                file.flush()?;
+                hdr.autoclear = 0;
+            }
+            if hdr.is_dirty() {
+                // Lazy refcounts were not written back: rebuild them before any allocation
+                // trusts them. A read-only open needs no refcounts and proceeds as is.
+                repair::repair(&file, &mut hdr)?;
+            }
         }
         let (size, cs, version, compression) =
             (hdr.size, hdr.cluster_size(), hdr.version, hdr.compression);
-        let autoclear = hdr.autoclear;
         let mut meta = Meta::load(file.clone(), hdr)?;
         meta.punch_freed = discard == DiscardMode::Unmap;
         meta.no_sync = cache.no_flush;
-        if writable && autoclear != 0 && version >= 3 {
-            // A writer that does not maintain what an autoclear bit describes must clear it.
-            file.write_at(88, &0u64.to_be_bytes())?;
-            file.flush()?;
-        }
         Ok(Qcow2Backend {
             file,
             meta: Mutex::new(meta),
