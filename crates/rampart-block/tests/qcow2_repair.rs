@@ -10,7 +10,7 @@ use std::process::Command;
 
 use qemu::*;
 use rampart_block::open;
-use rampart_config::{BlockFormat, BlockNodeConfig};
+use rampart_config::{BlockFormat, BlockNodeConfig, CacheConfig};
 
 fn node(p: &Path, read_only: bool) -> BlockNodeConfig {
     let mut n = BlockNodeConfig::new("q0", BlockFormat::Qcow2, p.to_path_buf());
@@ -87,18 +87,18 @@ fn dirty_without_refcounts(img: &mut [u8]) {
 
 #[test]
 fn lazy_refcounts_image_killed_in_qemu_io_is_repaired_by_a_writable_open() {
-    let d = Scratch::new("r-lazy");
+    // 512 B and 4 KiB clusters: an L2 table maps 32 KiB / 2 MiB, so the writes need several;
+    // 2 MiB clusters: a few big ones.
+    for cs in ["512", "4096", "2M"] {
+        lazy_image_repaired(cs);
+    }
+}
+
+fn lazy_image_repaired(cs: &str) {
+    let d = Scratch::new(&format!("r-lazy-{cs}"));
     let img = d.path("lazy.qcow2");
-    qemu_img_ok(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4096,lazy_refcounts=on",
-        s(&img),
-        "16M",
-    ]);
-    // 4 KiB clusters: an L2 table maps 2 MiB, so these writes need several.
+    let opts = format!("cluster_size={cs},lazy_refcounts=on");
+    qemu_img_ok(&["create", "-f", "qcow2", "-o", &opts, s(&img), "16M"]);
     qemu_io_then_sigkill(
         &img,
         &[
@@ -109,7 +109,7 @@ fn lazy_refcounts_image_killed_in_qemu_io_is_repaired_by_a_writable_open() {
             "flush",
         ],
     );
-    assert!(is_dirty(&img), "qemu-io left the image clean");
+    assert!(is_dirty(&img), "{cs}: qemu-io left the image clean");
     let raw = raw_of_size(&d, "expected.raw", 16 << 20);
     raw_fill(&raw, 0, 1 << 20, 0x11);
     raw_fill(&raw, 5 << 20, 300 << 10, 0x22);
@@ -117,8 +117,14 @@ fn lazy_refcounts_image_killed_in_qemu_io_is_repaired_by_a_writable_open() {
     raw_fill(&raw, 15 << 20, 64 << 10, 0x44);
 
     {
-        let disk = open(&node(&img, false)).unwrap();
-        assert!(!is_dirty(&img), "the open did not clear the dirty bit");
+        // cache=none: the repair's small header writes go through O_DIRECT too.
+        let mut n = node(&img, false);
+        n.cache = CacheConfig::from_mode("none").unwrap();
+        let disk = open(&n).unwrap();
+        assert!(
+            !is_dirty(&img),
+            "{cs}: the open did not clear the dirty bit"
+        );
         // Allocation after the repair trusts the rebuilt refcounts.
         disk.write_at(3 << 20, &[0x55; 200 << 10]).unwrap();
         disk.write_at(4096, &[0x66; 4096]).unwrap();
@@ -204,6 +210,42 @@ fn dirty_compressed_image_is_repaired() {
 
     check_clean(&img);
     compare_ok(&img, &src);
+}
+
+#[test]
+fn interrupted_repair_is_done_again_by_the_next_open() {
+    // The crash states a repair can leave: new refcount structures written at the end but not
+    // yet named by the header (garbage past the old end), or named but the dirty bit still
+    // set. Both are dirty images the next writable open repairs.
+    let d = Scratch::new("r-again");
+    let img = d.path("again.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        s(&img),
+        "2M",
+    ]);
+    qemu_io_ok(&img, "write -P 0x3c 4k 40k");
+    let mut bytes = std::fs::read(&img).unwrap();
+    dirty_without_refcounts(&mut bytes);
+    bytes.extend_from_slice(&pattern(9, 3 * 4096));
+    std::fs::write(&img, &bytes).unwrap();
+    drop(open(&node(&img, false)).unwrap());
+    let mut bytes = std::fs::read(&img).unwrap();
+    let incompat = be64(&bytes, 72);
+    put64(&mut bytes, 72, incompat | 1);
+    std::fs::write(&img, &bytes).unwrap();
+
+    drop(open(&node(&img, false)).unwrap());
+
+    let raw = raw_of_size(&d, "expected.raw", 2 << 20);
+    raw_fill(&raw, 4096, 40 << 10, 0x3c);
+    assert!(!is_dirty(&img));
+    check_clean(&img);
+    compare_ok(&img, &raw);
 }
 
 #[test]
