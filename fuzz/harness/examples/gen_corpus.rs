@@ -354,8 +354,18 @@ fn qcow2_seeds(root: &Path) {
     // writable open).
     let name = "dirty-lazy";
     let opts = "cluster_size=512,lazy_refcounts=on";
-    if run("qemu-img", &["create", "-f", "qcow2", "-o", opts, name, "64K"]) {
-        let cmds = ["-c", "write -P 0x3c 0 6k", "-c", "flush", "-c", "sigraise 9"];
+    if run(
+        "qemu-img",
+        &["create", "-f", "qcow2", "-o", opts, name, "64K"],
+    ) {
+        let cmds = [
+            "-c",
+            "write -P 0x3c 0 6k",
+            "-c",
+            "flush",
+            "-c",
+            "sigraise 9",
+        ];
         run("qemu-io", &[&["-f", "qcow2"][..], &cmds, &[name]].concat());
         let bytes = std::fs::read(tmp.join(name)).expect("reading a qcow2 seed");
         write(root, "qcow2_open", name, &bytes);
