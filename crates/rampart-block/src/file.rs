@@ -2,7 +2,8 @@
 //! `pread`/`pwrite`, optionally with `O_DIRECT` (`cache.direct`).
 //!
 //! With `O_DIRECT` every transfer must be aligned in offset, length and memory address.
-//! Requests that are not go through an aligned bounce buffer of bounded size; unaligned writes
+//! Requests that are not go through an aligned bounce buffer of bounded size (kept and reused,
+//! so bouncing neither allocates nor zeroes memory per request); unaligned writes
 //! read-modify-write the blocks they touch under a lock, so two of them cannot lose each
 //! other's bytes. Reads past the end of the file return zeroes; writes past it grow the file to
 //! exactly the end of the write (never to the end of the aligned block).
@@ -42,8 +43,12 @@ pub struct HostFile {
     /// The file's length as this process knows it (it is the only writer: the image is
     /// locked, or the user opted out).
     len: AtomicU64,
-    /// Serialises read-modify-write cycles and growth of the file.
-    rmw: Mutex<()>,
+    /// Serialises read-modify-write cycles and growth of the file; holds the bounce buffer
+    /// unaligned `O_DIRECT` writes reuse.
+    rmw: Mutex<Bounce>,
+    /// The bounce buffer unaligned `O_DIRECT` reads reuse (a read that finds it busy
+    /// allocates its own).
+    read_bounce: Mutex<Bounce>,
     /// Cleared once the host says it cannot punch holes.
     can_punch: AtomicBool,
 }
@@ -73,6 +78,26 @@ impl AlignedBuf {
 
     fn as_ref(&self) -> &[u8] {
         &self.storage[self.start..self.start + self.len]
+    }
+}
+
+/// A lazily allocated [`BOUNCE_MAX`]-byte aligned buffer kept for reuse, so that bouncing a
+/// request neither allocates nor zeroes memory. Its contents are stale: every user
+/// overwrites (by a read or a copy) the part it uses before using it.
+#[derive(Default)]
+struct Bounce(Option<AlignedBuf>);
+
+impl std::fmt::Debug for Bounce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bounce")
+    }
+}
+
+impl Bounce {
+    /// The first `len` (at most [`BOUNCE_MAX`]) bytes of the buffer.
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        let b = self.0.get_or_insert_with(|| AlignedBuf::new(BOUNCE_MAX));
+        &mut b.as_mut()[..len]
     }
 }
 
@@ -152,7 +177,8 @@ impl HostFile {
             read_only: opts.read_only,
             is_block_device,
             len: AtomicU64::new(len),
-            rmw: Mutex::new(()),
+            rmw: Mutex::new(Bounce(None)),
+            read_bounce: Mutex::new(Bounce(None)),
             can_punch: AtomicBool::new(true),
         })
     }
@@ -187,7 +213,7 @@ impl HostFile {
         }
     }
 
-    fn lock_rmw(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn lock_rmw(&self) -> std::sync::MutexGuard<'_, Bounce> {
         self.rmw.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -199,6 +225,9 @@ impl HostFile {
         if !self.direct || is_aligned(offset, buf) {
             return self.pread_full(offset, buf);
         }
+        let mut shared = self.read_bounce.try_lock().ok();
+        let mut own = Bounce(None);
+        let bounce = shared.as_deref_mut().unwrap_or(&mut own);
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
@@ -207,11 +236,11 @@ impl HostFile {
             let a1 = align_up(want_end)
                 .ok_or_else(|| self.io_err("read", pos, overflow()))?
                 .min(a0 + BOUNCE_MAX as u64);
-            let mut bounce = AlignedBuf::new((a1 - a0) as usize);
-            self.pread_full(a0, bounce.as_mut())?;
+            let chunk = bounce.get((a1 - a0) as usize);
+            self.pread_full(a0, chunk)?;
             let skip = (pos - a0) as usize;
-            let n = (bounce.len - skip).min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&bounce.as_ref()[skip..skip + n]);
+            let n = (chunk.len() - skip).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&chunk[skip..skip + n]);
             done += n;
         }
         Ok(())
@@ -272,7 +301,7 @@ impl HostFile {
             }
             return Ok(());
         }
-        let _g = self.lock_rmw();
+        let mut bounce = self.lock_rmw();
         let old_len = self.len();
         if is_aligned(offset, buf) {
             self.pwrite_full(offset, buf)?;
@@ -284,22 +313,24 @@ impl HostFile {
                 let a1 = align_up(end)
                     .ok_or_else(|| self.io_err("write", pos, overflow()))?
                     .min(a0 + BOUNCE_MAX as u64);
-                let mut bounce = AlignedBuf::new((a1 - a0) as usize);
+                let chunk = bounce.get((a1 - a0) as usize);
                 let skip = (pos - a0) as usize;
-                let n = (bounce.len - skip).min(buf.len() - done);
+                let n = (chunk.len() - skip).min(buf.len() - done);
                 // Only the partial blocks at either end need their old contents.
-                let whole = skip == 0 && n == bounce.len;
+                let whole = skip == 0 && n == chunk.len();
                 if !whole {
-                    self.pread_full(a0, bounce.as_mut())?;
+                    self.pread_full(a0, chunk)?;
                 }
-                bounce.as_mut()[skip..skip + n].copy_from_slice(&buf[done..done + n]);
-                self.pwrite_full(a0, bounce.as_ref())?;
+                chunk[skip..skip + n].copy_from_slice(&buf[done..done + n]);
+                self.pwrite_full(a0, chunk)?;
                 done += n;
             }
         }
         // An aligned write may have grown the file past the end of the data: trim it back.
+        // Only a write whose last block is partial and reaches past the old end can have.
         let new_len = old_len.max(end);
-        if !self.is_block_device {
+        let overshoot = end % DIRECT_ALIGN != 0 && align_up(end).is_none_or(|a| a > old_len);
+        if !self.is_block_device && overshoot {
             let on_disk = self
                 .file
                 .metadata()
@@ -471,6 +502,34 @@ mod tests {
             &data[4088..4104],
             &[0xaa, 0xaa, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0xaa, 0xaa]
         );
+    }
+
+    #[test]
+    fn reused_bounce_buffer_leaks_nothing_into_later_requests() {
+        // The bounce buffers are reused without zeroing: a request after a big one must only
+        // see its own bytes and the file's.
+        let p = tmp("reuse", 0);
+        let f = open(&p, true);
+        f.write_at(1, &vec![0xaau8; 1 << 20]).unwrap();
+        let mut big = vec![0u8; (1 << 20) - 7];
+        f.read_at(3, &mut big).unwrap();
+
+        f.write_at((2 << 20) + 100, &[5, 6]).unwrap();
+        f.write_at((3 << 20) + 4096, &vec![3u8; 8192 + 1]).unwrap();
+        let mut small = vec![0xffu8; 300];
+        f.read_at((2 << 20) - 50, &mut small).unwrap();
+
+        let data = std::fs::read(&p).unwrap();
+        assert_eq!(data.len(), (3 << 20) + 4096 + 8193);
+        assert!(data[(1 << 20) + 1..(2 << 20) + 100].iter().all(|&b| b == 0));
+        assert_eq!(&data[(2 << 20) + 100..(2 << 20) + 102], &[5, 6]);
+        assert!(data[(2 << 20) + 102..(3 << 20) + 4096]
+            .iter()
+            .all(|&b| b == 0));
+        assert!(small[..150].iter().all(|&b| b == 0));
+        assert_eq!(&small[150..152], &[5, 6]);
+        assert!(small[152..].iter().all(|&b| b == 0));
+        assert_eq!(f.len(), data.len() as u64);
     }
 
     #[test]
