@@ -125,6 +125,10 @@ fn lazy_image_repaired(cs: &str) {
             !is_dirty(&img),
             "{cs}: the open did not clear the dirty bit"
         );
+        // The new refcount structures went out in one request ending 4 KiB aligned, so the
+        // O_DIRECT file needed no trimming (which the monitor thread may not do).
+        let len = std::fs::metadata(&img).unwrap().len();
+        assert_eq!(len % 4096, 0, "{cs}: file length {len} after the repair");
         // Allocation after the repair trusts the rebuilt refcounts.
         disk.write_at(3 << 20, &[0x55; 200 << 10]).unwrap();
         disk.write_at(4096, &[0x66; 4096]).unwrap();
@@ -134,6 +138,30 @@ fn lazy_image_repaired(cs: &str) {
     raw_fill(&raw, 4096, 4096, 0x66);
 
     check_clean(&img);
+    compare_ok(&img, &raw);
+}
+
+#[test]
+fn repair_under_o_direct_leaves_nothing_to_truncate() {
+    // 512-byte clusters: the rebuilt structures end mid-way through a 4 KiB block; written
+    // as they are, the O_DIRECT write would overshoot and need an ftruncate, which the
+    // monitor thread (blockdev-add) may not make. They are padded to 4 KiB instead.
+    let d = Scratch::new("r-direct");
+    let img = d.path("small.qcow2");
+    let opts = "cluster_size=512,lazy_refcounts=on";
+    qemu_img_ok(&["create", "-f", "qcow2", "-o", opts, s(&img), "64K"]);
+    qemu_io_then_sigkill(&img, &["write -P 0x3c 0 6k", "flush"]);
+    assert!(is_dirty(&img));
+    let mut n = node(&img, false);
+    n.cache = CacheConfig::from_mode("none").unwrap();
+
+    drop(open(&n).unwrap());
+
+    let len = std::fs::metadata(&img).unwrap().len();
+    assert_eq!(len % 4096, 0, "file length {len} after the repair");
+    check_clean(&img);
+    let raw = raw_of_size(&d, "expected.raw", 64 << 10);
+    raw_fill(&raw, 0, 6 << 10, 0x3c);
     compare_ok(&img, &raw);
 }
 

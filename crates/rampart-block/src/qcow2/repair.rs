@@ -18,7 +18,7 @@
 use super::header::{Header, INCOMPAT_DIRTY, MAX_REFTABLE_BYTES};
 use super::meta::{L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
 use super::{be64, Qcow2Error};
-use crate::file::HostFile;
+use crate::file::{HostFile, DIRECT_ALIGN};
 use crate::BlockError;
 
 /// Most host clusters a repair accounts for (16 MiB of refcounts in memory; 512 GiB of
@@ -334,22 +334,28 @@ pub fn repair(file: &HostFile, hdr: &mut Header) -> Result<(), BlockError> {
             "the rebuilt refcount table would exceed its limit",
         )));
     }
+    // Built in memory (two bytes per cluster of the image, as the counts) and written with
+    // one request that ends 4 KiB aligned: with O_DIRECT the file then never needs trimming
+    // back (the monitor thread, which repairs images `blockdev-add` opens, may not truncate).
     let rbe = cs / 2;
-    let mut table = vec![0u8; (l.table_clusters * cs) as usize];
-    let mut block = vec![0u8; cs as usize];
+    let table_off = l.start * cs;
+    let table_len = (l.table_clusters * cs) as usize;
+    let len = table_len + (l.blocks * cs) as usize;
+    let pad = (table_off + len as u64).next_multiple_of(DIRECT_ALIGN) - (table_off + len as u64);
+    let mut out = vec![0u8; len + pad as usize];
     for b in 0..l.blocks {
-        block.fill(0);
+        let off = (l.start + l.table_clusters + b) * cs;
+        out[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&off.to_be_bytes());
+        let block = &mut out[table_len + (b * cs) as usize..][..cs as usize];
         for c in b * rbe..((b + 1) * rbe).min(l.end()) {
             let r = if c < clusters { u.refs[c as usize] } else { 1 };
             let i = ((c - b * rbe) * 2) as usize;
             block[i..i + 2].copy_from_slice(&r.to_be_bytes());
         }
-        let off = (l.start + l.table_clusters + b) * cs;
-        file.write_at(off, &block)?;
-        table[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&off.to_be_bytes());
     }
-    let table_off = l.start * cs;
-    file.write_at(table_off, &table)?;
+    drop(u);
+    file.write_at(table_off, &out)?;
+    drop(out);
     file.flush()?;
     let mut rt_fields = [0u8; 12];
     rt_fields[..8].copy_from_slice(&table_off.to_be_bytes());
