@@ -265,7 +265,13 @@ impl Authorizer for MonitorAuthz {
             Verdict::Deny(why) => Err(why),
             Verdict::Allow(None) => Ok(()),
             Verdict::Allow(Some(cmds)) => {
-                if cmds.iter().any(|c| glob::matches(c, command)) {
+                // rampart's own commands are also matched without their downstream prefix,
+                // so `query-*` (a read-only role) covers `__rampart_query-netdev-throttle`.
+                let bare = command.strip_prefix(crate::net_throttle::PREFIX);
+                if cmds
+                    .iter()
+                    .any(|c| glob::matches(c, command) || bare.is_some_and(|b| glob::matches(c, b)))
+                {
                     Ok(())
                 } else {
                     Err("the peer's role does not include it".into())
@@ -332,6 +338,12 @@ mod tests {
         assert!(m.authorize(&dash, "query-status").is_ok());
         assert!(m.authorize(&dash, "stop").is_err());
         assert!(m.authorize(&tls_peer("CN=admin"), "stop").is_ok());
+        // rampart's own commands: the query is in the read-only role, the change is not.
+        assert!(m.authorize(&dash, crate::net_throttle::QUERY).is_ok());
+        assert!(m.authorize(&dash, crate::net_throttle::SET).is_err());
+        assert!(m
+            .authorize(&tls_peer("CN=admin"), crate::net_throttle::SET)
+            .is_ok());
         assert!(m.admit(&tls_peer("CN=mallory")).is_err());
         // Another monitor without an authz object is not affected.
         let other = Peer {

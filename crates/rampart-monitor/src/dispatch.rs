@@ -453,6 +453,11 @@ impl Dispatcher {
             "query-rx-filter" => {
                 crate::net::query_rx_filter(&i.nics, args.get("name").and_then(Value::as_str))?
             }
+            crate::net_throttle::SET => crate::net_throttle::set_throttle(&i.nics, args)?,
+            crate::net_throttle::QUERY => crate::net_throttle::query_throttle(
+                &i.nics,
+                args.get("id").and_then(Value::as_str),
+            )?,
             "stop" => self.done(ControlRequest::Stop)?,
             "cont" => self.done(ControlRequest::Cont)?,
             "system_reset" => self.done(ControlRequest::SystemReset)?,
@@ -568,6 +573,10 @@ mod tests {
         fn rx_filter(&self) -> rampart_config::control::RxFilter {
             rampart_config::control::RxFilter::reset([2, 0, 0, 0, 0, 1])
         }
+        fn limits(&self) -> rampart_config::NetLimits {
+            rampart_config::NetLimits::default()
+        }
+        fn set_limits(&self, _: rampart_config::NetLimits) {}
     }
 
     fn peer() -> Peer {
@@ -623,6 +632,11 @@ mod tests {
             let (args, fd) = match c.name {
                 "human-monitor-command" => (Some(json!({"command-line": "info status"})), false),
                 "set_link" => (Some(json!({"name": "nic0", "up": false})), false),
+                crate::net_throttle::SET => (
+                    Some(json!({"id": "n0", "rx-bps": 0, "rx-pps": 0,
+                        "tx-bps": 1000, "tx-pps": 0})),
+                    false,
+                ),
                 "block_set_io_throttle" => (
                     Some(json!({"device": "d0", "bps": 1000, "bps_rd": 0,
                         "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0})),

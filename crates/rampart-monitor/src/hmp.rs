@@ -26,6 +26,10 @@ const HELP: &[(&str, &str)] = &[
         "info [subcommand]",
         "show various information about the system state",
     ),
+    (
+        "netdev_set_throttle id rx-bps rx-pps tx-bps tx-pps",
+        "change a network back end's rate limits (0 = unlimited; rampart's own)",
+    ),
     ("quit|q", "quit the emulator"),
     (
         "set_link name on|off",
@@ -41,6 +45,10 @@ const INFO_HELP: &[(&str, &str)] = &[
     ("info chardev", "show the character devices"),
     ("info cpus", "show infos for each CPU"),
     ("info name", "show the current VM name"),
+    (
+        "info netdev_throttle",
+        "show the rate limits of the network back ends",
+    ),
     ("info status", "show the current VM status (running|paused)"),
     ("info version", "show the version of QEMU"),
 ];
@@ -132,6 +140,11 @@ fn execute(d: &mut Dispatcher, peer: &Peer, line: &str) -> Result<String, QmpErr
             }
             _ => Err(QmpError::generic("usage: set_link name on|off")),
         },
+        "netdev_set_throttle" => {
+            let args = crate::net_throttle::hmp_args(&rest)?;
+            d.execute(peer, crate::net_throttle::SET, Some(&args))
+                .map(|_| String::new())
+        }
         "info" => match rest.as_slice() {
             [] => Ok(table(INFO_HELP)),
             [what] => info(d, peer, what),
@@ -191,6 +204,11 @@ fn info(d: &mut Dispatcher, peer: &Peer, what: &str) -> Result<String, QmpError>
         "block" => Ok(crate::block::info_block(&d.execute(
             peer,
             "query-block",
+            None,
+        )?)),
+        "netdev_throttle" => Ok(crate::net_throttle::info_text(&d.execute(
+            peer,
+            crate::net_throttle::QUERY,
             None,
         )?)),
         "chardev" => {

@@ -3,6 +3,8 @@
 //! - [`block`]: block devices for `query-block`, `query-blockstats` and `info block`;
 //! - [`dump`]: `dump-guest-memory` (ELF core of guest RAM);
 //! - [`fds`]: descriptor passing (`getfd`, `add-fd`, ... with `SCM_RIGHTS`);
+//! - [`net`] and [`net_throttle`]: NICs (`set_link`, `query-rx-filter`) and their rate limits
+//!   (rampart's `__rampart_netdev-set-throttle`, `__rampart_query-netdev-throttle`);
 //! - [`nodes`]: block nodes the monitor opens (`blockdev-add`, `blockdev-del`);
 //! - [`framing`]: the bounded JSON stream splitter;
 //! - [`schema`]: the one definition of every command and event, from which argument
@@ -32,6 +34,7 @@ pub mod glob;
 pub mod hmp;
 pub mod introspect;
 pub mod net;
+pub mod net_throttle;
 pub mod nodes;
 pub mod qmp;
 pub mod readline;

@@ -1,10 +1,12 @@
-//! NICs for `set_link`, `query-rx-filter` and `NIC_RX_FILTER_CHANGED`. The binary hands the
+//! NICs for `set_link`, `query-rx-filter` and `NIC_RX_FILTER_CHANGED` (their rate limits:
+//! [`crate::net_throttle`]). The binary hands the
 //! monitor each NIC's names and a [`NicControl`] (the device's shared handle); the monitor
 //! knows nothing else of the device.
 
 use std::sync::Arc;
 
 use rampart_config::control::{mac_text, RxFilter};
+use rampart_config::NetLimits;
 use serde_json::{json, Value};
 
 use crate::error::{ErrorClass, QmpError};
@@ -16,6 +18,10 @@ pub trait NicControl: Send + Sync {
     fn set_link(&self, up: bool);
     /// The receive filter; reading it re-arms NIC_RX_FILTER_CHANGED (as QEMU).
     fn rx_filter(&self) -> RxFilter;
+    /// The back end's rate limits.
+    fn limits(&self) -> NetLimits;
+    /// New rate limits (already validated), effective at once.
+    fn set_limits(&self, limits: NetLimits);
 }
 
 /// One NIC as the monitor knows it.
@@ -135,6 +141,10 @@ mod tests {
         fn rx_filter(&self) -> RxFilter {
             RxFilter::reset([0x52, 0x54, 0, 0x12, 0x34, 0x56])
         }
+        fn limits(&self) -> NetLimits {
+            NetLimits::default()
+        }
+        fn set_limits(&self, _: NetLimits) {}
     }
 
     fn nics() -> (Vec<NicInfo>, Arc<Fake>) {

@@ -227,6 +227,16 @@ pub const COMMANDS: &[CommandDef] = &[
         ret: Ty::Array(&crate::net::RX_FILTER_INFO),
     },
     CommandDef {
+        name: crate::net_throttle::SET,
+        args: crate::net_throttle::SET_ARGS,
+        ret: EMPTY,
+    },
+    CommandDef {
+        name: crate::net_throttle::QUERY,
+        args: &[opt("id", Ty::Str)],
+        ret: Ty::Array(&crate::net_throttle::NETDEV_THROTTLE),
+    },
+    CommandDef {
         name: "cont",
         args: &[],
         ret: EMPTY,

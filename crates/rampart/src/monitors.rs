@@ -136,6 +136,12 @@ impl NicControl for NicHandle {
     fn rx_filter(&self) -> rampart_config::control::RxFilter {
         self.0.rx_filter()
     }
+    fn limits(&self) -> rampart_config::NetLimits {
+        self.0.limits()
+    }
+    fn set_limits(&self, limits: rampart_config::NetLimits) {
+        self.0.set_limits(limits);
+    }
 }
 
 /// The NICs for the monitor; each NIC's receive-filter changes become NIC_RX_FILTER_CHANGED

@@ -36,6 +36,9 @@ const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
 /// Size of the configuration space we expose (up to write_zeroes_may_unmap and padding).
 const CONFIG_LEN: usize = 0x3c;
 
+/// The shortest wait the throttling timer is armed for.
+const RESUME_SOON: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// A virtio block device.
 pub struct Block {
     requests: BlockRequests,
@@ -129,7 +132,7 @@ impl VirtioDevice for Block {
         let used = self.requests.process(queue, mem)?;
         if let Some(wait) = self.requests.throttled_for {
             if !self.timer_armed {
-                let wait = wait.max(std::time::Duration::from_micros(100));
+                let wait = wait.max(RESUME_SOON);
                 self.timer_armed = self.timer.reset(wait, None).is_ok();
             }
         }
@@ -147,6 +150,11 @@ impl VirtioDevice for Block {
             self.timer_armed = false;
         } else {
             let _ = self.wake.read();
+            // New limits: a wait planned for the old ones ends now (the queue is serviced
+            // below and, if still over the new limits, the timer is armed for them).
+            if self.timer_armed && self.timer.reset(RESUME_SOON, None).is_err() {
+                self.timer_armed = false;
+            }
         }
         EventAction {
             queues: 1,
@@ -155,5 +163,73 @@ impl VirtioDevice for Block {
     }
     fn more_work(&self, _index: usize) -> bool {
         self.requests.throttled_for.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_block::BlockError;
+    use rampart_config::{BlockLimits, RateLimit};
+
+    /// A disk of zeroes that is never read in these tests.
+    struct Zeroes;
+    impl BlockBackend for Zeroes {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_only(&self) -> bool {
+            true
+        }
+        fn read_at(&self, _: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn write_at(&self, _: u64, _: &[u8]) -> Result<(), BlockError> {
+            Err(BlockError::ReadOnly)
+        }
+        fn flush(&self) -> Result<(), BlockError> {
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64) -> Result<(), BlockError> {
+            Err(BlockError::ReadOnly)
+        }
+        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<(), BlockError> {
+            Err(BlockError::ReadOnly)
+        }
+        fn supports_discard(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_limit_change_ends_a_wait_planned_for_the_old_limits() {
+        let throttle = ThrottleHandle::new(BlockLimits::default(), None);
+        let mut b = Block::new(Arc::new(Zeroes), "", Arc::new(BlockStats::default()))
+            .unwrap()
+            .with_throttle(throttle.clone());
+        // A wait of an hour, as a very low limit would plan.
+        b.timer
+            .reset(std::time::Duration::from_secs(3600), None)
+            .unwrap();
+        b.timer_armed = true;
+        throttle.set_limits(BlockLimits {
+            bps_total: RateLimit {
+                avg: 1 << 20,
+                max: 0,
+                max_length: 0,
+            },
+            ..Default::default()
+        });
+        let a = b.handle_event(1);
+        assert_eq!(a.queues, 1);
+        let mut p = libc::pollfd {
+            fd: b.timer.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `p` is one valid pollfd that outlives the call.
+        let ready = unsafe { libc::poll(&mut p, 1, 1000) };
+        assert_eq!(ready, 1, "the hour-long wait was kept");
     }
 }

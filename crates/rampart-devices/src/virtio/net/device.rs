@@ -84,6 +84,9 @@ pub fn tun_offloads(acked: u64) -> u32 {
     t
 }
 
+/// The shortest wait a rate-limit timer is armed for.
+const SOON: Duration = Duration::from_micros(100);
+
 /// A direction's rate limiter: buckets (bytes, packets) and the timer that resumes it.
 pub(super) struct Limiter {
     pub buckets: Buckets,
@@ -109,13 +112,22 @@ impl Limiter {
             None => true,
             Some(d) => {
                 if !self.armed {
-                    let d = d.max(Duration::from_micros(100));
+                    let d = d.max(SOON);
                     if self.timer.reset(d, None).is_ok() {
                         self.armed = true;
                     }
                 }
                 false
             }
+        }
+    }
+
+    /// New limits: fresh buckets, and a timer armed for the old limits fires at once instead
+    /// (a wait planned at a low rate must not hold up a direction whose limit was raised).
+    fn set(&mut self, bytes: rampart_config::RateLimit, packets: rampart_config::RateLimit) {
+        self.buckets = Buckets::new(&[bytes, packets], Instant::now());
+        if self.armed && self.timer.reset(SOON, None).is_err() {
+            self.armed = false;
         }
     }
 
@@ -144,6 +156,8 @@ pub struct Net {
     pub(super) kick_queues: u64,
     pub(super) rx_limit: Limiter,
     pub(super) tx_limit: Limiter,
+    /// The limits the buckets were made for.
+    limits: NetLimits,
     /// Offloads (`TUN_F_*`) to give the tap: set by feature negotiation (a vCPU thread), applied
     /// by the I/O thread before it next moves frames (until then the tap sends plain frames,
     /// which every guest accepts).
@@ -174,15 +188,20 @@ impl Net {
             kick_queues: 0,
             rx_limit: Limiter::new(l.rx_bps, l.rx_pps)?,
             tx_limit: Limiter::new(l.tx_bps, l.tx_pps)?,
+            limits: l,
             pending_offloads: None,
             config,
         })
     }
 
     fn apply_limits(&mut self, l: NetLimits) {
-        let now = Instant::now();
-        self.rx_limit.buckets = Buckets::new(&[l.rx_bps, l.rx_pps], now);
-        self.tx_limit.buckets = Buckets::new(&[l.tx_bps, l.tx_pps], now);
+        if l == self.limits {
+            return;
+        }
+        info!(?l, "virtio-net: rate limits changed");
+        self.limits = l;
+        self.rx_limit.set(l.rx_bps, l.rx_pps);
+        self.tx_limit.set(l.tx_bps, l.tx_pps);
     }
 
     /// Asks the I/O thread to come back to `queue` after other events.

@@ -310,3 +310,94 @@ fn transmit_rate_limit_stops_the_queue_and_arms_the_timer() {
     assert_eq!(usize::from(used_idx(&mem, &vq)), sent);
     assert!(!n.more_work(1));
 }
+
+/// Whether `fd` becomes readable within `ms` milliseconds.
+fn readable_within(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd that outlives the call.
+    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+}
+
+#[test]
+fn raising_a_limit_brings_a_waiting_direction_back_at_once() {
+    // Arrange: 10 bytes/s, so after the first 60-byte frame the rest wait about six seconds.
+    let mem = mem();
+    let slow = rampart_config::RateLimit {
+        avg: 10,
+        max: 0,
+        max_length: 0,
+    };
+    let handle = NetHandle::new(
+        MAC,
+        NetLimits {
+            tx_bps: slow,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let wire = Fake::default();
+    let mut n = Net::new(handle.clone(), Box::new(wire.clone())).unwrap();
+    let vq = MockSplitQueue::new(&mem, 16);
+    mem.write_slice(&frame(MAC, 60), GuestAddress(0x10_0000))
+        .unwrap();
+    let d = RawDescriptor::from(Descriptor::new(0x10_0000, 72, 0, 0));
+    vq.add_desc_chains(&[d, d, d], 0).unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    n.process_queue(1, &mut q, &mem).unwrap();
+    assert_eq!(wire.0.lock().unwrap().sent.len(), 1);
+    let timer = std::os::fd::AsRawFd::as_raw_fd(&n.tx_limit.timer);
+    assert!(!readable_within(timer, 0));
+    // Act: the monitor raises the limit (still a limit: 10 frames per second).
+    handle.set_limits(NetLimits {
+        tx_pps: rampart_config::RateLimit {
+            avg: 10,
+            max: 0,
+            max_length: 0,
+        },
+        ..Default::default()
+    });
+    let a = n.handle_event(1);
+    // Assert: the queue is serviced now, and the timer planned for the old limit fires at
+    // once, not six seconds later.
+    assert_ne!(a.queues & 1 << 1, 0);
+    assert!(readable_within(timer, 1000), "the old wait was kept");
+    n.handle_event(4);
+    n.process_queue(1, &mut q, &mem).unwrap();
+    assert!(wire.0.lock().unwrap().sent.len() >= 2);
+}
+
+#[test]
+fn lifting_every_limit_lets_the_queue_run_unthrottled() {
+    let mem = mem();
+    let handle = NetHandle::new(
+        MAC,
+        NetLimits {
+            tx_pps: rampart_config::RateLimit {
+                avg: 1,
+                max: 0,
+                max_length: 0,
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let wire = Fake::default();
+    let mut n = Net::new(handle.clone(), Box::new(wire.clone())).unwrap();
+    let vq = MockSplitQueue::new(&mem, 16);
+    mem.write_slice(&frame(MAC, 60), GuestAddress(0x10_0000))
+        .unwrap();
+    let d = RawDescriptor::from(Descriptor::new(0x10_0000, 72, 0, 0));
+    vq.add_desc_chains(&[d; 8], 0).unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    n.process_queue(1, &mut q, &mem).unwrap();
+    assert_eq!(wire.0.lock().unwrap().sent.len(), 1);
+    handle.set_limits(NetLimits::default());
+    n.handle_event(1);
+    n.process_queue(1, &mut q, &mem).unwrap();
+    assert_eq!(wire.0.lock().unwrap().sent.len(), 8);
+    assert!(n.more_work(1));
+}
