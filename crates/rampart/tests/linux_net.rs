@@ -2,8 +2,8 @@
 //! to the host through two NICs in a network namespace of the test's own (addresses exist only
 //! there). One boot checks everything — boots under the interpreter cost about a minute:
 //! ping both ways, TCP both ways (checksummed), `set_link` down and up, the receive filter the
-//! guest sets (query-rx-filter, NIC_RX_FILTER_CHANGED), a transmit rate limit, a tap passed
-//! as a descriptor, and a throttled disk.
+//! guest sets (query-rx-filter, NIC_RX_FILTER_CHANGED), a transmit rate limit (then lowered
+//! and lifted at run time), a tap passed as a descriptor, and a throttled disk.
 
 mod common;
 
@@ -26,6 +26,11 @@ const MIB: usize = 1 << 20;
 const TX_RATE: u64 = 256 * 1024;
 /// Bytes the guest sends through eth1 (about 5 s at the limit).
 const RATE_BYTES: usize = 1_310_720;
+/// eth1's transmit limit after it is lowered at run time, and the bytes sent under it (5 s).
+const TX_LOWERED: u64 = 128 * 1024;
+const LOWERED_BYTES: usize = 655_360;
+/// Bytes sent through eth1 once its limit is lifted (the guest's /tmp/out again).
+const LIFTED_BYTES: usize = 4 * MIB;
 /// The disk's read limit, and its size (5 s at the limit).
 const BLK_RATE: u64 = 1 << 20;
 const BLK_BYTES: usize = 5 * MIB;
@@ -33,7 +38,20 @@ const BLK_BYTES: usize = 5 * MIB;
 /// Accepts one connection on `listener` and returns what it sent and how long it took from
 /// the connection to its end.
 fn receive_all(listener: TcpListener) -> (Vec<u8>, Duration) {
-    let (mut s, _) = listener.accept().expect("accept");
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let deadline = Instant::now() + LIMIT;
+    let mut s = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("no connection from the guest on {listener:?}: {e}"),
+        }
+    };
+    s.set_nonblocking(false).expect("blocking stream");
     let start = Instant::now();
     let mut data = Vec::new();
     s.read_to_end(&mut data).expect("read");
@@ -189,6 +207,42 @@ fn linux_uses_virtio_net_on_taps() {
             "bps_rd":0,"bps_wr":0,"iops":0,"iops_rd":0,"iops_wr":0}}}}"#
     ));
     let block = qmp.exec("query-block");
+    // eth1's limit is lowered while the guest runs (rampart's own QMP command), checked, and
+    // then lifted through HMP; the guest sends once the host listens after each change.
+    step(&lines, "rate-lowered", &mut seen);
+    let lower = qmp.cmd(&format!(
+        r#"{{"execute":"__rampart_netdev-set-throttle","arguments":{{"id":"n1",
+            "rx-bps":0,"rx-pps":0,"tx-bps":{TX_LOWERED},"tx-pps":0}}}}"#
+    ));
+    let bad_burst = qmp.cmd(&format!(
+        r#"{{"execute":"__rampart_netdev-set-throttle","arguments":{{"id":"n1",
+            "rx-bps":0,"rx-pps":0,"tx-bps":{TX_LOWERED},"tx-pps":0,"tx-bps-max":1000}}}}"#
+    ));
+    let bad_id = qmp.cmd(
+        r#"{"execute":"__rampart_netdev-set-throttle","arguments":{"id":"n9",
+            "rx-bps":0,"rx-pps":0,"tx-bps":1,"tx-pps":0}}"#,
+    );
+    let lowered_query =
+        qmp.cmd(r#"{"execute":"__rampart_query-netdev-throttle","arguments":{"id":"n1"}}"#);
+    let l_lowered = ns
+        .spawn(|| TcpListener::bind("10.0.3.1:5004").unwrap())
+        .join()
+        .unwrap();
+    let lowered = receive_all(l_lowered);
+    step(&lines, "rate-lifted", &mut seen);
+    let lift = qmp.cmd(
+        r#"{"execute":"human-monitor-command",
+            "arguments":{"command-line":"netdev_set_throttle n1 0 0 0 0"}}"#,
+    );
+    let lifted_info = qmp.cmd(
+        r#"{"execute":"human-monitor-command",
+            "arguments":{"command-line":"info netdev_throttle"}}"#,
+    );
+    let l_lifted = ns
+        .spawn(|| TcpListener::bind("10.0.3.1:5005").unwrap())
+        .join()
+        .unwrap();
+    let lifted = receive_all(l_lifted);
     step(&lines, "blk-start", &mut seen);
     let blk_start = Instant::now();
     step(&lines, "blk-end", &mut seen);
@@ -276,6 +330,41 @@ fn linux_uses_virtio_net_on_taps() {
     assert!(
         rate <= TX_RATE as f64 * 1.1,
         "{rate:.0} B/s through a {TX_RATE} B/s limit ({rate_time:?})"
+    );
+    // The limit changed at run time: lowered, the new bound holds (+10%); errors name the
+    // culprit; lifted, the NIC runs faster than any limit it had.
+    assert_eq!(lower["return"], json!({}), "{lower}");
+    assert_eq!(
+        bad_burst["error"]["desc"], "tx-bps-max cannot be lower than tx-bps",
+        "{bad_burst}"
+    );
+    assert_eq!(bad_id["error"]["class"], "DeviceNotFound", "{bad_id}");
+    let q = &lowered_query["return"][0];
+    assert_eq!(q["id"], "n1", "{lowered_query}");
+    assert_eq!(q["tx-bps"], TX_LOWERED, "{lowered_query}");
+    assert_eq!(value(&out, "rate_lowered_done"), "ok", "{out}");
+    assert_eq!(lowered.0.len(), LOWERED_BYTES);
+    let lowered_rate = LOWERED_BYTES as f64 / lowered.1.as_secs_f64();
+    assert!(
+        lowered_rate <= TX_LOWERED as f64 * 1.1,
+        "{lowered_rate:.0} B/s through a limit lowered to {TX_LOWERED} B/s ({:?})",
+        lowered.1
+    );
+    assert_eq!(lift["return"], "", "{lift}");
+    let info = lifted_info["return"].as_str().unwrap_or_default();
+    assert!(
+        info.contains("n1 (NIC ") && info.contains("): no limits"),
+        "{info}"
+    );
+    assert_eq!(value(&out, "rate_lifted_done"), "ok", "{out}");
+    assert_eq!(lifted.0.len(), LIFTED_BYTES);
+    let lifted_rate = LIFTED_BYTES as f64 / lifted.1.as_secs_f64();
+    eprintln!(
+        "eth1: {rate:.0} B/s at first, {lowered_rate:.0} B/s lowered, {lifted_rate:.0} B/s lifted"
+    );
+    assert!(
+        lifted_rate > TX_RATE as f64 * 1.1,
+        "{lifted_rate:.0} B/s after the limit was lifted: no faster than the first limit"
     );
     // The throttled disk: its limit changed at run time, read whole, no faster than the new
     // limit (+10%).
