@@ -130,7 +130,9 @@ Network (tap back end, virtio-net-pci):
                    would start a process and are refused (the sandbox denies
                    spawning); rampart never runs a script. Rate limits: DIR is
                    rx (to the guest) or tx (from the guest), UNIT bps (bytes, with
-                   Ethernet headers) or pps (frames), per second.
+                   Ethernet headers) or pps (frames), per second. QMP
+                   __rampart_netdev-set-throttle (HMP netdev_set_throttle) changes
+                   them at run time.
   -nic tap,[same keys][,model=virtio-net-pci][,mac=MAC]
                    a -netdev tap and a virtio-net-pci on it in one option
   -netdev help     list network back ends
