@@ -31,6 +31,18 @@ fn has_buffers(queue: &Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError>
     Ok(queue.avail_idx(mem, Ordering::Acquire)? != Wrapping(queue.next_avail()))
 }
 
+/// Returns the chains taken for a frame that is dropped, empty.
+fn give_back(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    writers: Vec<(u16, Writer<'_, ()>)>,
+) -> Result<Delivery, QueueError> {
+    for (head, _) in writers {
+        queue.add_used(mem, head, 0).map_err(used_err)?;
+    }
+    Ok(Delivery::Dropped)
+}
+
 /// What happened to one received frame.
 enum Delivery {
     Delivered,
@@ -106,7 +118,10 @@ impl Net {
     }
 
     /// Copies the frame in `rx_buf[..len]` into one chain, or with mergeable buffers as many
-    /// as it needs, writing `num_buffers` into the header.
+    /// as it needs, writing `num_buffers` into the header. Takes at most a queue's worth of
+    /// chains, however fast the guest adds them; a chain that cannot be used (outside guest
+    /// memory) is returned empty, and one met after others were taken drops the frame (the
+    /// taken ones are returned too: every chain taken is used exactly once).
     fn deliver(
         &mut self,
         queue: &mut Queue,
@@ -114,21 +129,21 @@ impl Net {
         len: usize,
     ) -> Result<Delivery, QueueError> {
         let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
-        let start = queue.next_avail();
+        // Where to rewind to when buffers run out: past any unusable chains already returned.
+        let mut start = queue.next_avail();
         let mut writers: Vec<(u16, Writer<'_, ()>)> = Vec::new();
         let mut capacity = 0usize;
+        let mut taken = 0usize;
         while capacity < len {
-            if writers.len() >= usize::from(queue.size()) {
+            if taken >= usize::from(queue.size()) {
                 // The whole ring cannot hold it: give the buffers back empty.
-                for (head, _) in writers {
-                    queue.add_used(mem, head, 0).map_err(used_err)?;
-                }
-                return Ok(Delivery::Dropped);
+                return give_back(queue, mem, writers);
             }
             let Some(chain) = queue.iter(mem)?.next() else {
                 queue.set_next_avail(start);
                 return Ok(Delivery::NoBuffers);
             };
+            taken += 1;
             let head = chain.head_index();
             match Writer::new(mem, chain) {
                 Ok(w) => {
@@ -138,10 +153,11 @@ impl Net {
                 Err(e) => {
                     debug!("virtio-net: unusable receive buffer: {e}");
                     queue.add_used(mem, head, 0).map_err(used_err)?;
-                    if writers.is_empty() {
-                        // Nothing taken yet: the unusable chain is simply returned.
-                        return self.deliver(queue, mem, len);
+                    if !writers.is_empty() {
+                        return give_back(queue, mem, writers);
                     }
+                    start = queue.next_avail();
+                    continue;
                 }
             }
             if !mrg {
@@ -150,10 +166,7 @@ impl Net {
         }
         if capacity < len || writers.is_empty() {
             // Without mergeable buffers one chain must hold the frame; this one cannot.
-            for (head, _) in writers {
-                queue.add_used(mem, head, 0).map_err(used_err)?;
-            }
-            return Ok(Delivery::Dropped);
+            return give_back(queue, mem, writers);
         }
         let frame = &mut self.rx_buf[..len];
         let n = writers.len() as u16;

@@ -13,4 +13,6 @@ pub use handle::{FilterListener, NetHandle};
 pub use handler::BUDGET;
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;

@@ -17,18 +17,18 @@ use super::*;
 use crate::net::tap::NetBackend;
 use crate::virtio::VirtioDevice;
 
-const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+pub(super) const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
 #[derive(Default)]
-struct Wire {
-    incoming: VecDeque<Vec<u8>>,
-    sent: Vec<Vec<u8>>,
+pub(super) struct Wire {
+    pub(super) incoming: VecDeque<Vec<u8>>,
+    pub(super) sent: Vec<Vec<u8>>,
     reads: usize,
     offloads: Option<u32>,
 }
 
 #[derive(Clone, Default)]
-struct Fake(Arc<Mutex<Wire>>);
+pub(super) struct Fake(pub(super) Arc<Mutex<Wire>>);
 
 impl NetBackend for Fake {
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -55,11 +55,11 @@ impl NetBackend for Fake {
     }
 }
 
-fn mem() -> GuestMemoryMmap {
+pub(super) fn mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
 }
 
-fn net(features: u64) -> (Net, Fake, Arc<NetHandle>) {
+pub(super) fn net(features: u64) -> (Net, Fake, Arc<NetHandle>) {
     let handle = NetHandle::new(MAC, NetLimits::default()).unwrap();
     let wire = Fake::default();
     let mut n = Net::new(handle.clone(), Box::new(wire.clone())).unwrap();
@@ -68,7 +68,7 @@ fn net(features: u64) -> (Net, Fake, Arc<NetHandle>) {
 }
 
 /// A frame to `dst` with the 12-byte header, `len` bytes after the header.
-fn frame(dst: [u8; 6], len: usize) -> Vec<u8> {
+pub(super) fn frame(dst: [u8; 6], len: usize) -> Vec<u8> {
     let mut f = vec![0u8; 12 + len];
     f[12..18].copy_from_slice(&dst);
     for (i, b) in f[24..].iter_mut().enumerate() {
@@ -77,7 +77,11 @@ fn frame(dst: [u8; 6], len: usize) -> Vec<u8> {
     f
 }
 
-fn used(mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, i: u64) -> (u32, u32) {
+pub(super) fn used(
+    mem: &GuestMemoryMmap,
+    q: &MockSplitQueue<GuestMemoryMmap>,
+    i: u64,
+) -> (u32, u32) {
     let base = q.used_addr().unchecked_add(4 + i * 8);
     (
         mem.read_obj(base).unwrap(),
@@ -85,11 +89,11 @@ fn used(mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, i: u64) -> (
     )
 }
 
-fn used_idx(mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
+pub(super) fn used_idx(mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
     mem.read_obj(q.used_addr().unchecked_add(2)).unwrap()
 }
 
-fn writable(addr: u64, len: u32) -> RawDescriptor {
+pub(super) fn writable(addr: u64, len: u32) -> RawDescriptor {
     RawDescriptor::from(Descriptor::new(addr, len, VRING_DESC_F_WRITE as u16, 0))
 }
 
