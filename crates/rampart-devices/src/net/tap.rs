@@ -8,6 +8,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 
 use tracing::debug;
+use vm_memory::volatile_memory::PtrGuard;
+use vm_memory::VolatileSlice;
+
+/// Most pieces of guest memory one frame is written from (see `virtio::net`'s transmit).
+pub const MAX_PIECES: usize = 64;
 
 /// Size of the virtio-net header on the tap (virtio 1.x: `virtio_net_hdr_mrg_rxbuf`).
 pub const VNET_HDR_LEN: usize = 12;
@@ -266,6 +271,22 @@ pub trait NetBackend: Send {
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
     /// Sends one frame.
     fn send(&mut self, frame: &[u8]) -> std::io::Result<()>;
+    /// Sends one frame given as its header and the rest in pieces of guest memory (which the
+    /// guest may change meanwhile: only the bytes go out, nothing is interpreted). By default
+    /// copied into one buffer for [`send`](Self::send); the tap writes them with one `writev`.
+    fn send_gathered(
+        &mut self,
+        hdr: &[u8],
+        pieces: &[Option<VolatileSlice<'_>>],
+    ) -> std::io::Result<()> {
+        let mut frame = hdr.to_vec();
+        for p in pieces.iter().flatten() {
+            let old = frame.len();
+            frame.resize(old + p.len(), 0);
+            p.copy_to(&mut frame[old..]);
+        }
+        self.send(&frame)
+    }
     /// The offloads the guest accepts (`TUN_F_*`).
     fn set_offload(&mut self, flags: u32) -> std::io::Result<()>;
     /// The descriptor to poll for readability, if any.
@@ -279,6 +300,48 @@ impl NetBackend for Tap {
     fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
         let n = self.file.write(frame)?;
         if n != frame.len() {
+            return Err(std::io::Error::other("short write to the tap"));
+        }
+        Ok(())
+    }
+    fn send_gathered(
+        &mut self,
+        hdr: &[u8],
+        pieces: &[Option<VolatileSlice<'_>>],
+    ) -> std::io::Result<()> {
+        const NONE: libc::iovec = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let mut iov = [NONE; 1 + MAX_PIECES];
+        if pieces.len() > MAX_PIECES {
+            return Err(std::io::Error::other("too many pieces for one frame"));
+        }
+        // The guards keep each piece's mapping usable until the write returns.
+        let mut guards: [Option<PtrGuard>; MAX_PIECES] = [const { None }; MAX_PIECES];
+        iov[0] = libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: hdr.len(),
+        };
+        let mut n = 1;
+        let mut want = hdr.len();
+        for (p, slot) in pieces.iter().flatten().zip(guards.iter_mut()) {
+            let g = slot.insert(p.ptr_guard());
+            iov[n] = libc::iovec {
+                iov_base: g.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            };
+            n += 1;
+            want += p.len();
+        }
+        // SAFETY: `iov[..n]` describes `hdr` (borrowed for the call) and pieces of guest
+        // memory that stay mapped while their guards live (to the end of this function); the
+        // kernel only reads them. `n` is at most 1 + MAX_PIECES, the array's length.
+        let r = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), n as libc::c_int) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if r as usize != want {
             return Err(std::io::Error::other("short write to the tap"));
         }
         Ok(())

@@ -197,6 +197,10 @@ fn virtio_io() -> Vec<Allow> {
             Args::OneOf(1, vec![TUNSETOFFLOAD]),
             "tap: the offloads the guest negotiated",
         ),
+        any(
+            SYS_writev,
+            "tap: a frame written from guest memory in place (header, then its pieces)",
+        ),
     ]);
     v
 }

@@ -16,7 +16,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::ctrl;
 use super::device::{Net, RX, TX};
-use super::header::{check_tx, VnetHdr, HDR_LEN, MAX_FRAME};
+use super::header::{check_tx, VnetHdr, HDR_LEN};
+use super::tx::gather;
 use crate::virtio::QueueError;
 
 /// Frames handled per call in each direction before other events get a turn.
@@ -220,30 +221,22 @@ impl Net {
         Ok(used)
     }
 
-    /// Reads, checks and sends one chain; returns the frame's length if it went out.
+    /// Checks and sends one chain (from guest memory in place, see [`super::tx`]); returns
+    /// the frame's length if it went out.
     fn send_chain(
         &mut self,
         mem: &GuestMemoryMmap,
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
     ) -> Option<usize> {
-        let mut r = match Reader::<()>::new(mem, chain) {
-            Ok(r) => r,
+        let mut g = match gather(mem, chain, &mut self.tx_buf) {
+            Ok(g) => g,
             Err(e) => {
-                debug!("virtio-net: unusable transmit chain: {e}");
+                debug!("virtio-net: dropping {e}");
                 return None;
             }
         };
-        let total = r.available_bytes();
-        if !(HDR_LEN..=HDR_LEN + MAX_FRAME).contains(&total) {
-            debug!("virtio-net: dropping a {total}-byte transmit chain");
-            return None;
-        }
-        self.tx_buf.resize(total, 0);
-        if r.read_exact(&mut self.tx_buf).is_err() {
-            return None;
-        }
-        let hdr = VnetHdr::parse(&self.tx_buf)?;
-        if let Err(e) = check_tx(&hdr, total - HDR_LEN, self.acked) {
+        let hdr = VnetHdr::parse(&g.hdr)?;
+        if let Err(e) = check_tx(&hdr, g.len, self.acked) {
             debug!("virtio-net: dropping a transmitted frame: {e}");
             return None;
         }
@@ -251,9 +244,17 @@ impl Net {
             return None;
         }
         // num_buffers means nothing on transmit.
-        self.tx_buf[10..12].fill(0);
-        match self.backend.send(&self.tx_buf) {
-            Ok(()) => Some(total - HDR_LEN),
+        g.hdr[10..12].fill(0);
+        let sent = if g.copied {
+            let mut frame = Vec::with_capacity(HDR_LEN + self.tx_buf.len());
+            frame.extend_from_slice(&g.hdr);
+            frame.extend_from_slice(&self.tx_buf);
+            self.backend.send(&frame)
+        } else {
+            self.backend.send_gathered(&g.hdr, &g.pieces[..g.count])
+        };
+        match sent {
+            Ok(()) => Some(g.len),
             Err(e) => {
                 debug!("virtio-net: tap write failed: {e}");
                 None

@@ -6,6 +6,7 @@ mod device;
 mod handle;
 mod handler;
 pub mod header;
+mod tx;
 
 pub use ctrl::{run as run_ctrl_command, MAC_TABLE_ENTRIES};
 pub use device::{tun_offloads, Net, OFFERED, PCI_CLASS};
