@@ -27,6 +27,28 @@ pub const USER_CS: u16 = 0x1b;
 pub const USER_DS: u16 = 0x23;
 pub const TSS_SEL: u16 = 0x28;
 
+/// xorshift64*: a small deterministic generator for randomized tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform-enough in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// One of `from` (non-empty).
+    pub fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[self.below(from.len())]
+    }
+}
+
 pub struct Machine {
     pub cpu: Cpu,
     pub mem: FlatMemory,

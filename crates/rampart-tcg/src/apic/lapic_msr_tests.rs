@@ -202,17 +202,7 @@ fn odd_sized_writes_change_nothing() {
     assert_eq!(r(&mut apic, REG_TPR, 0), 0);
 }
 
-/// xorshift64*: a small deterministic generator for the property test.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+use crate::testutil::Rng;
 
 #[test]
 fn random_register_writes_never_panic_and_keep_invariants() {

@@ -51,6 +51,22 @@ pub(crate) fn op_size(instr: &Instruction, op: u32) -> u8 {
     }
 }
 
+/// Whether an operand of kind `k` is an immediate (of any width or extension).
+pub(crate) fn is_immediate(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Immediate8
+            | OpKind::Immediate8_2nd
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+    )
+}
+
 /// Sign-extend the low `size` bytes of `v`.
 pub(crate) fn sext(v: u64, size: u8) -> u64 {
     match size {
@@ -283,15 +299,7 @@ impl Cpu {
                 let la = self.mem_la(instr, op)?;
                 self.read_mem(mem, la, size)
             }
-            OpKind::Immediate8
-            | OpKind::Immediate8_2nd
-            | OpKind::Immediate16
-            | OpKind::Immediate32
-            | OpKind::Immediate64
-            | OpKind::Immediate8to16
-            | OpKind::Immediate8to32
-            | OpKind::Immediate8to64
-            | OpKind::Immediate32to64 => Ok(instr.immediate(op) & size_mask(size)),
+            k if is_immediate(k) => Ok(instr.immediate(op) & size_mask(size)),
             _ => Err(self.unimplemented(instr)),
         }
     }

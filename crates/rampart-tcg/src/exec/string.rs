@@ -200,37 +200,29 @@ impl Cpu {
         let mut buf = [0u8; BULK_BYTES];
         let buf = &mut buf[..n];
         let user = self.user_access();
-        if let Some(src) = src {
-            let pa = self.translate(
-                mem,
-                src,
-                Access {
+        // The source first, as the element loop faults on it first.
+        let pa = match src {
+            Some(src) => {
+                let read = Access {
                     kind: AccessKind::Read,
                     user,
-                },
-            )?;
-            let pd = self.translate(
-                mem,
-                dst,
-                Access {
-                    kind: AccessKind::Write,
-                    user,
-                },
-            )?;
+                };
+                Some(self.translate(mem, src, read)?)
+            }
+            None => None,
+        };
+        let write = Access {
+            kind: AccessKind::Write,
+            user,
+        };
+        let pd = self.translate(mem, dst, write)?;
+        if let Some(pa) = pa {
             let overlap = pd < pa + n as u64 && pa < pd + n as u64;
             if overlap || !mem.read_ram(pa, buf) || !self.write_chunk(mem, pd, buf) {
                 return Ok(0);
             }
             self.gpr[6] = self.gpr[6].wrapping_add(n as u64);
         } else {
-            let pd = self.translate(
-                mem,
-                dst,
-                Access {
-                    kind: AccessKind::Write,
-                    user,
-                },
-            )?;
             let v = self.gpr[0].to_le_bytes();
             for c in buf.chunks_exact_mut(size as usize) {
                 c.copy_from_slice(&v[..size as usize]);

@@ -220,6 +220,45 @@ impl Cpu {
         }
     }
 
+    /// Read destination `dst` of a read-modify-write: its value and, for memory, its linear
+    /// address (checked once, written back with [`Cpu::fast_write_back`]).
+    #[inline(always)]
+    fn fast_read_dst(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        dst: Dst,
+        size: u8,
+    ) -> Res<(u64, Option<u64>)> {
+        match dst {
+            Dst::Reg(r) => Ok((self.fast_get(r, size), None)),
+            Dst::Mem(addr) => {
+                let la = self.fast_la(&addr)?;
+                Ok((self.read_mem(mem, la, size)?, Some(la)))
+            }
+        }
+    }
+
+    /// Write the result of a read-modify-write back to `dst` (`la` from
+    /// [`Cpu::fast_read_dst`]).
+    #[inline(always)]
+    fn fast_write_back(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        dst: Dst,
+        la: Option<u64>,
+        size: u8,
+        v: u64,
+    ) -> Res<()> {
+        match (dst, la) {
+            (Dst::Reg(r), _) => {
+                self.fast_set(r, size, v);
+                Ok(())
+            }
+            (Dst::Mem(_), Some(la)) => self.write_mem(mem, la, size, v),
+            (Dst::Mem(_), None) => Ok(()),
+        }
+    }
+
     /// arith::alu2 and logic::alu2.
     #[inline(always)]
     fn fast_alu(
@@ -230,13 +269,7 @@ impl Cpu {
         dst: Dst,
         src: &Src,
     ) -> Res<()> {
-        let (a, la) = match dst {
-            Dst::Reg(r) => (self.fast_get(r, size), None),
-            Dst::Mem(addr) => {
-                let la = self.fast_la(&addr)?;
-                (self.read_mem(mem, la, size)?, Some(la))
-            }
-        };
+        let (a, la) = self.fast_read_dst(mem, dst, size)?;
         let b = self.fast_src(mem, src, size)?;
         // Only a memory destination can still fault after the flags are recorded.
         let saved = la.map(|_| self.flags);
@@ -257,15 +290,7 @@ impl Cpu {
             }
         };
         if write {
-            let r = match (dst, la) {
-                (Dst::Reg(r), _) => {
-                    self.fast_set(r, size, res);
-                    Ok(())
-                }
-                (Dst::Mem(_), Some(la)) => self.write_mem(mem, la, size, res),
-                (Dst::Mem(_), None) => Ok(()),
-            };
-            if let Err(e) = r {
+            if let Err(e) = self.fast_write_back(mem, dst, la, size, res) {
                 if let Some(saved) = saved {
                     self.flags = saved;
                 }
@@ -285,13 +310,7 @@ impl Cpu {
         dst: Dst,
         count: &Src,
     ) -> Res<()> {
-        let (a, la) = match dst {
-            Dst::Reg(r) => (self.fast_get(r, size), None),
-            Dst::Mem(addr) => {
-                let la = self.fast_la(&addr)?;
-                (self.read_mem(mem, la, size)?, Some(la))
-            }
-        };
+        let (a, la) = self.fast_read_dst(mem, dst, size)?;
         let c = self.fast_src(mem, count, 1)? & count_mask(size);
         let (res, flags) = if c == 0 {
             // No flags change, but the destination is still written.
@@ -302,11 +321,7 @@ impl Cpu {
                 None => return Err(Exception::ud().into()),
             }
         };
-        match (dst, la) {
-            (Dst::Reg(r), _) => self.fast_set(r, size, res),
-            (Dst::Mem(_), Some(la)) => self.write_mem(mem, la, size, res)?,
-            (Dst::Mem(_), None) => {}
-        }
+        self.fast_write_back(mem, dst, la, size, res)?;
         if let Some((mask, f)) = flags {
             self.flags.set_arith(mask, f);
         }
@@ -316,13 +331,7 @@ impl Cpu {
     /// arith::unary and logic::not.
     #[inline(always)]
     fn fast_unary(&mut self, mem: &mut dyn GuestMemory, op: UnOp, size: u8, dst: Dst) -> Res<()> {
-        let (a, la) = match dst {
-            Dst::Reg(r) => (self.fast_get(r, size), None),
-            Dst::Mem(addr) => {
-                let la = self.fast_la(&addr)?;
-                (self.read_mem(mem, la, size)?, Some(la))
-            }
-        };
+        let (a, la) = self.fast_read_dst(mem, dst, size)?;
         let mask = size_mask(size);
         let res = match op {
             UnOp::Inc => a.wrapping_add(1) & mask,
@@ -330,11 +339,7 @@ impl Cpu {
             UnOp::Neg => a.wrapping_neg() & mask,
             UnOp::Not => !a & mask,
         };
-        match (dst, la) {
-            (Dst::Reg(r), _) => self.fast_set(r, size, res),
-            (Dst::Mem(_), Some(la)) => self.write_mem(mem, la, size, res)?,
-            (Dst::Mem(_), None) => {}
-        }
+        self.fast_write_back(mem, dst, la, size, res)?;
         match op {
             UnOp::Inc => self.flags.record(LazyOp::Inc, size, a, 1, res, false),
             UnOp::Dec => self.flags.record(LazyOp::Dec, size, a, 1, res, false),

@@ -219,14 +219,7 @@ fn src(i: &Instruction, op: u32, size: u8) -> Option<Src> {
     match i.op_kind(op) {
         OpKind::Register => gpr(i.op_register(op)).map(Src::Reg),
         OpKind::Memory => addr(i, op, true).map(Src::Mem),
-        OpKind::Immediate8
-        | OpKind::Immediate16
-        | OpKind::Immediate32
-        | OpKind::Immediate64
-        | OpKind::Immediate8to16
-        | OpKind::Immediate8to32
-        | OpKind::Immediate8to64
-        | OpKind::Immediate32to64 => Some(Src::Imm(i.immediate(op) & size_mask(size))),
+        k if crate::exec::is_immediate(k) => Some(Src::Imm(i.immediate(op) & size_mask(size))),
         _ => None,
     }
 }

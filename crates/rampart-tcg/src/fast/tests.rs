@@ -10,23 +10,6 @@ use iced_x86::{
     InstructionBlock, MemoryOperand, Register as R,
 };
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-        from[self.below(from.len())]
-    }
-}
-
 /// Registers an instruction may write: never RBX/RBP/RSI/RSP, which hold the data and stack
 /// pointers the memory operands use.
 const DST64: [R; 12] = [
@@ -219,6 +202,16 @@ fn size_of(code: Code, op: u32) -> u8 {
     }
 }
 
+/// A random immediate that fits `code`'s immediate operand.
+fn imm_for(rng: &mut Rng, code: Code) -> i32 {
+    let imm = rng.next() as i32 >> rng.below(32);
+    match format!("{code:?}") {
+        n if n.ends_with("imm8") => imm as i8 as i32,
+        n if n.ends_with("imm16") => imm as i16 as i32,
+        _ => imm,
+    }
+}
+
 /// One random instruction at `ip` (branches to one of `targets`) that can be encoded (AH-DH
 /// cannot meet a REX prefix).
 fn one(rng: &mut Rng, ip: u64, targets: &[u64]) -> Instruction {
@@ -255,12 +248,7 @@ fn candidate(rng: &mut Rng, ip: u64, targets: &[u64]) -> Instruction {
         }
         7 | 8 => {
             let code = rng.pick(&RM_IMM);
-            let imm = rng.next() as i32 >> rng.below(32);
-            let imm = match format!("{code:?}") {
-                n if n.ends_with("imm8") => imm as i8 as i32,
-                n if n.ends_with("imm16") => imm as i16 as i32,
-                _ => imm,
-            };
+            let imm = imm_for(rng, code);
             if rng.below(2) == 0 {
                 Instruction::with2(code, reg(rng, size_of(code, 0), true), imm)
             } else {
@@ -287,12 +275,7 @@ fn candidate(rng: &mut Rng, ip: u64, targets: &[u64]) -> Instruction {
         },
         11 => {
             let code = rng.pick(&SHIFT_IMUL);
-            let imm = rng.next() as i32 >> rng.below(32);
-            let imm = match format!("{code:?}") {
-                n if n.ends_with("imm8") => imm as i8 as i32,
-                n if n.ends_with("imm16") => imm as i16 as i32,
-                _ => imm,
-            };
+            let imm = imm_for(rng, code);
             let op0 = reg(rng, size_of(code, 0), true);
             let rm = if rng.below(2) == 0 {
                 None
