@@ -72,8 +72,12 @@ pub(crate) fn be64(b: &[u8], off: usize) -> u64 {
 /// Reads and validates the header of an open image file.
 pub fn read_header(file: &HostFile) -> Result<Header, BlockError> {
     let len = file.len();
-    // The header and its extensions live in the first cluster (at most 2 MiB).
-    let want = len.min(1 << header::MAX_CLUSTER_BITS) as usize;
+    // The header and its extensions live in the first cluster: read the cluster size, then
+    // that cluster (not a whole 2 MiB for every image), bounded by the largest cluster size.
+    let mut fixed = [0u8; 24];
+    file.read_at(0, &mut fixed)?;
+    let bits = be32(&fixed, 20).clamp(header::MIN_CLUSTER_BITS, header::MAX_CLUSTER_BITS);
+    let want = len.min(1 << bits) as usize;
     let mut head = vec![0u8; want];
     file.read_at(0, &mut head)?;
     let first = match header::parse(&head, len) {
