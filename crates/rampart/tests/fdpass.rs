@@ -685,3 +685,59 @@ fn the_path_policy_and_fd_sets_work_inside_the_jail_as_nobody() {
     assert_eq!(nodes[1]["node-name"], "passed", "{nodes}");
     assert_eq!(nodes[1]["ro"], false, "{nodes}");
 }
+
+#[test]
+fn blockdev_add_repairs_a_dirty_qcow2_image_under_the_monitor_filter() {
+    // A dirty (lazy-refcount) image is repaired by the writable open, which for blockdev-add
+    // runs on the monitor thread under its seccomp filter: with O_DIRECT and 512-byte
+    // clusters too, the repair must need no call that filter lacks (ftruncate, say).
+    let dir = Scratch::new("fdpass-dirty");
+    let allowed = dir.path("allowed");
+    std::fs::create_dir(&allowed).unwrap();
+    let img = allowed.join("dirty.qcow2");
+    let out = Command::new("qemu-img")
+        .args([
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512,lazy_refcounts=on",
+        ])
+        .arg(&img)
+        .arg("64K")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x3c 0 6k", "-c", "flush"])
+        .args(["-c", "sigraise 9"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "qemu-io was not killed: {out:?}");
+    let dirty = |p: &Path| std::fs::read(p).unwrap()[79] & 1 != 0;
+    assert!(dirty(&img), "qemu-io left the image clean");
+    let allow = ["-monitor-path-allow".into(), allowed.display().to_string()];
+    let vm = start(dir, &allow, Vec::new());
+    let mut q = vm.qmp();
+
+    let r = blockdev_add(
+        &mut q,
+        json!({"driver": "qcow2", "node-name": "d0", "cache": {"direct": true},
+               "file": {"driver": "file", "filename": img.display().to_string()}}),
+    );
+
+    assert_eq!(ret(&r), &json!({}), "{}", vm.log());
+    assert!(!dirty(&img), "blockdev-add did not repair the image");
+    assert_eq!(
+        ret(&q.cmd(r#"{"execute":"blockdev-del","arguments":{"node-name":"d0"}}"#)),
+        &json!({})
+    );
+    assert_eq!(q.exec("query-status")["status"], "running", "{}", vm.log());
+    let out = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "qemu-img check: {out:?}");
+}

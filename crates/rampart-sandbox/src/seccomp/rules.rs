@@ -268,9 +268,13 @@ fn monitor_block_nodes() -> Vec<Allow> {
         any(SYS_pread64, "blockdev-add reads image headers and metadata"),
         any(
             SYS_pwrite64,
-            "qcow2 metadata written back when an added node is closed",
+            "qcow2 metadata written back when an added node is closed, or repaired (a dirty \
+             lazy-refcount image) when it is added",
         ),
-        any(SYS_fdatasync, "flush of an added node at blockdev-del"),
+        any(
+            SYS_fdatasync,
+            "flush of an added node at blockdev-del; ordering of a dirty image's repair",
+        ),
         any(SYS_fsync, "qcow2 metadata ordering at blockdev-del"),
         any(SYS_fstat, "an added image's size"),
         with(
