@@ -50,6 +50,15 @@ pub(crate) struct Op {
     pub(crate) next_ip: u64,
 }
 
+/// What a block validation holds for: the validation generation (`Cpu::code_gen`), the TLB
+/// epoch and the privilege of the fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub(crate) gen: u64,
+    pub(crate) epoch: u64,
+    pub(crate) user: bool,
+}
+
 /// One decoded block.
 #[derive(Default)]
 pub(crate) struct Block {
@@ -60,6 +69,11 @@ pub(crate) struct Block {
     checked_gen: u64,
     /// Guest-physical address of the first byte when it was last validated.
     checked_pa: u64,
+    /// The TLB epoch and the privilege (user or not) of the fetch translation it was last
+    /// validated under: with both unchanged in the same generation, `checked_pa` is still the
+    /// translation of `ip` (a TLB may keep a translation until it is flushed).
+    checked_epoch: u64,
+    checked_user: bool,
     /// The code bytes the instructions were decoded from.
     bytes: Vec<u8>,
     /// The decoded instructions, in order.
@@ -98,7 +112,7 @@ impl BlockCache {
         &mut self,
         ip: u64,
         pa: u64,
-        gen: u64,
+        stamp: Stamp,
         mem: &dyn GuestMemory,
     ) -> Option<usize> {
         let i = slot(ip);
@@ -106,15 +120,30 @@ impl BlockCache {
         if b.ip != ip || b.instrs.is_empty() {
             return None;
         }
-        if b.checked_gen == gen && b.checked_pa == pa {
-            return Some(i);
-        }
-        if !mem.code_matches(pa, &b.bytes) {
+        let intact =
+            (b.checked_gen == stamp.gen && b.checked_pa == pa) || mem.code_matches(pa, &b.bytes);
+        if !intact {
             return None;
         }
-        b.checked_gen = gen;
+        b.checked_gen = stamp.gen;
         b.checked_pa = pa;
+        b.checked_epoch = stamp.epoch;
+        b.checked_user = stamp.user;
         Some(i)
+    }
+
+    /// The slot and code address of a block starting at `ip` already validated under `stamp`
+    /// (same generation, TLB epoch and privilege): it runs without a new translation.
+    #[inline]
+    pub(crate) fn validated(&self, ip: u64, stamp: Stamp) -> Option<(usize, u64)> {
+        let i = slot(ip);
+        let b = &self.slots[i];
+        (b.ip == ip
+            && !b.instrs.is_empty()
+            && b.checked_gen == stamp.gen
+            && b.checked_epoch == stamp.epoch
+            && b.checked_user == stamp.user)
+            .then_some((i, b.checked_pa))
     }
 
     /// Decode a block of 64-bit code starting at linear `ip` from `code` (the RAM bytes from
@@ -183,6 +212,14 @@ mod tests {
     use super::*;
     use crate::memory::FlatMemory;
 
+    fn st(gen: u64) -> Stamp {
+        Stamp {
+            gen,
+            epoch: 0,
+            user: false,
+        }
+    }
+
     #[test]
     fn block_ends_after_the_first_control_transfer() {
         // mov eax,1; add eax,eax; jmp $; nop
@@ -222,16 +259,20 @@ mod tests {
         m.load(0x2000, &code).unwrap();
         let mut c = BlockCache::default();
         let i = c.build(0x40_0000, &code, true).unwrap();
-        assert_eq!(c.lookup(0x40_0000, 0x2000, 1, &m), Some(i));
-        assert_eq!(c.lookup(0x40_1000, 0x2000, 2, &m), None, "other ip");
+        assert_eq!(c.lookup(0x40_0000, 0x2000, st(1), &m), Some(i));
+        assert_eq!(c.lookup(0x40_1000, 0x2000, st(2), &m), None, "other ip");
         assert_eq!(
-            c.lookup(0x40_0000, 0x3000, 3, &m),
+            c.lookup(0x40_0000, 0x3000, st(3), &m),
             None,
             "other bytes there"
         );
         m.load(0x2001, &[0xcc]).unwrap();
-        assert_eq!(c.lookup(0x40_0000, 0x2000, 4, &m), None, "bytes changed");
-        assert_eq!(c.lookup(0x40_0000, 0x10_0000, 5, &m), None, "not RAM");
+        assert_eq!(
+            c.lookup(0x40_0000, 0x2000, st(4), &m),
+            None,
+            "bytes changed"
+        );
+        assert_eq!(c.lookup(0x40_0000, 0x10_0000, st(5), &m), None, "not RAM");
     }
 
     #[test]
@@ -241,19 +282,34 @@ mod tests {
         m.load(0x2000, &code).unwrap();
         let mut c = BlockCache::default();
         let i = c.build(0x40_0000, &code, true).unwrap();
-        assert_eq!(c.lookup(0x40_0000, 0x2000, 7, &m), Some(i));
+        assert_eq!(c.lookup(0x40_0000, 0x2000, st(7), &m), Some(i));
         m.load(0x2001, &[0xcc]).unwrap();
         assert_eq!(
-            c.lookup(0x40_0000, 0x2000, 7, &m),
+            c.lookup(0x40_0000, 0x2000, st(7), &m),
             Some(i),
             "same generation"
         );
-        assert_eq!(c.lookup(0x40_0000, 0x2000, 8, &m), None, "next generation");
+        assert_eq!(
+            c.lookup(0x40_0000, 0x2000, st(8), &m),
+            None,
+            "next generation"
+        );
         m.load(0x2001, &[0x90]).unwrap();
         assert_eq!(
-            c.lookup(0x40_0000, 0x3000, 8, &m),
+            c.lookup(0x40_0000, 0x3000, st(8), &m),
             None,
             "other frame, compared"
         );
+        assert_eq!(c.lookup(0x40_0000, 0x2000, st(8), &m), Some(i));
+        assert_eq!(c.validated(0x40_0000, st(8)), Some((i, 0x2000)));
+        let other_epoch = Stamp { epoch: 1, ..st(8) };
+        let user = Stamp {
+            user: true,
+            ..st(8)
+        };
+        for s in [st(9), other_epoch, user] {
+            assert_eq!(c.validated(0x40_0000, s), None, "{s:?}");
+        }
+        assert_eq!(c.validated(0x40_1000, st(8)), None, "other ip");
     }
 }

@@ -220,22 +220,34 @@ impl Cpu {
     /// to the block's page. `left` is decremented per instruction started.
     fn run_block(&mut self, mem: &mut dyn GuestMemory, left: &mut u64) -> Res<()> {
         let rip = self.rip;
-        let access = Access {
-            kind: AccessKind::Fetch,
-            user: self.user_access(),
+        let user = self.user_access();
+        let stamp = block_cache::Stamp {
+            gen: self.code_gen,
+            epoch: self.tlb.epoch,
+            user,
         };
-        let pa = self.translate(mem, rip, access)?;
-        let slot = match self.blocks.lookup(rip, pa, self.code_gen, mem) {
-            Some(i) => Some(i),
+        let (slot, pa) = match self.blocks.validated(rip, stamp) {
+            Some((i, pa)) => (Some(i), pa),
             None => {
-                let window = block_cache::MAX_BYTES
-                    .min((memory::PAGE_SIZE - pa % memory::PAGE_SIZE) as usize);
-                let mut code = [0u8; block_cache::MAX_BYTES];
-                if mem.read_ram(pa, &mut code[..window]) {
-                    self.blocks.build(rip, &code[..window], self.fast_ops)
-                } else {
-                    None
-                }
+                let access = Access {
+                    kind: AccessKind::Fetch,
+                    user,
+                };
+                let pa = self.translate(mem, rip, access)?;
+                let slot = match self.blocks.lookup(rip, pa, stamp, mem) {
+                    Some(i) => Some(i),
+                    None => {
+                        let window = block_cache::MAX_BYTES
+                            .min((memory::PAGE_SIZE - pa % memory::PAGE_SIZE) as usize);
+                        let mut code = [0u8; block_cache::MAX_BYTES];
+                        if mem.read_ram(pa, &mut code[..window]) {
+                            self.blocks.build(rip, &code[..window], self.fast_ops)
+                        } else {
+                            None
+                        }
+                    }
+                };
+                (slot, pa)
             }
         };
         let Some(slot) = slot else {
