@@ -52,7 +52,7 @@ pub(crate) struct Op {
 
 /// What a block validation holds for: the validation generation (`Cpu::code_gen`), the TLB
 /// epoch and the privilege of the fetch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Stamp {
     pub(crate) gen: u64,
     pub(crate) epoch: u64,
@@ -64,16 +64,12 @@ pub(crate) struct Stamp {
 pub(crate) struct Block {
     /// Linear address of the first instruction; meaningful only if `instrs` is non-empty.
     ip: u64,
-    /// The validation generation (`Cpu::code_gen`) in which the bytes at `checked_pa` were
-    /// last found equal to `bytes` (0: never).
-    checked_gen: u64,
+    /// What the bytes at `checked_pa` were last found equal to `bytes` under (generation 0:
+    /// never). With the same generation, TLB epoch and privilege, `checked_pa` is still the
+    /// translation of `ip` (a TLB may keep a translation until it is flushed).
+    checked: Stamp,
     /// Guest-physical address of the first byte when it was last validated.
     checked_pa: u64,
-    /// The TLB epoch and the privilege (user or not) of the fetch translation it was last
-    /// validated under: with both unchanged in the same generation, `checked_pa` is still the
-    /// translation of `ip` (a TLB may keep a translation until it is flushed).
-    checked_epoch: u64,
-    checked_user: bool,
     /// The code bytes the instructions were decoded from.
     bytes: Vec<u8>,
     /// The decoded instructions, in order.
@@ -106,8 +102,9 @@ fn slot(ip: u64) -> usize {
 impl BlockCache {
     /// The slot of a valid block starting at linear `ip`, whose code now sits at
     /// guest-physical `pa`, if the bytes there are still the ones it was decoded from. A block
-    /// already validated at `pa` in generation `gen` is not compared again (see
-    /// `Cpu::code_gen` for when a generation ends).
+    /// already validated at `pa` in the generation of `stamp` is not compared again (see
+    /// `Cpu::code_gen` for when a generation ends); a hit records `stamp` for
+    /// [`BlockCache::validated`].
     pub(crate) fn lookup(
         &mut self,
         ip: u64,
@@ -121,14 +118,12 @@ impl BlockCache {
             return None;
         }
         let intact =
-            (b.checked_gen == stamp.gen && b.checked_pa == pa) || mem.code_matches(pa, &b.bytes);
+            (b.checked.gen == stamp.gen && b.checked_pa == pa) || mem.code_matches(pa, &b.bytes);
         if !intact {
             return None;
         }
-        b.checked_gen = stamp.gen;
+        b.checked = stamp;
         b.checked_pa = pa;
-        b.checked_epoch = stamp.epoch;
-        b.checked_user = stamp.user;
         Some(i)
     }
 
@@ -138,12 +133,7 @@ impl BlockCache {
     pub(crate) fn validated(&self, ip: u64, stamp: Stamp) -> Option<(usize, u64)> {
         let i = slot(ip);
         let b = &self.slots[i];
-        (b.ip == ip
-            && !b.instrs.is_empty()
-            && b.checked_gen == stamp.gen
-            && b.checked_epoch == stamp.epoch
-            && b.checked_user == stamp.user)
-            .then_some((i, b.checked_pa))
+        (b.ip == ip && !b.instrs.is_empty() && b.checked == stamp).then_some((i, b.checked_pa))
     }
 
     /// Decode a block of 64-bit code starting at linear `ip` from `code` (the RAM bytes from
@@ -155,7 +145,7 @@ impl BlockCache {
         let i = slot(ip);
         let b = &mut self.slots[i];
         b.ip = ip;
-        b.checked_gen = 0;
+        b.checked = Stamp::default();
         b.instrs.clear();
         b.bytes.clear();
         let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);

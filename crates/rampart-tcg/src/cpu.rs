@@ -282,8 +282,8 @@ pub struct Cpu {
     /// again without comparing its bytes. A generation ends at every `Cpu::run` call (so
     /// stores of other vCPUs and DMA are seen within one run slice, as cross-modifying code on
     /// hardware is seen after a serializing instruction), at every exception or interrupt
-    /// delivery and system instruction (IRET, CPUID, MOV to CR, WRMSR... are serializing), and
-    /// when this CPU stores to a page that may hold a block validated in it (`code_pages`).
+    /// delivery and serializing instruction (IRET, CPUID, MOV to CR/DR, WRMSR...), and when this
+    /// CPU stores to a page that may hold a block validated in it (`code_pages`).
     pub(crate) code_gen: u64,
     /// Pages of the blocks validated in this generation, as a bit set of page numbers modulo
     /// its size (a false hit only ends the generation early).

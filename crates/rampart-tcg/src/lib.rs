@@ -22,7 +22,8 @@
 //!   never runs stale (a block found intact is not compared again within one validation
 //!   generation: see `Cpu::code_gen`); a store of this CPU into the running block's page, a
 //!   TLB flush or a mode change ends the block. Most instructions of a block are lowered to
-//!   pre-decoded forms (`fast`) that run without looking at the decoded `Instruction` again. Other instructions (outside 64-bit mode, crossing a page, or
+//!   pre-decoded forms (`fast`) that run without looking at the decoded `Instruction` again.
+//!   Other instructions (outside 64-bit mode, crossing a page, or
 //!   fetched from MMIO) are fetched one at a time through the MMU (also across a page
 //!   boundary) and decoded with the bitness of CS (64, or 32/16 from CS.D; the 0x66/0x67
 //!   prefixes are iced's business). Outside 64-bit mode RIP holds the CS offset (EIP or IP)
@@ -247,6 +248,10 @@ impl Cpu {
                         }
                     }
                 };
+                if slot.is_some() {
+                    // (A block validated earlier in this generation has its page marked.)
+                    self.mark_code_page(pa);
+                }
                 (slot, pa)
             }
         };
@@ -254,7 +259,6 @@ impl Cpu {
             *left -= 1;
             return self.step(mem);
         };
-        self.mark_code_page(pa);
         // Borrowed out of the cache while it runs (nothing below touches the block cache).
         let instrs = self.blocks.take_instrs(slot);
         let epoch = self.tlb.epoch;

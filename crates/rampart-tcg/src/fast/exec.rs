@@ -108,16 +108,7 @@ impl Cpu {
             // mov::mov
             Fast::Mov { size, dst, src } => {
                 let v = self.fast_src(mem, &src, size)?;
-                match dst {
-                    Dst::Reg(r) => {
-                        self.fast_set(r, size, v);
-                        Ok(())
-                    }
-                    Dst::Mem(a) => {
-                        let la = self.fast_la(&a)?;
-                        self.write_mem(mem, la, size, v)
-                    }
-                }
+                self.fast_write(mem, dst, size, v)
             }
             // mov::extend
             Fast::Extend {
@@ -180,16 +171,7 @@ impl Cpu {
             // mov::setcc
             Fast::Setcc { cc, dst } => {
                 let v = self.flags.condition(cc) as u64;
-                match dst {
-                    Dst::Reg(r) => {
-                        self.fast_set(r, 1, v);
-                        Ok(())
-                    }
-                    Dst::Mem(a) => {
-                        let la = self.fast_la(&a)?;
-                        self.write_mem(mem, la, 1, v)
-                    }
-                }
+                self.fast_write(mem, dst, 1, v)
             }
             // shift::shift
             Fast::Shift {
@@ -216,6 +198,21 @@ impl Cpu {
                 };
                 self.fast_set(dst, size, new);
                 Ok(())
+            }
+        }
+    }
+
+    /// Write `v` (masked to `size`) to destination `dst`.
+    #[inline(always)]
+    fn fast_write(&mut self, mem: &mut dyn GuestMemory, dst: Dst, size: u8, v: u64) -> Res<()> {
+        match dst {
+            Dst::Reg(r) => {
+                self.fast_set(r, size, v);
+                Ok(())
+            }
+            Dst::Mem(a) => {
+                let la = self.fast_la(&a)?;
+                self.write_mem(mem, la, size, v)
             }
         }
     }

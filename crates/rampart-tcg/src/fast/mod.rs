@@ -21,6 +21,7 @@ mod tests;
 
 use iced_x86::{Code, EncodingKind, Instruction, Mnemonic as M, OpKind, Register};
 
+use crate::exec::mov::cc;
 use crate::exec::{is_locked, op_size};
 use crate::flags::size_mask;
 
@@ -233,18 +234,13 @@ fn dst(i: &Instruction, op: u32) -> Option<Dst> {
     }
 }
 
-/// The condition number (low opcode nibble) of a Jcc/SETcc/CMOVcc.
-fn cond(i: &Instruction) -> Option<u8> {
-    crate::exec::mov::cc(i)
-}
-
 /// Lower `i` (decoded as 64-bit code) to its fast form, or [`Fast::Generic`].
 pub(crate) fn lower(i: &Instruction) -> Fast {
     lower_checked(i).unwrap_or(Fast::Generic)
 }
 
 fn lower_checked(i: &Instruction) -> Option<Fast> {
-    if is_locked(i) || i.has_lock_prefix() || i.encoding() != EncodingKind::Legacy {
+    if is_locked(i) || i.encoding() != EncodingKind::Legacy {
         return None;
     }
     let m = i.mnemonic();
@@ -307,7 +303,7 @@ fn lower_checked(i: &Instruction) -> Option<Fast> {
             dst: dst(i, 0)?,
         },
         _ if i.op0_kind() == OpKind::NearBranch64 && crate::exec::control::is_jcc(m) => Fast::Jcc {
-            cc: cond(i)?,
+            cc: cc(i)?,
             target: i.near_branch64(),
         },
         M::Jmp if i.op0_kind() == OpKind::NearBranch64 => Fast::Jmp {
@@ -349,13 +345,13 @@ fn lower_checked(i: &Instruction) -> Option<Fast> {
             }
         }
         _ if crate::exec::mov::is_setcc(m) => Fast::Setcc {
-            cc: cond(i)?,
+            cc: cc(i)?,
             dst: dst(i, 0)?,
         },
         _ if crate::exec::mov::is_cmov(m) => {
             let size = op_size(i, 0);
             Fast::Cmov {
-                cc: cond(i)?,
+                cc: cc(i)?,
                 size,
                 dst: gpr(i.op0_register())?,
                 src: src(i, 1, size)?,
