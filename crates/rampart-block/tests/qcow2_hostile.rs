@@ -3,29 +3,8 @@
 
 mod qemu;
 
-use std::path::Path;
-
 use qemu::*;
 use rampart_block::{open, BlockError};
-use rampart_config::{BlockFormat, BlockNodeConfig};
-
-fn node(p: &Path, read_only: bool) -> BlockNodeConfig {
-    let mut n = BlockNodeConfig::new("q0", BlockFormat::Qcow2, p.to_path_buf());
-    n.read_only = read_only;
-    n
-}
-
-fn be64(b: &[u8], off: usize) -> u64 {
-    u64::from_be_bytes(b[off..off + 8].try_into().unwrap())
-}
-
-fn put64(b: &mut [u8], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_be_bytes());
-}
-
-fn put32(b: &mut [u8], off: usize, v: u32) {
-    b[off..off + 4].copy_from_slice(&v.to_be_bytes());
-}
 
 /// A 1 MiB, 64 KiB-cluster v3 image with its first 4 KiB written (so it has an L2 table and a
 /// data cluster), as bytes.
@@ -45,7 +24,7 @@ fn l2_offset(img: &[u8]) -> usize {
 /// error text.
 fn open_and_read_err(d: &Scratch, name: &str, bytes: &[u8]) -> String {
     let p = d.raw(name, bytes);
-    match open(&node(&p, true)) {
+    match open(&qcow2_node(&p, true)) {
         Err(e) => e.to_string(),
         Ok(disk) => {
             let mut buf = vec![0u8; 65536];
@@ -155,7 +134,7 @@ fn refcount_underflow_on_write_is_corruption_not_a_panic() {
     let rb = be64(&img, rt) as usize;
     img[rb..rb + 65536].fill(0);
     let p = d.raw("rc0.qcow2", &img);
-    let disk = open(&node(&p, false)).unwrap();
+    let disk = open(&qcow2_node(&p, false)).unwrap();
 
     // Allocation skips the header, L1 and refcount tables even though their refcounts say 0;
     // it may reuse the unreferenced-looking L2 or data clusters, which only harms this image.
@@ -193,7 +172,7 @@ fn refcount_width_other_than_16_bits() {
         "1M",
     ]);
 
-    let e = open(&node(&img, true)).err().unwrap().to_string();
+    let e = open(&qcow2_node(&img, true)).err().unwrap().to_string();
 
     assert!(e.contains("refcount width 64 bits"), "{e}");
 }
@@ -231,7 +210,7 @@ fn backing_loop_is_detected() {
     // Rewrite b's header to name a as its backing file (same length name, same place).
     qemu_img_ok(&["rebase", "-u", "-b", "a.qcow2", "-F", "qcow2", s(&b)]);
 
-    let e = open(&node(&a, true)).err().unwrap().to_string();
+    let e = open(&qcow2_node(&a, true)).err().unwrap().to_string();
 
     assert!(e.contains("loop"), "{e}");
 }
@@ -253,7 +232,7 @@ fn backing_chain_depth_is_limited() {
         ]);
     }
 
-    let e = open(&node(&d.path("i18.qcow2"), true))
+    let e = open(&qcow2_node(&d.path("i18.qcow2"), true))
         .err()
         .unwrap()
         .to_string();
@@ -269,8 +248,8 @@ fn corrupt_flagged_image_is_refused_writable_but_reads() {
     put64(&mut img, 72, 1 << 1);
     let p = d.raw("corrupt.qcow2", &img);
 
-    let e = open(&node(&p, false)).err().unwrap().to_string();
-    let ro = open(&node(&p, true)).unwrap();
+    let e = open(&qcow2_node(&p, false)).err().unwrap().to_string();
+    let ro = open(&qcow2_node(&p, true)).unwrap();
     let mut b = [0u8; 1];
     ro.read_at(0, &mut b).unwrap();
 
@@ -288,10 +267,10 @@ fn image_with_internal_snapshots_opens_read_only_only() {
     qemu_img_ok(&["create", "-f", "qcow2", s(&img), "1M"]);
     qemu_img_ok(&["snapshot", "-c", "s1", s(&img)]);
 
-    let e = open(&node(&img, false)).err().unwrap().to_string();
+    let e = open(&qcow2_node(&img, false)).err().unwrap().to_string();
 
     assert!(e.contains("snapshots"), "{e}");
-    assert!(open(&node(&img, true)).is_ok());
+    assert!(open(&qcow2_node(&img, true)).is_ok());
 }
 
 #[test]
@@ -309,7 +288,7 @@ fn non_local_backing_file_name_is_refused() {
         s(&img),
     ]);
 
-    let e = open(&node(&img, true)).err().unwrap().to_string();
+    let e = open(&qcow2_node(&img, true)).err().unwrap().to_string();
 
     assert!(e.contains("not a local file"), "{e}");
 }

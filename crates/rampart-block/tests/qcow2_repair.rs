@@ -10,21 +10,7 @@ use std::process::Command;
 
 use qemu::*;
 use rampart_block::open;
-use rampart_config::{BlockFormat, BlockNodeConfig, CacheConfig};
-
-fn node(p: &Path, read_only: bool) -> BlockNodeConfig {
-    let mut n = BlockNodeConfig::new("q0", BlockFormat::Qcow2, p.to_path_buf());
-    n.read_only = read_only;
-    n
-}
-
-fn be64(b: &[u8], off: usize) -> u64 {
-    u64::from_be_bytes(b[off..off + 8].try_into().unwrap())
-}
-
-fn put64(b: &mut [u8], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_be_bytes());
-}
+use rampart_config::CacheConfig;
 
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
@@ -118,7 +104,7 @@ fn lazy_image_repaired(cs: &str) {
 
     {
         // cache=none: the repair's small header writes go through O_DIRECT too.
-        let mut n = node(&img, false);
+        let mut n = qcow2_node(&img, false);
         n.cache = CacheConfig::from_mode("none").unwrap();
         let disk = open(&n).unwrap();
         assert!(
@@ -152,7 +138,7 @@ fn repair_under_o_direct_leaves_nothing_to_truncate() {
     qemu_img_ok(&["create", "-f", "qcow2", "-o", opts, s(&img), "64K"]);
     qemu_io_then_sigkill(&img, &["write -P 0x3c 0 6k", "flush"]);
     assert!(is_dirty(&img));
-    let mut n = node(&img, false);
+    let mut n = qcow2_node(&img, false);
     n.cache = CacheConfig::from_mode("none").unwrap();
 
     drop(open(&n).unwrap());
@@ -188,7 +174,7 @@ fn dirty_image_with_lost_refcounts_and_copied_flags_is_repaired() {
     raw_fill(&raw, 3 << 20, 64 << 10, 0xa5);
 
     {
-        let disk = open(&node(&img, false)).unwrap();
+        let disk = open(&qcow2_node(&img, false)).unwrap();
         disk.write_at(1 << 20, &[0x77; 65536]).unwrap();
         disk.flush().unwrap();
     }
@@ -229,7 +215,7 @@ fn dirty_compressed_image_is_repaired() {
     std::fs::write(&img, &bytes).unwrap();
 
     {
-        let disk = open(&node(&img, false)).unwrap();
+        let disk = open(&qcow2_node(&img, false)).unwrap();
         // Overwrite part of a compressed cluster: it is released, the refcounts must hold.
         disk.write_at(8192, &[0x42; 512]).unwrap();
         disk.flush().unwrap();
@@ -261,13 +247,13 @@ fn interrupted_repair_is_done_again_by_the_next_open() {
     dirty_without_refcounts(&mut bytes);
     bytes.extend_from_slice(&pattern(9, 3 * 4096));
     std::fs::write(&img, &bytes).unwrap();
-    drop(open(&node(&img, false)).unwrap());
+    drop(open(&qcow2_node(&img, false)).unwrap());
     let mut bytes = std::fs::read(&img).unwrap();
     let incompat = be64(&bytes, 72);
     put64(&mut bytes, 72, incompat | 1);
     std::fs::write(&img, &bytes).unwrap();
 
-    drop(open(&node(&img, false)).unwrap());
+    drop(open(&qcow2_node(&img, false)).unwrap());
 
     let raw = raw_of_size(&d, "expected.raw", 2 << 20);
     raw_fill(&raw, 4096, 40 << 10, 0x3c);
@@ -286,7 +272,7 @@ fn dirty_image_opens_read_only_without_repair() {
     dirty_without_refcounts(&mut bytes);
     std::fs::write(&img, &bytes).unwrap();
 
-    let disk = open(&node(&img, true)).unwrap();
+    let disk = open(&qcow2_node(&img, true)).unwrap();
     let mut b = [0u8; 4096];
     disk.read_at(0, &mut b).unwrap();
     drop(disk);
@@ -316,7 +302,7 @@ fn dirty_template(d: &Scratch) -> (Vec<u8>, usize, usize) {
 fn assert_refused(d: &Scratch, name: &str, bytes: &[u8], needles: &[&str]) {
     let p = d.raw(name, bytes);
 
-    let e = open(&node(&p, false)).err().map(|e| e.to_string());
+    let e = open(&qcow2_node(&p, false)).err().map(|e| e.to_string());
 
     let e = e.unwrap_or_else(|| panic!("{name}: the dirty image was opened"));
     for n in needles.iter().chain(&[name]) {

@@ -71,6 +71,32 @@ pub fn qemu_io_ok(img: &Path, cmd: &str) {
     assert!(out.status.success(), "qemu-io {cmd}: {out:?}");
 }
 
+/// A read-write or read-only qcow2 node named `q0` on `p`.
+pub fn qcow2_node(p: &Path, read_only: bool) -> rampart_config::BlockNodeConfig {
+    let mut n = rampart_config::BlockNodeConfig::new(
+        "q0",
+        rampart_config::BlockFormat::Qcow2,
+        p.to_path_buf(),
+    );
+    n.read_only = read_only;
+    n
+}
+
+/// The big-endian u64 at `off` of an image's bytes (qcow2 header and tables are big-endian).
+pub fn be64(b: &[u8], off: usize) -> u64 {
+    u64::from_be_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+/// Store `v` big-endian at `off`.
+pub fn put64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Store `v` big-endian at `off`.
+pub fn put32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_be_bytes());
+}
+
 /// `qemu-img check`: no errors and no corruption (exit 0, or 3 for leaked clusters only).
 pub fn check_ok(img: &Path) {
     let out = qemu_img(&["check", "-f", "qcow2", s(img)]);
