@@ -31,23 +31,41 @@ use crate::fast::{lower, Fast};
 use crate::memory::GuestMemory;
 
 /// Blocks in the direct-mapped table (a power of two).
-const SLOTS: usize = 16384;
+const SLOTS: usize = 65536;
 /// Most instructions in one block.
 pub(crate) const MAX_INSNS: usize = 32;
 /// Most code bytes in one block (also the fetch window when a block is built).
 pub(crate) const MAX_BYTES: usize = 256;
 
-/// One decoded instruction of a block, with what the dispatcher needs looked up once.
+/// One instruction of a block as the run loop sees it: its pre-decoded form, or
+/// [`Fast::Generic`] for the next entry of the block's [`Generic`] instructions. Kept small (48
+/// bytes): a system call's path through a kernel runs tens of thousands of distinct
+/// instructions, and with the decoder's `Instruction` in every entry (96 bytes) the run loop
+/// spent much of such a path waiting for its operations to come in from memory.
 #[derive(Clone, Copy)]
 pub(crate) struct Op {
-    pub(crate) instr: Instruction,
-    pub(crate) mnemonic: Mnemonic,
-    /// Atomic on its memory operand (`lock` prefix, or XCHG with memory).
-    pub(crate) locked: bool,
     /// The pre-decoded form, or [`Fast::Generic`].
     pub(crate) fast: Fast,
     /// Address of the next instruction.
     pub(crate) next_ip: u64,
+}
+
+/// An instruction of a block that runs on the generic path, with what the dispatcher needs
+/// looked up once.
+#[derive(Clone, Copy)]
+pub(crate) struct Generic {
+    pub(crate) instr: Instruction,
+    pub(crate) mnemonic: Mnemonic,
+    /// Atomic on its memory operand (`lock` prefix, or XCHG with memory).
+    pub(crate) locked: bool,
+}
+
+/// The instructions of a block, in order: `ops` has one entry per instruction, and the ones
+/// that are [`Fast::Generic`] take the entries of `generic` in turn.
+#[derive(Default)]
+pub(crate) struct Code {
+    pub(crate) ops: Box<[Op]>,
+    pub(crate) generic: Box<[Generic]>,
 }
 
 /// What a block validation holds for: the validation generation (`Cpu::code_gen`), the TLB
@@ -62,7 +80,7 @@ pub(crate) struct Stamp {
 /// One decoded block.
 #[derive(Default)]
 pub(crate) struct Block {
-    /// Linear address of the first instruction; meaningful only if `instrs` is non-empty.
+    /// Linear address of the first instruction; meaningful only if `code.ops` is non-empty.
     ip: u64,
     /// What the bytes at `checked_pa` were last found equal to `bytes` under (generation 0:
     /// never). With the same generation, TLB epoch and privilege, `checked_pa` is still the
@@ -71,9 +89,9 @@ pub(crate) struct Block {
     /// Guest-physical address of the first byte when it was last validated.
     checked_pa: u64,
     /// The code bytes the instructions were decoded from.
-    bytes: Vec<u8>,
-    /// The decoded instructions, in order.
-    instrs: Vec<Op>,
+    bytes: Box<[u8]>,
+    /// The decoded instructions.
+    code: Code,
 }
 
 /// Direct-mapped cache of decoded 64-bit blocks.
@@ -96,7 +114,7 @@ impl std::fmt::Debug for BlockCache {
 }
 
 fn slot(ip: u64) -> usize {
-    (ip as usize ^ (ip >> 12) as usize) & (SLOTS - 1)
+    (ip.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOTS.trailing_zeros())) as usize
 }
 
 impl BlockCache {
@@ -114,7 +132,7 @@ impl BlockCache {
     ) -> Option<usize> {
         let i = slot(ip);
         let b = &mut self.slots[i];
-        if b.ip != ip || b.instrs.is_empty() {
+        if b.ip != ip || b.code.ops.is_empty() {
             return None;
         }
         let intact =
@@ -133,7 +151,7 @@ impl BlockCache {
     pub(crate) fn validated(&self, ip: u64, stamp: Stamp) -> Option<(usize, u64)> {
         let i = slot(ip);
         let b = &self.slots[i];
-        (b.ip == ip && !b.instrs.is_empty() && b.checked == stamp).then_some((i, b.checked_pa))
+        (b.ip == ip && !b.code.ops.is_empty() && b.checked == stamp).then_some((i, b.checked_pa))
     }
 
     /// Decode a block of 64-bit code starting at linear `ip` from `code` (the RAM bytes from
@@ -146,21 +164,28 @@ impl BlockCache {
         let b = &mut self.slots[i];
         b.ip = ip;
         b.checked = Stamp::default();
-        b.instrs.clear();
-        b.bytes.clear();
+        b.code = Code::default();
+        b.bytes = Box::default();
         let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
         let mut used = 0usize;
-        while b.instrs.len() < MAX_INSNS && decoder.can_decode() {
+        let mut ops = Vec::new();
+        let mut generic = Vec::new();
+        while ops.len() < MAX_INSNS && decoder.can_decode() {
             let instr = decoder.decode();
             if decoder.last_error() != DecoderError::None || instr.is_invalid() {
                 break;
             }
             used += instr.len();
-            b.instrs.push(Op {
-                instr,
-                mnemonic: instr.mnemonic(),
-                locked: crate::exec::is_locked(&instr),
-                fast: if fast { lower(&instr) } else { Fast::Generic },
+            let form = if fast { lower(&instr) } else { Fast::Generic };
+            if form == Fast::Generic {
+                generic.push(Generic {
+                    instr,
+                    mnemonic: instr.mnemonic(),
+                    locked: crate::exec::is_locked(&instr),
+                });
+            }
+            ops.push(Op {
+                fast: form,
                 next_ip: instr.next_ip(),
             });
             // A conditional branch does not end the block: when taken, the run loop leaves
@@ -172,10 +197,14 @@ impl BlockCache {
                 break;
             }
         }
-        if b.instrs.is_empty() {
+        if ops.is_empty() {
             return None;
         }
-        b.bytes.extend_from_slice(code.get(..used)?);
+        b.bytes = code.get(..used)?.into();
+        b.code = Code {
+            ops: ops.into_boxed_slice(),
+            generic: generic.into_boxed_slice(),
+        };
         Some(i)
     }
 
@@ -186,14 +215,14 @@ impl BlockCache {
     }
 
     /// Move the instructions of the block in slot `i` out to run them (the slot reads as
-    /// empty until [`BlockCache::put_instrs`] returns them).
-    pub(crate) fn take_instrs(&mut self, i: usize) -> Vec<Op> {
-        std::mem::take(&mut self.slots[i].instrs)
+    /// empty until [`BlockCache::put_code`] returns them).
+    pub(crate) fn take_code(&mut self, i: usize) -> Code {
+        std::mem::take(&mut self.slots[i].code)
     }
 
-    /// Give back what [`BlockCache::take_instrs`] took.
-    pub(crate) fn put_instrs(&mut self, i: usize, instrs: Vec<Op>) {
-        self.slots[i].instrs = instrs;
+    /// Give back what [`BlockCache::take_code`] took.
+    pub(crate) fn put_code(&mut self, i: usize, code: Code) {
+        self.slots[i].code = code;
     }
 }
 
@@ -216,8 +245,8 @@ mod tests {
         let code = [0xb8, 1, 0, 0, 0, 0x01, 0xc0, 0xeb, 0xfe, 0x90];
         let mut c = BlockCache::default();
         let i = c.build(0x1000, &code, true).unwrap();
-        assert_eq!(c.block(i).instrs.len(), 3);
-        assert_eq!(c.block(i).bytes, &code[..9]);
+        assert_eq!(c.block(i).code.ops.len(), 3);
+        assert_eq!(&c.block(i).bytes[..], &code[..9]);
     }
 
     #[test]
@@ -226,7 +255,7 @@ mod tests {
         let code = [0x83, 0xf8, 1, 0x74, 2, 0xff, 0xc0, 0xc3];
         let mut c = BlockCache::default();
         let i = c.build(0x1000, &code, true).unwrap();
-        assert_eq!(c.block(i).instrs.len(), 4);
+        assert_eq!(c.block(i).code.ops.len(), 4);
     }
 
     #[test]
@@ -234,7 +263,7 @@ mod tests {
         // nop; then the first two bytes of mov eax, imm32.
         let mut c = BlockCache::default();
         let i = c.build(0x1000, &[0x90, 0xb8, 1], true).unwrap();
-        assert_eq!(c.block(i).instrs.len(), 1);
+        assert_eq!(c.block(i).code.ops.len(), 1);
         assert!(c.build(0x2000, &[0xb8, 1], true).is_none());
         assert!(
             c.build(0x3000, &[0x0f, 0xff], true).is_none(),

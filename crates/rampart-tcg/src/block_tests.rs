@@ -146,3 +146,69 @@ fn store_to_another_blocks_page_is_seen_at_that_blocks_next_entry_in_the_same_ru
     assert_eq!(t.exit, Exit::Halt);
     assert_eq!(t.cpu.gpr[0], 9);
 }
+
+/// Runs `code` (ending in HLT) after a call to a function on the next page, so a block on that
+/// page is validated in the run's generation; returns how many generations the run ended after
+/// the one its entry starts.
+fn generations_ended_after_a_validated_call(
+    code_after: &[u8],
+    setup: impl FnOnce(&mut Machine),
+) -> u64 {
+    let func = CODE + 0x1000;
+    let mut code = vec![0xe8];
+    code.extend_from_slice(&(func.wrapping_sub(CODE + 5) as u32).to_le_bytes());
+    code.extend_from_slice(code_after);
+    code.push(0xf4);
+    let mut m = Machine::new();
+    m.load_code(&code);
+    m.mem.load(func, &[0xc3]).unwrap(); // ret
+    setup(&mut m);
+    let before = m.cpu.code_gen;
+    assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+    // `run` itself starts one generation.
+    m.cpu.code_gen - before - 1
+}
+
+#[test]
+fn a_store_to_a_page_without_validated_code_keeps_the_generation() {
+    // mov byte [func + 512 pages], 1: a data page whose number is the code page's modulo 512
+    // (the size of an earlier, coarser page set) -- the generation goes on.
+    let mut store = vec![0xc6, 0x04, 0x25];
+    store.extend_from_slice(&((CODE + 0x1000 + 512 * 0x1000) as u32).to_le_bytes());
+    store.push(1);
+    assert_eq!(generations_ended_after_a_validated_call(&store, |_| {}), 0);
+    // The same store into the function's own page ends it.
+    let mut store = vec![0xc6, 0x04, 0x25];
+    store.extend_from_slice(&((CODE + 0x1000 + 8) as u32).to_le_bytes());
+    store.push(1);
+    assert_eq!(generations_ended_after_a_validated_call(&store, |_| {}), 1);
+}
+
+#[test]
+fn wrmsr_ends_the_generation_unless_the_msr_is_x2apic_or_tsc_deadline() {
+    struct Accept;
+    impl crate::exec::msr::MsrHook for Accept {
+        fn read(&mut self, _: u32) -> Option<Result<u64, ()>> {
+            Some(Ok(0))
+        }
+        fn write(&mut self, _: u32, _: u64) -> Option<Result<(), ()>> {
+            Some(Ok(()))
+        }
+    }
+    for (msr, ended) in [
+        (0x6e0u32, 0),    // IA32_TSC_DEADLINE
+        (0x80b, 0),       // x2APIC EOI
+        (0x830, 0),       // x2APIC ICR
+        (0xc000_0100, 1), // FS_BASE: serializing
+        (0x48, 1),        // SPEC_CTRL: serializing
+    ] {
+        // mov ecx, msr; xor eax, eax; xor edx, edx; wrmsr
+        let mut code = vec![0xb9];
+        code.extend_from_slice(&msr.to_le_bytes());
+        code.extend_from_slice(&[0x31, 0xc0, 0x31, 0xd2, 0x0f, 0x30]);
+        let n = generations_ended_after_a_validated_call(&code, |m| {
+            m.cpu.msr_hook = Some(Box::new(Accept));
+        });
+        assert_eq!(n, ended, "MSR {msr:#x}");
+    }
+}

@@ -283,18 +283,26 @@ pub struct Cpu {
     /// stores of other vCPUs and DMA are seen within one run slice, as cross-modifying code on
     /// hardware is seen after a serializing instruction), at every exception or interrupt
     /// delivery and serializing instruction (IRET, CPUID, MOV to CR/DR, WRMSR...), and when this
-    /// CPU stores to a page that may hold a block validated in it (`code_pages`).
+    /// CPU stores to a page that may hold a block validated in it (`code_pages`). A WRMSR to
+    /// an x2APIC register or IA32_TSC_DEADLINE is not serializing (Intel SDM vol. 3,
+    /// "Serializing Instructions"), so it does not end a generation: a kernel writes them on every interrupt and
+    /// idle entry.
     pub(crate) code_gen: u64,
-    /// Pages of the blocks validated in this generation, as a bit set of page numbers modulo
-    /// its size (a false hit only ends the generation early).
-    pub(crate) code_pages: [u64; CODE_PAGE_WORDS],
+    /// Pages of the blocks validated in this generation: slot `page % CODE_PAGE_SLOTS` holds
+    /// the low 16 bits of the last generation a block on such a page was validated in. A
+    /// marked page always reads as marked; a false hit (another page of the same slot, or a
+    /// stale stamp equal after the 16 bits wrap) only ends the generation early. Stamps, not
+    /// bits, so a new generation clears nothing, and enough slots that a kernel's data pages
+    /// rarely alias one of the hundreds of code pages a system call runs through (with a
+    /// 512-bit set they did so often that generations lasted ~50 blocks under disk I/O).
+    pub(crate) code_pages: Box<[u16]>,
     /// Lower decoded blocks to pre-decoded forms (`crate::fast`); off only in tests that
     /// compare the two paths.
     pub(crate) fast_ops: bool,
 }
 
-/// Words of `Cpu::code_pages`.
-pub(crate) const CODE_PAGE_WORDS: usize = 8;
+/// Slots of `Cpu::code_pages` (a power of two; 64 KiB of stamps).
+pub(crate) const CODE_PAGE_SLOTS: usize = 32768;
 
 impl std::fmt::Debug for Cpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -386,7 +394,7 @@ impl Cpu {
             code_page: u64::MAX,
             code_written: false,
             code_gen: 1,
-            code_pages: [0; CODE_PAGE_WORDS],
+            code_pages: vec![0; CODE_PAGE_SLOTS].into_boxed_slice(),
             fast_ops: true,
         }
     }
@@ -530,22 +538,19 @@ impl Cpu {
     /// Note that a block on the page of `pa` was validated in this generation.
     #[inline]
     pub(crate) fn mark_code_page(&mut self, pa: u64) {
-        let bit = (pa >> 12) as usize % (CODE_PAGE_WORDS * 64);
-        self.code_pages[bit / 64] |= 1 << (bit % 64);
+        self.code_pages[(pa >> 12) as usize % CODE_PAGE_SLOTS] = self.code_gen as u16;
     }
 
     /// Whether a block on the page of `pa` may have been validated in this generation.
     #[inline]
     pub(crate) fn code_page_marked(&self, pa: u64) -> bool {
-        let bit = (pa >> 12) as usize % (CODE_PAGE_WORDS * 64);
-        self.code_pages[bit / 64] & (1 << (bit % 64)) != 0
+        self.code_pages[(pa >> 12) as usize % CODE_PAGE_SLOTS] == self.code_gen as u16
     }
 
     /// End the block validation generation (see `code_gen`).
     #[inline]
     pub(crate) fn new_code_gen(&mut self) {
         self.code_gen = self.code_gen.wrapping_add(1).max(1);
-        self.code_pages = [0; CODE_PAGE_WORDS];
     }
 
     /// Flush the software TLB (after the embedder edits CR0/CR3/CR4/EFER or page tables directly).

@@ -260,12 +260,13 @@ impl Cpu {
             return self.step(mem);
         };
         // Borrowed out of the cache while it runs (nothing below touches the block cache).
-        let instrs = self.blocks.take_instrs(slot);
+        let code = self.blocks.take_code(slot);
+        let mut generic = code.generic.iter();
         let epoch = self.tlb.epoch;
         self.code_page = pa >> 12;
         self.code_written = false;
         let mut r = Ok(());
-        for op in &instrs {
+        for op in code.ops.iter() {
             if *left == 0 {
                 break;
             }
@@ -286,7 +287,15 @@ impl Cpu {
                 }
                 continue;
             }
-            r = exec::execute_op(self, mem, &op.instr, op.mnemonic, op.locked);
+            let Some(g) = generic.next() else {
+                // `build` gives every generic op its entry; never run past a broken block.
+                r = Err(Event::Exit(Exit::Unsupported {
+                    rip: self.rip,
+                    what: "a decoded block without its generic instruction",
+                }));
+                break;
+            };
+            r = exec::execute_op(self, mem, &g.instr, g.mnemonic, g.locked);
             if r.is_err() {
                 break;
             }
@@ -302,7 +311,7 @@ impl Cpu {
             }
         }
         self.code_page = u64::MAX;
-        self.blocks.put_instrs(slot, instrs);
+        self.blocks.put_code(slot, code);
         r
     }
 

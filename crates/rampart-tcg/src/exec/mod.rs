@@ -337,6 +337,12 @@ fn is_serializing(m: M) -> bool {
     )
 }
 
+/// MSRs whose WRMSR is not serializing (Intel SDM vol. 3, "Serializing Instructions"): the
+/// x2APIC registers (0x802-0x83F) and IA32_TSC_DEADLINE (0x6E0).
+fn non_serializing_msr(msr: u32) -> bool {
+    (0x802..=0x83f).contains(&msr) || msr == 0x6e0
+}
+
 /// Whether `i` is atomic on its memory operand: a `lock` prefix, or XCHG with memory.
 pub(crate) fn is_locked(i: &Instruction) -> bool {
     i.has_lock_prefix()
@@ -455,7 +461,9 @@ fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction, m
         m if sse::handles(m) => sse::exec(cpu, mem, i),
         m if x87::handles(m) => x87::exec(cpu, mem, i),
         _ => {
-            if is_serializing(m) {
+            if is_serializing(m)
+                && !(m == M::Wrmsr && non_serializing_msr(cpu.gpr[crate::cpu::gpr::RCX] as u32))
+            {
                 cpu.new_code_gen();
             }
             system::exec(cpu, mem, i)
