@@ -64,25 +64,6 @@ impl<'a> VcpuBus<'a> {
     }
 }
 
-/// `a == b`, compared a word at a time inline (blocks are short: a `memcmp` call costs more
-/// than the comparison).
-#[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let (aw, bw) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tails_equal = aw
-        .remainder()
-        .iter()
-        .zip(bw.remainder())
-        .all(|(x, y)| x == y);
-    tails_equal
-        && aw
-            .zip(bw)
-            .all(|(x, y)| <[u8; 8]>::try_from(x).ok() == <[u8; 8]>::try_from(y).ok())
-}
-
 fn in_page(gpa: u64, len: usize, base: u64) -> bool {
     gpa >= base && gpa.saturating_add(len as u64) <= base + PAGE
 }
@@ -206,18 +187,24 @@ impl GuestMemory for VcpuBus<'_> {
         let Some(ram) = self.ram(gpa, expected.len()) else {
             return false;
         };
-        // Compare in small chunks through a stack buffer (no pointer into guest RAM).
-        let mut now = [0u8; 64];
+        // A word at a time, each a bounds-checked volatile load by value (no pointer into
+        // guest RAM, no copy through a buffer: blocks are short and this runs on every block
+        // entry after a generation ends).
+        let words = expected.chunks_exact(8);
+        let tail = words.remainder();
         let mut off = 0;
-        for want in expected.chunks(now.len()) {
-            let Ok(part) = ram.subslice(off, want.len()) else {
-                return false;
-            };
-            let now = &mut now[..want.len()];
-            if part.copy_to(now) != want.len() || !same_bytes(now, want) {
-                return false;
+        for w in words {
+            let want = u64::from_le_bytes(w.try_into().unwrap_or_default());
+            match ram.get_ref::<u64>(off) {
+                Ok(now) if u64::from_le(now.load()) == want => off += 8,
+                _ => return false,
             }
-            off += want.len();
+        }
+        for &want in tail {
+            match ram.get_ref::<u8>(off) {
+                Ok(now) if now.load() == want => off += 1,
+                _ => return false,
+            }
         }
         true
     }
@@ -278,7 +265,6 @@ impl GuestMemory for VcpuBus<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::same_bytes;
     use super::{Machine, VcpuBus};
     use crate::accel::IoHandler;
     use rampart_config::VmConfig;
@@ -341,16 +327,31 @@ mod tests {
     }
 
     #[test]
-    fn same_bytes_compares_every_byte() {
-        let a: Vec<u8> = (0..37).collect();
-        for n in 0..a.len() {
-            assert!(same_bytes(&a[..n], &a[..n]));
-            for i in 0..n {
-                let mut b = a[..n].to_vec();
-                b[i] ^= 0x40;
-                assert!(!same_bytes(&a[..n], &b), "len {n} byte {i}");
+    fn code_matches_compares_every_byte_and_only_within_ram() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x2000)]).unwrap();
+        let machine = Machine::new(&mem, &VmConfig::default());
+        let io = Mmio::default();
+        let bus = VcpuBus::new(&machine, &machine.slots[0], &io);
+        let code: Vec<u8> = (1..=37).collect();
+        for start in [0x100u64, 0x1003, 0x2000 - 37] {
+            mem.write_slice(&code, GuestAddress(start)).unwrap();
+            for n in 0..code.len() {
+                assert!(bus.code_matches(start, &code[..n]), "{start:#x} len {n}");
+                for i in 0..n {
+                    let mut other = code[..n].to_vec();
+                    other[i] ^= 0x40;
+                    assert!(
+                        !bus.code_matches(start, &other),
+                        "{start:#x} len {n} byte {i}"
+                    );
+                }
             }
         }
-        assert!(!same_bytes(&a[..3], &a[..4]));
+        // Running past the end of RAM, or starting outside it, never matches.
+        mem.write_slice(&code[..36], GuestAddress(0x2000 - 36))
+            .unwrap();
+        assert!(bus.code_matches(0x2000 - 36, &code[..36]));
+        assert!(!bus.code_matches(0x2000 - 36, &code));
+        assert!(!bus.code_matches(0x3000, &[0]));
     }
 }
