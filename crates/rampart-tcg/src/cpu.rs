@@ -178,8 +178,11 @@ pub mod cr4 {
     pub const TSD: u64 = 1 << 2;
     /// Debugging extensions.
     pub const DE: u64 = 1 << 3;
-    /// Every bit a guest may set (the baseline model: no SMEP/SMAP/PCID/XSAVE/FSGSBASE).
-    pub const SUPPORTED: u64 = TSD | DE | PSE | PAE | MCE | PGE | PCE | OSFXSR | OSXMMEXCPT;
+    /// RDFSBASE/RDGSBASE/WRFSBASE/WRGSBASE enabled.
+    pub const FSGSBASE: u64 = 1 << 16;
+    /// Every bit a guest may set (the baseline model plus FSGSBASE: no SMEP/SMAP/PCID/XSAVE).
+    pub const SUPPORTED: u64 =
+        TSD | DE | PSE | PAE | MCE | PGE | PCE | OSFXSR | OSXMMEXCPT | FSGSBASE;
 }
 
 /// EFER bits.

@@ -104,11 +104,38 @@ pub(crate) fn exec(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) ->
             segment::tables(cpu, mem, i)
         }
         M::Swapgs | M::Syscall | M::Sysret | M::Sysretq => segment::fast_system_call(cpu, i),
+        M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => fs_gs_base(cpu, i),
         M::Fninit | M::Fnstcw | M::Fldcw | M::Fnstsw | M::Fnclex | M::Wait | M::Emms => {
             x87_control(cpu, mem, i)
         }
         _ => Err(cpu.unimplemented(i)),
     }
+}
+
+/// RDFSBASE, RDGSBASE, WRFSBASE, WRGSBASE (any privilege level): #UD outside 64-bit mode or
+/// without CR4.FSGSBASE; the 32-bit forms read the low half of the base and write a
+/// zero-extended one; a non-canonical 64-bit base is #GP(0). Not serializing: a kernel uses
+/// them on every context switch instead of WRMSR to FS_BASE, which is.
+fn fs_gs_base(cpu: &mut Cpu, i: &Instruction) -> Res<()> {
+    if cpu.cr4 & cr4::FSGSBASE == 0 || !cpu.in_64bit_mode() {
+        return Err(Exception::ud().into());
+    }
+    let seg = match i.mnemonic() {
+        M::Rdfsbase | M::Wrfsbase => crate::SegReg::Fs,
+        _ => crate::SegReg::Gs,
+    } as usize;
+    let r = i.op0_register();
+    match i.mnemonic() {
+        M::Rdfsbase | M::Rdgsbase => cpu.set_reg(r, cpu.seg[seg].base),
+        _ => {
+            let v = cpu.reg(r);
+            if r.is_gpr64() && !crate::mmu::is_canonical(v) {
+                return Err(Exception::gp(0).into());
+            }
+            cpu.seg[seg].base = v;
+        }
+    }
+    Ok(())
 }
 
 fn set_flag(cpu: &mut Cpu, f: u64, on: bool) -> Res<()> {
@@ -380,6 +407,65 @@ mod tests {
         assert_eq!(t.exception, Some(13));
         assert_eq!(t.cpu.cr4 & (1 << 20), 0);
         assert_ne!(t.cpu.cr4 & cr4::PAE, 0);
+    }
+
+    #[test]
+    fn fs_gs_base_instructions_need_cr4_fsgsbase() {
+        // Without CR4.FSGSBASE: #UD, nothing changed.
+        let t = run_asm(|a| {
+            a.mov(rax, 0x1234u64)?;
+            a.wrfsbase(rax)?;
+            Ok(())
+        });
+        assert_eq!(t.exception, Some(6));
+        assert_eq!(t.cpu.seg[crate::SegReg::Fs as usize].base, 0);
+        // With it: 64- and 32-bit forms, both registers, read back.
+        let t = run_asm(|a| {
+            a.mov(rax, cr4)?;
+            a.or(eax, 1 << 16)?;
+            a.mov(cr4, rax)?;
+            a.mov(rax, 0xffff_8000_1234_5678u64)?;
+            a.wrfsbase(rax)?;
+            a.mov(ecx, 0xdead_beefu32)?;
+            a.wrgsbase(ecx)?;
+            a.rdfsbase(rdx)?;
+            a.mov(rsi, u64::MAX)?;
+            a.rdfsbase(esi)?;
+            a.rdgsbase(rdi)?;
+            Ok(())
+        });
+        assert_eq!(t.exception, None);
+        assert_eq!(
+            t.cpu.seg[crate::SegReg::Fs as usize].base,
+            0xffff_8000_1234_5678
+        );
+        assert_eq!(t.cpu.seg[crate::SegReg::Gs as usize].base, 0xdead_beef);
+        assert_eq!(t.cpu.gpr[2], 0xffff_8000_1234_5678);
+        assert_eq!(
+            t.cpu.gpr[6], 0x1234_5678,
+            "32-bit read: low half, zero-extended"
+        );
+        assert_eq!(t.cpu.gpr[7], 0xdead_beef);
+    }
+
+    #[test]
+    fn wrfsbase_of_a_non_canonical_base_is_gp() {
+        let t = run_asm(|a| {
+            a.mov(rax, cr4)?;
+            a.or(eax, 1 << 16)?;
+            a.mov(cr4, rax)?;
+            a.mov(rax, 0x0000_8000_0000_0000u64)?;
+            a.wrfsbase(rax)?;
+            Ok(())
+        });
+        assert_eq!(t.exception, Some(13));
+        assert_eq!(t.cpu.seg[crate::SegReg::Fs as usize].base, 0);
+    }
+
+    #[test]
+    fn cpuid_leaf_7_reports_fsgsbase_in_subleaf_0_only() {
+        assert_eq!(crate::baseline_cpuid(7, 0), [0, 1, 0, 0]);
+        assert_eq!(crate::baseline_cpuid(7, 1), [0; 4]);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn table(index: u32, config: &VmConfig) -> Vec<CpuidEntry> {
         if leaf == 1 {
             e.ecx |= LEAF1_ECX_X2APIC | LEAF1_ECX_TSC_DEADLINE;
         }
-        if leaf == 0xb {
+        if leaf == 0xb || leaf == 7 {
             e.flags = CPUID_FLAG_SIGNIFICANT_INDEX;
         }
         entries.push(e);
