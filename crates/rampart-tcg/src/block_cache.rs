@@ -92,6 +92,10 @@ pub(crate) struct Block {
     bytes: Box<[u8]>,
     /// The decoded instructions.
     code: Code,
+    /// No block could be formed at `ip` (its first instruction crosses the page or does not
+    /// decode): the run loop steps that instruction without trying again. Always safe, whatever
+    /// the bytes there become: the single-instruction path handles every instruction.
+    step_only: bool,
 }
 
 /// Direct-mapped cache of decoded 64-bit blocks.
@@ -154,6 +158,14 @@ impl BlockCache {
         (b.ip == ip && !b.code.ops.is_empty() && b.checked == stamp).then_some((i, b.checked_pa))
     }
 
+    /// Whether the last [`BlockCache::build`] at `ip` formed no block (and the slot has not been
+    /// reused since).
+    #[inline]
+    pub(crate) fn steps_at(&self, ip: u64) -> bool {
+        let b = &self.slots[slot(ip)];
+        b.ip == ip && b.step_only
+    }
+
     /// Decode a block of 64-bit code starting at linear `ip` from `code` (the RAM bytes from
     /// the block's physical start, within its page). Returns its slot, or `None` if not even
     /// the first instruction decodes completely within `code` (the caller then runs it on the
@@ -166,6 +178,7 @@ impl BlockCache {
         b.checked = Stamp::default();
         b.code = Code::default();
         b.bytes = Box::default();
+        b.step_only = false;
         let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
         let mut used = 0usize;
         let mut ops = Vec::new();
@@ -198,6 +211,7 @@ impl BlockCache {
             }
         }
         if ops.is_empty() {
+            b.step_only = true;
             return None;
         }
         b.bytes = code.get(..used)?.into();
@@ -269,6 +283,12 @@ mod tests {
             c.build(0x3000, &[0x0f, 0xff], true).is_none(),
             "invalid first"
         );
+        // Where no block formed, the run loop steps without building again; a block built at
+        // the address later (the bytes changed) ends that.
+        assert!(c.steps_at(0x2000) && c.steps_at(0x3000));
+        assert!(!c.steps_at(0x1000) && !c.steps_at(0x4000));
+        c.build(0x2000, &[0xb8, 1, 0, 0, 0], true).unwrap();
+        assert!(!c.steps_at(0x2000));
     }
 
     #[test]

@@ -212,3 +212,28 @@ fn wrmsr_ends_the_generation_unless_the_msr_is_x2apic_or_tsc_deadline() {
         assert_eq!(n, ended, "MSR {msr:#x}");
     }
 }
+
+#[test]
+fn an_instruction_crossing_a_page_at_a_block_start_runs_its_current_bytes_every_time() {
+    // jmp to CODE + 0xffe, where `mov eax, imm32` crosses into the next page; then hlt.
+    let at = CODE + 0xffe;
+    let mut code = vec![0xe9];
+    code.extend_from_slice(&(at.wrapping_sub(CODE + 5) as u32).to_le_bytes());
+    let mut m = Machine::new();
+    m.load_code(&code);
+    m.mem.load(at, &mov_eax_hlt(0x1111_1111)).unwrap();
+    for v in [0x1111_1111u32, 0x2222_2222, 0x3333_3333] {
+        // As another writer would: the bytes on both pages change between runs.
+        m.mem.load(at, &mov_eax_hlt(v)).unwrap();
+        m.cpu.rip = CODE;
+        m.cpu.halted = false;
+        assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+        assert_eq!(m.cpu.gpr[0], u64::from(v));
+    }
+    // The code there no longer crosses the page: `mov al, 0x44; hlt` -- runs as well.
+    m.mem.load(at, &[0xb0, 0x44, 0xf4]).unwrap();
+    m.cpu.rip = CODE;
+    m.cpu.halted = false;
+    assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+    assert_eq!(m.cpu.gpr[0], 0x3333_3344);
+}

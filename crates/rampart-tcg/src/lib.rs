@@ -237,6 +237,7 @@ impl Cpu {
                 let pa = self.translate(mem, rip, access)?;
                 let slot = match self.blocks.lookup(rip, pa, stamp, mem) {
                     Some(i) => Some(i),
+                    None if self.blocks.steps_at(rip) => None,
                     None => {
                         let window = block_cache::MAX_BYTES
                             .min((memory::PAGE_SIZE - pa % memory::PAGE_SIZE) as usize);
