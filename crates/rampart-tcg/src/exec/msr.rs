@@ -228,7 +228,10 @@ impl Cpu {
 /// CPUID of the baseline model the test guest was censused with (`qemu64` minus SSE3, CX16,
 /// LAHF_LM, SVM, x2APIC, hypervisor, ABM, SSE4A, POPCNT): FPU, TSC, MSR, PAE, CX8, APIC, SEP, MTRR,
 /// PGE, CMOV, PAT, CLFLUSH, MMX, FXSR, SSE, SSE2, SYSCALL, NX, LM. APIC ID 0; an embedder with
-/// several CPUs wraps this and patches EBX[31:24] of leaf 1. Beyond qemu64: FSGSBASE (leaf 7).
+/// several CPUs wraps this and patches EBX[31:24] of leaf 1. Beyond qemu64, in leaf 7: FSGSBASE,
+/// and ERMS, which tells a kernel that `rep movsb`/`rep stosb` is its fastest copy and fill --
+/// true here, where they move a page at a time (`Cpu::bulk`) while an unrolled loop of MOVs runs
+/// instruction by instruction.
 pub fn baseline_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     const EDX1: u32 = (1 << 0) // FPU
         | (1 << 4) // TSC
@@ -254,8 +257,8 @@ pub fn baseline_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
         // "AuthenticAMD" as qemu64 reports it (EBX, EDX, ECX order).
         0 => [7, 0x6874_7541, 0x444d_4163, 0x6974_6e65],
         1 => [0x000f_06b1, (1 << 16) | (8 << 8), 0, EDX1],
-        // Subleaf 0 (the only one, EAX = 0): EBX bit 0, FSGSBASE.
-        7 if subleaf == 0 => [0, 1, 0, 0],
+        // Subleaf 0 (the only one, EAX = 0): EBX bit 0, FSGSBASE; bit 9, ERMS.
+        7 if subleaf == 0 => [0, 1 | (1 << 9), 0, 0],
         0x8000_0000 => [0x8000_0008, 0x6874_7541, 0x444d_4163, 0x6974_6e65],
         0x8000_0001 => [
             0x000f_06b1,

@@ -463,8 +463,8 @@ mod tests {
     }
 
     #[test]
-    fn cpuid_leaf_7_reports_fsgsbase_in_subleaf_0_only() {
-        assert_eq!(crate::baseline_cpuid(7, 0), [0, 1, 0, 0]);
+    fn cpuid_leaf_7_reports_fsgsbase_and_erms_in_subleaf_0_only() {
+        assert_eq!(crate::baseline_cpuid(7, 0), [0, 1 | (1 << 9), 0, 0]);
         assert_eq!(crate::baseline_cpuid(7, 1), [0; 4]);
     }
 
