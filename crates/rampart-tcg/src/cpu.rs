@@ -299,6 +299,8 @@ pub struct Cpu {
     /// rarely alias one of the hundreds of code pages a system call runs through (with a
     /// 512-bit set they did so often that generations lasted ~50 blocks under disk I/O).
     pub(crate) code_pages: Box<[u16]>,
+    /// The staging buffer of bulk REP MOVS/STOS (`exec::string`), one page.
+    pub(crate) bulk_buf: Box<[u8]>,
     /// Lower decoded blocks to pre-decoded forms (`crate::fast`); off only in tests that
     /// compare the two paths.
     pub(crate) fast_ops: bool,
@@ -398,6 +400,7 @@ impl Cpu {
             code_written: false,
             code_gen: 1,
             code_pages: vec![0; CODE_PAGE_SLOTS].into_boxed_slice(),
+            bulk_buf: vec![0; crate::exec::string::BULK_BYTES].into_boxed_slice(),
             fast_ops: true,
         }
     }

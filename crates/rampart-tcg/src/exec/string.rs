@@ -163,7 +163,7 @@ pub(crate) fn exec(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction) ->
 }
 
 /// Most bytes one bulk step of REP MOVS/STOS moves (one page).
-const BULK_BYTES: usize = 4096;
+pub(crate) const BULK_BYTES: usize = 4096;
 
 impl Cpu {
     /// The bulk path of a forward REP MOVS (`movs`) or REP STOS with 64-bit addresses: as many
@@ -197,8 +197,6 @@ impl Cpu {
             return Ok(0);
         }
         let n = (k * size64) as usize;
-        let mut buf = [0u8; BULK_BYTES];
-        let buf = &mut buf[..n];
         let user = self.user_access();
         // The source first, as the element loop faults on it first.
         let pa = match src {
@@ -216,20 +214,42 @@ impl Cpu {
             user,
         };
         let pd = self.translate(mem, dst, write)?;
-        if let Some(pa) = pa {
+        // The chunk goes through the CPU's own buffer (kept, not zeroed, between calls: with
+        // ERMS a kernel's every memcpy and memset is a REP MOVSB/STOSB, most of a few bytes).
+        let mut whole = std::mem::take(&mut self.bulk_buf);
+        let Some(buf) = whole.get_mut(..n) else {
+            self.bulk_buf = whole;
+            return Ok(0);
+        };
+        let moved = if let Some(pa) = pa {
             let overlap = pd < pa + n as u64 && pa < pd + n as u64;
-            if overlap || !mem.read_ram(pa, buf) || !self.write_chunk(mem, pd, buf) {
-                return Ok(0);
-            }
-            self.gpr[6] = self.gpr[6].wrapping_add(n as u64);
+            !overlap && mem.read_ram(pa, buf) && self.write_chunk(mem, pd, buf)
         } else {
-            let v = self.gpr[0].to_le_bytes();
-            for c in buf.chunks_exact_mut(size as usize) {
-                c.copy_from_slice(&v[..size as usize]);
+            // The value repeated: every element starts at a multiple of its size, which
+            // divides 8.
+            let v = self.gpr[0] & crate::flags::size_mask(size);
+            let pattern = match size {
+                1 => v * 0x0101_0101_0101_0101,
+                2 => v * 0x0001_0001_0001_0001,
+                4 => v | (v << 32),
+                _ => v,
             }
-            if !self.write_chunk(mem, pd, buf) {
-                return Ok(0);
+            .to_le_bytes();
+            let mut words = buf.chunks_exact_mut(8);
+            for w in &mut words {
+                w.copy_from_slice(&pattern);
             }
+            let rest = words.into_remainder();
+            let len = rest.len();
+            rest.copy_from_slice(&pattern[..len]);
+            self.write_chunk(mem, pd, buf)
+        };
+        self.bulk_buf = whole;
+        if !moved {
+            return Ok(0);
+        }
+        if pa.is_some() {
+            self.gpr[6] = self.gpr[6].wrapping_add(n as u64);
         }
         self.gpr[7] = self.gpr[7].wrapping_add(n as u64);
         self.gpr[1] -= k;
