@@ -30,8 +30,8 @@ use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, 
 use crate::fast::{lower, Fast};
 use crate::memory::GuestMemory;
 
-/// Blocks in the direct-mapped table (a power of two).
-const SLOTS: usize = 65536;
+/// Blocks in the direct-mapped table by default: 2^16 (about 6 MiB per vCPU).
+const SLOT_BITS: u32 = 16;
 /// Most instructions in one block.
 pub(crate) const MAX_INSNS: usize = 32;
 /// Most code bytes in one block (also the fetch window when a block is built).
@@ -98,16 +98,17 @@ pub(crate) struct Block {
     step_only: bool,
 }
 
-/// Direct-mapped cache of decoded 64-bit blocks.
+/// Direct-mapped cache of decoded 64-bit blocks. The table is allocated at the first block
+/// built, so a CPU that runs no 64-bit code does not pay for it.
 pub(crate) struct BlockCache {
+    /// Empty until the first build, then `1 << bits` slots.
     slots: Box<[Block]>,
+    bits: u32,
 }
 
 impl Default for BlockCache {
     fn default() -> Self {
-        Self {
-            slots: (0..SLOTS).map(|_| Block::default()).collect(),
-        }
+        Self::with_slot_bits(SLOT_BITS)
     }
 }
 
@@ -117,11 +118,22 @@ impl std::fmt::Debug for BlockCache {
     }
 }
 
-fn slot(ip: u64) -> usize {
-    (ip.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOTS.trailing_zeros())) as usize
-}
-
 impl BlockCache {
+    /// An empty cache of `1 << bits` slots (`bits` clamped to 4..=20). Any size runs the same
+    /// code; a smaller table only rebuilds blocks more often.
+    pub(crate) fn with_slot_bits(bits: u32) -> Self {
+        Self {
+            slots: Box::default(),
+            bits: bits.clamp(4, 20),
+        }
+    }
+
+    /// The slot of `ip`: a multiplicative hash (kernel code spread over megabytes maps evenly).
+    #[inline]
+    fn slot(&self, ip: u64) -> usize {
+        (ip.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - self.bits)) as usize
+    }
+
     /// The slot of a valid block starting at linear `ip`, whose code now sits at
     /// guest-physical `pa`, if the bytes there are still the ones it was decoded from. A block
     /// already validated at `pa` in the generation of `stamp` is not compared again (see
@@ -134,8 +146,8 @@ impl BlockCache {
         stamp: Stamp,
         mem: &dyn GuestMemory,
     ) -> Option<usize> {
-        let i = slot(ip);
-        let b = &mut self.slots[i];
+        let i = self.slot(ip);
+        let b = self.slots.get_mut(i)?;
         if b.ip != ip || b.code.ops.is_empty() {
             return None;
         }
@@ -153,8 +165,8 @@ impl BlockCache {
     /// (same generation, TLB epoch and privilege): it runs without a new translation.
     #[inline]
     pub(crate) fn validated(&self, ip: u64, stamp: Stamp) -> Option<(usize, u64)> {
-        let i = slot(ip);
-        let b = &self.slots[i];
+        let i = self.slot(ip);
+        let b = self.slots.get(i)?;
         (b.ip == ip && !b.code.ops.is_empty() && b.checked == stamp).then_some((i, b.checked_pa))
     }
 
@@ -162,8 +174,9 @@ impl BlockCache {
     /// reused since).
     #[inline]
     pub(crate) fn steps_at(&self, ip: u64) -> bool {
-        let b = &self.slots[slot(ip)];
-        b.ip == ip && b.step_only
+        self.slots
+            .get(self.slot(ip))
+            .is_some_and(|b| b.ip == ip && b.step_only)
     }
 
     /// Decode a block of 64-bit code starting at linear `ip` from `code` (the RAM bytes from
@@ -172,8 +185,11 @@ impl BlockCache {
     /// single-instruction path, which handles page-crossing and invalid instructions).
     /// `fast`: lower instructions to their pre-decoded forms (`crate::fast`).
     pub(crate) fn build(&mut self, ip: u64, code: &[u8], fast: bool) -> Option<usize> {
-        let i = slot(ip);
-        let b = &mut self.slots[i];
+        let i = self.slot(ip);
+        if self.slots.is_empty() {
+            self.slots = (0..1usize << self.bits).map(|_| Block::default()).collect();
+        }
+        let b = self.slots.get_mut(i)?;
         b.ip = ip;
         b.checked = Stamp::default();
         b.code = Code::default();
@@ -231,12 +247,17 @@ impl BlockCache {
     /// Move the instructions of the block in slot `i` out to run them (the slot reads as
     /// empty until [`BlockCache::put_code`] returns them).
     pub(crate) fn take_code(&mut self, i: usize) -> Code {
-        std::mem::take(&mut self.slots[i].code)
+        self.slots
+            .get_mut(i)
+            .map(|b| std::mem::take(&mut b.code))
+            .unwrap_or_default()
     }
 
     /// Give back what [`BlockCache::take_code`] took.
     pub(crate) fn put_code(&mut self, i: usize, code: Code) {
-        self.slots[i].code = code;
+        if let Some(b) = self.slots.get_mut(i) {
+            b.code = code;
+        }
     }
 }
 

@@ -237,3 +237,37 @@ fn an_instruction_crossing_a_page_at_a_block_start_runs_its_current_bytes_every_
     assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
     assert_eq!(m.cpu.gpr[0], 0x3333_3344);
 }
+
+#[test]
+fn a_tiny_block_table_runs_the_same_as_the_default_one() {
+    // Three passes over 40 functions (`add eax, k; ret`), each at its own address: with 16
+    // slots most calls evict a block, with the default table none does.
+    let funcs = CODE + 0x800;
+    let mut code = vec![0xb9, 3, 0, 0, 0]; // mov ecx, 3
+    let top = code.len() as u64;
+    for k in 0..40u64 {
+        let next = CODE + code.len() as u64 + 5;
+        code.push(0xe8);
+        code.extend_from_slice(&((funcs + 16 * k).wrapping_sub(next) as u32).to_le_bytes());
+    }
+    code.extend_from_slice(&[0xff, 0xc9]); // dec ecx
+    let next = CODE + code.len() as u64 + 6;
+    code.extend_from_slice(&[0x0f, 0x85]); // jnz top
+    code.extend_from_slice(&((CODE + top).wrapping_sub(next) as u32).to_le_bytes());
+    code.push(0xf4);
+    let mut eax = Vec::new();
+    for bits in [4, 16] {
+        let mut m = Machine::new();
+        m.cpu.set_block_cache_size(bits);
+        m.load_code(&code);
+        for k in 0..40u64 {
+            m.mem
+                .load(funcs + 16 * k, &[0x05, k as u8, 0, 0, 0, 0xc3])
+                .unwrap();
+        }
+        let t = m.run(10_000);
+        assert_eq!(t.exit, Exit::Halt, "{bits} bits");
+        eax.push(t.cpu.gpr[0]);
+    }
+    assert_eq!(eax, [3 * (0..40).sum::<u64>(); 2]);
+}

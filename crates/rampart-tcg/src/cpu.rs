@@ -559,6 +559,14 @@ impl Cpu {
         self.code_gen = self.code_gen.wrapping_add(1).max(1);
     }
 
+    /// Size the decoded-block table to `1 << log2_slots` slots (clamped to 4..=20; the default
+    /// is 16, about 6 MiB allocated at the first 64-bit block) and empty it. Every size runs the
+    /// same code; a smaller table only decodes again more often. For embedders that make many
+    /// short-lived CPUs, such as fuzzing harnesses.
+    pub fn set_block_cache_size(&mut self, log2_slots: u32) {
+        self.blocks = crate::block_cache::BlockCache::with_slot_bits(log2_slots);
+    }
+
     /// Flush the software TLB (after the embedder edits CR0/CR3/CR4/EFER or page tables directly).
     pub fn flush_tlb(&mut self) {
         self.tlb.flush_all();

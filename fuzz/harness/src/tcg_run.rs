@@ -218,6 +218,9 @@ fn template_memory() -> FlatMemory {
 /// A CPU in 64-bit mode at CPL 0 on the template's tables, about to run [`CODE`].
 fn boot_cpu() -> Cpu {
     let mut cpu = Cpu::new();
+    // 64 block slots, not 65,536: a run is a few hundred instructions, and evictions get
+    // exercised too.
+    cpu.set_block_cache_size(6);
     cpu.enter_long_mode_flat(PML4);
     cpu.gdtr.base = GDT;
     cpu.gdtr.limit = 0x37;
