@@ -12,6 +12,13 @@ fn mov_eax_hlt(v: u32) -> Vec<u8> {
     c
 }
 
+/// Run from `CODE` again, after a halt, to the next halt.
+fn run_again_from_code(m: &mut Machine) {
+    m.cpu.rip = CODE;
+    m.cpu.halted = false;
+    assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+}
+
 #[test]
 fn store_to_the_next_instruction_of_the_running_block_takes_effect() {
     // lea rbx, [rip+0]; mov byte [rbx+8], 7; mov eax, 1; hlt -- the store patches the imm8
@@ -34,9 +41,7 @@ fn code_rewritten_by_another_writer_runs_the_new_bytes_at_the_next_entry() {
     assert_eq!(m.cpu.gpr[0], 1);
     // As a DMA transfer or another vCPU would: straight into RAM, no store of this CPU.
     m.mem.load(CODE + 1, &5u32.to_le_bytes()).unwrap();
-    m.cpu.rip = CODE;
-    m.cpu.halted = false;
-    assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+    run_again_from_code(&mut m);
     assert_eq!(m.cpu.gpr[0], 5);
 }
 
@@ -225,16 +230,12 @@ fn an_instruction_crossing_a_page_at_a_block_start_runs_its_current_bytes_every_
     for v in [0x1111_1111u32, 0x2222_2222, 0x3333_3333] {
         // As another writer would: the bytes on both pages change between runs.
         m.mem.load(at, &mov_eax_hlt(v)).unwrap();
-        m.cpu.rip = CODE;
-        m.cpu.halted = false;
-        assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+        run_again_from_code(&mut m);
         assert_eq!(m.cpu.gpr[0], u64::from(v));
     }
     // The code there no longer crosses the page: `mov al, 0x44; hlt` -- runs as well.
     m.mem.load(at, &[0xb0, 0x44, 0xf4]).unwrap();
-    m.cpu.rip = CODE;
-    m.cpu.halted = false;
-    assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+    run_again_from_code(&mut m);
     assert_eq!(m.cpu.gpr[0], 0x3333_3344);
 }
 

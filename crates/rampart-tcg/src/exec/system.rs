@@ -409,6 +409,13 @@ mod tests {
         assert_ne!(t.cpu.cr4 & cr4::PAE, 0);
     }
 
+    /// Set CR4.FSGSBASE (clobbers RAX).
+    fn enable_fsgsbase(a: &mut CodeAssembler) -> Result<(), IcedError> {
+        a.mov(rax, cr4)?;
+        a.or(eax, cr4::FSGSBASE as i32)?;
+        a.mov(cr4, rax)
+    }
+
     #[test]
     fn fs_gs_base_instructions_need_cr4_fsgsbase() {
         // Without CR4.FSGSBASE: #UD, nothing changed.
@@ -421,9 +428,7 @@ mod tests {
         assert_eq!(t.cpu.seg[crate::SegReg::Fs as usize].base, 0);
         // With it: 64- and 32-bit forms, both registers, read back.
         let t = run_asm(|a| {
-            a.mov(rax, cr4)?;
-            a.or(eax, 1 << 16)?;
-            a.mov(cr4, rax)?;
+            enable_fsgsbase(a)?;
             a.mov(rax, 0xffff_8000_1234_5678u64)?;
             a.wrfsbase(rax)?;
             a.mov(ecx, 0xdead_beefu32)?;
@@ -451,9 +456,7 @@ mod tests {
     #[test]
     fn wrfsbase_of_a_non_canonical_base_is_gp() {
         let t = run_asm(|a| {
-            a.mov(rax, cr4)?;
-            a.or(eax, 1 << 16)?;
-            a.mov(cr4, rax)?;
+            enable_fsgsbase(a)?;
             a.mov(rax, 0x0000_8000_0000_0000u64)?;
             a.wrfsbase(rax)?;
             Ok(())
