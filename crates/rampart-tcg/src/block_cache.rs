@@ -92,9 +92,10 @@ pub(crate) struct Block {
     bytes: Box<[u8]>,
     /// The decoded instructions.
     code: Code,
-    /// No block could be formed at `ip` (its first instruction crosses the page or does not
-    /// decode): the run loop steps that instruction without trying again. Always safe, whatever
-    /// the bytes there become: the single-instruction path handles every instruction.
+    /// No block could be formed at `ip` from guest-physical `checked_pa` (its first instruction
+    /// crosses the page or does not decode): while `ip` still translates there, the run loop
+    /// steps that instruction without trying again. Always safe, whatever the bytes there
+    /// become: the single-instruction path handles every instruction.
     step_only: bool,
 }
 
@@ -170,13 +171,26 @@ impl BlockCache {
         (b.ip == ip && !b.code.ops.is_empty() && b.checked == stamp).then_some((i, b.checked_pa))
     }
 
-    /// Whether the last [`BlockCache::build`] at `ip` formed no block (and the slot has not been
-    /// reused since).
+    /// Whether the last [`BlockCache::build_at`] at `ip`, from guest-physical `pa`, formed no
+    /// block (and the slot has not been reused since). Another physical page at the same
+    /// address (another process, a remapped page) is tried again.
     #[inline]
-    pub(crate) fn steps_at(&self, ip: u64) -> bool {
+    pub(crate) fn steps_at(&self, ip: u64, pa: u64) -> bool {
         self.slots
             .get(self.slot(ip))
-            .is_some_and(|b| b.ip == ip && b.step_only)
+            .is_some_and(|b| b.ip == ip && b.step_only && b.checked_pa == pa)
+    }
+
+    /// [`BlockCache::build`] from the bytes at guest-physical `pa`, remembering `pa` if no
+    /// block forms (see [`BlockCache::steps_at`]).
+    pub(crate) fn build_at(&mut self, ip: u64, pa: u64, code: &[u8], fast: bool) -> Option<usize> {
+        let built = self.build(ip, code, fast);
+        if built.is_none() {
+            if let Some(b) = self.slots.get_mut(self.slot(ip)) {
+                b.checked_pa = pa;
+            }
+        }
+        built
     }
 
     /// Decode a block of 64-bit code starting at linear `ip` from `code` (the RAM bytes from
@@ -304,12 +318,16 @@ mod tests {
             c.build(0x3000, &[0x0f, 0xff], true).is_none(),
             "invalid first"
         );
-        // Where no block formed, the run loop steps without building again; a block built at
-        // the address later (the bytes changed) ends that.
-        assert!(c.steps_at(0x2000) && c.steps_at(0x3000));
-        assert!(!c.steps_at(0x1000) && !c.steps_at(0x4000));
-        c.build(0x2000, &[0xb8, 1, 0, 0, 0], true).unwrap();
-        assert!(!c.steps_at(0x2000));
+        // Where no block formed, the run loop steps without building again, as long as the
+        // address translates to the same physical address; a block built there later (another
+        // physical page, or the slot reused) ends that.
+        assert!(c.build_at(0x2000, 0x7000, &[0xb8, 1], true).is_none());
+        assert!(c.steps_at(0x2000, 0x7000));
+        assert!(!c.steps_at(0x2000, 0x8000), "another physical page");
+        assert!(!c.steps_at(0x1000, 0x7000) && !c.steps_at(0x4000, 0x7000));
+        c.build_at(0x2000, 0x8000, &[0xb8, 1, 0, 0, 0], true)
+            .unwrap();
+        assert!(!c.steps_at(0x2000, 0x7000) && !c.steps_at(0x2000, 0x8000));
     }
 
     #[test]

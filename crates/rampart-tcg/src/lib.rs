@@ -237,13 +237,14 @@ impl Cpu {
                 let pa = self.translate(mem, rip, access)?;
                 let slot = match self.blocks.lookup(rip, pa, stamp, mem) {
                     Some(i) => Some(i),
-                    None if self.blocks.steps_at(rip) => None,
+                    None if self.blocks.steps_at(rip, pa) => None,
                     None => {
                         let window = block_cache::MAX_BYTES
                             .min((memory::PAGE_SIZE - pa % memory::PAGE_SIZE) as usize);
                         let mut code = [0u8; block_cache::MAX_BYTES];
                         if mem.read_ram(pa, &mut code[..window]) {
-                            self.blocks.build(rip, &code[..window], self.fast_ops)
+                            self.blocks
+                                .build_at(rip, pa, &code[..window], self.fast_ops)
                         } else {
                             None
                         }

@@ -98,6 +98,15 @@ mod tests {
     }
 
     #[test]
+    fn leaf7_reports_fsgsbase_and_erms_in_subleaf_0_only() {
+        let mut f = provider(0, &VmConfig::default());
+        let r = f(7, 0);
+        assert_eq!(r[0], 0, "one subleaf");
+        assert_eq!(r[1], 1 | (1 << 9), "FSGSBASE and ERMS, nothing else");
+        assert_eq!(f(7, 1), [0; 4]);
+    }
+
+    #[test]
     fn kvm_paravirt_signature_is_present() {
         let mut f = provider(0, &VmConfig::default());
         let r = f(0x4000_0000, 0);
