@@ -62,6 +62,19 @@ struct Usage {
 }
 
 impl Usage {
+    /// No cluster used yet, for an image of `clusters` clusters of `cs` bytes in a file of
+    /// `file_len` bytes (`clusters` already bounded by the caller).
+    fn new(cs: u64, file_len: u64, clusters: u64) -> Self {
+        Self {
+            cs,
+            file_len,
+            clusters,
+            refs: vec![0; clusters as usize],
+            exclusive: Bits::new(clusters),
+            old_refblocks: Bits::new(clusters),
+        }
+    }
+
     /// Validates a cluster-aligned offset read from the image and returns its cluster.
     fn cluster(&self, what: &str, offset: u64) -> Result<u64, Qcow2Error> {
         if offset % self.cs != 0 {
@@ -292,14 +305,7 @@ pub fn repair(file: &HostFile, hdr: &mut Header) -> Result<(), BlockError> {
          refcounts",
         file.path().display()
     );
-    let mut u = Usage {
-        cs,
-        file_len,
-        clusters,
-        refs: vec![0; clusters as usize],
-        exclusive: Bits::new(clusters),
-        old_refblocks: Bits::new(clusters),
-    };
+    let mut u = Usage::new(cs, file_len, clusters);
     // The old refcount blocks: not counted (they are replaced), but nothing may point there.
     let rt_bytes = u64::from(hdr.refcount_table_clusters) * cs;
     let mut chunk = vec![0u8; cs as usize];
@@ -414,14 +420,7 @@ mod tests {
 
     #[test]
     fn exclusive_cluster_used_twice_is_refused() {
-        let mut u = Usage {
-            cs: 512,
-            file_len: 512 * 8,
-            clusters: 8,
-            refs: vec![0; 8],
-            exclusive: Bits::new(8),
-            old_refblocks: Bits::new(8),
-        };
+        let mut u = Usage::new(512, 512 * 8, 8);
         u.exclusive("a", 3).unwrap();
 
         let e = u.exclusive("b", 3).unwrap_err().to_string();
@@ -433,14 +432,7 @@ mod tests {
 
     #[test]
     fn compressed_clusters_may_share_but_not_overflow() {
-        let mut u = Usage {
-            cs: 512,
-            file_len: 512 * 8,
-            clusters: 8,
-            refs: vec![0; 8],
-            exclusive: Bits::new(8),
-            old_refblocks: Bits::new(8),
-        };
+        let mut u = Usage::new(512, 512 * 8, 8);
         for _ in 0..65535 {
             u.compressed(5).unwrap();
         }
