@@ -283,21 +283,22 @@ fn acked_offloads_reach_the_tap_from_the_io_thread() {
     );
 }
 
+/// Limits with only a transmit rate of `avg` frames per second (no burst).
+fn tx_pps(avg: u64) -> NetLimits {
+    NetLimits {
+        tx_pps: rampart_config::RateLimit {
+            avg,
+            max: 0,
+            max_length: 0,
+        },
+        ..Default::default()
+    }
+}
+
 #[test]
 fn transmit_rate_limit_stops_the_queue_and_arms_the_timer() {
     let mem = mem();
-    let handle = NetHandle::new(
-        MAC,
-        NetLimits {
-            tx_pps: rampart_config::RateLimit {
-                avg: 10,
-                max: 0,
-                max_length: 0,
-            },
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let handle = NetHandle::new(MAC, tx_pps(10)).unwrap();
     let wire = Fake::default();
     let mut n = Net::new(handle, Box::new(wire.clone())).unwrap();
     let vq = MockSplitQueue::new(&mem, 16);
@@ -356,14 +357,7 @@ fn raising_a_limit_brings_a_waiting_direction_back_at_once() {
     let timer = std::os::fd::AsRawFd::as_raw_fd(&n.tx_limit.timer);
     assert!(!readable_within(timer, 0));
     // Act: the monitor raises the limit (still a limit: 10 frames per second).
-    handle.set_limits(NetLimits {
-        tx_pps: rampart_config::RateLimit {
-            avg: 10,
-            max: 0,
-            max_length: 0,
-        },
-        ..Default::default()
-    });
+    handle.set_limits(tx_pps(10));
     let a = n.handle_event(1);
     // Assert: the queue is serviced now, and the timer planned for the old limit fires at
     // once, not six seconds later.
@@ -377,18 +371,7 @@ fn raising_a_limit_brings_a_waiting_direction_back_at_once() {
 #[test]
 fn lifting_every_limit_lets_the_queue_run_unthrottled() {
     let mem = mem();
-    let handle = NetHandle::new(
-        MAC,
-        NetLimits {
-            tx_pps: rampart_config::RateLimit {
-                avg: 1,
-                max: 0,
-                max_length: 0,
-            },
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let handle = NetHandle::new(MAC, tx_pps(1)).unwrap();
     let wire = Fake::default();
     let mut n = Net::new(handle.clone(), Box::new(wire.clone())).unwrap();
     let vq = MockSplitQueue::new(&mem, 16);
