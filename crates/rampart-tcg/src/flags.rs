@@ -337,13 +337,7 @@ mod tests {
 
     #[test]
     fn fast_conditions_agree_with_the_computed_flags() {
-        let mut seed = 0x0000_c0de_5eed_u64;
-        let mut next = || {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
+        let mut rng = crate::testutil::Rng(0x0000_c0de_5eed);
         let ops = [
             LazyOp::Add,
             LazyOp::Sub,
@@ -357,8 +351,8 @@ mod tests {
             let mask = size_mask(size);
             // Small values too, so equal operands and sign boundaries come up.
             let pick = |x: u64| if x.is_multiple_of(3) { x % 4 } else { x };
-            let (a, b) = (pick(next()) & mask, pick(next()) & mask);
-            let carry = next().is_multiple_of(4);
+            let (a, b) = (pick(rng.next()) & mask, pick(rng.next()) & mask);
+            let carry = rng.next().is_multiple_of(4);
             let res = match op {
                 LazyOp::Add | LazyOp::Inc => a.wrapping_add(b).wrapping_add(carry as u64),
                 LazyOp::Sub | LazyOp::Dec => a.wrapping_sub(b).wrapping_sub(carry as u64),

@@ -445,31 +445,23 @@ mod tests {
     use super::*;
     use crate::testutil::*;
 
-    /// xorshift64*: deterministic, dependency-free randomness for tests.
-    fn rng(state: &mut u64) -> u64 {
-        *state ^= *state >> 12;
-        *state ^= *state << 25;
-        *state ^= *state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
     #[test]
     fn random_bytes_never_panic_and_end_cleanly() {
-        let mut seed = 0x5eed_0001u64;
+        let mut rng = Rng(0x5eed_0001);
         for _ in 0..3000 {
-            let len = (rng(&mut seed) % 64) as usize + 1;
-            let bytes: Vec<u8> = (0..len).map(|_| rng(&mut seed) as u8).collect();
+            let len = (rng.next() % 64) as usize + 1;
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             let mut m = Machine::new();
             m.load_code(&bytes);
             // Random registers so memory operands point anywhere.
             for r in m.cpu.gpr.iter_mut() {
-                *r = match rng(&mut seed) % 3 {
-                    0 => rng(&mut seed),
-                    1 => DATA + (rng(&mut seed) % 0x1000),
-                    _ => rng(&mut seed) % 0x40_0000,
+                *r = match rng.next() % 3 {
+                    0 => rng.next(),
+                    1 => DATA + (rng.next() % 0x1000),
+                    _ => rng.next() % 0x40_0000,
                 };
             }
-            m.cpu.gpr[4] = STACK_TOP - (rng(&mut seed) % 0x100) * 8;
+            m.cpu.gpr[4] = STACK_TOP - (rng.next() % 0x100) * 8;
             let t = m.run(200);
             assert!(matches!(
                 t.exit,

@@ -546,18 +546,10 @@ fn sipi_starts_at_vector_page_in_real_mode() {
 
 // --- robustness ------------------------------------------------------------------------------
 
-/// xorshift64*: deterministic randomness for tests.
-fn rng(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
 fn random_run(seed: u64, protected: bool) {
-    let mut seed = seed;
-    let len = (rng(&mut seed) % 48) as usize + 1;
-    let bytes: Vec<u8> = (0..len).map(|_| rng(&mut seed) as u8).collect();
+    let mut rng = crate::testutil::Rng(seed);
+    let len = (rng.next() % 48) as usize + 1;
+    let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
     let (mut cpu, mut mem) = if protected {
         let m = Machine32::new();
         (m.cpu, m.mem)
@@ -572,13 +564,13 @@ fn random_run(seed: u64, protected: bool) {
     };
     mem.load(at, &bytes).unwrap();
     for r in cpu.gpr.iter_mut() {
-        *r = match rng(&mut seed) % 3 {
-            0 => rng(&mut seed),
-            1 => rng(&mut seed) % 0x1_0000,
-            _ => rng(&mut seed) % 0x20_0000,
+        *r = match rng.next() % 3 {
+            0 => rng.next(),
+            1 => rng.next() % 0x1_0000,
+            _ => rng.next() % 0x20_0000,
         };
     }
-    cpu.gpr[4] = if protected { STACK32 } else { STACK16 } - (rng(&mut seed) % 0x40) * 2;
+    cpu.gpr[4] = if protected { STACK32 } else { STACK16 } - (rng.next() % 0x40) * 2;
     let exit = cpu.run(&mut mem, 200);
     assert!(matches!(
         exit,

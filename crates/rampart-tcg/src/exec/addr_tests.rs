@@ -3,27 +3,20 @@
 use crate::cpu::{Cpu, SegReg};
 use iced_x86::{Decoder, DecoderOptions, OpKind};
 
-fn rng(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
 #[test]
 fn direct_address_matches_iced_for_random_memory_operands() {
-    let mut seed = 0x0add_7e55_u64;
+    let mut rng = crate::testutil::Rng(0x0add_7e55);
     let mut cpu = Cpu::new();
     cpu.enter_long_mode_flat(0x1000);
     let mut checked = 0;
     for _ in 0..200_000 {
         for r in cpu.gpr.iter_mut() {
-            *r = rng(&mut seed);
+            *r = rng.next();
         }
-        cpu.seg[SegReg::Fs as usize].base = rng(&mut seed);
-        cpu.seg[SegReg::Gs as usize].base = rng(&mut seed);
-        let bytes: Vec<u8> = (0..15).map(|_| rng(&mut seed) as u8).collect();
-        let ip = rng(&mut seed);
+        cpu.seg[SegReg::Fs as usize].base = rng.next();
+        cpu.seg[SegReg::Gs as usize].base = rng.next();
+        let bytes: Vec<u8> = (0..15).map(|_| rng.next() as u8).collect();
+        let ip = rng.next();
         let instr = Decoder::with_ip(64, &bytes, ip, DecoderOptions::NONE).decode();
         if instr.is_invalid() {
             continue;

@@ -370,13 +370,7 @@ mod tests {
     /// counts, page-crossing and overlapping ranges, and ranges running off the end of RAM.
     #[test]
     fn bulk_rep_movs_and_stos_match_the_element_loop() {
-        let mut seed = 0x5717_0b01_u64;
-        let mut next = move || {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
+        let mut rng = crate::testutil::Rng(0x5717_0b01);
         let forms: [&[u8]; 8] = [
             &[0xf3, 0xa4],       // rep movsb
             &[0xf3, 0x66, 0xa5], // rep movsw
@@ -388,16 +382,16 @@ mod tests {
             &[0xf3, 0x48, 0xab], // rep stosq
         ];
         for case in 0..400 {
-            let form = forms[(next() % 8) as usize];
-            let src = DATA + next() % 0x6000;
-            let dst = match next() % 4 {
-                0 => src + next() % 64,           // overlapping, forward
-                1 => 0x40_0000 - next() % 0x3000, // running off the end of RAM
-                _ => DATA + 0x8000 + next() % 0x6000,
+            let form = forms[(rng.next() % 8) as usize];
+            let src = DATA + rng.next() % 0x6000;
+            let dst = match rng.next() % 4 {
+                0 => src + rng.next() % 64,           // overlapping, forward
+                1 => 0x40_0000 - rng.next() % 0x3000, // running off the end of RAM
+                _ => DATA + 0x8000 + rng.next() % 0x6000,
             };
-            let count = next() % 9000;
-            let acc = next();
-            let fill: Vec<u8> = (0..0x1_0000).map(|_| next() as u8).collect();
+            let count = rng.next() % 9000;
+            let acc = rng.next();
+            let fill: Vec<u8> = (0..0x1_0000).map(|_| rng.next() as u8).collect();
             let outs = [true, false].map(|fast| {
                 let mut m = Machine::new();
                 m.cpu.fast_ops = fast;
