@@ -66,6 +66,10 @@ pub(crate) struct Generic {
 pub(crate) struct Code {
     pub(crate) ops: Box<[Op]>,
     pub(crate) generic: Box<[Generic]>,
+    /// Runs since it was built (saturating), for the translator's threshold.
+    pub(crate) runs: u32,
+    /// Its translation (`crate::jit`), once compiled.
+    pub(crate) jit: Option<crate::jit::Compiled>,
 }
 
 /// What a block validation holds for: the validation generation (`Cpu::code_gen`), the TLB
@@ -248,6 +252,8 @@ impl BlockCache {
         b.code = Code {
             ops: ops.into_boxed_slice(),
             generic: generic.into_boxed_slice(),
+            runs: 0,
+            jit: None,
         };
         Some(i)
     }

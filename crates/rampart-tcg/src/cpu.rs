@@ -304,6 +304,8 @@ pub struct Cpu {
     /// Lower decoded blocks to pre-decoded forms (`crate::fast`); off only in tests that
     /// compare the two paths.
     pub(crate) fast_ops: bool,
+    /// The block translator, when enabled ([`Cpu::enable_jit`]).
+    pub(crate) jit: Option<Box<crate::jit::Jit>>,
 }
 
 /// Slots of `Cpu::code_pages` (a power of two; 64 KiB of stamps).
@@ -402,6 +404,7 @@ impl Cpu {
             code_pages: vec![0; CODE_PAGE_SLOTS].into_boxed_slice(),
             bulk_buf: vec![0; crate::exec::string::BULK_BYTES].into_boxed_slice(),
             fast_ops: true,
+            jit: None,
         }
     }
 
@@ -565,6 +568,19 @@ impl Cpu {
     /// short-lived CPUs, such as fuzzing harnesses.
     pub fn set_block_cache_size(&mut self, log2_slots: u32) {
         self.blocks = crate::block_cache::BlockCache::with_slot_bits(log2_slots);
+    }
+
+    /// Translate decoded blocks that have run `threshold` times (at least once) to host code
+    /// (`crate::jit`), from now on, in a region of `pool` (given back when this CPU is
+    /// dropped). Returns false, and the CPU keeps interpreting, if no region is free.
+    pub fn enable_jit(&mut self, pool: &crate::jit::CodePool, threshold: u32) -> bool {
+        self.jit = crate::jit::Jit::new(pool, threshold.max(1)).map(Box::new);
+        self.jit.is_some()
+    }
+
+    /// Blocks translated so far (0 without [`Cpu::enable_jit`]).
+    pub fn jit_blocks(&self) -> u64 {
+        self.jit.as_ref().map_or(0, |j| j.compiled)
     }
 
     /// Flush the software TLB (after the embedder edits CR0/CR3/CR4/EFER or page tables directly).

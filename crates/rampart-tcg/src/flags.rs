@@ -47,8 +47,9 @@ pub const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
 /// Every bit software can ever see set in RFLAGS.
 pub const DEFINED: u64 = ARITH | FIXED1 | TF | IF | DF | IOPL | NT | RF | VM | AC | VIF | VIP | ID;
 
-/// The kind of the last flag-producing operation.
+/// The kind of the last flag-producing operation (one byte: translated code stores it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum LazyOp {
     /// The arithmetic flags in `Flags::other` are exact.
     Materialized,
@@ -124,6 +125,14 @@ pub fn pzs(res: u64, size: u8) -> u64 {
 }
 
 impl Flags {
+    /// Field offsets, for translated code that records operations (`crate::jit`).
+    pub(crate) const OFF_OP: usize = std::mem::offset_of!(Flags, op);
+    pub(crate) const OFF_SIZE: usize = std::mem::offset_of!(Flags, size);
+    pub(crate) const OFF_A: usize = std::mem::offset_of!(Flags, a);
+    pub(crate) const OFF_B: usize = std::mem::offset_of!(Flags, b);
+    pub(crate) const OFF_RES: usize = std::mem::offset_of!(Flags, res);
+    pub(crate) const OFF_CARRY: usize = std::mem::offset_of!(Flags, carry);
+
     /// Flags with every bit exact, from a raw RFLAGS value (reserved bits are normalized).
     pub fn from_bits(bits: u64) -> Self {
         Self {

@@ -65,7 +65,9 @@
 //! read-modify-write instructions are executed as plain read-modify-write, which is exact on
 //! one vCPU; the SMP hook is [`GuestMemory::compare_exchange`].
 
-#![forbid(unsafe_code)]
+// Only the translator (`jit`) may use `unsafe`: it maps its code memory and calls what it
+// generated. Everything else is safe Rust.
+#![deny(unsafe_code)]
 
 pub mod apic;
 mod block_cache;
@@ -76,6 +78,8 @@ mod exception32;
 mod exec;
 mod fast;
 pub mod flags;
+#[allow(unsafe_code)]
+mod jit;
 pub mod memory;
 pub mod mmu;
 mod segmentation;
@@ -83,6 +87,7 @@ mod segmentation;
 pub use cpu::{Cpu, SegReg, Segment};
 pub use exec::msr::MsrHook;
 pub use exec::system::{baseline_cpuid, MsrFile};
+pub use jit::CodePool;
 pub use memory::{FlatMemory, GuestMemory, MemFault, MmioHandler};
 
 use exception::{vector, Event, Exception, Res, Source};
@@ -262,13 +267,49 @@ impl Cpu {
             return self.step(mem);
         };
         // Borrowed out of the cache while it runs (nothing below touches the block cache).
-        let code = self.blocks.take_code(slot);
+        let mut code = self.blocks.take_code(slot);
         let mut generic = code.generic.iter();
         let epoch = self.tlb.epoch;
         self.code_page = pa >> 12;
         self.code_written = false;
         let mut r = Ok(());
-        for op in code.ops.iter() {
+        let mut start = 0;
+        if let Some(jit) = self.jit.as_mut() {
+            if code.jit.is_none_or(|c| !jit.valid(&c)) {
+                code.runs = code.runs.saturating_add(1);
+                if code.runs == jit.threshold {
+                    code.jit = jit.compile(rip, &code.ops);
+                }
+            }
+            if let Some(c) = code.jit.filter(|c| jit.valid(c) && *left >= c.len as u64) {
+                self.interrupt_shadow = false;
+                let (ret, event) = jit::call(&c, self, mem, &code.ops);
+                let retired = ret & 0xffff_ffff;
+                *left -= retired;
+                self.tsc = self.tsc.wrapping_add(retired);
+                let ended = if ret & jit::FAULT != 0 {
+                    *left -= 1;
+                    r = Err(event.unwrap_or(Event::Exit(Exit::Unsupported {
+                        rip: self.rip,
+                        what: "a translated fault without its event",
+                    })));
+                    true
+                } else {
+                    let k = retired as usize;
+                    // The translation ends early after a taken branch or a store into this
+                    // page, like the loop below.
+                    k < c.len as usize
+                        || code.ops.get(k.wrapping_sub(1)).map(|o| o.next_ip) != Some(self.rip)
+                        || self.code_written
+                };
+                start = if ended {
+                    code.ops.len()
+                } else {
+                    c.len as usize
+                };
+            }
+        }
+        for op in code.ops.get(start..).unwrap_or_default() {
             if *left == 0 {
                 break;
             }

@@ -124,6 +124,10 @@ impl Machine {
             mem.write_u64(IDT + v * 16 + 8, hi).unwrap();
         }
         let mut cpu = Cpu::new();
+        // Every test runs each block interpreted first, then translated (`crate::jit`) from
+        // its second run, so loops exercise both.
+        let pool = crate::CodePool::new(1).expect("code memory");
+        assert!(cpu.enable_jit(&pool, 2));
         cpu.enter_long_mode_flat(PML4);
         cpu.gdtr.base = GDT;
         cpu.gdtr.limit = 0x37;

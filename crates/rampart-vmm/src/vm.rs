@@ -121,6 +121,9 @@ pub struct HostResources {
     pub throttles: Vec<DriveThrottle>,
     /// Requests from the monitor, and the run state they act on (kept across resets).
     pub control: crate::control::ControlPort,
+    /// Code memory for `tcg`'s block translators, mapped at start (the filters forbid
+    /// executable mappings later) and kept across resets; `None` interprets.
+    pub code: Option<crate::accel::tcg::CodePool>,
 }
 
 /// A console writer shared between the serial device and the VMM (which prints escape help
@@ -204,6 +207,7 @@ impl Accelerator {
         mem: &GuestMemoryMmap,
         config: &VmConfig,
         kvm: Option<&KvmAccel>,
+        code: Option<&crate::accel::tcg::CodePool>,
     ) -> Result<Self, VmError> {
         match accel {
             Accel::Kvm => {
@@ -225,7 +229,7 @@ impl Accelerator {
                 Ok(Accelerator::Kvm { vm, cpuid })
             }
             Accel::Tcg => Ok(Accelerator::Tcg(crate::accel::tcg::Machine::new(
-                mem, config,
+                mem, config, code,
             ))),
         }
     }
@@ -292,7 +296,7 @@ pub fn run(config: &VmConfig, accel: Accel, res: &mut HostResources) -> Result<O
     // Load the guest first: the software CPU's clock (and so its TSC) starts with the
     // accelerator, not before the kernel is decompressed.
     let bsp_state = boot::prepare(&mem, config, &mut res.kernel, res.initrd.as_mut())?;
-    let machine = Accelerator::new(accel, &mem, config, res.kvm.as_ref())?;
+    let machine = Accelerator::new(accel, &mem, config, res.kvm.as_ref(), res.code.as_ref())?;
 
     // Devices.
     let buses = Arc::new(Buses::default());

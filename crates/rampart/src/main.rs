@@ -229,6 +229,19 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         rampart_config::Accel::Kvm => Some(rampart_vmm::accel::kvm::KvmAccel::open()?),
         rampart_config::Accel::Tcg => None,
     };
+    // The translator's code memory: executable mappings are only possible before the filters.
+    let code = match accel {
+        rampart_config::Accel::Tcg => {
+            match rampart_vmm::accel::tcg::CodePool::new(config.smp.cpus as usize) {
+                Ok(pool) => Some(pool),
+                Err(e) => {
+                    warn!(error = %e, "no code memory for tcg's block translator: interpreting");
+                    None
+                }
+            }
+        }
+        rampart_config::Accel::Kvm => None,
+    };
     let open_monitors = monitors::open(&config)?;
     let signals = TerminationSignals::new()?;
     // Everything is open and no thread runs yet: confine the process (cgroup, supervised
@@ -274,6 +287,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
         nics,
         throttles,
         control,
+        code,
     };
     let code = run_vm(&config, accel, res);
     if let Some(m) = monitors {

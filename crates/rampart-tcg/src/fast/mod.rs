@@ -26,7 +26,7 @@ use crate::exec::{is_locked, op_size};
 use crate::flags::size_mask;
 
 /// No register (base or index of an [`Addr`]).
-const NONE: u8 = 0xff;
+pub(crate) const NONE: u8 = 0xff;
 
 /// A general-purpose register operand: 0-15 for the register's low bytes at its width, 16-19
 /// for AH, CH, DH, BH (bits 8-15 of RAX, RCX, RDX, RBX).
@@ -36,14 +36,14 @@ pub(crate) type Gpr = u8;
 /// operand has its target already in `disp` (iced folds it in).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Addr {
-    disp: u64,
-    base: u8,
-    index: u8,
-    shift: u8,
+    pub(crate) disp: u64,
+    pub(crate) base: u8,
+    pub(crate) index: u8,
+    pub(crate) shift: u8,
     /// 0: none (flat), 1: FS, 2: GS.
-    seg: u8,
+    pub(crate) seg: u8,
     /// A non-canonical address raises #SS rather than #GP (the segment is SS).
-    stack: bool,
+    pub(crate) stack: bool,
 }
 
 /// A source operand.

@@ -321,9 +321,22 @@ fn program(rng: &mut Rng, n: usize) -> Vec<u8> {
         .code_buffer
 }
 
-fn machine(rng: &mut Rng, code: &[u8], fast: bool) -> Machine {
+/// How a program runs in the differential tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Generic,
+    Lowered,
+    /// Lowered and translated at the first run of each block (`crate::jit`).
+    Translated,
+}
+
+fn machine(rng: &mut Rng, code: &[u8], path: Path) -> Machine {
     let mut m = Machine::new();
-    m.cpu.fast_ops = fast;
+    m.cpu.fast_ops = path != Path::Generic;
+    if path == Path::Translated {
+        let pool = crate::CodePool::new(1).expect("code memory");
+        assert!(m.cpu.enable_jit(&pool, 1));
+    }
     m.load_code(code);
     for r in m.cpu.gpr.iter_mut() {
         *r = rng.next();
@@ -345,17 +358,32 @@ fn machine(rng: &mut Rng, code: &[u8], fast: bool) -> Machine {
 fn lowered_forms_match_the_generic_path() {
     let mut seed = Rng(0x0fa5_7000_0000_0001);
     let mut lowered = 0usize;
+    let mut translated = 0u64;
     for case in 0..3000 {
         let n = 2 + seed.below(24);
         let code = program(&mut seed, n);
         let state = seed.next();
-        let mut outs = [true, false].map(|fast| {
+        let [a, b, c] = [Path::Lowered, Path::Generic, Path::Translated].map(|path| {
             let mut rng = Rng(state);
-            machine(&mut rng, &code, fast).run(300)
+            machine(&mut rng, &code, path).run(300)
         });
-        let [a, b] = &mut outs;
-        let (a, b) = (&*a, &*b);
+        translated += c.cpu.jit_blocks();
         let ctx = format!("case {case}: code {code:02x?}");
+        same_outcome(&a, &b, &format!("{ctx} (lowered vs generic)"));
+        same_outcome(&c, &b, &format!("{ctx} (translated vs generic)"));
+        let mut dec = Decoder::with_ip(64, &code, CODE, DecoderOptions::NONE);
+        lowered += dec.iter().filter(|i| lower(i) != Fast::Generic).count();
+    }
+    assert!(lowered > 30_000, "only {lowered} instructions were lowered");
+    assert!(
+        translated > 3_000,
+        "only {translated} blocks were translated"
+    );
+}
+
+/// Assert that two runs of one program ended in the same architectural state.
+fn same_outcome(a: &Outcome, b: &Outcome, ctx: &str) {
+    {
         assert_eq!(a.exit, b.exit, "{ctx}");
         assert_eq!(a.exception, b.exception, "{ctx}");
         assert_eq!(a.cpu.gpr, b.cpu.gpr, "{ctx}");
@@ -372,10 +400,7 @@ fn lowered_forms_match_the_generic_path() {
             o.mem.dump(STACK_TOP - 0x1_0000, d).unwrap();
         }
         assert!(da == db, "{ctx}: stack differs");
-        let mut dec = Decoder::with_ip(64, &code, CODE, DecoderOptions::NONE);
-        lowered += dec.iter().filter(|i| lower(i) != Fast::Generic).count();
     }
-    assert!(lowered > 30_000, "only {lowered} instructions were lowered");
 }
 
 #[test]

@@ -294,7 +294,7 @@ mod tests {
             (GuestAddress(0x10_0000), 0x1000),
         ])
         .unwrap();
-        let machine = Machine::new(&mem, &VmConfig::default());
+        let machine = Machine::new(&mem, &VmConfig::default(), None);
         let io = Mmio::default();
         let mut bus = VcpuBus::new(&machine, &machine.slots[0], &io);
         // Every size, aligned and not, in both regions; values read back as written.
@@ -329,7 +329,7 @@ mod tests {
     #[test]
     fn code_matches_compares_every_byte_and_only_within_ram() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x2000)]).unwrap();
-        let machine = Machine::new(&mem, &VmConfig::default());
+        let machine = Machine::new(&mem, &VmConfig::default(), None);
         let io = Mmio::default();
         let bus = VcpuBus::new(&machine, &machine.slots[0], &io);
         let code: Vec<u8> = (1..=37).collect();

@@ -21,6 +21,7 @@ use rampart_devices::irq::InterruptLine;
 use rampart_tcg::apic::{
     tsc_from_ns, ApicMessage, Delivered, DeliveryMode, IoApic, KvmClock, LocalApic,
 };
+pub use rampart_tcg::CodePool;
 use rampart_tcg::{Cpu, Exit};
 use tracing::{debug, warn};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -82,14 +83,17 @@ impl Slot {
 /// Everything the software vCPUs share.
 pub struct Machine {
     mem: GuestMemoryMmap,
+    /// Code memory for the vCPUs' block translators (none: they interpret).
+    code: Option<CodePool>,
     ioapic: Mutex<IoApic>,
     slots: Vec<Arc<Slot>>,
     start: Instant,
 }
 
 impl Machine {
-    /// A machine for `config.smp.cpus` software vCPUs over `mem`.
-    pub fn new(mem: &GuestMemoryMmap, config: &VmConfig) -> Arc<Machine> {
+    /// A machine for `config.smp.cpus` software vCPUs over `mem`, translating code in `code`'s
+    /// regions (without, or when none is free, they interpret).
+    pub fn new(mem: &GuestMemoryMmap, config: &VmConfig, code: Option<&CodePool>) -> Arc<Machine> {
         let slots = (0..config.smp.cpus)
             .map(|i| {
                 Arc::new(Slot {
@@ -109,6 +113,7 @@ impl Machine {
             .collect();
         Arc::new(Machine {
             mem: mem.clone(),
+            code: code.cloned(),
             // The MADT gives the I/O APIC the first ID after the CPUs'.
             ioapic: Mutex::new(IoApic::new(config.smp.maxcpus.min(255) as u8)),
             slots,
@@ -202,6 +207,14 @@ impl Machine {
     /// Creates software vCPU `index`.
     pub fn create_vcpu(self: &Arc<Self>, index: u32, config: &VmConfig) -> TcgVcpu {
         let mut cpu = Cpu::new();
+        if let Some(pool) = &self.code {
+            if !cpu.enable_jit(pool, JIT_THRESHOLD) {
+                warn!(
+                    index,
+                    "no free code memory for the block translator: interpreting"
+                );
+            }
+        }
         cpu.cpuid = cpuid::provider(index, config);
         let tsc_offset = Arc::new(AtomicU64::new(0));
         let (clock, offset) = (self.clone(), tsc_offset.clone());
@@ -225,6 +238,9 @@ impl Machine {
         }
     }
 }
+
+/// Runs of a decoded block before it is translated to host code.
+const JIT_THRESHOLD: u32 = 8;
 
 /// IA32_TIME_STAMP_COUNTER.
 const MSR_TSC: u32 = 0x10;

@@ -1,0 +1,134 @@
+//! Memory for translated code: one memfd mapped twice, writable at one address and executable at
+//! another, so no page is ever writable and executable through the same mapping and nothing
+//! needs `mmap`/`mprotect` with `PROT_EXEC` after start-up (the vCPU threads' seccomp filters
+//! forbid both). The arena is a bump allocator; when it is full the owner starts a new
+//! generation and allocates from the beginning again (code of older generations is never run:
+//! see `Jit::entry`).
+
+use std::io;
+
+/// Writable and executable views of one shared memory object.
+pub(crate) struct Arena {
+    rw: *mut u8,
+    rx: *const u8,
+    len: usize,
+    used: usize,
+}
+
+// SAFETY: the arena is plain memory owned by one `Cpu`; the raw pointers are not shared with
+// anything that outlives it, and every access goes through `&mut self` or the generated code
+// that this `Cpu` alone runs.
+unsafe impl Send for Arena {}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("len", &self.len)
+            .field("used", &self.used)
+            .finish()
+    }
+}
+
+impl Arena {
+    /// `len` bytes (rounded up to pages) of code space. Pages are only backed once written.
+    pub(crate) fn new(len: usize) -> io::Result<Self> {
+        let len = len.div_ceil(4096).max(1) * 4096;
+        // SAFETY: a plain syscall with a static, NUL-terminated name; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"rampart-jit".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let close = |fd| {
+            // SAFETY: `fd` is the descriptor created above, closed exactly once.
+            unsafe { libc::close(fd) };
+        };
+        // SAFETY: `fd` is ours; ftruncate only sizes the object.
+        if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+            let e = io::Error::last_os_error();
+            close(fd);
+            return Err(e);
+        }
+        let map = |prot| {
+            // SAFETY: a new shared mapping of our own memfd at an address the kernel picks;
+            // it aliases no Rust object.
+            unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) }
+        };
+        let rw = map(libc::PROT_READ | libc::PROT_WRITE);
+        if rw == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            close(fd);
+            return Err(e);
+        }
+        let rx = map(libc::PROT_READ | libc::PROT_EXEC);
+        // The mappings keep the object alive.
+        close(fd);
+        if rx == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            // SAFETY: `rw` is the mapping of `len` bytes created above, unmapped once.
+            unsafe { libc::munmap(rw, len) };
+            return Err(e);
+        }
+        Ok(Self {
+            rw: rw.cast(),
+            rx: rx.cast_const().cast(),
+            len,
+            used: 0,
+        })
+    }
+
+    /// Copy `code` in and return the executable address of its first byte, or `None` if it
+    /// does not fit in what is left.
+    pub(crate) fn put(&mut self, code: &[u8]) -> Option<usize> {
+        let start = self.used.next_multiple_of(16);
+        let end = start.checked_add(code.len())?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `start..end` is inside the writable mapping of `len` bytes, which no Rust
+        // reference covers; `code` is a separate allocation.
+        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), self.rw.add(start), code.len()) };
+        self.used = end;
+        Some(self.rx as usize + start)
+    }
+
+    /// Forget everything allocated (the caller has made sure none of it runs again).
+    pub(crate) fn clear(&mut self) {
+        self.used = 0;
+    }
+
+    /// Bytes in use.
+    pub(crate) fn used(&self) -> usize {
+        self.used
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: both views were mapped with `len` bytes in `new` and are unmapped once; no
+        // generated code runs after its `Cpu` is dropped.
+        unsafe {
+            libc::munmap(self.rw.cast(), self.len);
+            libc::munmap(self.rx.cast_mut().cast(), self.len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_written_through_one_view_reads_back_through_the_other() {
+        let mut a = Arena::new(8192).unwrap();
+        let p = a.put(&[0xc3, 1, 2, 3]).unwrap();
+        let q = a.put(&[9; 20]).unwrap();
+        assert_eq!(q - p, 16, "allocations are 16-byte aligned");
+        // SAFETY: `p` and `q` point into the readable executable view, inside what was put.
+        let (x, y) = unsafe { (*(p as *const u8).add(1), *(q as *const u8).add(19)) };
+        assert_eq!((x, y), (1, 9));
+        assert!(a.put(&[0; 8192]).is_none(), "what does not fit is refused");
+        a.clear();
+        assert_eq!(a.used(), 0);
+        assert!(a.put(&[0; 8192]).is_some());
+    }
+}

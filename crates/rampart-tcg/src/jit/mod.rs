@@ -1,0 +1,712 @@
+//! A baseline translator: decoded blocks (`block_cache`) that run often are compiled to host
+//! x86-64 code, so the run loop no longer dispatches their instructions one by one.
+//!
+//! # What the generated code may touch
+//! The generated code is the emulator's, not the guest's: it reads and writes the `Cpu`'s own
+//! fields at fixed offsets (general registers, the lazy flags record, RIP) and calls helper
+//! functions of this module. **Every guest memory access goes through a helper**, which runs
+//! the interpreter's own `Cpu::read_mem`/`write_mem` (TLB, page walk, permission checks,
+//! bounds-checked RAM access, MMIO, the code-page watch); no host address derived from guest
+//! state ever appears in generated code. Values the guest controls only flow through
+//! registers as data. So a translation bug can give the guest a wrong result, as an interpreter
+//! bug can, but cannot reach host memory outside the `Cpu` and what the helpers allow.
+//!
+//! # What is translated
+//! The longest prefix of a block made of lowered forms (`crate::fast`), stopping at the first
+//! instruction that runs on the generic path; the run loop interprets the rest of the block.
+//! MOV, MOVZX/MOVSX/MOVSXD, LEA, the ALU operations without carry-in (ADD SUB CMP AND OR XOR
+//! TEST), Jcc and JMP with canonical targets are emitted inline (their memory operands through
+//! the load/store helpers); every other lowered form calls [`op_helper`], which runs
+//! `Cpu::exec_fast` on it: exactly the interpreter's behaviour, without the dispatch loop.
+//!
+//! # Exactness
+//! Each instruction commits nothing before its last possible fault, as in the interpreter: a
+//! fault leaves RIP at the faulting instruction and everything before it retired. The flags
+//! record written is the interpreter's (`Flags::record` with the same operands). The run loop
+//! counts retired instructions (budget, TSC) from the value returned, and ends the block after
+//! a taken branch or a store into the block's own page, as it does when interpreting. The
+//! randomized differential test runs programs interpreted and translated and compares
+//! registers, flags, memory and exits.
+
+mod arena;
+
+use std::io;
+use std::mem::offset_of;
+use std::sync::{Arc, Mutex};
+
+use iced_x86::code_asm::*;
+
+use crate::block_cache::Op;
+use crate::cpu::{Cpu, SegReg, Segment};
+use crate::exception::{Event, Exception};
+use crate::fast::{Addr, AluOp, Dst, Fast, Src, NONE};
+use crate::flags::{Flags, LazyOp};
+use crate::memory::GuestMemory;
+use crate::mmu::is_canonical;
+use arena::Arena;
+
+/// Code space per CPU. Compiled blocks of a Linux boot take about a tenth of it; when it is
+/// full, everything compiled is dropped and compiled again as it runs.
+const ARENA_BYTES: usize = 64 << 20;
+
+/// Set in a translated block's return value when instruction `value & 0xffff_ffff` faulted
+/// (the event is in [`Env::event`]); otherwise the value is the number of instructions retired.
+pub(crate) const FAULT: u64 = 1 << 32;
+
+/// Helper status: carry on with the next instruction.
+const CONTINUE: u64 = 0;
+/// Helper status: the instruction retired and the block must end (a store hit the block's
+/// page, or the helper's instruction changed RIP); RIP is `Cpu::next_rip`.
+const END: u64 = 1;
+/// Helper status: the instruction faulted (the event is in [`Env::event`]).
+const FAULTED: u64 = 2;
+
+/// A compiled block prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Compiled {
+    /// Executable address of the entry.
+    entry: usize,
+    /// The arena generation it was compiled in (stale once the arena is recycled).
+    gen: u32,
+    /// Instructions covered, from the block's first.
+    pub(crate) len: u16,
+}
+
+/// What the run loop lends translated code and its helpers for one call.
+pub(crate) struct Env<'a> {
+    mem: *mut (dyn GuestMemory + 'a),
+    /// A loaded value (load helper) or a value to keep across a helper call.
+    val: u64,
+    tmp: u64,
+    event: Option<Event>,
+}
+
+/// A translated block: `(cpu, env, ops) -> retired | FAULT`.
+type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Env<'_>, *const Op) -> u64;
+
+/// Memory for translated code, mapped up front (before a sandbox forbids mapping executable
+/// memory): one region per CPU, lent to a CPU by [`Cpu::enable_jit`] and given back, emptied,
+/// when that CPU is dropped, so the CPUs of a rebooted machine use it again. A region is only
+/// ever used by one CPU at a time.
+#[derive(Debug, Clone, Default)]
+pub struct CodePool(Arc<Mutex<Vec<Arena>>>);
+
+impl CodePool {
+    /// `regions` regions of 64 MiB of address space each (backed only as code is written).
+    pub fn new(regions: usize) -> io::Result<Self> {
+        let v = (0..regions)
+            .map(|_| Arena::new(ARENA_BYTES))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Self(Arc::new(Mutex::new(v))))
+    }
+
+    fn take(&self) -> Option<Arena> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn give_back(&self, mut a: Arena) {
+        a.clear();
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(a);
+    }
+}
+
+/// A CPU's translator: its code arena and statistics.
+#[derive(Debug)]
+pub(crate) struct Jit {
+    /// Always `Some` until dropped (then returned to `pool`).
+    arena: Option<Arena>,
+    pool: CodePool,
+    gen: u32,
+    /// Runs of a block before it is compiled.
+    pub(crate) threshold: u32,
+    /// Blocks compiled (for tests and tracing).
+    pub(crate) compiled: u64,
+}
+
+impl Jit {
+    /// A translator with a region of `pool`, if one is free.
+    pub(crate) fn new(pool: &CodePool, threshold: u32) -> Option<Self> {
+        Some(Self {
+            arena: Some(pool.take()?),
+            pool: pool.clone(),
+            gen: 1,
+            threshold,
+            compiled: 0,
+        })
+    }
+
+    /// Whether `c` can still run (its arena generation is current).
+    #[inline]
+    pub(crate) fn valid(&self, c: &Compiled) -> bool {
+        c.gen == self.gen
+    }
+
+    /// Compile the translatable prefix of the block at `ip` with instructions `ops`. `None`
+    /// when its first instruction runs on the generic path.
+    pub(crate) fn compile(&mut self, ip: u64, ops: &[Op]) -> Option<Compiled> {
+        let (bytes, len) = match translate(ip, ops) {
+            Ok(Some(t)) => t,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(ip, error = %e, "block translation failed; interpreting it");
+                return None;
+            }
+        };
+        let arena = self.arena.as_mut()?;
+        let entry = match arena.put(&bytes) {
+            Some(e) => e,
+            None => {
+                // Full: start over. Every handle of the old generation is now refused.
+                tracing::debug!(used = arena.used(), "translated code space recycled");
+                arena.clear();
+                self.gen = self.gen.wrapping_add(1);
+                arena.put(&bytes)?
+            }
+        };
+        self.compiled += 1;
+        Some(Compiled {
+            entry,
+            gen: self.gen,
+            len,
+        })
+    }
+}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        if let Some(a) = self.arena.take() {
+            self.pool.give_back(a);
+        }
+    }
+}
+
+/// Run compiled block `c` (valid, see [`Jit::valid`]) whose instructions are `ops`. Returns
+/// the generated code's value (see [`FAULT`]) and the fault's event.
+pub(crate) fn call(
+    c: &Compiled,
+    cpu: &mut Cpu,
+    mem: &mut dyn GuestMemory,
+    ops: &[Op],
+) -> (u64, Option<Event>) {
+    let mut env = Env {
+        mem,
+        val: 0,
+        tmp: 0,
+        event: None,
+    };
+    // SAFETY: `c.entry` is the start of code `translate` emitted and `Arena::put` copied in
+    // completely, in the current generation (checked by the caller), so it has not been
+    // overwritten; it follows the SysV ABI with this signature. It uses `cpu` only at the
+    // field offsets `translate` took with `offset_of!`, `env` only through the helpers and
+    // `Env::val`/`tmp`, and reads `ops` only at indices below `c.len <= ops.len()` (passed to
+    // `op_helper`). All three outlive the call, and nothing else uses them meanwhile.
+    let r = unsafe {
+        let f: Entry = std::mem::transmute::<usize, Entry>(c.entry);
+        f(cpu, &mut env, ops.as_ptr())
+    };
+    (r, env.event)
+}
+
+// ---- helpers called from generated code ----
+
+/// Load `info & 0xff` bytes at linear `la` (`info & 0x100`: the access is through SS).
+/// Returns [`CONTINUE`] with the value in `Env::val`, or [`FAULTED`].
+unsafe extern "sysv64" fn load_helper(cpu: *mut Cpu, env: *mut Env<'_>, la: u64, info: u64) -> u64 {
+    // SAFETY: called only from generated code, with the pointers `call` passed in, which
+    // are valid and unaliased for the duration of the call.
+    let (cpu, env) = unsafe { (&mut *cpu, &mut *env) };
+    // SAFETY: as above: `env.mem` is the run loop's `&mut dyn GuestMemory`, lent for the call.
+    let mem = unsafe { &mut *env.mem };
+    let r = if is_canonical(la) {
+        cpu.read_mem(mem, la, info as u8)
+    } else {
+        Err(noncanonical(info))
+    };
+    match r {
+        Ok(v) => {
+            env.val = v;
+            CONTINUE
+        }
+        Err(e) => {
+            env.event = Some(e);
+            FAULTED
+        }
+    }
+}
+
+/// Store the low `info & 0xff` bytes of `v` at linear `la`. Returns [`CONTINUE`], [`END`] if the
+/// store hit the running block's page, or [`FAULTED`].
+unsafe extern "sysv64" fn store_helper(
+    cpu: *mut Cpu,
+    env: *mut Env<'_>,
+    la: u64,
+    info: u64,
+    v: u64,
+) -> u64 {
+    // SAFETY: as in `load_helper`.
+    let (cpu, env) = unsafe { (&mut *cpu, &mut *env) };
+    // SAFETY: as in `load_helper`.
+    let mem = unsafe { &mut *env.mem };
+    let r = if is_canonical(la) {
+        cpu.write_mem(mem, la, info as u8, v)
+    } else {
+        Err(noncanonical(info))
+    };
+    match r {
+        Ok(()) if cpu.code_written => END,
+        Ok(()) => CONTINUE,
+        Err(e) => {
+            env.event = Some(e);
+            FAULTED
+        }
+    }
+}
+
+/// Run lowered instruction `*op` as the interpreter does. Returns [`CONTINUE`], [`END`] (it
+/// retired; RIP is `Cpu::next_rip`) or [`FAULTED`].
+unsafe extern "sysv64" fn op_helper(cpu: *mut Cpu, env: *mut Env<'_>, op: *const Op) -> u64 {
+    // SAFETY: as in `load_helper`; `op` points into the block's `ops`, which the run loop
+    // holds for the call.
+    let (cpu, env, op) = unsafe { (&mut *cpu, &mut *env, &*op) };
+    // SAFETY: as in `load_helper`.
+    let mem = unsafe { &mut *env.mem };
+    cpu.next_rip = op.next_ip;
+    match cpu.exec_fast(mem, &op.fast) {
+        Ok(()) if cpu.next_rip != op.next_ip || cpu.code_written => END,
+        Ok(()) => CONTINUE,
+        Err(e) => {
+            env.event = Some(e);
+            FAULTED
+        }
+    }
+}
+
+/// Condition code `cc` of the current flags (0 or 1).
+unsafe extern "sysv64" fn cond_helper(cpu: *const Cpu, cc: u64) -> u64 {
+    // SAFETY: as in `load_helper` (read only).
+    let cpu = unsafe { &*cpu };
+    cpu.flags.condition(cc as u8) as u64
+}
+
+/// The fault of a non-canonical data access.
+fn noncanonical(info: u64) -> Event {
+    if info & 0x100 != 0 {
+        Exception::ss(0)
+    } else {
+        Exception::gp(0)
+    }
+    .into()
+}
+
+// ---- the translator ----
+
+/// Host registers of generated code: `rbx` the `Cpu`, `r12` the [`Env`], `r13` the ops;
+/// `r14`, `r15`, `rbp` values kept across helper calls.
+const CPU: AsmRegister64 = rbx;
+const ENV: AsmRegister64 = r12;
+const OPS: AsmRegister64 = r13;
+
+fn gpr_off(i: u8) -> usize {
+    offset_of!(Cpu, gpr) + 8 * (i as usize & 15)
+}
+
+fn seg_base_off(s: SegReg) -> usize {
+    offset_of!(Cpu, seg) + std::mem::size_of::<Segment>() * s as usize + offset_of!(Segment, base)
+}
+
+/// What an exit stub does.
+enum StubKind {
+    /// Instruction `i` at `ip` faulted.
+    Fault { i: usize, ip: u64 },
+    /// Instruction `i` retired and RIP is `Cpu::next_rip`.
+    EndNext { i: usize },
+    /// Instruction `i` retired and RIP is `rip`.
+    EndAt { i: usize, rip: u64 },
+}
+
+struct Stub {
+    label: CodeLabel,
+    kind: StubKind,
+}
+
+struct Tr {
+    a: CodeAssembler,
+    stubs: Vec<Stub>,
+    epilogue: CodeLabel,
+}
+
+/// Why a block could not be translated (it is then interpreted).
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("assembler: {0}")]
+    Asm(#[from] IcedError),
+    #[error("a generic instruction in a translated prefix")]
+    Generic,
+}
+
+type R<T> = Result<T, IcedError>;
+
+impl Tr {
+    fn stub(&mut self, kind: StubKind) -> CodeLabel {
+        let label = self.a.create_label();
+        self.stubs.push(Stub { label, kind });
+        label
+    }
+
+    /// `dst` (32- or 64-bit view of a scratch register) = general register `g` at `size`,
+    /// zero-extended. `g` 16-19 are AH, CH, DH, BH.
+    fn get(&mut self, dst: AsmRegister64, dst32: AsmRegister32, g: u8, size: u8) -> R<()> {
+        if g >= 16 {
+            let off = gpr_off(g & 3) + 1;
+            return self.a.movzx(dst32, byte_ptr(CPU + off));
+        }
+        let off = gpr_off(g);
+        match size {
+            1 => self.a.movzx(dst32, byte_ptr(CPU + off)),
+            2 => self.a.movzx(dst32, word_ptr(CPU + off)),
+            4 => self.a.mov(dst32, dword_ptr(CPU + off)),
+            _ => self.a.mov(dst, qword_ptr(CPU + off)),
+        }
+    }
+
+    /// General register `g` at `size` = `rax` (masked to `size`), with x86's merge rules.
+    fn set_from_rax(&mut self, g: u8, size: u8) -> R<()> {
+        if g >= 16 {
+            return self.a.mov(byte_ptr(CPU + gpr_off(g & 3) + 1), al);
+        }
+        let off = gpr_off(g);
+        match size {
+            1 => self.a.mov(byte_ptr(CPU + off), al),
+            2 => self.a.mov(word_ptr(CPU + off), ax),
+            4 => {
+                self.a.mov(eax, eax)?;
+                self.a.mov(qword_ptr(CPU + off), rax)
+            }
+            _ => self.a.mov(qword_ptr(CPU + off), rax),
+        }
+    }
+
+    /// `rdx` = the linear address of `addr` (no canonical check). Clobbers `rax`.
+    fn ea(&mut self, addr: &Addr) -> R<()> {
+        self.a.mov(rdx, addr.disp)?;
+        if addr.base != NONE {
+            self.a.add(rdx, qword_ptr(CPU + gpr_off(addr.base)))?;
+        }
+        if addr.index != NONE {
+            self.a.mov(rax, qword_ptr(CPU + gpr_off(addr.index)))?;
+            if addr.shift != 0 {
+                self.a.shl(rax, addr.shift as u32)?;
+            }
+            self.a.add(rdx, rax)?;
+        }
+        match addr.seg {
+            1 => self.a.add(rdx, qword_ptr(CPU + seg_base_off(SegReg::Fs))),
+            2 => self.a.add(rdx, qword_ptr(CPU + seg_base_off(SegReg::Gs))),
+            _ => Ok(()),
+        }
+    }
+
+    fn call_helper(&mut self, f: usize) -> R<()> {
+        self.a.mov(rax, f as u64)?;
+        self.a.call(rax)
+    }
+
+    /// `rax` = `size` bytes at `addr` (through the load helper); a fault exits via `fault`.
+    fn load(&mut self, addr: &Addr, size: u8, fault: CodeLabel) -> R<()> {
+        self.ea(addr)?;
+        self.a.mov(rdi, CPU)?;
+        self.a.mov(rsi, ENV)?;
+        self.a.mov(ecx, size as u32 | ((addr.stack as u32) << 8))?;
+        self.call_helper(load_helper as *const () as usize)?;
+        self.a.test(eax, eax)?;
+        self.a.jne(fault)?;
+        self.a.mov(rax, qword_ptr(ENV + offset_of!(Env<'_>, val)))
+    }
+
+    /// Store the value in `r8` (`size` bytes) at the address in `rdx`; a fault exits via
+    /// `fault`, a store into the block's page via `end` (after the caller finishes the
+    /// instruction). Leaves the helper status in `rax`.
+    fn store_rdx(&mut self, size: u8, stack: bool, fault: CodeLabel) -> R<()> {
+        self.a.mov(rdi, CPU)?;
+        self.a.mov(rsi, ENV)?;
+        self.a.mov(ecx, size as u32 | ((stack as u32) << 8))?;
+        self.call_helper(store_helper as *const () as usize)?;
+        self.a.cmp(eax, FAULTED as u32)?;
+        self.a.je(fault)
+    }
+
+    /// `rax` = source `s` at `size` (zero-extended).
+    fn src(&mut self, s: &Src, size: u8, fault: CodeLabel) -> R<()> {
+        match *s {
+            Src::Reg(g) => self.get(rax, eax, g, size),
+            Src::Imm(v) => self.a.mov(rax, v),
+            Src::Mem(ref addr) => self.load(addr, size, fault),
+        }
+    }
+
+    /// Mask `r` (with 32-bit view `r32`) to `size` bytes.
+    fn mask(&mut self, r: AsmRegister64, r32: AsmRegister32, size: u8) -> R<()> {
+        match size {
+            1 => self.a.movzx(r32, low8(r)),
+            2 => self.a.movzx(r32, low16(r)),
+            4 => self.a.mov(r32, r32),
+            _ => Ok(()),
+        }
+    }
+
+    /// Record `op` in the lazy flags: operands `r14` and `rbp`, result `rcx`, no carry-in.
+    fn record(&mut self, op: LazyOp, size: u8) -> R<()> {
+        let f = offset_of!(Cpu, flags);
+        self.a.mov(byte_ptr(CPU + f + Flags::OFF_OP), op as u32)?;
+        self.a
+            .mov(byte_ptr(CPU + f + Flags::OFF_SIZE), size as u32)?;
+        self.a.mov(qword_ptr(CPU + f + Flags::OFF_A), r14)?;
+        self.a.mov(qword_ptr(CPU + f + Flags::OFF_B), rbp)?;
+        self.a.mov(qword_ptr(CPU + f + Flags::OFF_RES), rcx)?;
+        self.a.mov(byte_ptr(CPU + f + Flags::OFF_CARRY), 0u32)
+    }
+
+    /// Instruction `i` through [`op_helper`].
+    fn via_helper(&mut self, i: usize, ip: u64) -> R<()> {
+        let end = self.stub(StubKind::EndNext { i });
+        let fault = self.stub(StubKind::Fault { i, ip });
+        self.a.mov(rdi, CPU)?;
+        self.a.mov(rsi, ENV)?;
+        self.a
+            .lea(rdx, qword_ptr(OPS + i * std::mem::size_of::<Op>()))?;
+        self.call_helper(op_helper as *const () as usize)?;
+        self.a.cmp(eax, FAULTED as u32)?;
+        self.a.je(fault)?;
+        self.a.test(eax, eax)?;
+        self.a.jne(end)
+    }
+
+    /// Emit instruction `i` (at `ip`, `op`).
+    fn op(&mut self, i: usize, ip: u64, op: &Op) -> Result<(), Error> {
+        let r = match op.fast {
+            Fast::Nop => Ok(()),
+            Fast::Mov { size, dst, src } => {
+                let fault = self.stub(StubKind::Fault { i, ip });
+                self.src(&src, size, fault)?;
+                match dst {
+                    Dst::Reg(g) => self.set_from_rax(g, size),
+                    Dst::Mem(addr) => {
+                        self.a.mov(r8, rax)?;
+                        self.ea(&addr)?;
+                        self.store_rdx(size, addr.stack, fault)?;
+                        let end = self.stub(StubKind::EndAt { i, rip: op.next_ip });
+                        self.a.test(eax, eax)?;
+                        self.a.jne(end)
+                    }
+                }
+            }
+            Fast::Extend {
+                dsize,
+                ssize,
+                signed,
+                dst,
+                src,
+            } => {
+                let fault = self.stub(StubKind::Fault { i, ip });
+                self.src(&src, ssize, fault)?;
+                if signed {
+                    match ssize {
+                        1 => self.a.movsx(rax, al)?,
+                        2 => self.a.movsx(rax, ax)?,
+                        4 => self.a.movsxd(rax, eax)?,
+                        _ => {}
+                    }
+                }
+                self.mask(rax, eax, dsize)?;
+                self.set_from_rax(dst, dsize)
+            }
+            Fast::Lea { size, dst, addr } => {
+                self.ea(&addr)?;
+                self.a.mov(rax, rdx)?;
+                self.mask(rax, eax, size)?;
+                self.set_from_rax(dst, size)
+            }
+            Fast::Alu {
+                op: aop,
+                size,
+                dst,
+                src,
+            } => self.alu(i, ip, op, aop, size, dst, &src),
+            Fast::Jcc { cc, target } if is_canonical(target) => {
+                let taken = self.stub(StubKind::EndAt { i, rip: target });
+                self.a.mov(rdi, CPU)?;
+                self.a.mov(esi, cc as u32)?;
+                self.call_helper(cond_helper as *const () as usize)?;
+                self.a.test(eax, eax)?;
+                self.a.jne(taken)
+            }
+            Fast::Jmp { target } if is_canonical(target) => {
+                let taken = self.stub(StubKind::EndAt { i, rip: target });
+                self.a.jmp(taken)
+            }
+            // (`translate` stops before generic instructions.)
+            Fast::Generic => return Err(Error::Generic),
+            _ => self.via_helper(i, ip),
+        };
+        Ok(r?)
+    }
+
+    /// The ALU operations without carry-in: `a` in `r14`, `b` in `rbp`, result in `rcx`.
+    #[allow(clippy::too_many_arguments)]
+    fn alu(
+        &mut self,
+        i: usize,
+        ip: u64,
+        op: &Op,
+        aop: AluOp,
+        size: u8,
+        dst: Dst,
+        src: &Src,
+    ) -> R<()> {
+        let (lazy, write) = match aop {
+            AluOp::Add => (LazyOp::Add, true),
+            AluOp::Sub => (LazyOp::Sub, true),
+            AluOp::Cmp => (LazyOp::Sub, false),
+            AluOp::And | AluOp::Or | AluOp::Xor => (LazyOp::Logic, true),
+            AluOp::Test => (LazyOp::Logic, false),
+            AluOp::Adc | AluOp::Sbb => return self.via_helper(i, ip),
+        };
+        let fault = self.stub(StubKind::Fault { i, ip });
+        // a (and the destination's address, kept in r15).
+        match dst {
+            Dst::Reg(g) => self.get(r14, r14d, g, size)?,
+            Dst::Mem(addr) => {
+                self.load(&addr, size, fault)?;
+                self.a.mov(r14, rax)?;
+                self.ea(&addr)?;
+                self.a.mov(r15, rdx)?;
+            }
+        }
+        self.src(src, size, fault)?;
+        self.a.mov(rbp, rax)?;
+        self.a.mov(rcx, r14)?;
+        match aop {
+            AluOp::Add => self.a.add(rcx, rbp)?,
+            AluOp::Sub | AluOp::Cmp => self.a.sub(rcx, rbp)?,
+            AluOp::And | AluOp::Test => self.a.and(rcx, rbp)?,
+            AluOp::Or => self.a.or(rcx, rbp)?,
+            _ => self.a.xor(rcx, rbp)?,
+        }
+        self.mask(rcx, ecx, size)?;
+        let mut end = None;
+        if write {
+            match dst {
+                Dst::Reg(g) => {
+                    self.a.mov(rax, rcx)?;
+                    self.set_from_rax(g, size)?;
+                }
+                Dst::Mem(addr) => {
+                    self.a.mov(qword_ptr(ENV + offset_of!(Env<'_>, tmp)), rcx)?;
+                    self.a.mov(r8, rcx)?;
+                    self.a.mov(rdx, r15)?;
+                    self.store_rdx(size, addr.stack, fault)?;
+                    self.a.mov(rcx, qword_ptr(ENV + offset_of!(Env<'_>, tmp)))?;
+                    end = Some(rax);
+                }
+            }
+        }
+        self.record(lazy, size)?;
+        if end.is_some() {
+            let stub = self.stub(StubKind::EndAt { i, rip: op.next_ip });
+            self.a.test(eax, eax)?;
+            self.a.jne(stub)?;
+        }
+        Ok(())
+    }
+
+    fn ret_value(&mut self, v: u64) -> R<()> {
+        self.a.mov(rax, v)?;
+        let e = self.epilogue;
+        self.a.jmp(e)
+    }
+}
+
+/// The low byte register of `r` (one of the scratch registers used here).
+fn low8(r: AsmRegister64) -> AsmRegister8 {
+    if r == rcx {
+        cl
+    } else {
+        al
+    }
+}
+
+/// The low word register of `r`.
+fn low16(r: AsmRegister64) -> AsmRegister16 {
+    if r == rcx {
+        cx
+    } else {
+        ax
+    }
+}
+
+/// Host code for the translatable prefix of the block at `ip` (`ops`), and its length in
+/// instructions; `None` if the first instruction is generic.
+fn translate(ip: u64, ops: &[Op]) -> Result<Option<(Vec<u8>, u16)>, Error> {
+    let len = ops
+        .iter()
+        .take_while(|o| o.fast != Fast::Generic)
+        .count()
+        .min(u16::MAX as usize);
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut a = CodeAssembler::new(64)?;
+    let epilogue = a.create_label();
+    let mut t = Tr {
+        a,
+        stubs: Vec::new(),
+        epilogue,
+    };
+    for r in [rbx, r12, r13, r14, r15, rbp] {
+        t.a.push(r)?;
+    }
+    // Six pushes and the return address: 16-byte alignment for the helper calls.
+    t.a.sub(rsp, 8)?;
+    t.a.mov(CPU, rdi)?;
+    t.a.mov(ENV, rsi)?;
+    t.a.mov(OPS, rdx)?;
+    let mut at = ip;
+    for (i, op) in ops[..len].iter().enumerate() {
+        t.op(i, at, op)?;
+        at = op.next_ip;
+    }
+    // Fell through the prefix: RIP is the next instruction's.
+    t.a.mov(rax, at)?;
+    t.a.mov(qword_ptr(CPU + offset_of!(Cpu, rip)), rax)?;
+    t.a.mov(rax, len as u64)?;
+    let mut epilogue = t.epilogue;
+    t.a.set_label(&mut epilogue)?;
+    t.a.add(rsp, 8)?;
+    for r in [rbp, r15, r14, r13, r12, rbx] {
+        t.a.pop(r)?;
+    }
+    t.a.ret()?;
+    for mut s in std::mem::take(&mut t.stubs) {
+        t.a.set_label(&mut s.label)?;
+        let rip_off = offset_of!(Cpu, rip);
+        match s.kind {
+            StubKind::Fault { i, ip } => {
+                t.a.mov(rax, ip)?;
+                t.a.mov(qword_ptr(CPU + rip_off), rax)?;
+                t.ret_value(FAULT | i as u64)?;
+            }
+            StubKind::EndNext { i } => {
+                t.a.mov(rax, qword_ptr(CPU + offset_of!(Cpu, next_rip)))?;
+                t.a.mov(qword_ptr(CPU + rip_off), rax)?;
+                t.ret_value(i as u64 + 1)?;
+            }
+            StubKind::EndAt { i, rip } => {
+                t.a.mov(rax, rip)?;
+                t.a.mov(qword_ptr(CPU + rip_off), rax)?;
+                t.ret_value(i as u64 + 1)?;
+            }
+        }
+    }
+    let bytes = t.a.assemble(0)?;
+    Ok(Some((bytes, len as u16)))
+}
