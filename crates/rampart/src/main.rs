@@ -231,7 +231,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
     };
     // The translator's code memory: executable mappings are only possible before the filters.
     let code = match accel {
-        rampart_config::Accel::Tcg => {
+        rampart_config::Accel::Tcg if config.tcg_jit => {
             match rampart_vmm::accel::tcg::CodePool::new(config.smp.cpus as usize) {
                 Ok(pool) => Some(pool),
                 Err(e) => {
@@ -240,7 +240,7 @@ fn run(config: VmConfig) -> Result<ExitCode> {
                 }
             }
         }
-        rampart_config::Accel::Kvm => None,
+        _ => None,
     };
     let open_monitors = monitors::open(&config)?;
     let signals = TerminationSignals::new()?;

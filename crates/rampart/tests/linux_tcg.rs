@@ -23,10 +23,16 @@ const LIMIT: Duration = Duration::from_secs(600);
 
 /// Boots the test guest under tcg with `test` and returns the run.
 fn boot(test: &str, cpus: u32, mem: &str, extra: &[&str]) -> Finished {
+    boot_with("tcg", test, cpus, mem, extra)
+}
+
+/// Boots the test guest with `-accel ACCEL` (a tcg form) and `test`.
+fn boot_with(accel: &str, test: &str, cpus: u32, mem: &str, extra: &[&str]) -> Finished {
     let mut cmd = rampart();
+    cmd.env("RAMPART_LOG", "info,rampart_tcg=debug");
     cmd.args([
         "-accel",
-        "tcg",
+        accel,
         "-m",
         mem,
         "-smp",
@@ -136,4 +142,28 @@ fn guest_reboot_without_no_reboot_boots_again() {
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stderr.contains("jail: new mount, PID"), "{r:?}");
     assert!(r.stderr.contains("running as uid 65534"), "{r:?}");
+}
+
+/// The block translator (`-accel tcg,jit=on`) runs Linux on two vCPUs (under the seccomp
+/// filters, from code memory made at start), and the guest computes what it computes
+/// interpreted: a shell arithmetic loop and an md5sum.
+#[test]
+fn linux_runs_translated_on_two_cpus() {
+    let r = boot_with("tcg,jit=on", "mips", 2, "512", &[]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let out = test_output(&r, "mips");
+    assert!(out.contains("mips_loop=667472"), "{out}");
+    assert!(
+        out.contains("mips_md5=0337860d962f7f9e1485569a8c94ecc9"),
+        "{out}"
+    );
+    // Each vCPU reports what it translated when it ends.
+    let translated: Vec<u64> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("block translator statistics"))
+        .filter_map(|l| l.split("blocks=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(translated.len(), 2, "{}", r.stderr);
+    assert!(translated.iter().sum::<u64>() > 1000, "{translated:?}");
 }

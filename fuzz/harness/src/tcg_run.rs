@@ -221,6 +221,9 @@ fn boot_cpu() -> Cpu {
     // 64 block slots, not 65,536: a run is a few hundred instructions, and evictions get
     // exercised too.
     cpu.set_block_cache_size(6);
+    // Blocks run interpreted once, then translated (`-accel tcg,jit=on`), so both run
+    // hostile code. The code region is the thread's, lent to each input's CPU.
+    CODE_POOL.with(|pool| assert!(cpu.enable_jit(pool, 2), "a free code region"));
     cpu.enter_long_mode_flat(PML4);
     cpu.gdtr.base = GDT;
     cpu.gdtr.limit = 0x37;
@@ -248,6 +251,10 @@ fn boot_cpu() -> Cpu {
 }
 
 thread_local! {
+    /// Code memory for the translator, mapped once per thread.
+    static CODE_POOL: rampart_tcg::CodePool =
+        rampart_tcg::CodePool::new(1).expect("code memory for the translator");
+
     /// The machine's memory and a copy of its template image, kept across inputs: building
     /// 4 MiB of tables per input cost more than running the input. After each input the
     /// pages it wrote are copied back from the image.

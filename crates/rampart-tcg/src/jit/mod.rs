@@ -174,6 +174,11 @@ impl Jit {
 
 impl Drop for Jit {
     fn drop(&mut self) {
+        tracing::debug!(
+            blocks = self.compiled,
+            recycled = self.gen - 1,
+            "block translator statistics"
+        );
         if let Some(a) = self.arena.take() {
             self.pool.give_back(a);
         }
@@ -709,4 +714,23 @@ fn translate(ip: u64, ops: &[Op]) -> Result<Option<(Vec<u8>, u16)>, Error> {
     }
     let bytes = t.a.assemble(0)?;
     Ok(Some((bytes, len as u16)))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{CodePool, Cpu};
+
+    #[test]
+    fn a_code_region_serves_one_cpu_at_a_time_and_comes_back_when_it_is_dropped() {
+        let pool = CodePool::new(1).unwrap();
+        let mut a = Cpu::new();
+        let mut b = Cpu::new();
+        assert!(a.enable_jit(&pool, 1));
+        assert!(!b.enable_jit(&pool, 1), "the only region is lent out");
+        drop(a);
+        assert!(
+            b.enable_jit(&pool, 1),
+            "a dropped CPU gives its region back"
+        );
+    }
 }

@@ -151,6 +151,8 @@ struct Builder {
     machine: Option<Opts>,
     accels: Vec<Accel>,
     accel_given: bool,
+    /// `-accel tcg,jit=` (the last one given).
+    tcg_jit: Option<bool>,
     cpu: Option<rampart_config::CpuModel>,
     memory: Option<Opts>,
     smp: Option<Opts>,
@@ -233,7 +235,11 @@ impl Builder {
                 if asks_help(&opts, "accel") {
                     return Ok(Some(Cli::Info(help::accel_list())));
                 }
-                self.add_accel(options::accel(&opts)?);
+                let (accel, jit) = options::accel(&opts)?;
+                self.add_accel(accel);
+                if jit.is_some() {
+                    self.tcg_jit = jit;
+                }
             }
             Opt::EnableKvm => self.add_accel(Accel::Kvm),
             Opt::Cpu => match options::cpu(utf8(item.name, arg)?)? {
@@ -364,6 +370,9 @@ impl Builder {
         }
         if self.accel_given {
             config.accel = self.accels;
+        }
+        if let Some(jit) = self.tcg_jit {
+            config.tcg_jit = jit;
         }
         if let Some(cpu) = self.cpu {
             config.cpu = cpu;

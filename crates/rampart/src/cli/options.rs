@@ -54,7 +54,7 @@ pub(crate) const MACHINE: OptSpec = OptSpec {
 pub(crate) const ACCEL: OptSpec = OptSpec {
     option: "-accel",
     implied: Some("accel"),
-    known: &["accel"],
+    known: &["accel", "jit"],
     unsupported: &[
         "thread",
         "tb-size",
@@ -174,13 +174,22 @@ fn bad_accel(name: &str) -> String {
     format!("accelerator '{shown}' is not supported (rampart has kvm and tcg)")
 }
 
-/// One `-accel` occurrence.
-pub(crate) fn accel(opts: &Opts) -> Result<Accel, CliError> {
+/// One `-accel` occurrence, and its `jit=` (`tcg` only).
+pub(crate) fn accel(opts: &Opts) -> Result<(Accel, Option<bool>), CliError> {
     let name = opts.str("accel")?.ok_or_else(|| CliError::Invalid {
         option: "-accel",
         message: "no accelerator named (use -accel kvm or -accel tcg)".into(),
     })?;
-    accel_name(name).ok_or_else(|| opts.invalid("accel", OsStr::new(name), &bad_accel(name)))
+    let accel = accel_name(name)
+        .ok_or_else(|| opts.invalid("accel", OsStr::new(name), &bad_accel(name)))?;
+    let jit = opts.bool("jit")?;
+    if jit.is_some() && accel != Accel::Tcg {
+        return Err(CliError::Invalid {
+            option: "-accel",
+            message: "jit= is a property of the tcg accelerator only".into(),
+        });
+    }
+    Ok((accel, jit))
 }
 
 /// `-cpu MODEL[,feature...]`. Returns `None` for `-cpu help`.

@@ -612,3 +612,14 @@ fn bad_add_fd_and_monitor_path_allow_are_refused_by_name() {
     assert!(err(&["-monitor-path-allow", "/srv/../etc"]).contains("absolute"));
     assert!(err(&["-monitor-path-allow", "/srv,readonly=maybe"]).contains("readonly"));
 }
+
+#[test]
+fn the_tcg_translator_is_off_unless_asked_for_and_only_tcg_has_it() {
+    assert!(!run(&["-accel", "tcg"]).tcg_jit);
+    assert!(run(&["-accel", "tcg,jit=on"]).tcg_jit);
+    assert!(run(&["-accel", "kvm", "-accel", "tcg,jit=on"]).tcg_jit);
+    assert!(!run(&["-accel", "tcg,jit=on", "-accel", "tcg,jit=off"]).tcg_jit);
+    assert!(err(&["-accel", "kvm,jit=on"]).contains("tcg accelerator only"));
+    let e = err(&["-accel", "tcg,jit=maybe"]);
+    assert!(e.contains("jit") && e.contains("on|off"), "{e}");
+}
