@@ -88,7 +88,7 @@ pub use cpu::{Cpu, SegReg, Segment};
 pub use exec::msr::MsrHook;
 pub use exec::system::{baseline_cpuid, MsrFile};
 pub use jit::CodePool;
-pub use memory::{FlatMemory, GuestMemory, MemFault, MmioHandler};
+pub use memory::{FlatMemory, GuestMemory, MemFault, MmioHandler, StableRam};
 
 use exception::{vector, Event, Exception, Res, Source};
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
@@ -153,6 +153,10 @@ impl Cpu {
         }
         // Code may have been changed by other vCPUs or devices since the last run.
         self.new_code_gen();
+        // Host addresses of RAM pages are only good for this run's memory.
+        if self.jit.is_some() {
+            self.tlb.flush_fast();
+        }
         let mut left = budget;
         while left > 0 {
             if self.halted {

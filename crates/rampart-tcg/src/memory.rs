@@ -41,8 +41,34 @@ pub enum MemFault {
     },
 }
 
+/// A promise about a [`GuestMemory`]'s RAM, which only `unsafe` code can make: a page address
+/// its [`GuestMemory::ram_page_addr`] returns stays valid for reads of the whole page, showing
+/// the RAM's current contents, for as long as the memory object lives (RAM is never moved,
+/// unmapped or resized under it). The block translator (`-accel tcg,jit=on`) then lets
+/// translated code read a page it found there straight from that address, within one
+/// [`crate::Cpu::run`]. Writes by other threads meanwhile are fine (the reads are plain loads
+/// of the mapping, like the volatile accesses of `vm-memory`).
+#[derive(Debug, Clone, Copy)]
+pub struct StableRam(());
+
+impl StableRam {
+    /// # Safety
+    /// The caller's [`GuestMemory`] must keep the promise in the type's documentation.
+    #[allow(unsafe_code)]
+    pub unsafe fn new() -> Self {
+        StableRam(())
+    }
+}
+
 /// Guest-physical memory: RAM plus whatever MMIO sits outside it.
 pub trait GuestMemory {
+    /// The host address of the 4 KiB RAM page at page-aligned `gpa`, if it is all plain RAM,
+    /// with the [`StableRam`] promise that the address stays valid. `None` (the default) keeps
+    /// translated code on the checked path for every read of it.
+    fn ram_page_addr(&self, _gpa: u64) -> Option<(usize, StableRam)> {
+        None
+    }
+
     /// Read `buf.len()` bytes at `gpa`.
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault>;
 
@@ -213,6 +239,14 @@ fn check_contract(gpa: u64, len: usize) -> Result<(), MemFault> {
 }
 
 impl GuestMemory for FlatMemory {
+    #[allow(unsafe_code)]
+    fn ram_page_addr(&self, gpa: u64) -> Option<(usize, StableRam)> {
+        let page = self.ram_slice(gpa & !(PAGE_SIZE - 1), PAGE_SIZE as usize)?;
+        // SAFETY: `ram` is a boxed slice allocated once in `new` and never replaced or
+        // resized, so the page stays at this address for as long as `self` lives.
+        Some((page.as_ptr() as usize, unsafe { StableRam::new() }))
+    }
+
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {
         check_contract(gpa, buf.len())?;
         if let Some(r) = self.range(gpa, buf.len()) {

@@ -93,12 +93,31 @@ fn access_bit(a: Access) -> u8 {
     1 << (kind + a.user as u8)
 }
 
+/// Slots of each of the two read tables of [`Tlb::fast`] (a power of two).
+pub(crate) const FAST_ENTRIES: usize = 256;
+
+/// A readable RAM page for translated code (`crate::jit`): `tag` is the virtual page number
+/// plus one (0: empty), `host` the address of the page's bytes in the RAM mapping, which
+/// [`crate::memory::StableRam`] promises stays valid. Filled only after a read through the
+/// TLB succeeded at the table's privilege, and emptied with the TLB entry it came from.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub(crate) struct FastEntry {
+    pub(crate) tag: u64,
+    pub(crate) host: u64,
+}
+
 /// A direct-mapped software TLB of 4 KiB translations.
 #[derive(Debug, Clone)]
 pub struct Tlb {
     entries: [TlbEntry; TLB_ENTRIES],
     /// Counts flushes: a running block stops when translations may have changed under it.
     pub(crate) epoch: u64,
+    /// Read translations straight to host addresses, for translated code: supervisor reads
+    /// in the first [`FAST_ENTRIES`] slots, user reads in the next (slot: page number modulo
+    /// [`FAST_ENTRIES`]). Filled only by the translator's load helper; emptied with the TLB
+    /// and at every `Cpu::run` (its addresses are only good for the memory of one run).
+    pub(crate) fast: Box<[FastEntry]>,
 }
 
 impl Default for Tlb {
@@ -106,6 +125,7 @@ impl Default for Tlb {
         Self {
             entries: [TlbEntry::default(); TLB_ENTRIES],
             epoch: 0,
+            fast: vec![FastEntry::default(); 2 * FAST_ENTRIES].into_boxed_slice(),
         }
     }
 }
@@ -115,6 +135,7 @@ impl Tlb {
     pub fn flush_all(&mut self) {
         self.entries = [TlbEntry::default(); TLB_ENTRIES];
         self.epoch = self.epoch.wrapping_add(1);
+        self.flush_fast();
     }
 
     /// Drop the translation of the page containing `la`.
@@ -124,6 +145,42 @@ impl Tlb {
         let e = &mut self.entries[tlb_slot(vpn)];
         if e.tag == vpn.wrapping_add(1) {
             *e = TlbEntry::default();
+        }
+        for table in [0, FAST_ENTRIES] {
+            if let Some(f) = self.fast.get_mut(table + vpn as usize % FAST_ENTRIES) {
+                if f.tag == vpn.wrapping_add(1) {
+                    *f = FastEntry::default();
+                }
+            }
+        }
+    }
+
+    /// Empty the host-address read tables.
+    pub(crate) fn flush_fast(&mut self) {
+        self.fast.fill(FastEntry::default());
+    }
+
+    /// The physical page `la` translates to for a read at privilege `user`, if cached.
+    pub(crate) fn cached_read(&self, la: u64, user: bool) -> Option<u64> {
+        let access = Access {
+            kind: AccessKind::Read,
+            user,
+        };
+        self.lookup(la >> 12)
+            .filter(|e| e.allow & access_bit(access) != 0)
+            .map(|e| e.ppage)
+    }
+
+    /// Remember that reads at privilege `user` of the page of `la` (cached here, see
+    /// [`Tlb::cached_read`]) find plain RAM at host address `host`.
+    pub(crate) fn fill_fast(&mut self, la: u64, user: bool, host: u64) {
+        let vpn = la >> 12;
+        let slot = user as usize * FAST_ENTRIES + vpn as usize % FAST_ENTRIES;
+        if let Some(f) = self.fast.get_mut(slot) {
+            *f = FastEntry {
+                tag: vpn.wrapping_add(1),
+                host,
+            };
         }
     }
 

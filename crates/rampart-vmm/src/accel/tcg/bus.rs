@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use rampart_tcg::apic::{APIC_BASE_ADDR, IOAPIC_BASE_ADDR};
-use rampart_tcg::{GuestMemory, MemFault};
+use rampart_tcg::{GuestMemory, MemFault, StableRam};
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion, VolatileMemory, VolatileSlice};
 
 use super::{Machine, Slot};
@@ -181,6 +181,15 @@ impl GuestMemory for VcpuBus<'_> {
             }
             None => false,
         }
+    }
+
+    fn ram_page_addr(&self, gpa: u64) -> Option<(usize, StableRam)> {
+        let page = self.ram(gpa & !(PAGE - 1), PAGE as usize)?;
+        let addr = page.ptr_guard().as_ptr() as usize;
+        // SAFETY: the page lies inside one region of the machine's `GuestMemoryMmap`, an mmap
+        // that lives as long as the machine (which outlives this bus and every vCPU run with
+        // it) and is never moved or resized; other threads' writes to it are plain stores.
+        Some((addr, unsafe { StableRam::new() }))
     }
 
     fn code_matches(&self, gpa: u64, expected: &[u8]) -> bool {
