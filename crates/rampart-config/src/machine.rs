@@ -217,7 +217,8 @@ pub struct VmConfig {
     pub machine: MachineType,
     /// Accelerators in fallback order; empty means "choose" (hardware KVM if usable, else tcg).
     pub accel: Vec<Accel>,
-    /// `-accel tcg,jit=on`: translate hot code blocks to host code (off: interpret only).
+    /// `-accel tcg,jit=on|off`: translate hot code blocks to host code (default on; off:
+    /// interpret only).
     pub tcg_jit: bool,
     pub cpu: CpuModel,
     pub memory_bytes: u64,
@@ -262,7 +263,7 @@ impl Default for VmConfig {
             uuid: None,
             machine: MachineType::default(),
             accel: Vec::new(),
-            tcg_jit: false,
+            tcg_jit: true,
             cpu: CpuModel::default(),
             memory_bytes: DEFAULT_MEMORY_BYTES,
             smp: SmpConfig::default(),

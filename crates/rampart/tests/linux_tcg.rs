@@ -144,12 +144,10 @@ fn guest_reboot_without_no_reboot_boots_again() {
     assert!(r.stderr.contains("running as uid 65534"), "{r:?}");
 }
 
-/// The block translator (`-accel tcg,jit=on`) runs Linux on two vCPUs (under the seccomp
-/// filters, from code memory made at start), and the guest computes what it computes
-/// interpreted: a shell arithmetic loop and an md5sum.
-#[test]
-fn linux_runs_translated_on_two_cpus() {
-    let r = boot_with("tcg,jit=on", "mips", 2, "512", &[]);
+/// Boots with `-accel ACCEL` on two vCPUs and checks what the guest computes: a shell
+/// arithmetic loop and an md5sum (`guest-init/tests/mips`). Returns the run.
+fn check_mips(accel: &str) -> Finished {
+    let r = boot_with(accel, "mips", 2, "512", &[]);
     assert_eq!(r.code, Some(0), "{r:?}");
     let out = test_output(&r, "mips");
     assert!(out.contains("mips_loop=667472"), "{out}");
@@ -157,13 +155,31 @@ fn linux_runs_translated_on_two_cpus() {
         out.contains("mips_md5=0337860d962f7f9e1485569a8c94ecc9"),
         "{out}"
     );
-    // Each vCPU reports what it translated when it ends.
-    let translated: Vec<u64> = r
-        .stderr
+    r
+}
+
+/// What each vCPU's translator reports when it ends: blocks translated.
+fn translated_blocks(r: &Finished) -> Vec<u64> {
+    r.stderr
         .lines()
         .filter(|l| l.contains("block translator statistics"))
         .filter_map(|l| l.split("blocks=").nth(1)?.split(' ').next()?.parse().ok())
-        .collect();
+        .collect()
+}
+
+/// The block translator (on by default) runs Linux on two vCPUs, under the seccomp filters,
+/// from code memory made at start.
+#[test]
+fn linux_runs_translated_on_two_cpus() {
+    let r = check_mips("tcg");
+    let translated = translated_blocks(&r);
     assert_eq!(translated.len(), 2, "{}", r.stderr);
     assert!(translated.iter().sum::<u64>() > 1000, "{translated:?}");
+}
+
+/// `-accel tcg,jit=off` runs the same guest on the interpreter alone.
+#[test]
+fn linux_runs_interpreted_with_jit_off() {
+    let r = check_mips("tcg,jit=off");
+    assert!(translated_blocks(&r).is_empty(), "{}", r.stderr);
 }

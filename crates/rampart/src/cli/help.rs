@@ -19,10 +19,9 @@ Machine:
   -machine help    list machine types
   -accel [accel=]kvm|tcg[,jit=on|off]
                    accelerator; repeat to give a fallback order
-                   (-accel kvm -accel tcg). jit=on (tcg only, default off):
-                   translate hot code blocks to host code (experimental:
-                   boots faster, disk and network I/O not yet faster).
-                   No other accelerator properties.
+                   (-accel kvm -accel tcg). jit=on|off (tcg only, default
+                   on): translate hot code blocks to host code; off runs the
+                   interpreter alone. No other accelerator properties.
   -accel help      list accelerators
   -enable-kvm      same as -accel kvm
   -cpu host|max|qemu64

@@ -614,8 +614,9 @@ fn bad_add_fd_and_monitor_path_allow_are_refused_by_name() {
 }
 
 #[test]
-fn the_tcg_translator_is_off_unless_asked_for_and_only_tcg_has_it() {
-    assert!(!run(&["-accel", "tcg"]).tcg_jit);
+fn the_tcg_translator_is_on_unless_turned_off_and_only_tcg_has_it() {
+    assert!(run(&["-accel", "tcg"]).tcg_jit);
+    assert!(!run(&["-accel", "tcg,jit=off"]).tcg_jit);
     assert!(run(&["-accel", "tcg,jit=on"]).tcg_jit);
     assert!(run(&["-accel", "kvm", "-accel", "tcg,jit=on"]).tcg_jit);
     assert!(!run(&["-accel", "tcg,jit=on", "-accel", "tcg,jit=off"]).tcg_jit);
