@@ -299,12 +299,11 @@ impl Cpu {
                     })));
                     true
                 } else {
-                    let k = retired as usize;
                     // The translation ends early after a taken branch or a store into this
-                    // page, like the loop below.
-                    k < c.len as usize
-                        || code.ops.get(k.wrapping_sub(1)).map(|o| o.next_ip) != Some(self.rip)
+                    // page, like the loop below; it says when it ran to its end instead.
+                    ret & jit::FELL_THROUGH == 0
                         || self.code_written
+                        || c.len as usize >= code.ops.len()
                 };
                 start = if ended {
                     code.ops.len()

@@ -58,8 +58,12 @@ use arena::Arena;
 const ARENA_BYTES: usize = 64 << 20;
 
 /// Set in a translated block's return value when instruction `value & 0xffff_ffff` faulted
-/// (the event is in [`Env::event`]); otherwise the value is the number of instructions retired.
+/// (the event is in [`Env::event`]); otherwise the low half is the number of instructions
+/// retired.
 pub(crate) const FAULT: u64 = 1 << 32;
+/// Set in a translated block's return value when control fell through the end of the
+/// translated prefix (RIP is the next instruction's, and nothing ended the block early).
+pub(crate) const FELL_THROUGH: u64 = 1 << 33;
 
 /// Helper status: carry on with the next instruction.
 const CONTINUE: u64 = 0;
@@ -884,7 +888,7 @@ fn translate(ip: u64, ops: &[Op]) -> Result<Option<(Vec<u8>, u16)>, Error> {
     // Fell through the prefix: RIP is the next instruction's.
     t.a.mov(rax, at)?;
     t.a.mov(qword_ptr(CPU + offset_of!(Cpu, rip)), rax)?;
-    t.a.mov(rax, len as u64)?;
+    t.a.mov(rax, FELL_THROUGH | len as u64)?;
     let mut epilogue = t.epilogue;
     t.a.set_label(&mut epilogue)?;
     t.a.add(rsp, 8)?;
