@@ -133,6 +133,11 @@ impl BlockCache {
         }
     }
 
+    /// log2 of the number of slots.
+    pub(crate) fn slot_bits(&self) -> u32 {
+        self.bits
+    }
+
     /// The slot of `ip`: a multiplicative hash (kernel code spread over megabytes maps evenly).
     #[inline]
     fn slot(&self, ip: u64) -> usize {

@@ -574,6 +574,8 @@ impl Cpu {
     /// (`crate::jit`), from now on, in a region of `pool` (given back when this CPU is
     /// dropped). Returns false, and the CPU keeps interpreting, if no region is free.
     pub fn enable_jit(&mut self, pool: &crate::jit::CodePool, threshold: u32) -> bool {
+        // Blocks translated by an earlier translator point into a region it gave back.
+        self.blocks = crate::block_cache::BlockCache::with_slot_bits(self.blocks.slot_bits());
         self.jit = crate::jit::Jit::new(pool, threshold.max(1)).map(Box::new);
         self.jit.is_some()
     }

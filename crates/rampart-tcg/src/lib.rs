@@ -279,9 +279,11 @@ impl Cpu {
         let mut r = Ok(());
         let mut start = 0;
         if let Some(jit) = self.jit.as_mut() {
-            if code.jit.is_none_or(|c| !jit.valid(&c)) {
+            // Compiled at the threshold, and again at once if its code space was recycled.
+            let stale = code.jit.is_some_and(|c| !jit.valid(&c));
+            if code.jit.is_none() || stale {
                 code.runs = code.runs.saturating_add(1);
-                if code.runs == jit.threshold {
+                if code.runs == jit.threshold || stale {
                     code.jit = jit.compile(rip, &code.ops);
                 }
             }

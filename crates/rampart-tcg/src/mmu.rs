@@ -80,6 +80,9 @@ struct TlbEntry {
     /// the combined permissions of the walk under the CR0.WP and EFER.NXE of the fill (a
     /// change of either flushes the TLB), writes only once the leaf is dirty.
     allow: u8,
+    /// Size of the page the walk found (4 KiB, 2 MiB or 1 GiB): INVLPG of any address in a
+    /// large page drops every 4 KiB piece of it held here.
+    span: u64,
 }
 
 /// The bit of `a` in [`TlbEntry::allow`].
@@ -105,6 +108,9 @@ pub(crate) const FAST_ENTRIES: usize = 256;
 pub(crate) struct FastEntry {
     pub(crate) tag: u64,
     pub(crate) host: u64,
+    /// The physical page number (for the code-page watch of stores).
+    pub(crate) ppn: u64,
+    _pad: u64,
 }
 
 /// A direct-mapped software TLB of 4 KiB translations.
@@ -118,6 +124,9 @@ pub struct Tlb {
     /// [`FAST_ENTRIES`]). Filled only by the translator's load helper; emptied with the TLB
     /// and at every `Cpu::run` (its addresses are only good for the memory of one run).
     pub(crate) fast: Box<[FastEntry]>,
+    /// The same for writes, filled by the translator's store helper after a write through
+    /// the TLB succeeded (the page is then dirty and writable at that privilege).
+    pub(crate) fast_w: Box<[FastEntry]>,
 }
 
 impl Default for Tlb {
@@ -126,6 +135,7 @@ impl Default for Tlb {
             entries: [TlbEntry::default(); TLB_ENTRIES],
             epoch: 0,
             fast: vec![FastEntry::default(); 2 * FAST_ENTRIES].into_boxed_slice(),
+            fast_w: vec![FastEntry::default(); 2 * FAST_ENTRIES].into_boxed_slice(),
         }
     }
 }
@@ -138,48 +148,78 @@ impl Tlb {
         self.flush_fast();
     }
 
-    /// Drop the translation of the page containing `la`.
+    /// Drop the translation of the page containing `la`: its 4 KiB entry and, when `la` lies
+    /// in a large page, every 4 KiB piece of that page held here.
     pub fn flush_page(&mut self, la: u64) {
         self.epoch = self.epoch.wrapping_add(1);
         let vpn = la >> 12;
-        let e = &mut self.entries[tlb_slot(vpn)];
-        if e.tag == vpn.wrapping_add(1) {
-            *e = TlbEntry::default();
+        for i in 0..TLB_ENTRIES {
+            let e = self.entries[i];
+            if e.tag == 0 {
+                continue;
+            }
+            let evpn = e.tag - 1;
+            let span = e.span.max(0x1000);
+            if evpn == vpn || (span > 0x1000 && ((evpn << 12) ^ la) & !(span - 1) == 0) {
+                self.entries[i] = TlbEntry::default();
+                self.drop_fast(evpn);
+            }
         }
+        self.drop_fast(vpn);
+    }
+
+    /// Drop the host-address entries of virtual page `vpn` (both privileges, both kinds).
+    fn drop_fast(&mut self, vpn: u64) {
         for table in [0, FAST_ENTRIES] {
-            if let Some(f) = self.fast.get_mut(table + vpn as usize % FAST_ENTRIES) {
-                if f.tag == vpn.wrapping_add(1) {
-                    *f = FastEntry::default();
+            let slot = table + vpn as usize % FAST_ENTRIES;
+            for t in [&mut self.fast, &mut self.fast_w] {
+                if let Some(f) = t.get_mut(slot) {
+                    if f.tag == vpn.wrapping_add(1) {
+                        *f = FastEntry::default();
+                    }
                 }
             }
         }
     }
 
-    /// Empty the host-address read tables.
+    /// Empty the host-address tables.
     pub(crate) fn flush_fast(&mut self) {
         self.fast.fill(FastEntry::default());
+        self.fast_w.fill(FastEntry::default());
     }
 
-    /// The physical page `la` translates to for a read at privilege `user`, if cached.
-    pub(crate) fn cached_read(&self, la: u64, user: bool) -> Option<u64> {
-        let access = Access {
-            kind: AccessKind::Read,
-            user,
-        };
+    /// The physical page `la` translates to for an access of `kind` at privilege `user`, if
+    /// cached with that access allowed.
+    pub(crate) fn cached(&self, la: u64, kind: AccessKind, user: bool) -> Option<u64> {
+        let access = Access { kind, user };
         self.lookup(la >> 12)
             .filter(|e| e.allow & access_bit(access) != 0)
             .map(|e| e.ppage)
     }
 
-    /// Remember that reads at privilege `user` of the page of `la` (cached here, see
-    /// [`Tlb::cached_read`]) find plain RAM at host address `host`.
-    pub(crate) fn fill_fast(&mut self, la: u64, user: bool, host: u64) {
+    /// Remember that accesses of `kind` (read or write) at privilege `user` to the page of
+    /// `la`, at physical page `pa_page` (cached here, see [`Tlb::cached`]), find plain RAM at
+    /// host address `host`.
+    pub(crate) fn fill_fast(
+        &mut self,
+        la: u64,
+        kind: AccessKind,
+        user: bool,
+        pa_page: u64,
+        host: u64,
+    ) {
         let vpn = la >> 12;
         let slot = user as usize * FAST_ENTRIES + vpn as usize % FAST_ENTRIES;
-        if let Some(f) = self.fast.get_mut(slot) {
+        let table = match kind {
+            AccessKind::Write => &mut self.fast_w,
+            _ => &mut self.fast,
+        };
+        if let Some(f) = table.get_mut(slot) {
             *f = FastEntry {
                 tag: vpn.wrapping_add(1),
                 host,
+                ppn: pa_page >> 12,
+                _pad: 0,
             };
         }
     }
@@ -190,7 +230,13 @@ impl Tlb {
     }
 
     fn insert(&mut self, vpn: u64, e: TlbEntry) {
-        self.entries[tlb_slot(vpn)] = TlbEntry {
+        let slot = tlb_slot(vpn);
+        // The host-address entries never outlive the translation they came from.
+        let old = self.entries[slot].tag;
+        if old != 0 {
+            self.drop_fast(old - 1);
+        }
+        self.entries[slot] = TlbEntry {
             tag: vpn.wrapping_add(1),
             ..e
         };
@@ -383,6 +429,7 @@ impl Cpu {
                 tag: 0,
                 ppage: pa & !0xfff,
                 allow,
+                span: w.page_size,
             },
         );
         Ok(pa)

@@ -45,12 +45,13 @@ use std::sync::{Arc, Mutex};
 use iced_x86::code_asm::*;
 
 use crate::block_cache::Op;
+use crate::cpu::CODE_PAGE_SLOTS;
 use crate::cpu::{Cpu, SegReg, Segment};
 use crate::exception::{Event, Exception};
 use crate::fast::{Addr, AluOp, Dst, Fast, Src, NONE};
 use crate::flags::{Flags, LazyOp};
 use crate::memory::GuestMemory;
-use crate::mmu::{is_canonical, FastEntry, FAST_ENTRIES};
+use crate::mmu::{is_canonical, AccessKind, FastEntry, FAST_ENTRIES};
 use arena::Arena;
 
 /// Code space per CPU. Compiled blocks of a Linux boot take about a tenth of it; when it is
@@ -72,6 +73,10 @@ const CONTINUE: u64 = 0;
 const END: u64 = 1;
 /// Helper status: the instruction faulted (the event is in [`Env::event`]).
 const FAULTED: u64 = 2;
+/// Load helper status: the read's page walk stored into the running block's page (an
+/// accessed bit): end the translation before this instruction, which has committed nothing,
+/// so it runs again from a block validated afresh (as the interpreter ends the block there).
+const RESTART: u64 = 3;
 
 /// A compiled block prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +84,7 @@ pub(crate) struct Compiled {
     /// Executable address of the entry.
     entry: usize,
     /// The arena generation it was compiled in (stale once the arena is recycled).
-    gen: u32,
+    gen: u64,
     /// Instructions covered, from the block's first.
     pub(crate) len: u16,
 }
@@ -87,8 +92,12 @@ pub(crate) struct Compiled {
 /// What the run loop lends translated code and its helpers for one call.
 pub(crate) struct Env<'a> {
     mem: *mut (dyn GuestMemory + 'a),
-    /// The host-address read table of the running privilege (`Tlb::fast`).
+    /// The host-address read and write tables of the running privilege (`Tlb::fast`,
+    /// `Tlb::fast_w`).
     fast: *const FastEntry,
+    fast_w: *const FastEntry,
+    /// `Cpu::code_pages`, for the code-page watch of inline stores.
+    code_pages: *const u16,
     /// A loaded value (load helper) or a value to keep across a helper call.
     val: u64,
     tmp: u64,
@@ -130,7 +139,7 @@ pub(crate) struct Jit {
     /// Always `Some` until dropped (then returned to `pool`).
     arena: Option<Arena>,
     pool: CodePool,
-    gen: u32,
+    gen: u64,
     /// Runs of a block before it is compiled.
     pub(crate) threshold: u32,
     /// Blocks compiled (for tests and tracing).
@@ -173,7 +182,7 @@ impl Jit {
                 // Full: start over. Every handle of the old generation is now refused.
                 tracing::debug!(used = arena.used(), "translated code space recycled");
                 arena.clear();
-                self.gen = self.gen.wrapping_add(1);
+                self.gen += 1;
                 arena.put(&bytes)?
             }
         };
@@ -190,7 +199,7 @@ impl Drop for Jit {
     fn drop(&mut self) {
         tracing::debug!(
             blocks = self.compiled,
-            recycled = self.gen - 1,
+            recycled = self.gen.saturating_sub(1),
             "block translator statistics"
         );
         if let Some(a) = self.arena.take() {
@@ -213,9 +222,17 @@ pub(crate) fn call(
         .fast
         .get(table..)
         .map_or(std::ptr::null(), |t| t.as_ptr());
+    let fast_w = cpu
+        .tlb
+        .fast_w
+        .get(table..)
+        .map_or(std::ptr::null(), |t| t.as_ptr());
+    let code_pages = cpu.code_pages.as_ptr();
     let mut env = Env {
         mem,
         fast,
+        fast_w,
+        code_pages,
         val: 0,
         tmp: 0,
         event: None,
@@ -249,20 +266,27 @@ unsafe extern "sysv64" fn load_helper(cpu: *mut Cpu, env: *mut Env<'_>, la: u64,
         Err(noncanonical(info))
     };
     match r {
+        Ok(_) if cpu.code_written => RESTART,
         Ok(v) => {
             env.val = v;
             // Let the next reads of this page take the inline path if it is plain RAM.
-            let user = cpu.user_access();
-            if let Some(pa) = cpu.tlb.cached_read(la, user) {
-                if let Some((host, _promise)) = mem.ram_page_addr(pa) {
-                    cpu.tlb.fill_fast(la, user, host as u64);
-                }
-            }
+            fill(cpu, mem, la, AccessKind::Read);
             CONTINUE
         }
         Err(e) => {
             env.event = Some(e);
             FAULTED
+        }
+    }
+}
+
+/// After an access of `kind` at `la` succeeded through the TLB: record the host address of
+/// its page in the fast table of that kind and the running privilege, if it is plain RAM.
+fn fill(cpu: &mut Cpu, mem: &mut dyn GuestMemory, la: u64, kind: AccessKind) {
+    let user = cpu.user_access();
+    if let Some(pa) = cpu.tlb.cached(la, kind, user) {
+        if let Some((host, _promise)) = mem.ram_page_addr(pa) {
+            cpu.tlb.fill_fast(la, kind, user, pa, host as u64);
         }
     }
 }
@@ -287,7 +311,11 @@ unsafe extern "sysv64" fn store_helper(
     };
     match r {
         Ok(()) if cpu.code_written => END,
-        Ok(()) => CONTINUE,
+        Ok(()) => {
+            // Let the next writes of this page take the inline path if it is plain RAM.
+            fill(cpu, mem, la, AccessKind::Write);
+            CONTINUE
+        }
         Err(e) => {
             env.event = Some(e);
             FAULTED
@@ -354,6 +382,11 @@ fn seg_base_off(s: SegReg) -> usize {
     offset_of!(Cpu, seg) + std::mem::size_of::<Segment>() * s as usize + offset_of!(Segment, base)
 }
 
+/// log2 of the size of a [`FastEntry`] (the inline paths index the tables with it).
+const FAST_ENTRY_SHIFT: u32 = 5;
+const _: () = assert!(std::mem::size_of::<FastEntry>() == 1 << FAST_ENTRY_SHIFT);
+const _: () = assert!(CODE_PAGE_SLOTS.is_power_of_two() && FAST_ENTRIES.is_power_of_two());
+
 /// The top of the stack, `[rsp]`, as an address recipe.
 const RSP_TOP: Addr = Addr {
     disp: 0,
@@ -376,6 +409,8 @@ enum StubKind {
     EndRax { i: usize },
     /// Instruction `i` at `ip` raised #GP(0).
     FaultGp { i: usize, ip: u64 },
+    /// Instruction `i` at `ip` is to run again (see [`RESTART`]).
+    Restart { i: usize, ip: u64 },
 }
 
 struct Stub {
@@ -390,6 +425,8 @@ struct Tr {
     /// The operation and size the lazy flags record holds, when an instruction emitted
     /// inline earlier in this translation wrote it (and nothing since may have changed it).
     flags: Option<(LazyOp, u8)>,
+    /// The instruction being emitted: its index and address.
+    cur: (usize, u64),
 }
 
 /// Why a block could not be translated (it is then interpreted).
@@ -479,7 +516,7 @@ impl Tr {
         self.a.shr(rax, 12)?;
         self.a.mov(ecx, eax)?;
         self.a.and(ecx, FAST_ENTRIES as u32 - 1)?;
-        self.a.shl(ecx, 4)?;
+        self.a.shl(ecx, FAST_ENTRY_SHIFT)?;
         self.a
             .add(rcx, qword_ptr(ENV + offset_of!(Env<'_>, fast)))?;
         self.a.inc(rax)?;
@@ -505,24 +542,73 @@ impl Tr {
         self.a.mov(rsi, ENV)?;
         self.a.mov(ecx, size as u32 | ((addr.stack as u32) << 8))?;
         self.call_helper(load_helper as *const () as usize)?;
+        let (i, ip) = self.cur;
+        let restart = self.stub(StubKind::Restart { i, ip });
+        self.a.cmp(eax, FAULTED as u32)?;
+        self.a.je(fault)?;
         self.a.test(eax, eax)?;
-        self.a.jne(fault)?;
+        self.a.jne(restart)?;
         self.a.mov(rax, qword_ptr(ENV + offset_of!(Env<'_>, val)))?;
         self.a.set_label(&mut done)?;
         // (A label needs an instruction to sit on.)
         self.a.nop()
     }
 
-    /// Store the value in `r8` (`size` bytes) at the address in `rdx`; a fault exits via
-    /// `fault`, a store into the block's page via `end` (after the caller finishes the
-    /// instruction). Leaves the helper status in `rax`.
+    /// Store the value in `r8` (`size` bytes) at the address in `rdx`: inline to the host
+    /// address of a RAM page found in the write table (`Tlb::fast_w`) unless the page is the
+    /// running block's or holds code validated in this generation (the code-page watch of
+    /// `Cpu::note_store`), else through the store helper. A fault exits via `fault`. Leaves
+    /// the status in `rax`: [`CONTINUE`], or [`END`] if the store hit the block's page.
     fn store_rdx(&mut self, size: u8, stack: bool, fault: CodeLabel) -> R<()> {
+        let mut slow = self.a.create_label();
+        let mut done = self.a.create_label();
+        self.a.mov(rax, rdx)?;
+        self.a.shr(rax, 12)?;
+        self.a.mov(ecx, eax)?;
+        self.a.and(ecx, FAST_ENTRIES as u32 - 1)?;
+        self.a.shl(ecx, FAST_ENTRY_SHIFT)?;
+        self.a
+            .add(rcx, qword_ptr(ENV + offset_of!(Env<'_>, fast_w)))?;
+        self.a.inc(rax)?;
+        self.a
+            .cmp(rax, qword_ptr(rcx + offset_of!(FastEntry, tag)))?;
+        self.a.jne(slow)?;
+        self.a.mov(eax, edx)?;
+        self.a.and(eax, 0xfff)?;
+        self.a.cmp(eax, 0x1000 - size as u32)?;
+        self.a.ja(slow)?;
+        // The code-page watch.
+        self.a
+            .mov(r9, qword_ptr(rcx + offset_of!(FastEntry, ppn)))?;
+        self.a
+            .cmp(r9, qword_ptr(CPU + offset_of!(Cpu, code_page)))?;
+        self.a.je(slow)?;
+        self.a.and(r9d, CODE_PAGE_SLOTS as u32 - 1)?;
+        self.a
+            .mov(r10, qword_ptr(ENV + offset_of!(Env<'_>, code_pages)))?;
+        self.a
+            .movzx(r11d, word_ptr(CPU + offset_of!(Cpu, code_gen)))?;
+        self.a.cmp(r11w, word_ptr(r10 + r9 * 2))?;
+        self.a.je(slow)?;
+        self.a
+            .add(rax, qword_ptr(rcx + offset_of!(FastEntry, host)))?;
+        match size {
+            1 => self.a.mov(byte_ptr(rax), r8b)?,
+            2 => self.a.mov(word_ptr(rax), r8w)?,
+            4 => self.a.mov(dword_ptr(rax), r8d)?,
+            _ => self.a.mov(qword_ptr(rax), r8)?,
+        }
+        self.a.xor(eax, eax)?;
+        self.a.jmp(done)?;
+        self.a.set_label(&mut slow)?;
         self.a.mov(rdi, CPU)?;
         self.a.mov(rsi, ENV)?;
         self.a.mov(ecx, size as u32 | ((stack as u32) << 8))?;
         self.call_helper(store_helper as *const () as usize)?;
         self.a.cmp(eax, FAULTED as u32)?;
-        self.a.je(fault)
+        self.a.je(fault)?;
+        self.a.set_label(&mut done)?;
+        self.a.nop()
     }
 
     /// Push the value in `r8` (8 bytes): the stack pointer changes only once the store is
@@ -585,6 +671,7 @@ impl Tr {
 
     /// Emit instruction `i` (at `ip`, `op`).
     fn op(&mut self, i: usize, ip: u64, op: &Op) -> Result<(), Error> {
+        self.cur = (i, ip);
         let r = match op.fast {
             Fast::Nop => Ok(()),
             Fast::Mov { size, dst, src } => {
@@ -871,6 +958,7 @@ fn translate(ip: u64, ops: &[Op]) -> Result<Option<(Vec<u8>, u16)>, Error> {
         stubs: Vec::new(),
         epilogue,
         flags: None,
+        cur: (0, ip),
     };
     for r in [rbx, r12, r13, r14, r15, rbp] {
         t.a.push(r)?;
@@ -918,6 +1006,11 @@ fn translate(ip: u64, ops: &[Op]) -> Result<Option<(Vec<u8>, u16)>, Error> {
             StubKind::EndRax { i } => {
                 t.a.mov(qword_ptr(CPU + rip_off), rax)?;
                 t.ret_value(i as u64 + 1)?;
+            }
+            StubKind::Restart { i, ip } => {
+                t.a.mov(rax, ip)?;
+                t.a.mov(qword_ptr(CPU + rip_off), rax)?;
+                t.ret_value(i as u64)?;
             }
             StubKind::FaultGp { i, ip } => {
                 t.a.mov(rdi, ENV)?;
@@ -1070,6 +1163,139 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// INVLPG of one address in a 2 MiB page drops the translations of the whole page, the
+    /// host-address entries of its other 4 KiB pieces included.
+    #[test]
+    fn invlpg_in_a_large_page_drops_every_piece_of_it() {
+        const VA: u64 = 0x60_a000;
+        const PDE3: u64 = 0x3000 + 3 * 8;
+        let code = assemble(|a| {
+            a.mov(ecx, 3)?;
+            a.mov(rsi, 0x20_0000u64 | 0x87)?;
+            a.mov(rdi, 0x87u64)?;
+            a.mov(qword_ptr(PDE3), rsi)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.mov(rax, qword_ptr(VA + 0x1000))?;
+            a.mov(qword_ptr(PDE3), rdi)?;
+            a.invlpg(byte_ptr(VA))?;
+            a.mov(rbx, qword_ptr(VA + 0x1000))?;
+            a.mov(qword_ptr(PDE3), rsi)?;
+            a.invlpg(byte_ptr(VA))?;
+            a.add(r8, rax)?;
+            a.add(r9, rbx)?;
+            a.dec(ecx)?;
+            a.jne(top)
+        });
+        for jit in [false, true] {
+            let mut m = Machine::new();
+            if !jit {
+                m.cpu.jit = None;
+            }
+            m.mem.write_u64(0x20_b000, 0x1111).unwrap();
+            m.mem.write_u64(0x00_b000, 0x2222).unwrap();
+            m.load_code(&code);
+            let out = m.run(10_000);
+            assert_eq!(
+                (out.cpu.gpr[8], out.cpu.gpr[9]),
+                (3 * 0x1111, 3 * 0x2222),
+                "translator {jit}"
+            );
+        }
+    }
+
+    /// Runs `code` interpreted and translated from the first run of each block; returns R8.
+    fn r8_both_ways(code: &[u8]) -> [u64; 2] {
+        let pool = CodePool::new(1).unwrap();
+        [false, true].map(|jit| {
+            let mut m = Machine::new();
+            m.cpu.jit = None;
+            if jit {
+                assert!(m.cpu.enable_jit(&pool, 1));
+            }
+            m.load_code(code);
+            let out = m.run(10_000);
+            assert_eq!(out.exit, crate::Exit::Halt, "translator {jit}");
+            out.cpu.gpr[8]
+        })
+    }
+
+    /// A translated store into its own block's page ends the block after it (the inline store
+    /// path leaves that page to the helper), so the patched instruction runs patched.
+    #[test]
+    fn a_translated_store_into_its_own_block_takes_effect_at_the_next_instruction() {
+        let code = assemble(|a| {
+            let mut patch = a.create_label();
+            a.mov(ecx, 3)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.lea(rdx, qword_ptr(patch))?;
+            a.mov(byte_ptr(rdx + 1), cl)?;
+            a.set_label(&mut patch)?;
+            a.mov(eax, 0)?;
+            a.add(r8, rax)?;
+            a.dec(ecx)?;
+            a.jne(top)
+        });
+        assert_eq!(r8_both_ways(&code), [6, 6]);
+    }
+
+    /// A translated store into another page holding code validated in this generation ends
+    /// the generation (the inline store path leaves marked pages to the helper), so that code
+    /// is compared with its bytes again before it next runs.
+    #[test]
+    fn a_translated_store_into_validated_code_elsewhere_is_seen_by_its_next_run() {
+        let code = assemble(|a| {
+            let mut f = a.create_label();
+            a.mov(ecx, 3)?;
+            a.lea(rdx, qword_ptr(f))?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            // Twice: a block is only taken as validated from its second run in a generation.
+            a.call(f)?;
+            a.add(r8, rax)?;
+            a.call(f)?;
+            a.add(r8, rax)?;
+            a.mov(dword_ptr(rdx + 1), ecx)?;
+            a.dec(ecx)?;
+            a.jne(top)?;
+            a.hlt()?;
+            // f, on the next page.
+            a.db(&[0x90; 0x1000])?;
+            a.set_label(&mut f)?;
+            a.mov(eax, 100)?;
+            a.ret()
+        });
+        assert_eq!(r8_both_ways(&code), [210, 210]);
+    }
+
+    #[test]
+    fn enabling_the_translator_again_drops_every_earlier_translation() {
+        let code = assemble(|a| {
+            a.mov(ecx, 10)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.add(rax, rcx)?;
+            a.dec(ecx)?;
+            a.jne(top)
+        });
+        let pool = CodePool::new(1).unwrap();
+        let mut m = Machine::new();
+        assert!(m.cpu.enable_jit(&pool, 1));
+        m.load_code(&code);
+        assert_eq!(m.cpu.run(&mut m.mem, 1000), crate::Exit::Halt);
+        assert!(m.cpu.jit_blocks() > 0);
+        // The region is lent out, so this fails (and gives it back); the next one takes it.
+        assert!(!m.cpu.enable_jit(&pool, 1));
+        assert!(m.cpu.enable_jit(&pool, 1));
+        m.cpu.halted = false;
+        m.cpu.rip = CODE;
+        m.cpu.gpr[0] = 0;
+        assert_eq!(m.cpu.run(&mut m.mem, 1000), crate::Exit::Halt);
+        assert_eq!(m.cpu.gpr[0], 55);
+        assert!(m.cpu.jit_blocks() > 0, "blocks were translated again");
     }
 
     #[test]
