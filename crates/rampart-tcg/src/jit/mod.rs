@@ -4,18 +4,20 @@
 //! # What the generated code may touch
 //! The generated code is the emulator's, not the guest's: it reads and writes the `Cpu`'s own
 //! fields at fixed offsets (general registers, the lazy flags record, RIP) and calls helper
-//! functions of this module. Guest memory: **every store, and every load that misses, goes
-//! through a helper**, which runs the interpreter's own `Cpu::read_mem`/`write_mem` (TLB, page
-//! walk, permission checks, bounds-checked RAM access, MMIO, the code-page watch). A load that
-//! hits reads RAM inline: the load helper, after a read through the TLB succeeded, records the
-//! page's host address in a small table (`Tlb::fast`, per privilege, keyed by virtual page),
-//! taken from `GuestMemory::ram_page_addr`, whose [`crate::StableRam`] promise says the
-//! address stays valid; the inline path compares the page tag and checks that the access
-//! stays within the page before loading. The table is emptied with the TLB (INVLPG, CR3 and
-//! mode changes) and at every `Cpu::run` (so an address never outlives the run of the memory
-//! it came from), and MMIO pages never enter it. So a translation bug can give the guest a
-//! wrong result, as an interpreter bug can, but a guest cannot steer a host access outside a
-//! page of its RAM that its own page tables map for reading.
+//! functions of this module. Guest memory: **every access that misses goes through a
+//! helper**, which runs the interpreter's own `Cpu::read_mem`/`write_mem` (TLB, page walk,
+//! permission checks, bounds-checked RAM access, MMIO, the code-page watch). An access that
+//! hits reaches RAM inline: the helper, after an access through the TLB succeeded, records the
+//! page's host address in a small table (`Tlb::fast` for reads, `Tlb::fast_w` for writes, per
+//! privilege, keyed by virtual page), taken from `GuestMemory::ram_page_addr`, whose
+//! [`crate::StableRam`] promise says the address stays valid; the inline path compares the
+//! page tag and checks that the access stays within the page, and an inline store leaves to
+//! the helper a page holding the running block or code validated in this generation (the
+//! code-page watch of `Cpu::note_store`). The entries leave with their TLB entry (replacement,
+//! INVLPG, CR3 and mode changes) and at every `Cpu::run` (so an address never outlives the run
+//! of the memory it came from), and MMIO pages never enter them. So a translation bug can give
+//! the guest a wrong result, as an interpreter bug can, but a guest cannot steer a host access
+//! outside a page of its RAM that its own page tables map for that access.
 //!
 //! # What is translated
 //! The longest prefix of a block made of lowered forms (`crate::fast`), stopping at the first
