@@ -270,7 +270,10 @@ fn image_with_internal_snapshots_opens_read_only_only() {
     let e = open(&qcow2_node(&img, false)).err().unwrap().to_string();
 
     assert!(e.contains("snapshots"), "{e}");
-    assert!(open(&qcow2_node(&img, true)).is_ok());
+    // (This once failed in a full `scripts/test` run and never alone: say why if it does.)
+    if let Err(e) = open(&qcow2_node(&img, true)) {
+        panic!("the read-only open failed: {e}");
+    }
 }
 
 #[test]
