@@ -507,20 +507,17 @@ impl Tr {
         self.a.call(rax)
     }
 
-    /// `rax` = `size` bytes at `addr`: inline from the host address of a RAM page found in
-    /// the read table (`Tlb::fast`), else through the load helper; a fault exits via `fault`.
-    fn load(&mut self, addr: &Addr, size: u8, fault: CodeLabel) -> R<()> {
-        self.ea(addr)?;
-        let mut slow = self.a.create_label();
-        let mut done = self.a.create_label();
+    /// Look the address in `rdx` up in the host-address table whose pointer is at `table` in
+    /// the [`Env`]: with a hit for a `size`-byte access within the page, `rcx` is the entry and
+    /// `rax` the offset in the page; otherwise jump to `slow`. `rdx` is kept.
+    fn fast_entry(&mut self, table: usize, size: u8, slow: CodeLabel) -> R<()> {
         // rcx = the slot of the page; rax = its tag.
         self.a.mov(rax, rdx)?;
         self.a.shr(rax, 12)?;
         self.a.mov(ecx, eax)?;
         self.a.and(ecx, FAST_ENTRIES as u32 - 1)?;
         self.a.shl(ecx, FAST_ENTRY_SHIFT)?;
-        self.a
-            .add(rcx, qword_ptr(ENV + offset_of!(Env<'_>, fast)))?;
+        self.a.add(rcx, qword_ptr(ENV + table))?;
         self.a.inc(rax)?;
         self.a
             .cmp(rax, qword_ptr(rcx + offset_of!(FastEntry, tag)))?;
@@ -529,7 +526,16 @@ impl Tr {
         self.a.mov(eax, edx)?;
         self.a.and(eax, 0xfff)?;
         self.a.cmp(eax, 0x1000 - size as u32)?;
-        self.a.ja(slow)?;
+        self.a.ja(slow)
+    }
+
+    /// `rax` = `size` bytes at `addr`: inline from the host address of a RAM page found in
+    /// the read table (`Tlb::fast`), else through the load helper; a fault exits via `fault`.
+    fn load(&mut self, addr: &Addr, size: u8, fault: CodeLabel) -> R<()> {
+        self.ea(addr)?;
+        let mut slow = self.a.create_label();
+        let mut done = self.a.create_label();
+        self.fast_entry(offset_of!(Env<'_>, fast), size, slow)?;
         self.a
             .add(rax, qword_ptr(rcx + offset_of!(FastEntry, host)))?;
         match size {
@@ -564,21 +570,7 @@ impl Tr {
     fn store_rdx(&mut self, size: u8, stack: bool, fault: CodeLabel) -> R<()> {
         let mut slow = self.a.create_label();
         let mut done = self.a.create_label();
-        self.a.mov(rax, rdx)?;
-        self.a.shr(rax, 12)?;
-        self.a.mov(ecx, eax)?;
-        self.a.and(ecx, FAST_ENTRIES as u32 - 1)?;
-        self.a.shl(ecx, FAST_ENTRY_SHIFT)?;
-        self.a
-            .add(rcx, qword_ptr(ENV + offset_of!(Env<'_>, fast_w)))?;
-        self.a.inc(rax)?;
-        self.a
-            .cmp(rax, qword_ptr(rcx + offset_of!(FastEntry, tag)))?;
-        self.a.jne(slow)?;
-        self.a.mov(eax, edx)?;
-        self.a.and(eax, 0xfff)?;
-        self.a.cmp(eax, 0x1000 - size as u32)?;
-        self.a.ja(slow)?;
+        self.fast_entry(offset_of!(Env<'_>, fast_w), size, slow)?;
         // The code-page watch.
         self.a
             .mov(r9, qword_ptr(rcx + offset_of!(FastEntry, ppn)))?;
@@ -1033,10 +1025,12 @@ mod tests {
     use crate::{CodePool, Cpu};
     use iced_x86::code_asm::*;
 
-    /// Translated reads of a page remapped with INVLPG in between see the new page: the
-    /// host-address read table is emptied with the TLB entry (`Tlb::flush_page`).
-    #[test]
-    fn translated_reads_follow_a_remapping_after_invlpg() {
+    /// A loop that reads `VA + off` (in a 2 MiB page), remaps that page to other RAM, INVLPGs
+    /// `VA`, reads again and maps it back, three times: returns the sums of the reads before
+    /// and after the remapping (expected `3 * 0x1111`, `3 * 0x2222`) and the blocks
+    /// translated, run translated from the second run of each block or (`jit` false)
+    /// interpreted.
+    fn remap_loop(off: u64, jit: bool) -> (u64, u64, u64) {
         const VA: u64 = 0x60_a000;
         const PDE3: u64 = 0x3000 + 3 * 8;
         let code = assemble(|a| {
@@ -1046,10 +1040,10 @@ mod tests {
             a.mov(qword_ptr(PDE3), rsi)?;
             let mut top = a.create_label();
             a.set_label(&mut top)?;
-            a.mov(rax, qword_ptr(VA))?;
+            a.mov(rax, qword_ptr(VA + off))?;
             a.mov(qword_ptr(PDE3), rdi)?;
             a.invlpg(byte_ptr(VA))?;
-            a.mov(rbx, qword_ptr(VA))?;
+            a.mov(rbx, qword_ptr(VA + off))?;
             a.mov(qword_ptr(PDE3), rsi)?;
             a.invlpg(byte_ptr(VA))?;
             a.add(r8, rax)?;
@@ -1058,12 +1052,23 @@ mod tests {
             a.jne(top)
         });
         let mut m = Machine::new();
-        m.mem.write_u64(0x20_a000, 0x1111).unwrap();
-        m.mem.write_u64(0x00_a000, 0x2222).unwrap();
+        if !jit {
+            m.cpu.jit = None;
+        }
+        m.mem.write_u64(0x20_a000 + off, 0x1111).unwrap();
+        m.mem.write_u64(0x00_a000 + off, 0x2222).unwrap();
         m.load_code(&code);
         let out = m.run(10_000);
-        assert!(out.cpu.jit_blocks() >= 2, "the loop ran translated");
-        assert_eq!((out.cpu.gpr[8], out.cpu.gpr[9]), (3 * 0x1111, 3 * 0x2222));
+        (out.cpu.gpr[8], out.cpu.gpr[9], out.cpu.jit_blocks())
+    }
+
+    /// Translated reads of a page remapped with INVLPG in between see the new page: the
+    /// host-address read table is emptied with the TLB entry (`Tlb::flush_page`).
+    #[test]
+    fn translated_reads_follow_a_remapping_after_invlpg() {
+        let (before, after, blocks) = remap_loop(0, true);
+        assert!(blocks >= 2, "the loop ran translated");
+        assert_eq!((before, after), (3 * 0x1111, 3 * 0x2222));
     }
 
     /// Every condition code after ADD, CMP and TEST of every width, on pairs of edge values,
@@ -1171,37 +1176,10 @@ mod tests {
     /// host-address entries of its other 4 KiB pieces included.
     #[test]
     fn invlpg_in_a_large_page_drops_every_piece_of_it() {
-        const VA: u64 = 0x60_a000;
-        const PDE3: u64 = 0x3000 + 3 * 8;
-        let code = assemble(|a| {
-            a.mov(ecx, 3)?;
-            a.mov(rsi, 0x20_0000u64 | 0x87)?;
-            a.mov(rdi, 0x87u64)?;
-            a.mov(qword_ptr(PDE3), rsi)?;
-            let mut top = a.create_label();
-            a.set_label(&mut top)?;
-            a.mov(rax, qword_ptr(VA + 0x1000))?;
-            a.mov(qword_ptr(PDE3), rdi)?;
-            a.invlpg(byte_ptr(VA))?;
-            a.mov(rbx, qword_ptr(VA + 0x1000))?;
-            a.mov(qword_ptr(PDE3), rsi)?;
-            a.invlpg(byte_ptr(VA))?;
-            a.add(r8, rax)?;
-            a.add(r9, rbx)?;
-            a.dec(ecx)?;
-            a.jne(top)
-        });
         for jit in [false, true] {
-            let mut m = Machine::new();
-            if !jit {
-                m.cpu.jit = None;
-            }
-            m.mem.write_u64(0x20_b000, 0x1111).unwrap();
-            m.mem.write_u64(0x00_b000, 0x2222).unwrap();
-            m.load_code(&code);
-            let out = m.run(10_000);
+            let (before, after, _) = remap_loop(0x1000, jit);
             assert_eq!(
-                (out.cpu.gpr[8], out.cpu.gpr[9]),
+                (before, after),
                 (3 * 0x1111, 3 * 0x2222),
                 "translator {jit}"
             );
