@@ -42,12 +42,12 @@ pub enum MemFault {
 }
 
 /// A promise about a [`GuestMemory`]'s RAM, which only `unsafe` code can make: a page address
-/// its [`GuestMemory::ram_page_addr`] returns stays valid for reads of the whole page, showing
-/// the RAM's current contents, for as long as the memory object lives (RAM is never moved,
-/// unmapped or resized under it). The block translator (`-accel tcg,jit=on`) then lets
-/// translated code read a page it found there straight from that address, within one
-/// [`crate::Cpu::run`]. Writes by other threads meanwhile are fine (the reads are plain loads
-/// of the mapping, like the volatile accesses of `vm-memory`).
+/// its [`GuestMemory::ram_page_addr`] returns stays valid for reads and writes of the whole
+/// page, reaching the RAM itself, for as long as the memory object lives (RAM is never moved,
+/// unmapped or resized under it). The block translator (`Cpu::enable_jit`) then lets
+/// translated code read and write a page it found there straight through that address,
+/// within one [`crate::Cpu::run`]. Other threads' accesses meanwhile are fine (these are
+/// plain loads and stores of the mapping, like the volatile accesses of `vm-memory`).
 #[derive(Debug, Clone, Copy)]
 pub struct StableRam(());
 
@@ -64,7 +64,7 @@ impl StableRam {
 pub trait GuestMemory {
     /// The host address of the 4 KiB RAM page at page-aligned `gpa`, if it is all plain RAM,
     /// with the [`StableRam`] promise that the address stays valid. `None` (the default) keeps
-    /// translated code on the checked path for every read of it.
+    /// translated code on the checked path for every access to it.
     fn ram_page_addr(&self, _gpa: u64) -> Option<(usize, StableRam)> {
         None
     }
@@ -243,7 +243,10 @@ impl GuestMemory for FlatMemory {
     fn ram_page_addr(&self, gpa: u64) -> Option<(usize, StableRam)> {
         let page = self.ram_slice(gpa & !(PAGE_SIZE - 1), PAGE_SIZE as usize)?;
         // SAFETY: `ram` is a boxed slice allocated once in `new` and never replaced or
-        // resized, so the page stays at this address for as long as `self` lives.
+        // resized, so the page stays at this address for as long as `self` lives. (Only
+        // generated code reads and writes through it, never Rust code; strictly, Rust's
+        // aliasing model would want the address derived from a mutable borrow, or RAM held in
+        // `UnsafeCell`s, for the writes: `FlatMemory` serves tests and simple embedders.)
         Some((page.as_ptr() as usize, unsafe { StableRam::new() }))
     }
 

@@ -99,10 +99,11 @@ fn access_bit(a: Access) -> u8 {
 /// Slots of each of the two read tables of [`Tlb::fast`] (a power of two).
 pub(crate) const FAST_ENTRIES: usize = 256;
 
-/// A readable RAM page for translated code (`crate::jit`): `tag` is the virtual page number
-/// plus one (0: empty), `host` the address of the page's bytes in the RAM mapping, which
-/// [`crate::memory::StableRam`] promises stays valid. Filled only after a read through the
-/// TLB succeeded at the table's privilege, and emptied with the TLB entry it came from.
+/// A RAM page for translated code (`crate::jit`): `tag` is the virtual page number plus one
+/// (0: empty), `host` the address of the page's bytes in the RAM mapping, which
+/// [`crate::memory::StableRam`] promises stays valid. Filled only after an access of the
+/// table's kind through the TLB succeeded at the table's privilege, and emptied with the TLB
+/// entry it came from.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
 pub(crate) struct FastEntry {
@@ -127,7 +128,15 @@ pub struct Tlb {
     /// The same for writes, filled by the translator's store helper after a write through
     /// the TLB succeeded (the page is then dirty and writable at that privilege).
     pub(crate) fast_w: Box<[FastEntry]>,
+    /// The slots of `fast` (0..) and `fast_w` (`2 * FAST_ENTRIES`..) filled since they were
+    /// last emptied, so emptying them at every run clears those rather than 32 KiB of tables
+    /// (which also evicted the level-1 data cache at each exit). Past [`FAST_FILLED_MAX`]
+    /// entries the tables are cleared whole.
+    fast_filled: Vec<u16>,
 }
+
+/// Most slots [`Tlb::fast_filled`] lists before the tables are cleared whole instead.
+const FAST_FILLED_MAX: usize = 4 * FAST_ENTRIES;
 
 impl Default for Tlb {
     fn default() -> Self {
@@ -136,6 +145,7 @@ impl Default for Tlb {
             epoch: 0,
             fast: vec![FastEntry::default(); 2 * FAST_ENTRIES].into_boxed_slice(),
             fast_w: vec![FastEntry::default(); 2 * FAST_ENTRIES].into_boxed_slice(),
+            fast_filled: Vec::with_capacity(FAST_FILLED_MAX),
         }
     }
 }
@@ -184,8 +194,22 @@ impl Tlb {
 
     /// Empty the host-address tables.
     pub(crate) fn flush_fast(&mut self) {
-        self.fast.fill(FastEntry::default());
-        self.fast_w.fill(FastEntry::default());
+        if self.fast_filled.len() >= FAST_FILLED_MAX {
+            self.fast.fill(FastEntry::default());
+            self.fast_w.fill(FastEntry::default());
+        } else {
+            for &i in &self.fast_filled {
+                let i = usize::from(i);
+                let (table, slot) = match i.checked_sub(2 * FAST_ENTRIES) {
+                    Some(w) => (&mut self.fast_w, w),
+                    None => (&mut self.fast, i),
+                };
+                if let Some(f) = table.get_mut(slot) {
+                    *f = FastEntry::default();
+                }
+            }
+        }
+        self.fast_filled.clear();
     }
 
     /// The physical page `la` translates to for an access of `kind` at privilege `user`, if
@@ -210,10 +234,13 @@ impl Tlb {
     ) {
         let vpn = la >> 12;
         let slot = user as usize * FAST_ENTRIES + vpn as usize % FAST_ENTRIES;
-        let table = match kind {
-            AccessKind::Write => &mut self.fast_w,
-            _ => &mut self.fast,
+        let (table, listed) = match kind {
+            AccessKind::Write => (&mut self.fast_w, 2 * FAST_ENTRIES + slot),
+            _ => (&mut self.fast, slot),
         };
+        if self.fast_filled.len() < FAST_FILLED_MAX {
+            self.fast_filled.push(listed as u16);
+        }
         if let Some(f) = table.get_mut(slot) {
             *f = FastEntry {
                 tag: vpn.wrapping_add(1),
@@ -616,6 +643,32 @@ impl Cpu {
 mod tests {
     use super::*;
     use crate::memory::FlatMemory;
+
+    #[test]
+    fn emptying_the_host_address_tables_clears_every_filled_slot_however_many() {
+        let empty = |t: &Tlb| t.fast.iter().chain(t.fast_w.iter()).all(|f| f.tag == 0);
+        for fills in [
+            0usize,
+            3,
+            FAST_FILLED_MAX - 1,
+            FAST_FILLED_MAX,
+            3 * FAST_FILLED_MAX,
+        ] {
+            let mut t = Tlb::default();
+            for k in 0..fills as u64 {
+                let kind = if k % 2 == 0 {
+                    AccessKind::Read
+                } else {
+                    AccessKind::Write
+                };
+                t.fill_fast(k * 0x1000 * 7, kind, k % 3 == 0, k << 12, 0x1000);
+            }
+            assert_eq!(empty(&t), fills == 0, "{fills} fills");
+            t.flush_fast();
+            assert!(empty(&t), "{fills} fills left entries behind");
+            assert!(t.fast_filled.is_empty());
+        }
+    }
 
     const R: Access = Access {
         kind: AccessKind::Read,

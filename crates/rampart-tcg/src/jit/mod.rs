@@ -47,8 +47,7 @@ use std::sync::{Arc, Mutex};
 use iced_x86::code_asm::*;
 
 use crate::block_cache::Op;
-use crate::cpu::CODE_PAGE_SLOTS;
-use crate::cpu::{Cpu, SegReg, Segment};
+use crate::cpu::{Cpu, SegReg, Segment, CODE_PAGE_SLOTS};
 use crate::exception::{Event, Exception};
 use crate::fast::{Addr, AluOp, Dst, Fast, Src, NONE};
 use crate::flags::{Flags, LazyOp};
@@ -67,6 +66,10 @@ pub(crate) const FAULT: u64 = 1 << 32;
 /// Set in a translated block's return value when control fell through the end of the
 /// translated prefix (RIP is the next instruction's, and nothing ended the block early).
 pub(crate) const FELL_THROUGH: u64 = 1 << 33;
+
+/// In the `info` argument of the load and store helpers (beside the size): the access is
+/// through SS (a non-canonical address raises #SS rather than #GP).
+const STACK: u64 = 0x100;
 
 /// Helper status: carry on with the next instruction.
 const CONTINUE: u64 = 0;
@@ -100,13 +103,15 @@ pub(crate) struct Env<'a> {
     fast_w: *const FastEntry,
     /// `Cpu::code_pages`, for the code-page watch of inline stores.
     code_pages: *const u16,
-    /// A loaded value (load helper) or a value to keep across a helper call.
+    /// The value the load helper read.
     val: u64,
+    /// A value generated code keeps across a helper call (an ALU result being stored).
     tmp: u64,
     event: Option<Event>,
 }
 
-/// A translated block: `(cpu, env, ops) -> retired | FAULT`.
+/// A translated block: `(cpu, env, ops) ->` retired count with [`FELL_THROUGH`], or the
+/// faulting instruction's index with [`FAULT`].
 type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Env<'_>, *const Op) -> u64;
 
 /// Memory for translated code, mapped up front (before a sandbox forbids mapping executable
@@ -254,19 +259,17 @@ pub(crate) fn call(
 
 // ---- helpers called from generated code ----
 
-/// Load `info & 0xff` bytes at linear `la` (`info & 0x100`: the access is through SS).
-/// Returns [`CONTINUE`] with the value in `Env::val`, or [`FAULTED`].
+/// Load `info & 0xff` bytes at linear `la` (`info & STACK`: the access is through SS).
+/// Returns [`CONTINUE`] with the value in `Env::val`, [`RESTART`] or [`FAULTED`].
 unsafe extern "sysv64" fn load_helper(cpu: *mut Cpu, env: *mut Env<'_>, la: u64, info: u64) -> u64 {
     // SAFETY: called only from generated code, with the pointers `call` passed in, which
     // are valid and unaliased for the duration of the call.
     let (cpu, env) = unsafe { (&mut *cpu, &mut *env) };
     // SAFETY: as above: `env.mem` is the run loop's `&mut dyn GuestMemory`, lent for the call.
     let mem = unsafe { &mut *env.mem };
-    let r = if is_canonical(la) {
-        cpu.read_mem(mem, la, info as u8)
-    } else {
-        Err(noncanonical(info))
-    };
+    let r = cpu
+        .check_canonical(la, info & STACK != 0)
+        .and_then(|()| cpu.read_mem(mem, la, info as u8));
     match r {
         Ok(_) if cpu.code_written => RESTART,
         Ok(v) => {
@@ -293,7 +296,8 @@ fn fill(cpu: &mut Cpu, mem: &mut dyn GuestMemory, la: u64, kind: AccessKind) {
     }
 }
 
-/// Store the low `info & 0xff` bytes of `v` at linear `la`. Returns [`CONTINUE`], [`END`] if the
+/// Store the low `info & 0xff` bytes of `v` at linear `la` (`info & STACK` as for loads).
+/// Returns [`CONTINUE`], [`END`] if the
 /// store hit the running block's page, or [`FAULTED`].
 unsafe extern "sysv64" fn store_helper(
     cpu: *mut Cpu,
@@ -306,11 +310,9 @@ unsafe extern "sysv64" fn store_helper(
     let (cpu, env) = unsafe { (&mut *cpu, &mut *env) };
     // SAFETY: as in `load_helper`.
     let mem = unsafe { &mut *env.mem };
-    let r = if is_canonical(la) {
-        cpu.write_mem(mem, la, info as u8, v)
-    } else {
-        Err(noncanonical(info))
-    };
+    let r = cpu
+        .check_canonical(la, info & STACK != 0)
+        .and_then(|()| cpu.write_mem(mem, la, info as u8, v));
     match r {
         Ok(()) if cpu.code_written => END,
         Ok(()) => {
@@ -356,16 +358,6 @@ unsafe extern "sysv64" fn cond_helper(cpu: *const Cpu, cc: u64) -> u64 {
     // SAFETY: as in `load_helper` (read only).
     let cpu = unsafe { &*cpu };
     cpu.flags.condition(cc as u8) as u64
-}
-
-/// The fault of a non-canonical data access.
-fn noncanonical(info: u64) -> Event {
-    if info & 0x100 != 0 {
-        Exception::ss(0)
-    } else {
-        Exception::gp(0)
-    }
-    .into()
 }
 
 // ---- the translator ----
@@ -507,6 +499,24 @@ impl Tr {
         self.a.call(rax)
     }
 
+    /// Call the load or store helper `f` for a `size`-byte access (through SS if `stack`) at
+    /// the address in `rdx` (a store's value in `r8`).
+    fn access_helper(&mut self, f: usize, size: u8, stack: bool) -> R<()> {
+        self.a.mov(rdi, CPU)?;
+        self.a.mov(rsi, ENV)?;
+        let info = u64::from(size) | if stack { STACK } else { 0 };
+        self.a.mov(ecx, info as u32)?;
+        self.call_helper(f)
+    }
+
+    /// After a store whose status is in `rax`: end the translation after instruction `i`
+    /// (RIP `next`) if it hit the running block's page ([`END`]).
+    fn end_if_code_written(&mut self, i: usize, next: u64) -> R<()> {
+        let end = self.stub(StubKind::EndAt { i, rip: next });
+        self.a.test(eax, eax)?;
+        self.a.jne(end)
+    }
+
     /// Look the address in `rdx` up in the host-address table whose pointer is at `table` in
     /// the [`Env`]: with a hit for a `size`-byte access within the page, `rcx` is the entry and
     /// `rax` the offset in the page; otherwise jump to `slow`. `rdx` is kept.
@@ -546,10 +556,7 @@ impl Tr {
         }
         self.a.jmp(done)?;
         self.a.set_label(&mut slow)?;
-        self.a.mov(rdi, CPU)?;
-        self.a.mov(rsi, ENV)?;
-        self.a.mov(ecx, size as u32 | ((addr.stack as u32) << 8))?;
-        self.call_helper(load_helper as *const () as usize)?;
+        self.access_helper(load_helper as *const () as usize, size, addr.stack)?;
         let (i, ip) = self.cur;
         let restart = self.stub(StubKind::Restart { i, ip });
         self.a.cmp(eax, FAULTED as u32)?;
@@ -595,10 +602,7 @@ impl Tr {
         self.a.xor(eax, eax)?;
         self.a.jmp(done)?;
         self.a.set_label(&mut slow)?;
-        self.a.mov(rdi, CPU)?;
-        self.a.mov(rsi, ENV)?;
-        self.a.mov(ecx, size as u32 | ((stack as u32) << 8))?;
-        self.call_helper(store_helper as *const () as usize)?;
+        self.access_helper(store_helper as *const () as usize, size, stack)?;
         self.a.cmp(eax, FAULTED as u32)?;
         self.a.je(fault)?;
         self.a.set_label(&mut done)?;
@@ -677,9 +681,7 @@ impl Tr {
                         self.a.mov(r8, rax)?;
                         self.ea(&addr)?;
                         self.store_rdx(size, addr.stack, fault)?;
-                        let end = self.stub(StubKind::EndAt { i, rip: op.next_ip });
-                        self.a.test(eax, eax)?;
-                        self.a.jne(end)
+                        self.end_if_code_written(i, op.next_ip)
                     }
                 }
             }
@@ -732,9 +734,7 @@ impl Tr {
                 let fault = self.stub(StubKind::Fault { i, ip });
                 self.a.mov(r8, qword_ptr(CPU + gpr_off(src)))?;
                 self.push_r8(fault)?;
-                let end = self.stub(StubKind::EndAt { i, rip: op.next_ip });
-                self.a.test(eax, eax)?;
-                self.a.jne(end)
+                self.end_if_code_written(i, op.next_ip)
             }
             Fast::Call { target } if is_canonical(target) => {
                 let fault = self.stub(StubKind::Fault { i, ip });
@@ -816,7 +816,7 @@ impl Tr {
             _ => self.a.xor(rcx, rbp)?,
         }
         self.mask(rcx, ecx, size)?;
-        let mut end = None;
+        let mut stored = false;
         if write {
             match dst {
                 Dst::Reg(g) => {
@@ -829,16 +829,14 @@ impl Tr {
                     self.a.mov(rdx, r15)?;
                     self.store_rdx(size, addr.stack, fault)?;
                     self.a.mov(rcx, qword_ptr(ENV + offset_of!(Env<'_>, tmp)))?;
-                    end = Some(rax);
+                    stored = true;
                 }
             }
         }
         self.record(lazy, size)?;
         self.flags = Some((lazy, size));
-        if end.is_some() {
-            let stub = self.stub(StubKind::EndAt { i, rip: op.next_ip });
-            self.a.test(eax, eax)?;
-            self.a.jne(stub)?;
+        if stored {
+            self.end_if_code_written(i, op.next_ip)?;
         }
         Ok(())
     }
@@ -914,6 +912,13 @@ impl Tr {
         let e = self.epilogue;
         self.a.jmp(e)
     }
+
+    /// Leave the translation with RIP `rip` and return value `v`.
+    fn exit_at(&mut self, rip: u64, v: u64) -> R<()> {
+        self.a.mov(rax, rip)?;
+        self.a.mov(qword_ptr(CPU + offset_of!(Cpu, rip)), rax)?;
+        self.ret_value(v)
+    }
 }
 
 /// The low byte register of `r` (one of the scratch registers used here).
@@ -982,36 +987,22 @@ fn translate(ip: u64, ops: &[Op]) -> Result<Option<(Vec<u8>, u16)>, Error> {
         t.a.set_label(&mut s.label)?;
         let rip_off = offset_of!(Cpu, rip);
         match s.kind {
-            StubKind::Fault { i, ip } => {
-                t.a.mov(rax, ip)?;
-                t.a.mov(qword_ptr(CPU + rip_off), rax)?;
-                t.ret_value(FAULT | i as u64)?;
-            }
+            StubKind::Fault { i, ip } => t.exit_at(ip, FAULT | i as u64)?,
             StubKind::EndNext { i } => {
                 t.a.mov(rax, qword_ptr(CPU + offset_of!(Cpu, next_rip)))?;
                 t.a.mov(qword_ptr(CPU + rip_off), rax)?;
                 t.ret_value(i as u64 + 1)?;
             }
-            StubKind::EndAt { i, rip } => {
-                t.a.mov(rax, rip)?;
-                t.a.mov(qword_ptr(CPU + rip_off), rax)?;
-                t.ret_value(i as u64 + 1)?;
-            }
+            StubKind::EndAt { i, rip } => t.exit_at(rip, i as u64 + 1)?,
             StubKind::EndRax { i } => {
                 t.a.mov(qword_ptr(CPU + rip_off), rax)?;
                 t.ret_value(i as u64 + 1)?;
             }
-            StubKind::Restart { i, ip } => {
-                t.a.mov(rax, ip)?;
-                t.a.mov(qword_ptr(CPU + rip_off), rax)?;
-                t.ret_value(i as u64)?;
-            }
+            StubKind::Restart { i, ip } => t.exit_at(ip, i as u64)?,
             StubKind::FaultGp { i, ip } => {
                 t.a.mov(rdi, ENV)?;
                 t.call_helper(gp_helper as *const () as usize)?;
-                t.a.mov(rax, ip)?;
-                t.a.mov(qword_ptr(CPU + rip_off), rax)?;
-                t.ret_value(FAULT | i as u64)?;
+                t.exit_at(ip, FAULT | i as u64)?;
             }
         }
     }
