@@ -30,8 +30,12 @@ use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, 
 use crate::fast::{lower, Fast};
 use crate::memory::GuestMemory;
 
-/// Blocks in the direct-mapped table by default: 2^16 (about 6 MiB per vCPU).
+/// Blocks in the table by default: 2^16 (about 8 MiB per vCPU), in sets of [`WAYS`].
 const SLOT_BITS: u32 = 16;
+/// Blocks per set. With one (a direct-mapped table of the same size), a Linux guest's disk
+/// I/O path lost ~40 blocks per request to collisions, each decoded again and never run
+/// often enough to be translated; with two, a set overflows only when three hot blocks meet.
+const WAYS: usize = 2;
 /// Most instructions in one block.
 pub(crate) const MAX_INSNS: usize = 32;
 /// Most code bytes in one block (also the fetch window when a block is built).
@@ -81,33 +85,74 @@ pub(crate) struct Stamp {
     pub(crate) user: bool,
 }
 
-/// One decoded block.
+/// What the run loop checks on every block entry, kept apart from the decoded instructions
+/// so a set's tags share one cache line.
+#[derive(Clone, Copy, Default)]
+struct Tag {
+    /// Linear address of the first instruction; meaningful only if the slot holds a block or
+    /// a `step_only` mark.
+    ip: u64,
+    /// Generation of the last validation (0: never validated).
+    gen: u64,
+    /// TLB epoch of the last validation, shifted left once, with the privilege (user) in bit 0.
+    epoch_user: u64,
+    /// Guest-physical address of the first byte when it was last validated (or, for a
+    /// `step_only` mark, where no block could be formed).
+    checked_pa: u64,
+}
+
+impl Tag {
+    /// Whether the last validation holds for `stamp`. With the same generation, TLB epoch and
+    /// privilege, `checked_pa` is still the translation of `ip` (a TLB may keep a translation
+    /// until it is flushed), and the bytes there are still the block's.
+    #[inline]
+    fn holds(&self, stamp: Stamp) -> bool {
+        self.gen == stamp.gen && self.epoch_user == (stamp.epoch << 1 | stamp.user as u64)
+    }
+
+    fn record(&mut self, stamp: Stamp, pa: u64) {
+        self.gen = stamp.gen;
+        self.epoch_user = stamp.epoch << 1 | stamp.user as u64;
+        self.checked_pa = pa;
+    }
+}
+
+/// The tags of one set, in one cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(align(64))]
+struct Set([Tag; WAYS]);
+
+const _: () = assert!(std::mem::size_of::<Set>() == 64);
+
+/// One decoded block (its tag apart, in the set with its neighbours').
 #[derive(Default)]
 pub(crate) struct Block {
-    /// Linear address of the first instruction; meaningful only if `code.ops` is non-empty.
-    ip: u64,
-    /// What the bytes at `checked_pa` were last found equal to `bytes` under (generation 0:
-    /// never). With the same generation, TLB epoch and privilege, `checked_pa` is still the
-    /// translation of `ip` (a TLB may keep a translation until it is flushed).
-    checked: Stamp,
-    /// Guest-physical address of the first byte when it was last validated.
-    checked_pa: u64,
     /// The code bytes the instructions were decoded from.
     bytes: Box<[u8]>,
     /// The decoded instructions.
     code: Code,
-    /// No block could be formed at `ip` from guest-physical `checked_pa` (its first instruction
-    /// crosses the page or does not decode): while `ip` still translates there, the run loop
-    /// steps that instruction without trying again. Always safe, whatever the bytes there
-    /// become: the single-instruction path handles every instruction.
+    /// No block could be formed at the tag's `ip` from guest-physical `checked_pa` (its first
+    /// instruction crosses the page or does not decode): while `ip` still translates there,
+    /// the run loop steps that instruction without trying again. Always safe, whatever the
+    /// bytes there become: the single-instruction path handles every instruction.
     step_only: bool,
 }
 
-/// Direct-mapped cache of decoded 64-bit blocks. The table is allocated at the first block
-/// built, so a CPU that runs no 64-bit code does not pay for it.
+impl Block {
+    /// Whether the slot holds a block or a `step_only` mark (its tag's `ip` is meaningful).
+    fn used(&self) -> bool {
+        !self.code.ops.is_empty() || self.step_only
+    }
+}
+
+/// Set-associative cache of decoded 64-bit blocks ([`WAYS`] per set). A block's slot is
+/// `set * WAYS + way`; its tag is in `sets`, the rest in `blocks`. The tables are allocated at
+/// the first block built, so a CPU that runs no 64-bit code does not pay for them.
 pub(crate) struct BlockCache {
+    /// Empty until the first build, then `1 << bits` slots' tags in sets.
+    sets: Box<[Set]>,
     /// Empty until the first build, then `1 << bits` slots.
-    slots: Box<[Block]>,
+    blocks: Box<[Block]>,
     bits: u32,
 }
 
@@ -128,7 +173,8 @@ impl BlockCache {
     /// code; a smaller table only rebuilds blocks more often.
     pub(crate) fn with_slot_bits(bits: u32) -> Self {
         Self {
-            slots: Box::default(),
+            sets: Box::default(),
+            blocks: Box::default(),
             bits: bits.clamp(4, 20),
         }
     }
@@ -138,10 +184,28 @@ impl BlockCache {
         self.bits
     }
 
-    /// The slot of `ip`: a multiplicative hash (kernel code spread over megabytes maps evenly).
+    /// The set of `ip`: a multiplicative hash (kernel code spread over megabytes maps evenly).
     #[inline]
-    fn slot(&self, ip: u64) -> usize {
-        (ip.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - self.bits)) as usize
+    fn set(&self, ip: u64) -> usize {
+        let set_bits = self.bits - WAYS.trailing_zeros();
+        (ip.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - set_bits)) as usize
+    }
+
+    fn tag(&self, i: usize) -> Option<&Tag> {
+        self.sets.get(i / WAYS).map(|s| &s.0[i % WAYS])
+    }
+
+    fn tag_mut(&mut self, i: usize) -> Option<&mut Tag> {
+        self.sets.get_mut(i / WAYS).map(|s| &mut s.0[i % WAYS])
+    }
+
+    /// The slot holding a block or a `step_only` mark at `ip`, if any.
+    fn find(&self, ip: u64) -> Option<usize> {
+        let set = self.set(ip);
+        let tags = &self.sets.get(set)?.0;
+        (0..WAYS)
+            .map(|w| set * WAYS + w)
+            .find(|&i| tags[i % WAYS].ip == ip && self.blocks.get(i).is_some_and(Block::used))
     }
 
     /// The slot of a valid block starting at linear `ip`, whose code now sits at
@@ -156,28 +220,29 @@ impl BlockCache {
         stamp: Stamp,
         mem: &dyn GuestMemory,
     ) -> Option<usize> {
-        let i = self.slot(ip);
-        let b = self.slots.get_mut(i)?;
-        if b.ip != ip || b.code.ops.is_empty() {
+        let i = self.find(ip)?;
+        let b = self.blocks.get(i)?;
+        if b.code.ops.is_empty() {
             return None;
         }
-        let intact =
-            (b.checked.gen == stamp.gen && b.checked_pa == pa) || mem.code_matches(pa, &b.bytes);
+        let t = self.tag(i)?;
+        let intact = (t.gen == stamp.gen && t.checked_pa == pa) || mem.code_matches(pa, &b.bytes);
         if !intact {
             return None;
         }
-        b.checked = stamp;
-        b.checked_pa = pa;
+        self.tag_mut(i)?.record(stamp, pa);
         Some(i)
     }
 
     /// The slot and code address of a block starting at `ip` already validated under `stamp`
-    /// (same generation, TLB epoch and privilege): it runs without a new translation.
+    /// (same generation, TLB epoch and privilege): it runs without a new translation. Reads
+    /// only the set's tags (a `step_only` mark is never validated).
     #[inline]
     pub(crate) fn validated(&self, ip: u64, stamp: Stamp) -> Option<(usize, u64)> {
-        let i = self.slot(ip);
-        let b = self.slots.get(i)?;
-        (b.ip == ip && !b.code.ops.is_empty() && b.checked == stamp).then_some((i, b.checked_pa))
+        let set = self.set(ip);
+        let tags = &self.sets.get(set)?.0;
+        let way = tags.iter().position(|t| t.ip == ip && t.holds(stamp))?;
+        Some((set * WAYS + way, tags[way].checked_pa))
     }
 
     /// Whether the last [`BlockCache::build_at`] at `ip`, from guest-physical `pa`, formed no
@@ -185,36 +250,71 @@ impl BlockCache {
     /// address (another process, a remapped page) is tried again.
     #[inline]
     pub(crate) fn steps_at(&self, ip: u64, pa: u64) -> bool {
-        self.slots
-            .get(self.slot(ip))
-            .is_some_and(|b| b.ip == ip && b.step_only && b.checked_pa == pa)
+        self.find(ip).is_some_and(|i| {
+            self.blocks.get(i).is_some_and(|b| b.step_only)
+                && self.tag(i).is_some_and(|t| t.checked_pa == pa)
+        })
     }
 
-    /// [`BlockCache::build`] from the bytes at guest-physical `pa`, remembering `pa` if no
-    /// block forms (see [`BlockCache::steps_at`]).
-    pub(crate) fn build_at(&mut self, ip: u64, pa: u64, code: &[u8], fast: bool) -> Option<usize> {
+    /// [`BlockCache::build`] from the bytes at guest-physical `pa`, just read under `stamp`:
+    /// the block counts as validated there. If no block forms, `pa` is remembered (see
+    /// [`BlockCache::steps_at`]).
+    pub(crate) fn build_at(
+        &mut self,
+        ip: u64,
+        pa: u64,
+        code: &[u8],
+        fast: bool,
+        stamp: Stamp,
+    ) -> Option<usize> {
         let built = self.build(ip, code, fast);
-        if built.is_none() {
-            if let Some(b) = self.slots.get_mut(self.slot(ip)) {
-                b.checked_pa = pa;
+        match built {
+            Some(i) => self.tag_mut(i)?.record(stamp, pa),
+            None => {
+                if let Some(i) = self.find(ip) {
+                    self.tag_mut(i)?.checked_pa = pa;
+                }
             }
         }
         built
     }
 
+    /// The slot a new block at `ip` goes to: the one already holding `ip`, else an unused
+    /// one, else the one validated in the oldest generation.
+    fn victim(&self, ip: u64) -> usize {
+        let set = self.set(ip);
+        let base = set * WAYS;
+        if let Some(i) = self.find(ip) {
+            return i;
+        }
+        let Some(tags) = self.sets.get(set).map(|s| &s.0) else {
+            return base;
+        };
+        let way = (0..WAYS)
+            .find(|&w| !self.blocks.get(base + w).is_some_and(Block::used))
+            .or_else(|| (0..WAYS).min_by_key(|&w| tags[w].gen))
+            .unwrap_or(0);
+        base + way
+    }
+
     /// Decode a block of 64-bit code starting at linear `ip` from `code` (the RAM bytes from
     /// the block's physical start, within its page). Returns its slot, or `None` if not even
     /// the first instruction decodes completely within `code` (the caller then runs it on the
-    /// single-instruction path, which handles page-crossing and invalid instructions).
+    /// single-instruction path, which handles page-crossing and invalid instructions). The
+    /// block is not validated anywhere yet (see [`BlockCache::build_at`]).
     /// `fast`: lower instructions to their pre-decoded forms (`crate::fast`).
     pub(crate) fn build(&mut self, ip: u64, code: &[u8], fast: bool) -> Option<usize> {
-        let i = self.slot(ip);
-        if self.slots.is_empty() {
-            self.slots = (0..1usize << self.bits).map(|_| Block::default()).collect();
+        if self.sets.is_empty() {
+            let slots = 1usize << self.bits;
+            self.sets = vec![Set::default(); slots / WAYS].into_boxed_slice();
+            self.blocks = (0..slots).map(|_| Block::default()).collect();
         }
-        let b = self.slots.get_mut(i)?;
-        b.ip = ip;
-        b.checked = Stamp::default();
+        let i = self.victim(ip);
+        *self.tag_mut(i)? = Tag {
+            ip,
+            ..Tag::default()
+        };
+        let b = self.blocks.get_mut(i)?;
         b.code = Code::default();
         b.bytes = Box::default();
         b.step_only = false;
@@ -266,13 +366,13 @@ impl BlockCache {
     /// The block in slot `i`.
     #[cfg(test)]
     fn block(&self, i: usize) -> &Block {
-        &self.slots[i]
+        &self.blocks[i]
     }
 
     /// Move the instructions of the block in slot `i` out to run them (the slot reads as
     /// empty until [`BlockCache::put_code`] returns them).
     pub(crate) fn take_code(&mut self, i: usize) -> Code {
-        self.slots
+        self.blocks
             .get_mut(i)
             .map(|b| std::mem::take(&mut b.code))
             .unwrap_or_default()
@@ -280,7 +380,7 @@ impl BlockCache {
 
     /// Give back what [`BlockCache::take_code`] took.
     pub(crate) fn put_code(&mut self, i: usize, code: Code) {
-        if let Some(b) = self.slots.get_mut(i) {
+        if let Some(b) = self.blocks.get_mut(i) {
             b.code = code;
         }
     }
@@ -332,11 +432,13 @@ mod tests {
         // Where no block formed, the run loop steps without building again, as long as the
         // address translates to the same physical address; a block built there later (another
         // physical page, or the slot reused) ends that.
-        assert!(c.build_at(0x2000, 0x7000, &[0xb8, 1], true).is_none());
+        assert!(c
+            .build_at(0x2000, 0x7000, &[0xb8, 1], true, st(1))
+            .is_none());
         assert!(c.steps_at(0x2000, 0x7000));
         assert!(!c.steps_at(0x2000, 0x8000), "another physical page");
         assert!(!c.steps_at(0x1000, 0x7000) && !c.steps_at(0x4000, 0x7000));
-        c.build_at(0x2000, 0x8000, &[0xb8, 1, 0, 0, 0], true)
+        c.build_at(0x2000, 0x8000, &[0xb8, 1, 0, 0, 0], true, st(1))
             .unwrap();
         assert!(!c.steps_at(0x2000, 0x7000) && !c.steps_at(0x2000, 0x8000));
     }
@@ -400,5 +502,53 @@ mod tests {
             assert_eq!(c.validated(0x40_0000, s), None, "{s:?}");
         }
         assert_eq!(c.validated(0x40_1000, st(8)), None, "other ip");
+    }
+
+    #[test]
+    fn a_built_block_is_validated_where_its_bytes_were_read() {
+        let mut c = BlockCache::default();
+        let i = c
+            .build_at(0x40_0000, 0x2000, &[0x90, 0xc3], true, st(3))
+            .unwrap();
+        assert_eq!(c.validated(0x40_0000, st(3)), Some((i, 0x2000)));
+        assert_eq!(c.validated(0x40_0000, st(4)), None);
+        let i = c.build(0x50_0000, &[0x90, 0xc3], true).unwrap();
+        assert!(c.block(i).used());
+        assert_eq!(
+            c.validated(0x50_0000, st(3)),
+            None,
+            "plain build: not validated"
+        );
+    }
+
+    #[test]
+    fn a_set_keeps_two_blocks_and_evicts_the_one_validated_longest_ago() {
+        let code = [0x90, 0xc3];
+        let mut m = FlatMemory::new(0x4000);
+        m.load(0x2000, &code).unwrap();
+        let mut c = BlockCache::with_slot_bits(4);
+        // Three addresses of one set (8 sets of two).
+        let target = c.set(0x1000);
+        let ips: Vec<u64> = (1..)
+            .map(|k| 0x1000 * k)
+            .filter(|&ip| c.set(ip) == target)
+            .take(3)
+            .collect();
+        let a = c.build_at(ips[0], 0x2000, &code, true, st(1)).unwrap();
+        let b = c.build_at(ips[1], 0x2000, &code, true, st(2)).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(c.lookup(ips[0], 0x2000, st(3), &m), Some(a), "both kept");
+        assert_eq!(c.lookup(ips[1], 0x2000, st(2), &m), Some(b));
+        // `ips[1]` was validated in generation 2, `ips[0]` in 3: the third evicts `ips[1]`.
+        assert_eq!(c.build_at(ips[2], 0x2000, &code, true, st(4)), Some(b));
+        assert_eq!(c.lookup(ips[1], 0x2000, st(4), &m), None);
+        assert_eq!(c.lookup(ips[0], 0x2000, st(4), &m), Some(a));
+        // Building again at an address already held reuses its slot (never two entries).
+        assert_eq!(c.build_at(ips[0], 0x2000, &code, true, st(5)), Some(a));
+        assert_eq!(c.lookup(ips[2], 0x2000, st(5), &m), Some(b));
+        // A step-only mark takes a slot of its own too, and a block built there replaces it.
+        let d = c.build_at(0x1000 * 40, 0x7000, &[0xb8, 1], true, st(6));
+        assert!(d.is_none());
+        assert!(c.steps_at(0x1000 * 40, 0x7000));
     }
 }

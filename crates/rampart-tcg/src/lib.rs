@@ -253,7 +253,7 @@ impl Cpu {
                         let mut code = [0u8; block_cache::MAX_BYTES];
                         if mem.read_ram(pa, &mut code[..window]) {
                             self.blocks
-                                .build_at(rip, pa, &code[..window], self.fast_ops)
+                                .build_at(rip, pa, &code[..window], self.fast_ops, stamp)
                         } else {
                             None
                         }
