@@ -272,3 +272,72 @@ fn a_tiny_block_table_runs_the_same_as_the_default_one() {
     }
     assert_eq!(eax, [3 * (0..40).sum::<u64>(); 2]);
 }
+
+/// A machine whose memory reports `FlatMemory::load`s to a code watch covering `end` bytes,
+/// with `mov eax, v; hlt` at `CODE`, run once.
+fn watched_machine(end: u64, sole: bool) -> (Machine, std::sync::Arc<crate::CodeWatch>) {
+    let watch = std::sync::Arc::new(crate::CodeWatch::new(end));
+    let mut m = Machine::new();
+    let mem = std::mem::replace(&mut m.mem, crate::FlatMemory::new(0));
+    m.mem = mem.with_code_watch(watch.clone());
+    m.cpu.set_sole_cpu(sole);
+    m.load_code(&mov_eax_hlt(1));
+    assert_eq!(m.cpu.run(&mut m.mem, 100), Exit::Halt);
+    assert_eq!(m.cpu.gpr[0], 1);
+    (m, watch)
+}
+
+#[test]
+fn a_sole_cpu_keeps_its_generation_across_runs_until_a_write_into_its_code_is_reported() {
+    let (mut m, watch) = watched_machine(RAM as u64, true);
+    let gen = m.cpu.code_gen;
+    for _ in 0..3 {
+        run_again_from_code(&mut m);
+    }
+    // A write elsewhere (as a device's DMA into a data page) changes nothing.
+    m.mem.load(DATA, &[1, 2, 3]).unwrap();
+    run_again_from_code(&mut m);
+    assert_eq!(m.cpu.code_gen, gen, "no generation ended");
+    assert_eq!(watch.changes(), 0);
+    // A reported write into the code: the next run sees it.
+    m.mem.load(CODE, &mov_eax_hlt(2)).unwrap();
+    assert_eq!(watch.changes(), 1);
+    run_again_from_code(&mut m);
+    assert_eq!(m.cpu.gpr[0], 2);
+    assert_ne!(m.cpu.code_gen, gen);
+    // And again: the page was watched anew when the block was validated again.
+    m.mem.load(CODE, &mov_eax_hlt(3)).unwrap();
+    run_again_from_code(&mut m);
+    assert_eq!(m.cpu.gpr[0], 3);
+}
+
+#[test]
+fn without_a_sole_cpu_or_a_covering_watch_every_run_ends_the_generation() {
+    // Another CPU may write code unreported: every run starts a generation.
+    let (mut m, _) = watched_machine(RAM as u64, false);
+    let gen = m.cpu.code_gen;
+    run_again_from_code(&mut m);
+    assert_ne!(m.cpu.code_gen, gen);
+    // The code's page is beyond what the watch covers: it cannot tell writes there.
+    let (mut m, _) = watched_machine(CODE, true);
+    let gen = m.cpu.code_gen;
+    run_again_from_code(&mut m);
+    assert_ne!(m.cpu.code_gen, gen);
+}
+
+#[test]
+fn a_delivery_to_a_sole_cpu_catches_up_with_reported_writes() {
+    // The code (`hlt`) faults nowhere; an external interrupt delivery after a reported write
+    // into a page of code ends the generation, one without keeps it.
+    let (mut m, watch) = watched_machine(RAM as u64, true);
+    m.cpu.flags.set(crate::flags::IF, true);
+    let gen = m.cpu.code_gen;
+    assert!(m.cpu.inject_external_interrupt(&mut m.mem, 0x10));
+    assert_eq!(m.cpu.code_gen, gen);
+    m.mem.load(CODE, &mov_eax_hlt(5)).unwrap();
+    assert_eq!(watch.changes(), 1);
+    // (The first delivery went through an interrupt gate, which cleared IF.)
+    m.cpu.flags.set(crate::flags::IF, true);
+    assert!(m.cpu.inject_external_interrupt(&mut m.mem, 0x10));
+    assert_ne!(m.cpu.code_gen, gen);
+}

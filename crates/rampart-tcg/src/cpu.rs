@@ -1,6 +1,7 @@
 //! The architectural register file of one x86-64 CPU.
 
 use crate::flags::Flags;
+use crate::memory::GuestMemory;
 use crate::mmu::Tlb;
 use iced_x86::Register;
 
@@ -286,11 +287,21 @@ pub struct Cpu {
     /// stores of other vCPUs and DMA are seen within one run slice, as cross-modifying code on
     /// hardware is seen after a serializing instruction), at every exception or interrupt
     /// delivery and serializing instruction (IRET, CPUID, MOV to CR/DR, WRMSR...), and when this
-    /// CPU stores to a page that may hold a block validated in it (`code_pages`). A WRMSR to
+    /// CPU stores to a page that may hold a block validated in it (`code_pages`). A
+    /// `sole_cpu` whose memory has a [`crate::CodeWatch`] skips the first three unless the
+    /// watch counted a write into a page of code since (see `crate::code_watch`). A WRMSR to
     /// an x2APIC register or IA32_TSC_DEADLINE is not serializing (Intel SDM vol. 3,
     /// "Serializing Instructions"), so it does not end a generation: a kernel writes them on every interrupt and
     /// idle entry.
     pub(crate) code_gen: u64,
+    /// No other CPU writes this guest's memory ([`Cpu::set_sole_cpu`]).
+    pub(crate) sole_cpu: bool,
+    /// The memory's [`crate::CodeWatch`] count of foreign writes into code when this CPU last
+    /// looked.
+    pub(crate) seen_code_writes: u64,
+    /// A block was validated in this generation on a page the memory's watch does not cover
+    /// (or the memory has none): the generation ends at the next run slice or delivery.
+    pub(crate) unwatched: bool,
     /// Pages of the blocks validated in this generation: slot `page % CODE_PAGE_SLOTS` holds
     /// the low 16 bits of the last generation a block on such a page was validated in. A
     /// marked page always reads as marked; a false hit (another page of the same slot, or a
@@ -401,6 +412,9 @@ impl Cpu {
             code_page: u64::MAX,
             code_written: false,
             code_gen: 1,
+            sole_cpu: false,
+            seen_code_writes: 0,
+            unwatched: false,
             code_pages: vec![0; CODE_PAGE_SLOTS].into_boxed_slice(),
             bulk_buf: vec![0; crate::exec::string::BULK_BYTES].into_boxed_slice(),
             fast_ops: true,
@@ -560,6 +574,52 @@ impl Cpu {
     #[inline]
     pub(crate) fn new_code_gen(&mut self) {
         self.code_gen = self.code_gen.wrapping_add(1).max(1);
+        self.unwatched = false;
+    }
+
+    /// A serializing instruction: code written by other CPUs is seen from here on (the
+    /// generation ends), unless there are none (`sole_cpu`).
+    #[inline]
+    pub(crate) fn serialize(&mut self) {
+        if !self.sole_cpu {
+            self.new_code_gen();
+        }
+    }
+
+    /// At a run slice or an event delivery: end the generation, so code written by others
+    /// since is seen, unless this is the sole CPU, every block validated in the generation is
+    /// on a page `mem`'s code watch covers, and the watch counted no write into code since the
+    /// last look.
+    pub(crate) fn catch_up_with_writers(&mut self, mem: &dyn GuestMemory) {
+        let Some(watch) = mem.code_watch() else {
+            self.new_code_gen();
+            return;
+        };
+        // Read before the generation ends: a write counted later is seen at the next look.
+        let writes = watch.changes();
+        let quiet = self.sole_cpu && !self.unwatched && writes == self.seen_code_writes;
+        self.seen_code_writes = writes;
+        if !quiet {
+            self.new_code_gen();
+        }
+    }
+
+    /// About to read the code bytes at guest-physical `pa` to validate or decode a block:
+    /// have `mem`'s code watch report writes into that page from now on.
+    #[inline]
+    pub(crate) fn watch_code(&mut self, mem: &dyn GuestMemory, pa: u64) {
+        if self.sole_cpu && !mem.code_watch().is_some_and(|w| w.watch(pa)) {
+            self.unwatched = true;
+        }
+    }
+
+    /// Declare whether this is the only CPU writing guest memory (a one-vCPU machine without
+    /// CPU hot-plug). Serializing instructions (IRET, CPUID, MOV to CR...) then end no block
+    /// validation generation, and, if the memory reports foreign writes to a
+    /// [`crate::CodeWatch`], neither do run slices and event deliveries unless such a write hit
+    /// a page of code. Default: false.
+    pub fn set_sole_cpu(&mut self, sole: bool) {
+        self.sole_cpu = sole;
     }
 
     /// Size the decoded-block table to `1 << log2_slots` slots (clamped to 4..=20; the default

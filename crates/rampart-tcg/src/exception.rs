@@ -146,7 +146,7 @@ impl Cpu {
         exc: Exception,
     ) -> Result<(), Exit> {
         // Delivery is serializing: code changed by others is seen from here on.
-        self.new_code_gen();
+        self.catch_up_with_writers(mem);
         let mut current = exc;
         // Bounded: serial delivery can chain at most a few times before #DF or shutdown.
         for _ in 0..4 {

@@ -71,6 +71,7 @@
 
 pub mod apic;
 mod block_cache;
+pub mod code_watch;
 pub mod cpu;
 mod decode_cache;
 pub mod exception;
@@ -84,6 +85,7 @@ pub mod memory;
 pub mod mmu;
 mod segmentation;
 
+pub use code_watch::CodeWatch;
 pub use cpu::{Cpu, SegReg, Segment};
 pub use exec::msr::MsrHook;
 pub use exec::system::{baseline_cpuid, MsrFile};
@@ -152,7 +154,7 @@ impl Cpu {
             };
         }
         // Code may have been changed by other vCPUs or devices since the last run.
-        self.new_code_gen();
+        self.catch_up_with_writers(mem);
         // Host addresses of RAM pages are only good for this run's memory.
         if self.jit.is_some() {
             self.tlb.flush_fast();
@@ -244,6 +246,7 @@ impl Cpu {
                     user,
                 };
                 let pa = self.translate(mem, rip, access)?;
+                self.watch_code(mem, pa);
                 let slot = match self.blocks.lookup(rip, pa, stamp, mem) {
                     Some(i) => Some(i),
                     None if self.blocks.steps_at(rip, pa) => None,

@@ -15,6 +15,8 @@
 
 use thiserror::Error;
 
+use crate::code_watch::CodeWatch;
+
 /// Size of a guest page as the CPU splits accesses.
 pub const PAGE_SIZE: u64 = 4096;
 /// Largest single access the CPU issues.
@@ -62,6 +64,13 @@ impl StableRam {
 
 /// Guest-physical memory: RAM plus whatever MMIO sits outside it.
 pub trait GuestMemory {
+    /// The watch of this memory's code pages ([`CodeWatch`]), if every write into guest RAM
+    /// by anything but the CPUs is reported to it. `None` (the default): a CPU ends its block
+    /// validation generation at every run slice and event delivery.
+    fn code_watch(&self) -> Option<&CodeWatch> {
+        None
+    }
+
     /// The host address of the 4 KiB RAM page at page-aligned `gpa`, if it is all plain RAM,
     /// with the [`StableRam`] promise that the address stays valid. `None` (the default) keeps
     /// translated code on the checked path for every access to it.
@@ -159,6 +168,9 @@ pub trait MmioHandler {
 pub struct FlatMemory {
     ram: Box<[u8]>,
     mmio: Option<Box<dyn MmioHandler + Send>>,
+    /// Told of every [`FlatMemory::load`] (the writes of "others": loaders, tests playing a
+    /// device), if set.
+    watch: Option<std::sync::Arc<CodeWatch>>,
 }
 
 impl std::fmt::Debug for FlatMemory {
@@ -176,7 +188,14 @@ impl FlatMemory {
         Self {
             ram: vec![0u8; size].into_boxed_slice(),
             mmio: None,
+            watch: None,
         }
+    }
+
+    /// Report every later [`FlatMemory::load`] to `watch` (see [`GuestMemory::code_watch`]).
+    pub fn with_code_watch(mut self, watch: std::sync::Arc<CodeWatch>) -> Self {
+        self.watch = Some(watch);
+        self
     }
 
     /// Attach an MMIO handler for addresses outside RAM.
@@ -204,6 +223,9 @@ impl FlatMemory {
             len: data.len(),
         })?;
         self.ram[r].copy_from_slice(data);
+        if let Some(w) = &self.watch {
+            w.wrote(gpa, data.len() as u64);
+        }
         Ok(())
     }
 
@@ -239,6 +261,10 @@ fn check_contract(gpa: u64, len: usize) -> Result<(), MemFault> {
 }
 
 impl GuestMemory for FlatMemory {
+    fn code_watch(&self) -> Option<&CodeWatch> {
+        self.watch.as_deref()
+    }
+
     #[allow(unsafe_code)]
     fn ram_page_addr(&self, gpa: u64) -> Option<(usize, StableRam)> {
         let page = self.ram_slice(gpa & !(PAGE_SIZE - 1), PAGE_SIZE as usize)?;

@@ -9,7 +9,7 @@ use rampart_devices::pci::root::{CONFIG_IO_LEN, CONFIG_IO_PORT};
 use rampart_devices::pci::{BarAllocator, ConfigIo, Ecam, MsiController, PciRoot, Window};
 use rampart_devices::virtio::pci::{NotifyRegistrar, VirtioPci};
 use rampart_devices::virtio::worker::IoThread;
-use rampart_devices::virtio::{block, net, rng, VirtioDevice};
+use rampart_devices::virtio::{block, net, rng, GuestWriteHook, VirtioDevice};
 use tracing::info;
 use vm_memory::GuestMemoryMmap;
 
@@ -25,6 +25,8 @@ pub struct PciHost {
     /// ioeventfd registration (under `kvm`); `None` under `tcg`, where the notify MMIO handler
     /// signals the eventfd itself.
     pub registrar: Option<Arc<dyn NotifyRegistrar>>,
+    /// Told of the devices' writes into guest RAM (under `tcg`: the vCPUs' code watch).
+    pub guest_writes: Option<GuestWriteHook>,
 }
 
 /// The running PCI devices: their I/O threads stop when this is dropped.
@@ -118,6 +120,11 @@ pub fn build(
             host.registrar.clone(),
         )
         .map_err(|e| dev_err(&e))?;
+        if let Some(hook) = &host.guest_writes {
+            let mut st = parts.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.device.set_guest_writes(hook.clone());
+            st.guest_writes = Some(hook.clone());
+        }
         io_threads.push(
             IoThread::spawn(&format!("virtio{n}"), parts)
                 .map_err(|e| VmError::Device(format!("{}: I/O thread: {e}", dev.driver())))?,

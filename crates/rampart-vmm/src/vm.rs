@@ -268,11 +268,13 @@ impl Accelerator {
                 crate::pci::PciHost {
                     msi: msi.clone(),
                     registrar: Some(msi),
+                    guest_writes: None,
                 }
             }
             Accelerator::Tcg(m) => crate::pci::PciHost {
                 msi: m.msi_controller(),
                 registrar: None,
+                guest_writes: Some(m.guest_write_hook()),
             },
         }
     }

@@ -24,7 +24,7 @@ use virtio_bindings::bindings::virtio_ring::{
 };
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Address, GuestMemoryMmap};
 
 /// Features every device of ours offers: virtio 1.x, indirect descriptors, event indices.
 pub const TRANSPORT_FEATURES: u64 =
@@ -40,6 +40,41 @@ pub enum QueueError {
     Queue(#[from] virtio_queue::Error),
     #[error("virtqueue: used ring not writable: {0}")]
     Used(String),
+}
+
+/// Told of a range `(gpa, len)` of guest RAM after a device wrote into it. Under `tcg` it is
+/// the vCPUs' code watch (`rampart_tcg::CodeWatch::wrote`): code a device overwrites must not
+/// keep running from a stale decoded copy.
+pub type GuestWriteHook = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Tell `hook` of the device-writable buffers of `chain`, which the device wrote (all of
+/// them, whatever it wrote: a bound from above is enough). Call it before the chain is put in
+/// the used ring: the guest may reuse the descriptors after.
+pub fn report_writes<M>(hook: Option<&GuestWriteHook>, chain: &virtio_queue::DescriptorChain<M>)
+where
+    M: std::ops::Deref + Clone,
+    M::Target: vm_memory::GuestMemoryBackend,
+{
+    if let Some(hook) = hook {
+        for d in chain.clone().writable() {
+            hook(d.addr().raw_value(), u64::from(d.len()));
+        }
+    }
+}
+
+/// What a [`write_recorder`] hook was told.
+#[cfg(test)]
+pub(crate) type WriteLog = std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>;
+
+/// A [`GuestWriteHook`] that records what it is told (for tests).
+#[cfg(test)]
+pub(crate) fn write_recorder() -> (GuestWriteHook, WriteLog) {
+    let log = WriteLog::default();
+    let l = log.clone();
+    let hook: GuestWriteHook = std::sync::Arc::new(move |gpa, len| {
+        l.lock().unwrap_or_else(|e| e.into_inner()).push((gpa, len))
+    });
+    (hook, log)
 }
 
 /// A virtio device model, independent of the transport.
@@ -66,6 +101,11 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, QueueError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// From now on, tell `hook` of every range of guest RAM the device writes, once written
+    /// ([`report_writes`] for a chain's buffers; the transport reports the used ring).
+    /// Required: a device that wrote guest RAM unreported could leave a software CPU running
+    /// code the device overwrote.
+    fn set_guest_writes(&mut self, hook: GuestWriteHook);
     /// Extra descriptors the I/O thread polls for this device (a tap, timers, a wake-up
     /// eventfd), each with whether it is edge-triggered. Asked once, when the thread starts.
     fn event_fds(&self) -> Vec<(RawFd, bool)> {
@@ -105,6 +145,8 @@ pub struct VirtioState {
     pub isr: u8,
     pub config_generation: u8,
     pub mem: GuestMemoryMmap,
+    /// Told of the guest RAM the device wrote, if set.
+    pub guest_writes: Option<GuestWriteHook>,
 }
 
 impl VirtioState {
@@ -125,6 +167,7 @@ impl VirtioState {
             isr: 0,
             config_generation: 0,
             mem,
+            guest_writes: None,
         }
     }
 

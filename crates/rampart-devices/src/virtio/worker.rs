@@ -148,6 +148,7 @@ pub fn service_queue(st: &mut VirtioState, msix: &Mutex<Msix>, index: usize) {
         return;
     }
     let mem = st_ref.mem.clone();
+    let hook = st_ref.guest_writes.clone();
     let mut used = false;
     // With event indices, keep going until the driver has nothing more for us (bounded: each
     // round consumes what is available, at most the queue size).
@@ -161,6 +162,11 @@ pub fn service_queue(st: &mut VirtioState, msix: &Mutex<Msix>, index: usize) {
         }
         Ok::<_, super::QueueError>(())
     })();
+    if let Some(hook) = &hook {
+        // The used ring (and the available-event index at its end), before any interrupt;
+        // the devices report the buffers they wrote themselves.
+        hook(queue.used_ring(), 6 + 8 * u64::from(queue.size()));
+    }
     if let Err(e) = result {
         warn!(queue = index, "virtio device needs reset: {e}");
         st.set_needs_reset();

@@ -423,8 +423,8 @@ fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction, m
         | M::Iretq
         | M::Iretd
         | M::Iret => {
-            // Serializing (IRET) or an event: code changed by others is seen from here on.
-            cpu.new_code_gen();
+            // Serializing (IRET), or an event (its delivery catches up with writers anyway).
+            cpu.serialize();
             control::interrupt(cpu, mem, i)
         }
         M::Movsb
@@ -464,7 +464,7 @@ fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction, m
             if is_serializing(m)
                 && !(m == M::Wrmsr && non_serializing_msr(cpu.gpr[crate::cpu::gpr::RCX] as u32))
             {
-                cpu.new_code_gen();
+                cpu.serialize();
             }
             system::exec(cpu, mem, i)
         }

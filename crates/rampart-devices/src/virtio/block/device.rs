@@ -123,6 +123,10 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
+    fn set_guest_writes(&mut self, hook: crate::virtio::GuestWriteHook) {
+        self.requests.guest_writes = Some(hook);
+    }
+
     fn process_queue(
         &mut self,
         _index: usize,

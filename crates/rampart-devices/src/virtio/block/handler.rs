@@ -55,6 +55,8 @@ pub struct BlockRequests {
     pub throttle: Option<Arc<ThrottleHandle>>,
     /// Set when processing stopped at a throttled request: how long until it may start.
     pub throttled_for: Option<std::time::Duration>,
+    /// Told of the buffers written (see [`crate::virtio::GuestWriteHook`]).
+    pub guest_writes: Option<crate::virtio::GuestWriteHook>,
 }
 
 /// Why a request failed; becomes its status byte.
@@ -81,6 +83,7 @@ impl BlockRequests {
             buf: Vec::new(),
             throttle: None,
             throttled_for: None,
+            guest_writes: None,
         }
     }
 
@@ -128,6 +131,7 @@ impl BlockRequests {
                 }
                 t.take(kind, bytes);
             }
+            let written = chain.clone();
             let len = match (
                 Reader::<()>::new(mem, chain.clone()),
                 Writer::<()>::new(mem, chain),
@@ -138,6 +142,7 @@ impl BlockRequests {
                     0
                 }
             };
+            crate::virtio::report_writes(self.guest_writes.as_ref(), &written);
             queue
                 .add_used(mem, head, len)
                 .map_err(|e| QueueError::Used(e.to_string()))?;

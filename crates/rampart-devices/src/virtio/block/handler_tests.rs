@@ -209,6 +209,36 @@ fn read_copies_sectors_into_guest_memory() {
 }
 
 #[test]
+fn the_buffers_a_request_may_write_are_reported_before_it_is_used() {
+    // A read (data and status written) and a write (only the status written).
+    for (kind, data_write) in [(VIRTIO_BLK_T_IN, true), (VIRTIO_BLK_T_OUT, false)] {
+        let mem = mem();
+        header(&mem, kind, 1);
+        let vq = MockSplitQueue::new(&mem, 16);
+        for (i, d) in request(1024, data_write).iter().enumerate() {
+            vq.desc_table().store(i as u16, *d).unwrap();
+        }
+        vq.avail().ring().ref_at(0).unwrap().store(0u16);
+        vq.avail().idx().store(1u16);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut reqs = BlockRequests::new(
+            MemDisk::new(64 * 512, false, false),
+            "S",
+            Arc::new(BlockStats::new()),
+        );
+        let (hook, log) = crate::virtio::write_recorder();
+        reqs.guest_writes = Some(hook);
+        reqs.process(&mut q, &mem).unwrap();
+        let want = if data_write {
+            vec![(DATA, 1024), (STATUS, 1)]
+        } else {
+            vec![(STATUS, 1)]
+        };
+        assert_eq!(*log.lock().unwrap(), want, "type {kind}");
+    }
+}
+
+#[test]
 fn write_stores_guest_data_on_the_disk() {
     let mem = mem();
     let disk = MemDisk::new(64 * 512, false, false);

@@ -158,6 +158,9 @@ pub struct Net {
     pub(super) tx_limit: Limiter,
     /// The limits the buckets were made for.
     limits: NetLimits,
+    /// Told of the receive and control buffers written (see
+    /// [`crate::virtio::GuestWriteHook`]).
+    pub(super) guest_writes: Option<crate::virtio::GuestWriteHook>,
     /// Offloads (`TUN_F_*`) to give the tap: set by feature negotiation (a vCPU thread), applied
     /// by the I/O thread before it next moves frames (until then the tap sends plain frames,
     /// which every guest accepts).
@@ -189,6 +192,7 @@ impl Net {
             rx_limit: Limiter::new(l.rx_bps, l.rx_pps)?,
             tx_limit: Limiter::new(l.tx_bps, l.tx_pps)?,
             limits: l,
+            guest_writes: None,
             pending_offloads: None,
             config,
         })
@@ -248,6 +252,10 @@ impl VirtioDevice for Net {
         self.acked = features;
         self.pending_offloads = Some(tun_offloads(features));
     }
+    fn set_guest_writes(&mut self, hook: crate::virtio::GuestWriteHook) {
+        self.guest_writes = Some(hook);
+    }
+
     fn process_queue(
         &mut self,
         index: usize,

@@ -133,6 +133,8 @@ impl Net {
         // Where to rewind to when buffers run out: past any unusable chains already returned.
         let mut start = queue.next_avail();
         let mut writers: Vec<(u16, Writer<'_, ()>)> = Vec::new();
+        // The chains of `writers`, to report the buffers written.
+        let mut chains = Vec::new();
         let mut capacity = 0usize;
         let mut taken = 0usize;
         while capacity < len {
@@ -146,10 +148,12 @@ impl Net {
             };
             taken += 1;
             let head = chain.head_index();
+            let buffers = chain.clone();
             match Writer::new(mem, chain) {
                 Ok(w) => {
                     capacity += w.available_bytes();
                     writers.push((head, w));
+                    chains.push(buffers);
                 }
                 Err(e) => {
                     debug!("virtio-net: unusable receive buffer: {e}");
@@ -182,6 +186,9 @@ impl Net {
             let ok = w.write_all(&rest[..take]).is_ok();
             rest = &rest[take..];
             done.push((head, if ok { take as u32 } else { 0 }));
+        }
+        for c in &chains {
+            crate::virtio::report_writes(self.guest_writes.as_ref(), c);
         }
         for (head, n) in done {
             queue.add_used(mem, head, n).map_err(used_err)?;
@@ -274,6 +281,7 @@ impl Net {
             let head = chain.head_index();
             let mut written = 0;
             let chain2 = chain.clone();
+            let buffers = chain.clone();
             if let (Ok(mut r), Ok(mut w)) = (
                 Reader::<()>::new(mem, chain),
                 Writer::<()>::new(mem, chain2),
@@ -299,6 +307,7 @@ impl Net {
                     written = 1;
                 }
             }
+            crate::virtio::report_writes(self.guest_writes.as_ref(), &buffers);
             queue.add_used(mem, head, written).map_err(used_err)?;
             used = true;
         }

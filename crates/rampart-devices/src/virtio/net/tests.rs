@@ -170,6 +170,31 @@ fn received_frame_spreads_over_mergeable_buffers() {
 }
 
 #[test]
+fn received_frames_report_the_buffers_they_fill_and_transmits_report_none() {
+    let mem = mem();
+    let vq = MockSplitQueue::new(&mem, 16);
+    vq.add_desc_chains(&[writable(0x10_0000, 2048), writable(0x20_0000, 2048)], 0)
+        .unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (mut n, wire, _) = net(1 << VIRTIO_NET_F_MRG_RXBUF);
+    let (hook, log) = crate::virtio::write_recorder();
+    n.set_guest_writes(hook);
+    wire.0.lock().unwrap().incoming.push_back(frame(MAC, 3000));
+    assert!(n.process_queue(0, &mut q, &mem).unwrap());
+    assert_eq!(*log.lock().unwrap(), [(0x10_0000, 2048), (0x20_0000, 2048)]);
+    // A transmitted frame is only read.
+    log.lock().unwrap().clear();
+    let vq = MockSplitQueue::new(&mem, 16);
+    let f = frame(MAC, 60);
+    mem.write_slice(&f, GuestAddress(0x30_0000)).unwrap();
+    vq.build_desc_chain(&[RawDescriptor::from(Descriptor::new(0x30_0000, 72, 0, 0))])
+        .unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    assert!(n.process_queue(1, &mut q, &mem).unwrap());
+    assert!(log.lock().unwrap().is_empty());
+}
+
+#[test]
 fn without_receive_buffers_frames_stay_in_the_tap() {
     let mem = mem();
     let vq = MockSplitQueue::new(&mem, 16);

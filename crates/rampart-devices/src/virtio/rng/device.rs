@@ -14,6 +14,7 @@ pub const PCI_CLASS: u32 = 0x00_ff_00;
 /// A virtio entropy device.
 pub struct Rng {
     source: Box<dyn EntropySource>,
+    guest_writes: Option<crate::virtio::GuestWriteHook>,
 }
 
 impl Rng {
@@ -21,6 +22,7 @@ impl Rng {
     pub fn new() -> Self {
         Rng {
             source: Box::new(HostRandom),
+            guest_writes: None,
         }
     }
 }
@@ -44,12 +46,16 @@ impl VirtioDevice for Rng {
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
+    fn set_guest_writes(&mut self, hook: crate::virtio::GuestWriteHook) {
+        self.guest_writes = Some(hook);
+    }
+
     fn process_queue(
         &mut self,
         _index: usize,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
-        fill_requests(queue, mem, self.source.as_mut())
+        fill_requests(queue, mem, self.source.as_mut(), self.guest_writes.as_ref())
     }
 }

@@ -46,12 +46,14 @@ pub fn fill_requests(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     source: &mut dyn EntropySource,
+    guest_writes: Option<&crate::virtio::GuestWriteHook>,
 ) -> Result<bool, QueueError> {
     let mut used = false;
     let mut buf = Vec::new();
     while let Some(chain) = queue.iter(mem)?.next() {
         let head = chain.head_index();
         let mut written = 0u32;
+        let buffers = chain.clone();
         match Writer::<()>::new(mem, chain) {
             Ok(mut w) => {
                 let n = w.available_bytes().min(MAX_REQUEST);
@@ -62,6 +64,7 @@ pub fn fill_requests(
             }
             Err(e) => tracing::debug!("virtio-rng: unusable request: {e}"),
         }
+        crate::virtio::report_writes(guest_writes, &buffers);
         queue
             .add_used(mem, head, written)
             .map_err(|e| QueueError::Used(e.to_string()))?;
@@ -113,13 +116,35 @@ mod tests {
         vq.build_desc_chain(&descs).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         // Act
-        let used = fill_requests(&mut q, &mem, &mut Fixed).unwrap();
+        let used = fill_requests(&mut q, &mem, &mut Fixed, None).unwrap();
         // Assert
         assert!(used);
         assert_eq!(used_len(&mem, &vq, 0), 24);
         let mut b = [0u8; 8];
         mem.read_slice(&mut b, GuestAddress(0x9000)).unwrap();
         assert_eq!(b, [0x5a; 8]);
+    }
+
+    #[test]
+    fn the_device_reports_the_buffers_it_filled() {
+        let mem = mem();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let descs = [
+            RawDescriptor::from(Descriptor::new(
+                0x8000,
+                16,
+                (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
+                1,
+            )),
+            RawDescriptor::from(Descriptor::new(0x9000, 8, VRING_DESC_F_WRITE as u16, 0)),
+        ];
+        vq.build_desc_chain(&descs).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut dev = crate::virtio::rng::Rng::new();
+        let (hook, log) = crate::virtio::write_recorder();
+        crate::virtio::VirtioDevice::set_guest_writes(&mut dev, hook);
+        assert!(crate::virtio::VirtioDevice::process_queue(&mut dev, 0, &mut q, &mem).unwrap());
+        assert_eq!(*log.lock().unwrap(), [(0x8000, 16), (0x9000, 8)]);
     }
 
     #[test]
@@ -134,7 +159,7 @@ mod tests {
         ))];
         vq.build_desc_chain(&descs).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert!(fill_requests(&mut q, &mem, &mut Fixed).unwrap());
+        assert!(fill_requests(&mut q, &mem, &mut Fixed, None).unwrap());
         assert_eq!(used_len(&mem, &vq, 0), 0);
     }
 
@@ -150,7 +175,7 @@ mod tests {
         ))];
         vq.build_desc_chain(&descs).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert!(fill_requests(&mut q, &mem, &mut Fixed).unwrap());
+        assert!(fill_requests(&mut q, &mem, &mut Fixed, None).unwrap());
         assert_eq!(used_len(&mem, &vq, 0), MAX_REQUEST as u32);
     }
 }

@@ -75,6 +75,10 @@ impl VcpuBus<'_> {
 }
 
 impl GuestMemory for VcpuBus<'_> {
+    fn code_watch(&self) -> Option<&rampart_tcg::CodeWatch> {
+        Some(self.machine.code_watch())
+    }
+
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {
         if let Some(ram) = self.ram(gpa, buf.len()) {
             ram.copy_to(buf);

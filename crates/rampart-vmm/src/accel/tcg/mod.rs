@@ -22,9 +22,9 @@ use rampart_tcg::apic::{
     tsc_from_ns, ApicMessage, Delivered, DeliveryMode, IoApic, KvmClock, LocalApic,
 };
 pub use rampart_tcg::CodePool;
-use rampart_tcg::{Cpu, Exit};
+use rampart_tcg::{CodeWatch, Cpu, Exit};
 use tracing::{debug, warn};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{format_state, AccelError, IoHandler, VcpuBackend, VcpuEvent};
 use crate::arch::x86_64::regs::CpuState;
@@ -83,6 +83,9 @@ impl Slot {
 /// Everything the software vCPUs share.
 pub struct Machine {
     mem: GuestMemoryMmap,
+    /// Pages of code the vCPUs validated; devices and the VMM report their writes into guest
+    /// RAM to it (see `rampart_tcg::code_watch`).
+    code_watch: Arc<CodeWatch>,
     /// Code memory for the vCPUs' block translators (none: they interpret).
     code: Option<CodePool>,
     ioapic: Mutex<IoApic>,
@@ -113,12 +116,26 @@ impl Machine {
             .collect();
         Arc::new(Machine {
             mem: mem.clone(),
+            code_watch: Arc::new(CodeWatch::new(
+                mem.last_addr().raw_value().saturating_add(1),
+            )),
             code: code.cloned(),
             // The MADT gives the I/O APIC the first ID after the CPUs'.
             ioapic: Mutex::new(IoApic::new(config.smp.maxcpus.min(255) as u8)),
             slots,
             start: Instant::now(),
         })
+    }
+
+    /// The watch every writer of guest RAM other than the vCPUs reports to.
+    pub fn code_watch(&self) -> &CodeWatch {
+        &self.code_watch
+    }
+
+    /// A hook for devices that tells the vCPUs' code watch of their writes into guest RAM.
+    pub fn guest_write_hook(&self) -> rampart_devices::virtio::GuestWriteHook {
+        let watch = self.code_watch.clone();
+        Arc::new(move |gpa, len| watch.wrote(gpa, len))
     }
 
     /// VM time in nanoseconds.
@@ -216,6 +233,9 @@ impl Machine {
             }
         }
         cpu.cpuid = cpuid::provider(index, config);
+        // One vCPU and no hot-plug: nothing but devices and the VMM writes guest memory behind
+        // its back, and they report to the code watch.
+        cpu.set_sole_cpu(config.smp.maxcpus <= 1);
         let tsc_offset = Arc::new(AtomicU64::new(0));
         let (clock, offset) = (self.clone(), tsc_offset.clone());
         cpu.tsc_source = Some(Box::new(move || {
@@ -273,6 +293,7 @@ impl VcpuMsrs {
         {
             warn!(gpa, "kvmclock time structure outside guest RAM: ignored");
         }
+        self.machine.code_watch.wrote(gpa, info.len() as u64);
     }
 }
 
@@ -340,6 +361,7 @@ impl VcpuMsrs {
             {
                 warn!(gpa, "kvmclock wall clock outside guest RAM: ignored");
             }
+            self.machine.code_watch.wrote(gpa, wc.len() as u64);
         }
         Some(r)
     }
