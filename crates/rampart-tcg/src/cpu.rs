@@ -288,8 +288,8 @@ pub struct Cpu {
     /// hardware is seen after a serializing instruction), at every exception or interrupt
     /// delivery and serializing instruction (IRET, CPUID, MOV to CR/DR, WRMSR...), and when this
     /// CPU stores to a page that may hold a block validated in it (`code_pages`). A
-    /// `sole_cpu` whose memory has a [`crate::CodeWatch`] skips the first three unless the
-    /// watch counted a write into a page of code since (see `crate::code_watch`). A WRMSR to
+    /// `sole_cpu` whose memory has a [`crate::CodeWatch`] ends it at the first three only if
+    /// the watch counted a write into a page of code since (see `crate::code_watch`). A WRMSR to
     /// an x2APIC register or IA32_TSC_DEADLINE is not serializing (Intel SDM vol. 3,
     /// "Serializing Instructions"), so it does not end a generation: a kernel writes them on every interrupt and
     /// idle entry.
@@ -577,19 +577,11 @@ impl Cpu {
         self.unwatched = false;
     }
 
-    /// A serializing instruction: code written by other CPUs is seen from here on (the
-    /// generation ends), unless there are none (`sole_cpu`).
-    #[inline]
-    pub(crate) fn serialize(&mut self) {
-        if !self.sole_cpu {
-            self.new_code_gen();
-        }
-    }
-
-    /// At a run slice or an event delivery: end the generation, so code written by others
-    /// since is seen, unless this is the sole CPU, every block validated in the generation is
-    /// on a page `mem`'s code watch covers, and the watch counted no write into code since the
-    /// last look.
+    /// At a run slice, an event delivery or a serializing instruction: end the generation, so
+    /// code written by others since is seen, unless this is the sole CPU, every block validated
+    /// in the generation is on a page `mem`'s code watch covers, and the watch counted no write
+    /// into code since the last look (a device's write a guest found by polling is seen at its
+    /// next serializing instruction, as the cross-modifying-code rule asks).
     pub(crate) fn catch_up_with_writers(&mut self, mem: &dyn GuestMemory) {
         let Some(watch) = mem.code_watch() else {
             self.new_code_gen();
@@ -614,10 +606,10 @@ impl Cpu {
     }
 
     /// Declare whether this is the only CPU writing guest memory (a one-vCPU machine without
-    /// CPU hot-plug). Serializing instructions (IRET, CPUID, MOV to CR...) then end no block
-    /// validation generation, and, if the memory reports foreign writes to a
-    /// [`crate::CodeWatch`], neither do run slices and event deliveries unless such a write hit
-    /// a page of code. Default: false.
+    /// CPU hot-plug). If the memory reports everyone else's writes to a [`crate::CodeWatch`],
+    /// run slices, event deliveries and serializing instructions (IRET, CPUID, MOV to CR...)
+    /// then end the block validation generation only if such a write hit a page of code.
+    /// Default: false.
     pub fn set_sole_cpu(&mut self, sole: bool) {
         self.sole_cpu = sole;
     }

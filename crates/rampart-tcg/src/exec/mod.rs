@@ -424,7 +424,7 @@ fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction, m
         | M::Iretd
         | M::Iret => {
             // Serializing (IRET), or an event (its delivery catches up with writers anyway).
-            cpu.serialize();
+            cpu.catch_up_with_writers(mem);
             control::interrupt(cpu, mem, i)
         }
         M::Movsb
@@ -461,12 +461,14 @@ fn execute_unlocked(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruction, m
         m if sse::handles(m) => sse::exec(cpu, mem, i),
         m if x87::handles(m) => x87::exec(cpu, mem, i),
         _ => {
-            if is_serializing(m)
-                && !(m == M::Wrmsr && non_serializing_msr(cpu.gpr[crate::cpu::gpr::RCX] as u32))
-            {
-                cpu.serialize();
+            let serializing = is_serializing(m)
+                && !(m == M::Wrmsr && non_serializing_msr(cpu.gpr[crate::cpu::gpr::RCX] as u32));
+            let r = system::exec(cpu, mem, i);
+            if serializing {
+                // After it: a WRMSR's own writes into guest RAM (kvmclock) are seen too.
+                cpu.catch_up_with_writers(mem);
             }
-            system::exec(cpu, mem, i)
+            r
         }
     }
 }

@@ -225,7 +225,7 @@ pub(crate) fn mov_special(cpu: &mut Cpu, mem: &mut dyn GuestMemory, i: &Instruct
         require_cpl0(cpu)?;
         if r0.is_cr() || r0.is_dr() {
             // MOV to CR/DR is serializing (see `Cpu::code_gen`).
-            cpu.serialize();
+            cpu.catch_up_with_writers(mem);
         }
         if r1.is_cr() {
             let v = read_cr(cpu, r1)?;
