@@ -296,6 +296,9 @@ pub struct Cpu {
     pub(crate) code_gen: u64,
     /// No other CPU writes this guest's memory ([`Cpu::set_sole_cpu`]).
     pub(crate) sole_cpu: bool,
+    /// The chaining cell of the exit the last translated code left by, to link to the
+    /// translation that runs next (`jit::Jit::link`).
+    pub(crate) pending_link: Option<usize>,
     /// The memory's [`crate::CodeWatch`] count of foreign writes into code when this CPU last
     /// looked.
     pub(crate) seen_code_writes: u64,
@@ -413,6 +416,7 @@ impl Cpu {
             code_written: false,
             code_gen: 1,
             sole_cpu: false,
+            pending_link: None,
             seen_code_writes: 0,
             unwatched: false,
             code_pages: vec![0; CODE_PAGE_SLOTS].into_boxed_slice(),

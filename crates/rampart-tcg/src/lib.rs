@@ -155,6 +155,7 @@ impl Cpu {
         }
         // Code may have been changed by other vCPUs or devices since the last run.
         self.catch_up_with_writers(mem);
+        self.pending_link = None;
         // Host addresses of RAM pages are only good for this run's memory.
         if self.jit.is_some() {
             self.tlb.flush_fast();
@@ -232,6 +233,8 @@ impl Cpu {
     /// to the block's page. `left` is decremented per instruction started.
     fn run_block(&mut self, mem: &mut dyn GuestMemory, left: &mut u64) -> Res<()> {
         let rip = self.rip;
+        // The exit the last translated code left by, to link if this block runs translated.
+        let pending = self.pending_link.take();
         let user = self.user_access();
         let stamp = block_cache::Stamp {
             gen: self.code_gen,
@@ -291,9 +294,22 @@ impl Cpu {
                 }
             }
             if let Some(c) = code.jit.filter(|c| jit.valid(c) && *left >= c.len as u64) {
+                let epoch_user = stamp.epoch << 1 | u64::from(user);
+                // The translation that ran before left by an exit to here: link it to this
+                // one, which covers its whole block (a chained call never falls through
+                // into interpreted instructions).
+                if let Some(cell) = pending {
+                    if c.len as usize >= code.ops.len() {
+                        jit.link(cell, rip, &c, self.code_gen, epoch_user, pa >> 12);
+                    }
+                }
                 self.interrupt_shadow = false;
-                let (ret, event) = jit::call(&c, self, mem, &code.ops);
-                let retired = ret & 0xffff_ffff;
+                let ran = jit::call(&c, self, mem, *left, epoch_user);
+                let ret = ran.ret;
+                let event = ran.event;
+                self.pending_link = ran.exit_cell;
+                // Chained translations ran to their exits, so the call ended the block.
+                let retired = ran.chained + (ret & 0xffff_ffff);
                 *left -= retired;
                 self.tsc = self.tsc.wrapping_add(retired);
                 let ended = if ret & jit::FAULT != 0 {
@@ -307,6 +323,7 @@ impl Cpu {
                     // The translation ends early after a taken branch or a store into this
                     // page, like the loop below; it says when it ran to its end instead.
                     ret & jit::FELL_THROUGH == 0
+                        || ran.chained != 0
                         || self.code_written
                         || c.len as usize >= code.ops.len()
                 };

@@ -332,6 +332,9 @@ enum Path {
 
 fn machine(rng: &mut Rng, code: &[u8], path: Path) -> Machine {
     let mut m = Machine::new();
+    // A small block table: 9,000 machines each allocating the default 8 MiB one made this the
+    // slowest test by far (a program here is a few blocks).
+    m.cpu.set_block_cache_size(8);
     m.cpu.fast_ops = path != Path::Generic;
     if path == Path::Translated {
         let pool = crate::CodePool::new(1).expect("code memory");

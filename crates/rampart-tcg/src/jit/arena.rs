@@ -91,6 +91,25 @@ impl Arena {
         Some(self.rx as usize + start)
     }
 
+    /// Copy the values of `items` in (as data next to code) and return the address of the
+    /// first, or `None` if they do not fit.
+    pub(crate) fn put_slice<T: Copy>(&mut self, items: &[T]) -> Option<usize> {
+        let bytes = std::mem::size_of_val(items);
+        let start = self.used.next_multiple_of(16);
+        debug_assert!(std::mem::align_of::<T>() <= 16);
+        let end = start.checked_add(bytes)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: as in `put`; `T: Copy` values are plain bytes to copy, and the copy lands at
+        // a 16-byte boundary (the mapping is page-aligned), enough for `T`'s alignment.
+        unsafe {
+            std::ptr::copy_nonoverlapping(items.as_ptr().cast::<u8>(), self.rw.add(start), bytes)
+        };
+        self.used = end;
+        Some(self.rx as usize + start)
+    }
+
     /// Forget everything allocated (the caller has made sure none of it runs again).
     pub(crate) fn clear(&mut self) {
         self.used = 0;

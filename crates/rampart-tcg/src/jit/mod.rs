@@ -45,6 +45,7 @@ use std::mem::offset_of;
 use std::sync::{Arc, Mutex};
 
 use iced_x86::code_asm::*;
+use iced_x86::BlockEncoderOptions;
 
 use crate::block_cache::Op;
 use crate::cpu::{Cpu, SegReg, Segment, CODE_PAGE_SLOTS};
@@ -88,11 +89,47 @@ const RESTART: u64 = 3;
 pub(crate) struct Compiled {
     /// Executable address of the entry.
     entry: usize,
+    /// Where another translation chains into it: past the entry's prologue.
+    chain_entry: usize,
+    /// Its own copy of the instructions it covers, in the arena (what `op_helper` reads).
+    ops: usize,
     /// The arena generation it was compiled in (stale once the arena is recycled).
     gen: u64,
     /// Instructions covered, from the block's first.
     pub(crate) len: u16,
 }
+
+/// A chaining cell: one per exit of a translation to a fixed address (a taken branch, a direct
+/// jump or call, the end of a wholly translated block). The run loop fills it with the
+/// translation that ran next from there ([`Jit::link`]); the exit then jumps straight into it
+/// while nothing it was linked under has changed: the block validation generation (so the
+/// target's bytes are still the ones it was translated from, and its page is still marked),
+/// the TLB epoch and privilege (so the address still maps there), and only if the budget holds
+/// its instructions and this CPU wrote no code.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub(crate) struct Link {
+    /// `Cpu::code_gen` when linked (0: never: generations start at 1).
+    gen: u64,
+    /// TLB epoch << 1 | user, when linked.
+    epoch_user: u64,
+    /// The target's `Compiled::chain_entry`.
+    entry: u64,
+    /// The target's `Compiled::ops`.
+    ops: u64,
+    /// The target's instruction count (`Compiled::len`).
+    len: u64,
+    /// The target's guest-physical page (`Cpu::code_page` while it runs).
+    code_page: u64,
+    /// The address the exit goes to (fixed when translated).
+    target: u64,
+}
+
+/// Chaining cells per arena generation; when they run out the arena is recycled, as when it
+/// is full.
+const LINKS: usize = 1 << 17;
+/// Cells per allocation (they are allocated as translations need them, and never move).
+const LINK_CHUNK: usize = 4096;
 
 /// What the run loop lends translated code and its helpers for one call.
 pub(crate) struct Env<'a> {
@@ -108,6 +145,15 @@ pub(crate) struct Env<'a> {
     /// A value generated code keeps across a helper call (an ALU result being stored).
     tmp: u64,
     event: Option<Event>,
+    /// Instructions retired by the translations this call chained out of.
+    retired: u64,
+    /// The budget at the call: a chain never takes more.
+    left: u64,
+    /// TLB epoch << 1 | user during the call (neither changes in translated code).
+    epoch_user: u64,
+    /// The chaining cell of the exit the call left by, if it left by one (address), for the
+    /// run loop to link.
+    exit_cell: usize,
 }
 
 /// A translated block: `(cpu, env, ops) ->` retired count with [`FELL_THROUGH`], or the
@@ -151,6 +197,12 @@ pub(crate) struct Jit {
     pub(crate) threshold: u32,
     /// Blocks compiled (for tests and tracing).
     pub(crate) compiled: u64,
+    /// Chaining cells, in chunks of [`LINK_CHUNK`]: the first `links_used` are this arena
+    /// generation's exits'. Boxed, so their addresses (compiled into the exits) stay put.
+    links: Vec<Box<[Link]>>,
+    links_used: usize,
+    /// Cells linked to a translation they were not linked to before (for tests and tracing).
+    pub(crate) linked: u64,
 }
 
 impl Jit {
@@ -162,6 +214,9 @@ impl Jit {
             gen: 1,
             threshold,
             compiled: 0,
+            links: Vec::new(),
+            links_used: 0,
+            linked: 0,
         })
     }
 
@@ -174,31 +229,131 @@ impl Jit {
     /// Compile the translatable prefix of the block at `ip` with instructions `ops`. `None`
     /// when its first instruction runs on the generic path.
     pub(crate) fn compile(&mut self, ip: u64, ops: &[Op]) -> Option<Compiled> {
-        let (bytes, len) = match translate(ip, ops) {
-            Ok(Some(t)) => t,
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!(ip, error = %e, "block translation failed; interpreting it");
-                return None;
+        // (Nothing to translate: keep what is there.)
+        if ops.first().is_none_or(|o| o.fast == Fast::Generic) {
+            return None;
+        }
+        for attempt in 0..2 {
+            if attempt == 1 || self.links_used + MAX_EXITS > LINKS {
+                self.recycle();
             }
-        };
-        let arena = self.arena.as_mut()?;
-        let entry = match arena.put(&bytes) {
-            Some(e) => e,
-            None => {
-                // Full: start over. Every handle of the old generation is now refused.
-                tracing::debug!(used = arena.used(), "translated code space recycled");
-                arena.clear();
-                self.gen += 1;
-                arena.put(&bytes)?
+            let links = &mut self.links;
+            let mut next_link = self.links_used;
+            let mut cell = |_target: u64| {
+                let i = next_link;
+                if i >= LINKS {
+                    return None;
+                }
+                while links.len() <= i / LINK_CHUNK {
+                    links.push(vec![Link::default(); LINK_CHUNK].into_boxed_slice());
+                }
+                let chunk = links.get(i / LINK_CHUNK)?;
+                next_link += 1;
+                Some((
+                    chunk.as_ptr() as usize + (i % LINK_CHUNK) * size_of::<Link>(),
+                    i,
+                ))
+            };
+            let t = match translate(ip, ops, &mut cell) {
+                Ok(Some(t)) => t,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(ip, error = %e, "block translation failed; interpreting it");
+                    return None;
+                }
+            };
+            let arena = self.arena.as_mut()?;
+            let Some(entry) = arena.put(&t.bytes) else {
+                continue;
+            };
+            let Some(ops_copy) = arena.put_slice(&ops[..t.len as usize]) else {
+                continue;
+            };
+            for (i, target) in t.cells {
+                if let Some(l) = self.cell_mut(i) {
+                    *l = Link {
+                        target,
+                        ..Link::default()
+                    };
+                }
             }
+            self.links_used = next_link.min(LINKS);
+            self.compiled += 1;
+            return Some(Compiled {
+                entry,
+                chain_entry: entry + t.chain_offset,
+                ops: ops_copy,
+                gen: self.gen,
+                len: t.len,
+            });
+        }
+        None
+    }
+
+    /// Chaining cell `i`.
+    fn cell_mut(&mut self, i: usize) -> Option<&mut Link> {
+        self.links.get_mut(i / LINK_CHUNK)?.get_mut(i % LINK_CHUNK)
+    }
+
+    /// Start the code space and the chaining cells over. Every handle of the old generation
+    /// is refused from now on.
+    fn recycle(&mut self) {
+        if let Some(arena) = self.arena.as_mut() {
+            tracing::debug!(used = arena.used(), "translated code space recycled");
+            arena.clear();
+        }
+        for i in 0..self.links_used {
+            if let Some(l) = self.cell_mut(i) {
+                *l = Link::default();
+            }
+        }
+        self.links_used = 0;
+        self.gen += 1;
+    }
+
+    /// The call that ran last left by the exit whose cell is at `cell` (an address from
+    /// [`Env::exit_cell`]), and `c`, the translation of the block at `rip` validated under
+    /// `epoch_user` in generation `code_gen` on guest-physical page `code_page`, ran next: link
+    /// them, if the cell is one of this generation's and names `rip`. `c` must cover its whole
+    /// block (a chained call reports no fall-through into interpreted instructions).
+    pub(crate) fn link(
+        &mut self,
+        cell: usize,
+        rip: u64,
+        c: &Compiled,
+        code_gen: u64,
+        epoch_user: u64,
+        code_page: u64,
+    ) {
+        if !self.valid(c) {
+            return;
+        }
+        let size = size_of::<Link>();
+        let Some(index) = self.links.iter().enumerate().find_map(|(c, chunk)| {
+            let off = cell.checked_sub(chunk.as_ptr() as usize)?;
+            (off % size == 0 && off / size < chunk.len()).then_some(c * LINK_CHUNK + off / size)
+        }) else {
+            return;
         };
-        self.compiled += 1;
-        Some(Compiled {
-            entry,
-            gen: self.gen,
-            len,
-        })
+        if index >= self.links_used {
+            return;
+        }
+        let mut new = false;
+        if let Some(l) = self.cell_mut(index) {
+            if l.target == rip {
+                new = l.entry != c.chain_entry as u64;
+                *l = Link {
+                    gen: code_gen,
+                    epoch_user,
+                    entry: c.chain_entry as u64,
+                    ops: c.ops as u64,
+                    len: u64::from(c.len),
+                    code_page,
+                    target: rip,
+                };
+            }
+        }
+        self.linked += u64::from(new);
     }
 }
 
@@ -206,6 +361,7 @@ impl Drop for Jit {
     fn drop(&mut self) {
         tracing::debug!(
             blocks = self.compiled,
+            linked = self.linked,
             recycled = self.gen.saturating_sub(1),
             "block translator statistics"
         );
@@ -215,14 +371,28 @@ impl Drop for Jit {
     }
 }
 
-/// Run compiled block `c` (valid, see [`Jit::valid`]) whose instructions are `ops`. Returns
-/// the generated code's value (see [`FAULT`]) and the fault's event.
+/// What a call of translated code did.
+pub(crate) struct Ran {
+    /// The generated code's value (see [`FAULT`]), for the translation it returned from.
+    pub(crate) ret: u64,
+    /// The fault's event.
+    pub(crate) event: Option<Event>,
+    /// Instructions retired by the translations it chained out of before that one (0: it
+    /// returned from `c` itself).
+    pub(crate) chained: u64,
+    /// The chaining cell of the exit it left by, to link ([`Jit::link`]).
+    pub(crate) exit_cell: Option<usize>,
+}
+
+/// Run compiled block `c` (valid, see [`Jit::valid`]), chaining into other translations for
+/// at most `left` instructions in all, under TLB epoch and privilege `epoch_user`.
 pub(crate) fn call(
     c: &Compiled,
     cpu: &mut Cpu,
     mem: &mut dyn GuestMemory,
-    ops: &[Op],
-) -> (u64, Option<Event>) {
+    left: u64,
+    epoch_user: u64,
+) -> Ran {
     let table = if cpu.user_access() { FAST_ENTRIES } else { 0 };
     let fast = cpu
         .tlb
@@ -243,18 +413,30 @@ pub(crate) fn call(
         val: 0,
         tmp: 0,
         event: None,
+        retired: 0,
+        left,
+        epoch_user,
+        exit_cell: 0,
     };
     // SAFETY: `c.entry` is the start of code `translate` emitted and `Arena::put` copied in
     // completely, in the current generation (checked by the caller), so it has not been
     // overwritten; it follows the SysV ABI with this signature. It uses `cpu` only at the
     // field offsets `translate` took with `offset_of!`, `env` only through the helpers and
-    // `Env::val`/`tmp`, and reads `ops` only at indices below `c.len <= ops.len()` (passed to
-    // `op_helper`). All three outlive the call, and nothing else uses them meanwhile.
+    // the fields it names with `offset_of!`, and reads its instructions only from its own copy
+    // in the arena, at indices below its length (passed to `op_helper`). It may jump into
+    // other translations of the same generation through chaining cells of `Jit::links`, which
+    // only `Jit::link` fills (with translations of this generation), under the same contract.
+    // Everything outlives the call, and nothing else uses it meanwhile.
     let r = unsafe {
         let f: Entry = std::mem::transmute::<usize, Entry>(c.entry);
-        f(cpu, &mut env, ops.as_ptr())
+        f(cpu, &mut env, c.ops as *const Op)
     };
-    (r, env.event)
+    Ran {
+        ret: r,
+        event: env.event,
+        chained: env.retired,
+        exit_cell: (env.exit_cell != 0).then_some(env.exit_cell),
+    }
 }
 
 // ---- helpers called from generated code ----
@@ -399,6 +581,10 @@ enum StubKind {
     EndNext { i: usize },
     /// Instruction `i` retired and RIP is `rip`.
     EndAt { i: usize, rip: u64 },
+    /// Instruction `i` retired and RIP is `rip`, a fixed address: chain into the translation
+    /// linked to chaining cell `cell` (an address in `Jit::links`) if it still holds, else
+    /// end like `EndAt` and name the cell for the run loop to link.
+    Chain { i: usize, rip: u64, cell: usize },
     /// Instruction `i` retired and RIP is the value in `rax`.
     EndRax { i: usize },
     /// Instruction `i` at `ip` raised #GP(0).
@@ -412,7 +598,7 @@ struct Stub {
     kind: StubKind,
 }
 
-struct Tr {
+struct Tr<'c> {
     a: CodeAssembler,
     stubs: Vec<Stub>,
     epilogue: CodeLabel,
@@ -421,7 +607,26 @@ struct Tr {
     flags: Option<(LazyOp, u8)>,
     /// The instruction being emitted: its index and address.
     cur: (usize, u64),
+    /// Gives a chaining cell for an exit to an address: (its address, its index), or `None`
+    /// when there are no more.
+    cell: &'c mut dyn FnMut(u64) -> Option<(usize, usize)>,
+    /// The cells given, with their exits' targets.
+    cells: Vec<(usize, u64)>,
 }
+
+/// A translation, before it is copied into the arena.
+struct Translation {
+    bytes: Vec<u8>,
+    /// Instructions covered.
+    len: u16,
+    /// Offset of the entry for chaining (past the prologue).
+    chain_offset: usize,
+    /// The chaining cells its exits use (index in `Jit::links`, target).
+    cells: Vec<(usize, u64)>,
+}
+
+/// Most chaining cells one translation uses: one per instruction and one for its end.
+const MAX_EXITS: usize = crate::block_cache::MAX_INSNS + 1;
 
 /// Why a block could not be translated (it is then interpreted).
 #[derive(Debug, thiserror::Error)]
@@ -434,7 +639,60 @@ enum Error {
 
 type R<T> = Result<T, IcedError>;
 
-impl Tr {
+impl Tr<'_> {
+    /// A stub for leaving after instruction `i` to fixed address `rip`: chainable if a cell
+    /// is left.
+    fn exit_to(&mut self, i: usize, rip: u64) -> CodeLabel {
+        match (self.cell)(rip) {
+            Some((cell, index)) => {
+                self.cells.push((index, rip));
+                self.stub(StubKind::Chain { i, rip, cell })
+            }
+            None => self.stub(StubKind::EndAt { i, rip }),
+        }
+    }
+
+    /// The code of a [`StubKind::Chain`] stub.
+    fn chain(&mut self, i: usize, rip: u64, cell: usize) -> R<()> {
+        let mut plain = self.a.create_label();
+        let field = |f: usize| rax + f;
+        self.a.mov(rax, cell as u64)?;
+        self.a
+            .mov(rcx, qword_ptr(CPU + offset_of!(Cpu, code_gen)))?;
+        self.a.cmp(rcx, qword_ptr(field(offset_of!(Link, gen))))?;
+        self.a.jne(plain)?;
+        self.a
+            .mov(rcx, qword_ptr(ENV + offset_of!(Env<'_>, epoch_user)))?;
+        self.a
+            .cmp(rcx, qword_ptr(field(offset_of!(Link, epoch_user))))?;
+        self.a.jne(plain)?;
+        self.a
+            .cmp(byte_ptr(CPU + offset_of!(Cpu, code_written)), 0)?;
+        self.a.jne(plain)?;
+        // Retired so far (with this translation's `i + 1`), and with the target's: within the
+        // budget?
+        self.a
+            .mov(rcx, qword_ptr(ENV + offset_of!(Env<'_>, retired)))?;
+        self.a.add(rcx, (i + 1) as i32)?;
+        self.a.mov(rdx, rcx)?;
+        self.a.add(rdx, qword_ptr(field(offset_of!(Link, len))))?;
+        self.a
+            .cmp(rdx, qword_ptr(ENV + offset_of!(Env<'_>, left)))?;
+        self.a.ja(plain)?;
+        self.a
+            .mov(qword_ptr(ENV + offset_of!(Env<'_>, retired)), rcx)?;
+        self.a
+            .mov(rdx, qword_ptr(field(offset_of!(Link, code_page))))?;
+        self.a
+            .mov(qword_ptr(CPU + offset_of!(Cpu, code_page)), rdx)?;
+        self.a.mov(OPS, qword_ptr(field(offset_of!(Link, ops))))?;
+        self.a.jmp(qword_ptr(field(offset_of!(Link, entry))))?;
+        self.a.set_label(&mut plain)?;
+        self.a
+            .mov(qword_ptr(ENV + offset_of!(Env<'_>, exit_cell)), rax)?;
+        self.exit_at(rip, i as u64 + 1)
+    }
+
     fn stub(&mut self, kind: StubKind) -> CodeLabel {
         let label = self.a.create_label();
         self.stubs.push(Stub { label, kind });
@@ -718,12 +976,12 @@ impl Tr {
                 src,
             } => self.alu(i, ip, op, aop, size, dst, &src),
             Fast::Jcc { cc, target } if is_canonical(target) && self.flags.is_some() => {
-                let taken = self.stub(StubKind::EndAt { i, rip: target });
+                let taken = self.exit_to(i, target);
                 self.host_flags()?;
                 self.jcc(cc, taken)
             }
             Fast::Jcc { cc, target } if is_canonical(target) => {
-                let taken = self.stub(StubKind::EndAt { i, rip: target });
+                let taken = self.exit_to(i, target);
                 self.a.mov(rdi, CPU)?;
                 self.a.mov(esi, cc as u32)?;
                 self.call_helper(cond_helper as *const () as usize)?;
@@ -740,7 +998,7 @@ impl Tr {
                 let fault = self.stub(StubKind::Fault { i, ip });
                 self.a.mov(r8, op.next_ip)?;
                 self.push_r8(fault)?;
-                let taken = self.stub(StubKind::EndAt { i, rip: target });
+                let taken = self.exit_to(i, target);
                 self.a.jmp(taken)
             }
             Fast::Pop { dst } if dst < 16 => {
@@ -764,7 +1022,7 @@ impl Tr {
                 self.a.jmp(end)
             }
             Fast::Jmp { target } if is_canonical(target) => {
-                let taken = self.stub(StubKind::EndAt { i, rip: target });
+                let taken = self.exit_to(i, target);
                 self.a.jmp(taken)
             }
             // (`translate` stops before generic instructions.)
@@ -940,8 +1198,13 @@ fn low16(r: AsmRegister64) -> AsmRegister16 {
 }
 
 /// Host code for the translatable prefix of the block at `ip` (`ops`), and its length in
-/// instructions; `None` if the first instruction is generic.
-fn translate(ip: u64, ops: &[Op]) -> Result<Option<(Vec<u8>, u16)>, Error> {
+/// instructions; `None` if the first instruction is generic. `cell` gives chaining cells for
+/// its exits to fixed addresses.
+fn translate(
+    ip: u64,
+    ops: &[Op],
+    cell: &mut dyn FnMut(u64) -> Option<(usize, usize)>,
+) -> Result<Option<Translation>, Error> {
     let len = ops
         .iter()
         .take_while(|o| o.fast != Fast::Generic)
@@ -958,6 +1221,8 @@ fn translate(ip: u64, ops: &[Op]) -> Result<Option<(Vec<u8>, u16)>, Error> {
         epilogue,
         flags: None,
         cur: (0, ip),
+        cell,
+        cells: Vec::new(),
     };
     for r in [rbx, r12, r13, r14, r15, rbp] {
         t.a.push(r)?;
@@ -967,15 +1232,33 @@ fn translate(ip: u64, ops: &[Op]) -> Result<Option<(Vec<u8>, u16)>, Error> {
     t.a.mov(CPU, rdi)?;
     t.a.mov(ENV, rsi)?;
     t.a.mov(OPS, rdx)?;
+    // A chained translation comes in here, in the frame of the first one, with `OPS` set.
+    let mut chain_entry = t.a.create_label();
+    t.a.set_label(&mut chain_entry)?;
     let mut at = ip;
     for (i, op) in ops[..len].iter().enumerate() {
         t.op(i, at, op)?;
         at = op.next_ip;
     }
-    // Fell through the prefix: RIP is the next instruction's.
-    t.a.mov(rax, at)?;
-    t.a.mov(qword_ptr(CPU + offset_of!(Cpu, rip)), rax)?;
-    t.a.mov(rax, FELL_THROUGH | len as u64)?;
+    // Whether control can get past the last instruction (not after an inline JMP, CALL or
+    // RET, which always leave through their own exits).
+    let falls_through = !ops.get(len - 1).is_some_and(|o| match o.fast {
+        Fast::Ret => true,
+        Fast::Jmp { target } | Fast::Call { target } => is_canonical(target),
+        _ => false,
+    });
+    if len == ops.len() {
+        if falls_through {
+            // The whole block: its end is an exit to the next one.
+            let end = t.exit_to(len - 1, at);
+            t.a.jmp(end)?;
+        }
+    } else {
+        // Fell through the prefix: RIP is the next instruction's.
+        t.a.mov(rax, at)?;
+        t.a.mov(qword_ptr(CPU + offset_of!(Cpu, rip)), rax)?;
+        t.a.mov(rax, FELL_THROUGH | len as u64)?;
+    }
     let mut epilogue = t.epilogue;
     t.a.set_label(&mut epilogue)?;
     t.a.add(rsp, 8)?;
@@ -994,6 +1277,7 @@ fn translate(ip: u64, ops: &[Op]) -> Result<Option<(Vec<u8>, u16)>, Error> {
                 t.ret_value(i as u64 + 1)?;
             }
             StubKind::EndAt { i, rip } => t.exit_at(rip, i as u64 + 1)?,
+            StubKind::Chain { i, rip, cell } => t.chain(i, rip, cell)?,
             StubKind::EndRax { i } => {
                 t.a.mov(qword_ptr(CPU + rip_off), rax)?;
                 t.ret_value(i as u64 + 1)?;
@@ -1006,8 +1290,15 @@ fn translate(ip: u64, ops: &[Op]) -> Result<Option<(Vec<u8>, u16)>, Error> {
             }
         }
     }
-    let bytes = t.a.assemble(0)?;
-    Ok(Some((bytes, len as u16)))
+    let r =
+        t.a.assemble_options(0, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+    let chain_offset = r.label_ip(&chain_entry)? as usize;
+    Ok(Some(Translation {
+        bytes: r.inner.code_buffer,
+        len: len as u16,
+        chain_offset,
+        cells: t.cells,
+    }))
 }
 
 #[cfg(test)]
@@ -1051,6 +1342,75 @@ mod tests {
         m.load_code(&code);
         let out = m.run(10_000);
         (out.cpu.gpr[8], out.cpu.gpr[9], out.cpu.jit_blocks())
+    }
+
+    /// A loop through a call, a return point and a function (three blocks, two of them left by
+    /// chainable exits), and a store into the function's code every `patch_every` rounds
+    /// (`add eax, ecx` becomes `sub eax, ecx` and back). Runs it with `budget` in slices of
+    /// `slice` instructions, translated at the first run of a block (or interpreted), and
+    /// returns the CPU and how many exits were linked.
+    fn chain_loop(jit: bool, budget: u64, slice: u64, patch_every: u32) -> (Cpu, u64) {
+        let func = CODE + 0x1000;
+        let code = assemble(|a| {
+            a.mov(ecx, 200)?;
+            a.mov(edx, patch_every)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.call(func)?;
+            a.dec(edx)?;
+            let mut no_patch = a.create_label();
+            a.jne(no_patch)?;
+            // Flip the ADD/SUB opcode byte of the function (0x01 <-> 0x29).
+            a.xor(byte_ptr(func), 0x28)?;
+            a.mov(edx, patch_every)?;
+            a.set_label(&mut no_patch)?;
+            a.dec(ecx)?;
+            a.jne(top)
+        });
+        let mut m = Machine::new();
+        if jit {
+            let pool = CodePool::new(1).expect("code memory");
+            assert!(m.cpu.enable_jit(&pool, 1));
+        } else {
+            m.cpu.jit = None;
+        }
+        m.load_code(&code);
+        // add eax, ecx; ret
+        m.mem.load(func, &[0x01, 0xc8, 0xc3]).unwrap();
+        let mut left = budget;
+        while left > 0 && !m.cpu.halted {
+            let n = left.min(slice);
+            m.cpu.run(&mut m.mem, n);
+            left -= n;
+        }
+        let linked = m.cpu.jit.as_ref().map_or(0, |j| j.linked);
+        (m.cpu, linked)
+    }
+
+    /// Chained translations give the interpreter's result, stop exactly where the budget runs
+    /// out (the same registers, RIP and TSC at every cut), and see a store into a chained
+    /// function at once.
+    #[test]
+    fn chained_translations_match_the_interpreter_at_every_budget() {
+        let (done, linked) = chain_loop(true, 100_000, 20_000, 7);
+        let (want, _) = chain_loop(false, 100_000, 20_000, 7);
+        assert!(done.halted && want.halted);
+        assert!(linked > 0, "no exit was chained");
+        assert_eq!(
+            (done.gpr, done.rip, done.tsc),
+            (want.gpr, want.rip, want.tsc)
+        );
+        for budget in (1..160).chain([233, 399, 997, 1500, 2049]) {
+            for slice in [budget, 13, 64] {
+                let (got, _) = chain_loop(true, budget, slice, 3);
+                let (want, _) = chain_loop(false, budget, slice, 3);
+                assert_eq!(
+                    (got.gpr, got.rip, got.tsc),
+                    (want.gpr, want.rip, want.tsc),
+                    "budget {budget}, slices of {slice}"
+                );
+            }
+        }
     }
 
     /// Translated reads of a page remapped with INVLPG in between see the new page: the
