@@ -296,15 +296,18 @@ impl Cpu {
             if let Some(c) = code.jit.filter(|c| jit.valid(c) && *left >= c.len as u64) {
                 let epoch_user = stamp.epoch << 1 | u64::from(user);
                 // The translation that ran before left by an exit to here: link it to this
-                // one, which covers its whole block (a chained call never falls through
-                // into interpreted instructions).
+                // one; and let exits known only at run time find it. (A chained translation
+                // that falls through its prefix returns with RIP at the first instruction it
+                // does not cover, and the run loop goes on from there as from a new block.)
                 if let Some(cell) = pending {
-                    if c.len as usize >= code.ops.len() {
-                        jit.link(cell, rip, &c, self.code_gen, epoch_user, pa >> 12);
-                    }
+                    jit.link(cell, rip, &c, self.code_gen, epoch_user, pa >> 12);
                 }
+                jit.remember(rip, &c, self.code_gen, epoch_user, pa >> 12);
                 self.interrupt_shadow = false;
                 let ran = jit::call(&c, self, mem, *left, epoch_user);
+                if let Some(jit) = self.jit.as_mut() {
+                    jit.count_jumps(ran.jumped);
+                }
                 let ret = ran.ret;
                 let event = ran.event;
                 self.pending_link = ran.exit_cell;

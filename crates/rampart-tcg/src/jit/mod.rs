@@ -131,6 +131,16 @@ const LINKS: usize = 1 << 17;
 /// Cells per allocation (they are allocated as translations need them, and never move).
 const LINK_CHUNK: usize = 4096;
 
+/// log2 of the cells of the jump cache: translations by their address, for exits whose target
+/// is only known when they run (RET, indirect JMP/CALL).
+const JUMP_BITS: u32 = 11;
+
+/// The jump cache cell of guest address `rip` (the generated code computes the same).
+fn jump_slot(rip: u64) -> usize {
+    (rip.wrapping_mul(JUMP_HASH) >> (64 - JUMP_BITS)) as usize
+}
+const JUMP_HASH: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// What the run loop lends translated code and its helpers for one call.
 pub(crate) struct Env<'a> {
     mem: *mut (dyn GuestMemory + 'a),
@@ -154,6 +164,8 @@ pub(crate) struct Env<'a> {
     /// The chaining cell of the exit the call left by, if it left by one (address), for the
     /// run loop to link.
     exit_cell: usize,
+    /// Exits that went on through the jump cache.
+    jumped: u64,
 }
 
 /// A translated block: `(cpu, env, ops) ->` retired count with [`FELL_THROUGH`], or the
@@ -203,6 +215,12 @@ pub(crate) struct Jit {
     links_used: usize,
     /// Cells linked to a translation they were not linked to before (for tests and tracing).
     pub(crate) linked: u64,
+    /// The jump cache: cell `jump_slot(rip)` names the last translation run at `rip`, with what it was validated under (the same checks as a chaining cell, and
+    /// the target compared too). Boxed once: generated code holds its address.
+    jumps: Box<[Link]>,
+    /// Exits to a target known only at run time that went straight on through the jump cache
+    /// (counted by the generated code through `Env::jumped`; for tests and tracing).
+    pub(crate) jumped: u64,
 }
 
 impl Jit {
@@ -217,6 +235,8 @@ impl Jit {
             links: Vec::new(),
             links_used: 0,
             linked: 0,
+            jumps: vec![Link::default(); 1 << JUMP_BITS].into_boxed_slice(),
+            jumped: 0,
         })
     }
 
@@ -237,6 +257,7 @@ impl Jit {
             if attempt == 1 || self.links_used + MAX_EXITS > LINKS {
                 self.recycle();
             }
+            let jumps = self.jumps.as_ptr() as usize;
             let links = &mut self.links;
             let mut next_link = self.links_used;
             let mut cell = |_target: u64| {
@@ -254,7 +275,7 @@ impl Jit {
                     i,
                 ))
             };
-            let t = match translate(ip, ops, &mut cell) {
+            let t = match translate(ip, ops, &mut cell, jumps) {
                 Ok(Some(t)) => t,
                 Ok(None) => return None,
                 Err(e) => {
@@ -308,14 +329,46 @@ impl Jit {
             }
         }
         self.links_used = 0;
+        self.jumps.fill(Link::default());
         self.gen += 1;
+    }
+
+    /// `c`, the translation of the block at `rip`, validated under `epoch_user` in
+    /// generation `code_gen` on guest-physical page `code_page`, is about to run: let exits to
+    /// `rip` known only at run time find it (the jump cache).
+    pub(crate) fn remember(
+        &mut self,
+        rip: u64,
+        c: &Compiled,
+        code_gen: u64,
+        epoch_user: u64,
+        code_page: u64,
+    ) {
+        if !self.valid(c) {
+            return;
+        }
+        if let Some(l) = self.jumps.get_mut(jump_slot(rip)) {
+            *l = Link {
+                gen: code_gen,
+                epoch_user,
+                entry: c.chain_entry as u64,
+                ops: c.ops as u64,
+                len: u64::from(c.len),
+                code_page,
+                target: rip,
+            };
+        }
+    }
+
+    /// Count the jumps a call took through the jump cache.
+    pub(crate) fn count_jumps(&mut self, n: u64) {
+        self.jumped += n;
     }
 
     /// The call that ran last left by the exit whose cell is at `cell` (an address from
     /// [`Env::exit_cell`]), and `c`, the translation of the block at `rip` validated under
     /// `epoch_user` in generation `code_gen` on guest-physical page `code_page`, ran next: link
-    /// them, if the cell is one of this generation's and names `rip`. `c` must cover its whole
-    /// block (a chained call reports no fall-through into interpreted instructions).
+    /// them, if the cell is one of this generation's and names `rip`.
     pub(crate) fn link(
         &mut self,
         cell: usize,
@@ -362,6 +415,7 @@ impl Drop for Jit {
         tracing::debug!(
             blocks = self.compiled,
             linked = self.linked,
+            jumped = self.jumped,
             recycled = self.gen.saturating_sub(1),
             "block translator statistics"
         );
@@ -382,6 +436,8 @@ pub(crate) struct Ran {
     pub(crate) chained: u64,
     /// The chaining cell of the exit it left by, to link ([`Jit::link`]).
     pub(crate) exit_cell: Option<usize>,
+    /// Exits that went on through the jump cache.
+    pub(crate) jumped: u64,
 }
 
 /// Run compiled block `c` (valid, see [`Jit::valid`]), chaining into other translations for
@@ -417,6 +473,7 @@ pub(crate) fn call(
         left,
         epoch_user,
         exit_cell: 0,
+        jumped: 0,
     };
     // SAFETY: `c.entry` is the start of code `translate` emitted and `Arena::put` copied in
     // completely, in the current generation (checked by the caller), so it has not been
@@ -436,6 +493,7 @@ pub(crate) fn call(
         event: env.event,
         chained: env.retired,
         exit_cell: (env.exit_cell != 0).then_some(env.exit_cell),
+        jumped: env.jumped,
     }
 }
 
@@ -612,6 +670,8 @@ struct Tr<'c> {
     cell: &'c mut dyn FnMut(u64) -> Option<(usize, usize)>,
     /// The cells given, with their exits' targets.
     cells: Vec<(usize, u64)>,
+    /// Address of the jump cache (`Jit::jumps`).
+    jumps: usize,
 }
 
 /// A translation, before it is copied into the arena.
@@ -650,6 +710,55 @@ impl Tr<'_> {
             }
             None => self.stub(StubKind::EndAt { i, rip }),
         }
+    }
+
+    /// Leave after instruction `i` for the address in `rax` (RIP already holds it): through
+    /// the jump cache into the translation there if its cell names that address and holds as
+    /// a chaining cell would (see [`Tr::chain`]), else return to the run loop.
+    fn jump(&mut self, i: usize) -> R<()> {
+        let mut plain = self.a.create_label();
+        let field = |f: usize| rcx + f;
+        self.a.mov(rcx, rax)?;
+        self.a.mov(rdx, JUMP_HASH)?;
+        self.a.imul_2(rcx, rdx)?;
+        self.a.shr(rcx, 64 - JUMP_BITS)?;
+        self.a.imul_3(rcx, rcx, size_of::<Link>() as i32)?;
+        self.a.mov(rdx, self.jumps as u64)?;
+        self.a.add(rcx, rdx)?;
+        self.a
+            .cmp(rax, qword_ptr(field(offset_of!(Link, target))))?;
+        self.a.jne(plain)?;
+        self.a
+            .mov(rdx, qword_ptr(CPU + offset_of!(Cpu, code_gen)))?;
+        self.a.cmp(rdx, qword_ptr(field(offset_of!(Link, gen))))?;
+        self.a.jne(plain)?;
+        self.a
+            .mov(rdx, qword_ptr(ENV + offset_of!(Env<'_>, epoch_user)))?;
+        self.a
+            .cmp(rdx, qword_ptr(field(offset_of!(Link, epoch_user))))?;
+        self.a.jne(plain)?;
+        self.a
+            .cmp(byte_ptr(CPU + offset_of!(Cpu, code_written)), 0)?;
+        self.a.jne(plain)?;
+        self.a
+            .mov(rdx, qword_ptr(ENV + offset_of!(Env<'_>, retired)))?;
+        self.a.add(rdx, (i + 1) as i32)?;
+        self.a.mov(rax, rdx)?;
+        self.a.add(rax, qword_ptr(field(offset_of!(Link, len))))?;
+        self.a
+            .cmp(rax, qword_ptr(ENV + offset_of!(Env<'_>, left)))?;
+        self.a.ja(plain)?;
+        self.a
+            .mov(qword_ptr(ENV + offset_of!(Env<'_>, retired)), rdx)?;
+        self.a.inc(qword_ptr(ENV + offset_of!(Env<'_>, jumped)))?;
+        self.a
+            .mov(rdx, qword_ptr(field(offset_of!(Link, code_page))))?;
+        self.a
+            .mov(qword_ptr(CPU + offset_of!(Cpu, code_page)), rdx)?;
+        self.a.mov(OPS, qword_ptr(field(offset_of!(Link, ops))))?;
+        self.a.jmp(qword_ptr(field(offset_of!(Link, entry))))?;
+        self.a.set_label(&mut plain)?;
+        self.ret_value(i as u64 + 1)
     }
 
     /// The code of a [`StubKind::Chain`] stub.
@@ -1204,6 +1313,7 @@ fn translate(
     ip: u64,
     ops: &[Op],
     cell: &mut dyn FnMut(u64) -> Option<(usize, usize)>,
+    jumps: usize,
 ) -> Result<Option<Translation>, Error> {
     let len = ops
         .iter()
@@ -1223,6 +1333,7 @@ fn translate(
         cur: (0, ip),
         cell,
         cells: Vec::new(),
+        jumps,
     };
     for r in [rbx, r12, r13, r14, r15, rbp] {
         t.a.push(r)?;
@@ -1274,13 +1385,13 @@ fn translate(
             StubKind::EndNext { i } => {
                 t.a.mov(rax, qword_ptr(CPU + offset_of!(Cpu, next_rip)))?;
                 t.a.mov(qword_ptr(CPU + rip_off), rax)?;
-                t.ret_value(i as u64 + 1)?;
+                t.jump(i)?;
             }
             StubKind::EndAt { i, rip } => t.exit_at(rip, i as u64 + 1)?,
             StubKind::Chain { i, rip, cell } => t.chain(i, rip, cell)?,
             StubKind::EndRax { i } => {
                 t.a.mov(qword_ptr(CPU + rip_off), rax)?;
-                t.ret_value(i as u64 + 1)?;
+                t.jump(i)?;
             }
             StubKind::Restart { i, ip } => t.exit_at(ip, i as u64)?,
             StubKind::FaultGp { i, ip } => {
@@ -1349,7 +1460,7 @@ mod tests {
     /// (`add eax, ecx` becomes `sub eax, ecx` and back). Runs it with `budget` in slices of
     /// `slice` instructions, translated at the first run of a block (or interpreted), and
     /// returns the CPU and how many exits were linked.
-    fn chain_loop(jit: bool, budget: u64, slice: u64, patch_every: u32) -> (Cpu, u64) {
+    fn chain_loop(jit: bool, budget: u64, slice: u64, patch_every: u32) -> (Cpu, u64, u64) {
         let func = CODE + 0x1000;
         let code = assemble(|a| {
             a.mov(ecx, 200)?;
@@ -1384,26 +1495,28 @@ mod tests {
             left -= n;
         }
         let linked = m.cpu.jit.as_ref().map_or(0, |j| j.linked);
-        (m.cpu, linked)
+        let jumped = m.cpu.jit.as_ref().map_or(0, |j| j.jumped);
+        (m.cpu, linked, jumped)
     }
 
-    /// Chained translations give the interpreter's result, stop exactly where the budget runs
-    /// out (the same registers, RIP and TSC at every cut), and see a store into a chained
-    /// function at once.
+    /// Chained translations (and returns through the jump cache) give the interpreter's
+    /// result, stop exactly where the budget runs out (the same registers, RIP and TSC at
+    /// every cut), and see a store into a chained function at once.
     #[test]
     fn chained_translations_match_the_interpreter_at_every_budget() {
-        let (done, linked) = chain_loop(true, 100_000, 20_000, 7);
-        let (want, _) = chain_loop(false, 100_000, 20_000, 7);
+        let (done, linked, jumped) = chain_loop(true, 100_000, 20_000, 7);
+        let (want, _, _) = chain_loop(false, 100_000, 20_000, 7);
         assert!(done.halted && want.halted);
         assert!(linked > 0, "no exit was chained");
+        assert!(jumped > 0, "no return went through the jump cache");
         assert_eq!(
             (done.gpr, done.rip, done.tsc),
             (want.gpr, want.rip, want.tsc)
         );
         for budget in (1..160).chain([233, 399, 997, 1500, 2049]) {
             for slice in [budget, 13, 64] {
-                let (got, _) = chain_loop(true, budget, slice, 3);
-                let (want, _) = chain_loop(false, budget, slice, 3);
+                let (got, _, _) = chain_loop(true, budget, slice, 3);
+                let (want, _, _) = chain_loop(false, budget, slice, 3);
                 assert_eq!(
                     (got.gpr, got.rip, got.tsc),
                     (want.gpr, want.rip, want.tsc),
@@ -1411,6 +1524,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Two calls of one function whose return addresses share a jump cache cell: each return
+    /// goes on to its own caller, translated as interpreted.
+    #[test]
+    fn returns_whose_targets_share_a_jump_cache_cell_go_to_their_own_caller() {
+        let r1 = CODE + 10;
+        let r2 = (r1 + 64..r1 + 0x10_0000)
+            .find(|&r| super::jump_slot(r) == super::jump_slot(r1))
+            .unwrap();
+        let f = r2 + 0x40;
+        let rel = |from_next: u64, to: u64| (to.wrapping_sub(from_next) as u32).to_le_bytes();
+        let mut code = vec![0xcc; (f + 4 - CODE) as usize];
+        let mut put = |at: u64, bytes: &[u8]| {
+            let o = (at - CODE) as usize;
+            code[o..o + bytes.len()].copy_from_slice(bytes);
+        };
+        put(CODE, &[0xb9, 50, 0, 0, 0]); // mov ecx, 50
+        put(CODE + 5, &[0xe8]); // top: call f
+        put(CODE + 6, &rel(r1, f));
+        put(r1, &[0x83, 0xc3, 0x01]); // add ebx, 1
+        put(r1 + 3, &[0xe9]); // jmp r2 - 5
+        put(r1 + 4, &rel(r1 + 8, r2 - 5));
+        put(r2 - 5, &[0xe8]); // call f
+        put(r2 - 4, &rel(r2, f));
+        put(r2, &[0x83, 0xc3, 0x64, 0xff, 0xc9, 0x0f, 0x85]); // add ebx, 100; dec ecx; jne top
+        put(r2 + 7, &rel(r2 + 11, CODE + 5));
+        put(r2 + 11, &[0xf4]); // hlt
+        put(f, &[0x83, 0xc0, 0x01, 0xc3]); // add eax, 1; ret
+        let run = |jit: bool| {
+            let mut m = Machine::new();
+            if jit {
+                let pool = CodePool::new(1).expect("code memory");
+                assert!(m.cpu.enable_jit(&pool, 1));
+            } else {
+                m.cpu.jit = None;
+            }
+            m.mem.load(CODE, &code).unwrap();
+            m.cpu.rip = CODE;
+            m.cpu.gpr[0] = 0;
+            m.cpu.gpr[3] = 0;
+            assert_eq!(m.cpu.run(&mut m.mem, 100_000), crate::Exit::Halt);
+            let jumped = m.cpu.jit.as_ref().map_or(0, |j| j.jumped);
+            (m.cpu.gpr[0], m.cpu.gpr[3], jumped)
+        };
+        // (They evict each other from the cell: every return goes through the run loop.)
+        let (a, b, _) = run(true);
+        assert_eq!((a, b), (100, 50 * 101));
+        assert_eq!((a, b, 0), run(false));
     }
 
     /// Translated reads of a page remapped with INVLPG in between see the new page: the
