@@ -132,7 +132,7 @@ const LINKS: usize = 1 << 17;
 const LINK_CHUNK: usize = 4096;
 
 /// log2 of the cells of the jump cache: translations by their address, for exits whose target
-/// is only known when they run (RET, indirect JMP/CALL).
+/// is only known when they run (RET).
 const JUMP_BITS: u32 = 11;
 
 /// The jump cache cell of guest address `rip` (the generated code computes the same).
@@ -218,7 +218,7 @@ pub(crate) struct Jit {
     /// The jump cache: cell `jump_slot(rip)` names the last translation run at `rip`, with what it was validated under (the same checks as a chaining cell, and
     /// the target compared too). Boxed once: generated code holds its address.
     jumps: Box<[Link]>,
-    /// Exits to a target known only at run time that went straight on through the jump cache
+    /// Returns that went straight on through the jump cache
     /// (counted by the generated code through `Env::jumped`; for tests and tracing).
     pub(crate) jumped: u64,
 }
@@ -481,8 +481,9 @@ pub(crate) fn call(
     // field offsets `translate` took with `offset_of!`, `env` only through the helpers and
     // the fields it names with `offset_of!`, and reads its instructions only from its own copy
     // in the arena, at indices below its length (passed to `op_helper`). It may jump into
-    // other translations of the same generation through chaining cells of `Jit::links`, which
-    // only `Jit::link` fills (with translations of this generation), under the same contract.
+    // other translations of the same generation through chaining cells of `Jit::links` and
+    // `Jit::jumps`, which only `Jit::link` and `Jit::remember` fill (with translations of this
+    // generation) and `Jit::recycle` empties, under the same contract.
     // Everything outlives the call, and nothing else uses it meanwhile.
     let r = unsafe {
         let f: Entry = std::mem::transmute::<usize, Entry>(c.entry);
@@ -1383,9 +1384,11 @@ fn translate(
         match s.kind {
             StubKind::Fault { i, ip } => t.exit_at(ip, FAULT | i as u64)?,
             StubKind::EndNext { i } => {
+                // (Only a store into the running block's page gets here: no helper-run form
+                // changes RIP other than by faulting, so there is nothing to jump to.)
                 t.a.mov(rax, qword_ptr(CPU + offset_of!(Cpu, next_rip)))?;
                 t.a.mov(qword_ptr(CPU + rip_off), rax)?;
-                t.jump(i)?;
+                t.ret_value(i as u64 + 1)?;
             }
             StubKind::EndAt { i, rip } => t.exit_at(rip, i as u64 + 1)?,
             StubKind::Chain { i, rip, cell } => t.chain(i, rip, cell)?,
