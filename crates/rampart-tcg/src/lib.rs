@@ -299,10 +299,12 @@ impl Cpu {
                 // one; and let exits known only at run time find it. (A chained translation
                 // that falls through its prefix returns with RIP at the first instruction it
                 // does not cover, and the run loop goes on from there as from a new block.)
-                if let Some(cell) = pending {
-                    jit.link(cell, rip, &c, self.code_gen, epoch_user, pa >> 12);
+                if let Some(to) = jit.target(rip, &c, self.code_gen, epoch_user, pa >> 12) {
+                    if let Some(cell) = pending {
+                        jit.link(cell, &to);
+                    }
+                    jit.remember(&to);
                 }
-                jit.remember(rip, &c, self.code_gen, epoch_user, pa >> 12);
                 self.interrupt_shadow = false;
                 let ran = jit::call(&c, self, mem, *left, epoch_user);
                 if let Some(jit) = self.jit.as_mut() {

@@ -333,30 +333,33 @@ impl Jit {
         self.gen += 1;
     }
 
-    /// `c`, the translation of the block at `rip`, validated under `epoch_user` in
-    /// generation `code_gen` on guest-physical page `code_page`, is about to run: let exits to
-    /// `rip` known only at run time find it (the jump cache).
-    pub(crate) fn remember(
-        &mut self,
+    /// What a cell holds for `c`, the translation of the block at `rip` validated under
+    /// `epoch_user` in generation `code_gen` on guest-physical page `code_page`, if `c` is of
+    /// this arena generation.
+    pub(crate) fn target(
+        &self,
         rip: u64,
         c: &Compiled,
         code_gen: u64,
         epoch_user: u64,
         code_page: u64,
-    ) {
-        if !self.valid(c) {
-            return;
-        }
-        if let Some(l) = self.jumps.get_mut(jump_slot(rip)) {
-            *l = Link {
-                gen: code_gen,
-                epoch_user,
-                entry: c.chain_entry as u64,
-                ops: c.ops as u64,
-                len: u64::from(c.len),
-                code_page,
-                target: rip,
-            };
+    ) -> Option<Link> {
+        self.valid(c).then_some(Link {
+            gen: code_gen,
+            epoch_user,
+            entry: c.chain_entry as u64,
+            ops: c.ops as u64,
+            len: u64::from(c.len),
+            code_page,
+            target: rip,
+        })
+    }
+
+    /// `to` (from [`Jit::target`]) is about to run: let exits to its address known only at
+    /// run time find it (the jump cache).
+    pub(crate) fn remember(&mut self, to: &Link) {
+        if let Some(l) = self.jumps.get_mut(jump_slot(to.target)) {
+            *l = *to;
         }
     }
 
@@ -366,21 +369,9 @@ impl Jit {
     }
 
     /// The call that ran last left by the exit whose cell is at `cell` (an address from
-    /// [`Env::exit_cell`]), and `c`, the translation of the block at `rip` validated under
-    /// `epoch_user` in generation `code_gen` on guest-physical page `code_page`, ran next: link
-    /// them, if the cell is one of this generation's and names `rip`.
-    pub(crate) fn link(
-        &mut self,
-        cell: usize,
-        rip: u64,
-        c: &Compiled,
-        code_gen: u64,
-        epoch_user: u64,
-        code_page: u64,
-    ) {
-        if !self.valid(c) {
-            return;
-        }
+    /// [`Env::exit_cell`]), and `to` (from [`Jit::target`]) ran next: link them, if the cell is
+    /// one of this generation's and names `to`'s address.
+    pub(crate) fn link(&mut self, cell: usize, to: &Link) {
         let size = size_of::<Link>();
         let Some(index) = self.links.iter().enumerate().find_map(|(c, chunk)| {
             let off = cell.checked_sub(chunk.as_ptr() as usize)?;
@@ -393,17 +384,9 @@ impl Jit {
         }
         let mut new = false;
         if let Some(l) = self.cell_mut(index) {
-            if l.target == rip {
-                new = l.entry != c.chain_entry as u64;
-                *l = Link {
-                    gen: code_gen,
-                    epoch_user,
-                    entry: c.chain_entry as u64,
-                    ops: c.ops as u64,
-                    len: u64::from(c.len),
-                    code_page,
-                    target: rip,
-                };
+            if l.target == to.target {
+                new = l.entry != to.entry;
+                *l = *to;
             }
         }
         self.linked += u64::from(new);
@@ -718,7 +701,6 @@ impl Tr<'_> {
     /// a chaining cell would (see [`Tr::chain`]), else return to the run loop.
     fn jump(&mut self, i: usize) -> R<()> {
         let mut plain = self.a.create_label();
-        let field = |f: usize| rcx + f;
         self.a.mov(rcx, rax)?;
         self.a.mov(rdx, JUMP_HASH)?;
         self.a.imul_2(rcx, rdx)?;
@@ -726,55 +708,34 @@ impl Tr<'_> {
         self.a.imul_3(rcx, rcx, size_of::<Link>() as i32)?;
         self.a.mov(rdx, self.jumps as u64)?;
         self.a.add(rcx, rdx)?;
-        self.a
-            .cmp(rax, qword_ptr(field(offset_of!(Link, target))))?;
+        self.a.cmp(rax, qword_ptr(rcx + offset_of!(Link, target)))?;
         self.a.jne(plain)?;
-        self.a
-            .mov(rdx, qword_ptr(CPU + offset_of!(Cpu, code_gen)))?;
-        self.a.cmp(rdx, qword_ptr(field(offset_of!(Link, gen))))?;
-        self.a.jne(plain)?;
-        self.a
-            .mov(rdx, qword_ptr(ENV + offset_of!(Env<'_>, epoch_user)))?;
-        self.a
-            .cmp(rdx, qword_ptr(field(offset_of!(Link, epoch_user))))?;
-        self.a.jne(plain)?;
-        self.a
-            .cmp(byte_ptr(CPU + offset_of!(Cpu, code_written)), 0)?;
-        self.a.jne(plain)?;
-        self.a
-            .mov(rdx, qword_ptr(ENV + offset_of!(Env<'_>, retired)))?;
-        self.a.add(rdx, (i + 1) as i32)?;
-        self.a.mov(rax, rdx)?;
-        self.a.add(rax, qword_ptr(field(offset_of!(Link, len))))?;
-        self.a
-            .cmp(rax, qword_ptr(ENV + offset_of!(Env<'_>, left)))?;
-        self.a.ja(plain)?;
-        self.a
-            .mov(qword_ptr(ENV + offset_of!(Env<'_>, retired)), rdx)?;
-        self.a.inc(qword_ptr(ENV + offset_of!(Env<'_>, jumped)))?;
-        self.a
-            .mov(rdx, qword_ptr(field(offset_of!(Link, code_page))))?;
-        self.a
-            .mov(qword_ptr(CPU + offset_of!(Cpu, code_page)), rdx)?;
-        self.a.mov(OPS, qword_ptr(field(offset_of!(Link, ops))))?;
-        self.a.jmp(qword_ptr(field(offset_of!(Link, entry))))?;
+        self.enter(i, rcx, rdx, rax, plain, true)?;
         self.a.set_label(&mut plain)?;
         self.ret_value(i as u64 + 1)
     }
 
-    /// The code of a [`StubKind::Chain`] stub.
-    fn chain(&mut self, i: usize, rip: u64, cell: usize) -> R<()> {
-        let mut plain = self.a.create_label();
-        let field = |f: usize| rax + f;
-        self.a.mov(rax, cell as u64)?;
-        self.a
-            .mov(rcx, qword_ptr(CPU + offset_of!(Cpu, code_gen)))?;
-        self.a.cmp(rcx, qword_ptr(field(offset_of!(Link, gen))))?;
+    /// Go on after instruction `i` into the translation linked in the cell at `cell` if the
+    /// cell still holds (the validation generation, TLB epoch and privilege it was linked
+    /// under, no code written by this CPU, the budget for the target's instructions), else go
+    /// to `plain`. `s1` and `s2` are scratch; `jumped` counts it in `Env::jumped`.
+    fn enter(
+        &mut self,
+        i: usize,
+        cell: AsmRegister64,
+        s1: AsmRegister64,
+        s2: AsmRegister64,
+        plain: CodeLabel,
+        jumped: bool,
+    ) -> R<()> {
+        let field = |f: usize| cell + f;
+        self.a.mov(s1, qword_ptr(CPU + offset_of!(Cpu, code_gen)))?;
+        self.a.cmp(s1, qword_ptr(field(offset_of!(Link, gen))))?;
         self.a.jne(plain)?;
         self.a
-            .mov(rcx, qword_ptr(ENV + offset_of!(Env<'_>, epoch_user)))?;
+            .mov(s1, qword_ptr(ENV + offset_of!(Env<'_>, epoch_user)))?;
         self.a
-            .cmp(rcx, qword_ptr(field(offset_of!(Link, epoch_user))))?;
+            .cmp(s1, qword_ptr(field(offset_of!(Link, epoch_user))))?;
         self.a.jne(plain)?;
         self.a
             .cmp(byte_ptr(CPU + offset_of!(Cpu, code_written)), 0)?;
@@ -782,21 +743,30 @@ impl Tr<'_> {
         // Retired so far (with this translation's `i + 1`), and with the target's: within the
         // budget?
         self.a
-            .mov(rcx, qword_ptr(ENV + offset_of!(Env<'_>, retired)))?;
-        self.a.add(rcx, (i + 1) as i32)?;
-        self.a.mov(rdx, rcx)?;
-        self.a.add(rdx, qword_ptr(field(offset_of!(Link, len))))?;
-        self.a
-            .cmp(rdx, qword_ptr(ENV + offset_of!(Env<'_>, left)))?;
+            .mov(s1, qword_ptr(ENV + offset_of!(Env<'_>, retired)))?;
+        self.a.add(s1, (i + 1) as i32)?;
+        self.a.mov(s2, s1)?;
+        self.a.add(s2, qword_ptr(field(offset_of!(Link, len))))?;
+        self.a.cmp(s2, qword_ptr(ENV + offset_of!(Env<'_>, left)))?;
         self.a.ja(plain)?;
         self.a
-            .mov(qword_ptr(ENV + offset_of!(Env<'_>, retired)), rcx)?;
+            .mov(qword_ptr(ENV + offset_of!(Env<'_>, retired)), s1)?;
+        if jumped {
+            self.a.inc(qword_ptr(ENV + offset_of!(Env<'_>, jumped)))?;
+        }
         self.a
-            .mov(rdx, qword_ptr(field(offset_of!(Link, code_page))))?;
+            .mov(s2, qword_ptr(field(offset_of!(Link, code_page))))?;
         self.a
-            .mov(qword_ptr(CPU + offset_of!(Cpu, code_page)), rdx)?;
+            .mov(qword_ptr(CPU + offset_of!(Cpu, code_page)), s2)?;
         self.a.mov(OPS, qword_ptr(field(offset_of!(Link, ops))))?;
-        self.a.jmp(qword_ptr(field(offset_of!(Link, entry))))?;
+        self.a.jmp(qword_ptr(field(offset_of!(Link, entry))))
+    }
+
+    /// The code of a [`StubKind::Chain`] stub.
+    fn chain(&mut self, i: usize, rip: u64, cell: usize) -> R<()> {
+        let mut plain = self.a.create_label();
+        self.a.mov(rax, cell as u64)?;
+        self.enter(i, rax, rcx, rdx, plain, false)?;
         self.a.set_label(&mut plain)?;
         self.a
             .mov(qword_ptr(ENV + offset_of!(Env<'_>, exit_cell)), rax)?;
@@ -1458,6 +1428,18 @@ mod tests {
         (out.cpu.gpr[8], out.cpu.gpr[9], out.cpu.jit_blocks())
     }
 
+    /// A test machine that translates every block at its first run (`jit`) or interprets.
+    fn machine_translating_at_once(jit: bool) -> Machine {
+        let mut m = Machine::new();
+        if jit {
+            let pool = CodePool::new(1).expect("code memory");
+            assert!(m.cpu.enable_jit(&pool, 1));
+        } else {
+            m.cpu.jit = None;
+        }
+        m
+    }
+
     /// A loop through a call, a return point and a function (three blocks, two of them left by
     /// chainable exits), and a store into the function's code every `patch_every` rounds
     /// (`add eax, ecx` becomes `sub eax, ecx` and back). Runs it with `budget` in slices of
@@ -1481,13 +1463,7 @@ mod tests {
             a.dec(ecx)?;
             a.jne(top)
         });
-        let mut m = Machine::new();
-        if jit {
-            let pool = CodePool::new(1).expect("code memory");
-            assert!(m.cpu.enable_jit(&pool, 1));
-        } else {
-            m.cpu.jit = None;
-        }
+        let mut m = machine_translating_at_once(jit);
         m.load_code(&code);
         // add eax, ecx; ret
         m.mem.load(func, &[0x01, 0xc8, 0xc3]).unwrap();
@@ -1557,13 +1533,7 @@ mod tests {
         put(r2 + 11, &[0xf4]); // hlt
         put(f, &[0x83, 0xc0, 0x01, 0xc3]); // add eax, 1; ret
         let run = |jit: bool| {
-            let mut m = Machine::new();
-            if jit {
-                let pool = CodePool::new(1).expect("code memory");
-                assert!(m.cpu.enable_jit(&pool, 1));
-            } else {
-                m.cpu.jit = None;
-            }
+            let mut m = machine_translating_at_once(jit);
             m.mem.load(CODE, &code).unwrap();
             m.cpu.rip = CODE;
             m.cpu.gpr[0] = 0;

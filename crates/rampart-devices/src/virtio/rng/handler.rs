@@ -100,7 +100,7 @@ mod tests {
     }
 
     #[test]
-    fn fills_writable_buffers_with_random_bytes() {
+    fn fills_writable_buffers_with_random_bytes_and_reports_them() {
         // Arrange
         let mem = mem();
         let vq = MockSplitQueue::new(&mem, 16);
@@ -115,36 +115,20 @@ mod tests {
         ];
         vq.build_desc_chain(&descs).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
+        let (hook, log) = crate::virtio::write_recorder();
         // Act
-        let used = fill_requests(&mut q, &mem, &mut Fixed, None).unwrap();
+        let used = fill_requests(&mut q, &mem, &mut Fixed, Some(&hook)).unwrap();
         // Assert
         assert!(used);
         assert_eq!(used_len(&mem, &vq, 0), 24);
+        assert_eq!(
+            *log.lock().unwrap(),
+            [(0x8000, 16), (0x9000, 8)],
+            "reported"
+        );
         let mut b = [0u8; 8];
         mem.read_slice(&mut b, GuestAddress(0x9000)).unwrap();
         assert_eq!(b, [0x5a; 8]);
-    }
-
-    #[test]
-    fn the_device_reports_the_buffers_it_filled() {
-        let mem = mem();
-        let vq = MockSplitQueue::new(&mem, 16);
-        let descs = [
-            RawDescriptor::from(Descriptor::new(
-                0x8000,
-                16,
-                (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
-                1,
-            )),
-            RawDescriptor::from(Descriptor::new(0x9000, 8, VRING_DESC_F_WRITE as u16, 0)),
-        ];
-        vq.build_desc_chain(&descs).unwrap();
-        let mut q: Queue = vq.create_queue().unwrap();
-        let mut dev = crate::virtio::rng::Rng::new();
-        let (hook, log) = crate::virtio::write_recorder();
-        crate::virtio::VirtioDevice::set_guest_writes(&mut dev, hook);
-        assert!(crate::virtio::VirtioDevice::process_queue(&mut dev, 0, &mut q, &mem).unwrap());
-        assert_eq!(*log.lock().unwrap(), [(0x8000, 16), (0x9000, 8)]);
     }
 
     #[test]
