@@ -215,11 +215,12 @@ pub(crate) struct Jit {
     links_used: usize,
     /// Cells linked to a translation they were not linked to before (for tests and tracing).
     pub(crate) linked: u64,
-    /// The jump cache: cell `jump_slot(rip)` names the last translation run at `rip`, with what it was validated under (the same checks as a chaining cell, and
-    /// the target compared too). Boxed once: generated code holds its address.
+    /// The jump cache: cell `jump_slot(rip)` names the last translation run at `rip`, with
+    /// what it was validated under (the same checks as a chaining cell, and the target
+    /// compared too). Boxed once: generated code holds its address.
     jumps: Box<[Link]>,
-    /// Returns that went straight on through the jump cache
-    /// (counted by the generated code through `Env::jumped`; for tests and tracing).
+    /// Returns that went straight on through the jump cache (counted by the generated code
+    /// through `Env::jumped`; for tests and tracing).
     pub(crate) jumped: u64,
 }
 
@@ -260,7 +261,7 @@ impl Jit {
             let jumps = self.jumps.as_ptr() as usize;
             let links = &mut self.links;
             let mut next_link = self.links_used;
-            let mut cell = |_target: u64| {
+            let mut cell = || {
                 let i = next_link;
                 if i >= LINKS {
                     return None;
@@ -649,9 +650,9 @@ struct Tr<'c> {
     flags: Option<(LazyOp, u8)>,
     /// The instruction being emitted: its index and address.
     cur: (usize, u64),
-    /// Gives a chaining cell for an exit to an address: (its address, its index), or `None`
-    /// when there are no more.
-    cell: &'c mut dyn FnMut(u64) -> Option<(usize, usize)>,
+    /// Gives a chaining cell for an exit: (its address, its index), or `None` when there are
+    /// no more.
+    cell: &'c mut dyn FnMut() -> Option<(usize, usize)>,
     /// The cells given, with their exits' targets.
     cells: Vec<(usize, u64)>,
     /// Address of the jump cache (`Jit::jumps`).
@@ -687,7 +688,7 @@ impl Tr<'_> {
     /// A stub for leaving after instruction `i` to fixed address `rip`: chainable if a cell
     /// is left.
     fn exit_to(&mut self, i: usize, rip: u64) -> CodeLabel {
-        match (self.cell)(rip) {
+        match (self.cell)() {
             Some((cell, index)) => {
                 self.cells.push((index, rip));
                 self.stub(StubKind::Chain { i, rip, cell })
@@ -1283,7 +1284,7 @@ fn low16(r: AsmRegister64) -> AsmRegister16 {
 fn translate(
     ip: u64,
     ops: &[Op],
-    cell: &mut dyn FnMut(u64) -> Option<(usize, usize)>,
+    cell: &mut dyn FnMut() -> Option<(usize, usize)>,
     jumps: usize,
 ) -> Result<Option<Translation>, Error> {
     let len = ops
@@ -1719,7 +1720,8 @@ mod tests {
             a.lea(rdx, qword_ptr(f))?;
             let mut top = a.create_label();
             a.set_label(&mut top)?;
-            // Twice: a block is only taken as validated from its second run in a generation.
+            // Twice: the function also runs as a block already validated in the generation,
+            // not only as one just built.
             a.call(f)?;
             a.add(r8, rax)?;
             a.call(f)?;
