@@ -290,15 +290,13 @@ impl Cpu {
             if code.jit.is_none() || stale {
                 code.runs = code.runs.saturating_add(1);
                 if code.runs == jit.threshold || stale {
-                    code.jit = jit.compile(rip, &code.ops);
+                    code.jit = jit.compile(rip, &code.ops, &code.generic);
                 }
             }
             if let Some(c) = code.jit.filter(|c| jit.valid(c) && *left >= c.len as u64) {
                 let epoch_user = stamp.epoch << 1 | u64::from(user);
                 // The translation that ran before left by an exit to here: link it to this
-                // one; and let exits known only at run time find it. (A chained translation
-                // that falls through its prefix returns with RIP at the first instruction it
-                // does not cover, and the run loop goes on from there as from a new block.)
+                // one; and let exits known only at run time find it.
                 if let Some(to) = jit.target(rip, &c, self.code_gen, epoch_user, pa >> 12) {
                     if let Some(cell) = pending {
                         jit.link(cell, &to);
@@ -308,35 +306,24 @@ impl Cpu {
                 self.interrupt_shadow = false;
                 let ran = jit::call(&c, self, mem, *left, epoch_user);
                 if let Some(jit) = self.jit.as_mut() {
-                    jit.count_jumps(ran.jumped);
+                    jit.count(&ran);
                 }
                 let ret = ran.ret;
                 let event = ran.event;
                 self.pending_link = ran.exit_cell;
-                // Chained translations ran to their exits, so the call ended the block.
+                // A translation covers its whole block and leaves at its end, a taken branch,
+                // a fault or wherever the loop below would end the block: the call ended it.
                 let retired = ran.chained + (ret & 0xffff_ffff);
                 *left -= retired;
                 self.tsc = self.tsc.wrapping_add(retired);
-                let ended = if ret & jit::FAULT != 0 {
+                if ret & jit::FAULT != 0 {
                     *left -= 1;
                     r = Err(event.unwrap_or(Event::Exit(Exit::Unsupported {
                         rip: self.rip,
                         what: "a translated fault without its event",
                     })));
-                    true
-                } else {
-                    // The translation ends early after a taken branch or a store into this
-                    // page, like the loop below; it says when it ran to its end instead.
-                    ret & jit::FELL_THROUGH == 0
-                        || ran.chained != 0
-                        || self.code_written
-                        || c.len as usize >= code.ops.len()
-                };
-                start = if ended {
-                    code.ops.len()
-                } else {
-                    c.len as usize
-                };
+                }
+                start = code.ops.len();
             }
         }
         for op in code.ops.get(start..).unwrap_or_default() {

@@ -110,6 +110,16 @@ impl Arena {
         Some(self.rx as usize + start)
     }
 
+    /// Copy `a` and then `b` in (as [`Arena::put_slice`] does), `b` at [`pair_offset`] from
+    /// `a`, and return the address of `a`'s first value; `None` if they do not fit.
+    pub(crate) fn put_pair<A: Copy, B: Copy>(&mut self, a: &[A], b: &[B]) -> Option<usize> {
+        let first = self.put_slice(a)?;
+        let second = self.put_slice(b)?;
+        // (`put_slice` starts each copy at the next 16-byte boundary, so this always holds;
+        // generated code relies on it.)
+        (second - first == pair_offset::<A>(a.len())).then_some(first)
+    }
+
     /// Forget everything allocated (the caller has made sure none of it runs again).
     pub(crate) fn clear(&mut self) {
         self.used = 0;
@@ -119,6 +129,12 @@ impl Arena {
     pub(crate) fn used(&self) -> usize {
         self.used
     }
+}
+
+/// Where [`Arena::put_pair`] puts its second slice: this many bytes after the first of `n`
+/// values of `A`.
+pub(crate) const fn pair_offset<A>(n: usize) -> usize {
+    (n * std::mem::size_of::<A>()).next_multiple_of(16)
 }
 
 impl Drop for Arena {

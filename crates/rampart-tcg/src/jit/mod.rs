@@ -20,14 +20,18 @@
 //! outside a page of its RAM that its own page tables map for that access.
 //!
 //! # What is translated
-//! The longest prefix of a block made of lowered forms (`crate::fast`), stopping at the first
-//! instruction that runs on the generic path; the run loop interprets the rest of the block.
-//! MOV, MOVZX/MOVSX/MOVSXD, LEA, the ALU operations without carry-in (ADD SUB CMP AND OR XOR
-//! TEST), PUSH/POP of 64-bit registers, CALL/JMP with direct targets, RET and Jcc are emitted
-//! inline (a Jcc after an inline ALU operation of the same translation sets the host's flags
-//! from the lazy record with the same operation and branches on them); every other lowered
-//! form calls [`op_helper`], which runs `Cpu::exec_fast` on it: exactly the interpreter's
-//! behaviour, without the dispatch loop.
+//! Whole blocks. MOV, MOVZX/MOVSX/MOVSXD, LEA, the ALU operations without carry-in (ADD SUB
+//! CMP AND OR XOR TEST), PUSH/POP of 64-bit registers, CALL/JMP with direct targets, RET and
+//! Jcc are emitted inline (a Jcc after an inline ALU operation of the same translation sets
+//! the host's flags from the lazy record with the same operation and branches on them); every
+//! other lowered form calls [`op_helper`], which runs `Cpu::exec_fast` on it: exactly the
+//! interpreter's behaviour, without the dispatch loop. An instruction that runs on the generic
+//! path calls [`generic_helper`], which runs the interpreter's `exec::execute_op` on the
+//! translation's own copy of its decoded form, and ends the translation wherever the run loop
+//! would end a block after it (or what the translation runs under changed). So a block with a
+//! locked, system or string instruction in the middle no longer falls back to the run loop
+//! there: in a Linux guest's disk write path the interpreted remainders of such blocks were
+//! about a tenth of all instructions, and each cost a return to the run loop.
 //!
 //! # Exactness
 //! Each instruction commits nothing before its last possible fault, as in the interpreter: a
@@ -47,14 +51,14 @@ use std::sync::{Arc, Mutex};
 use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
 
-use crate::block_cache::Op;
+use crate::block_cache::{Generic, Op};
 use crate::cpu::{Cpu, SegReg, Segment, CODE_PAGE_SLOTS};
 use crate::exception::{Event, Exception};
 use crate::fast::{Addr, AluOp, Dst, Fast, Src, NONE};
 use crate::flags::{Flags, LazyOp};
 use crate::memory::GuestMemory;
 use crate::mmu::{is_canonical, AccessKind, FastEntry, FAST_ENTRIES};
-use arena::Arena;
+use arena::{pair_offset, Arena};
 
 /// Code space per CPU. Compiled blocks of a Linux boot take about a tenth of it; when it is
 /// full, everything compiled is dropped and compiled again as it runs.
@@ -64,9 +68,6 @@ const ARENA_BYTES: usize = 64 << 20;
 /// (the event is in [`Env::event`]); otherwise the low half is the number of instructions
 /// retired.
 pub(crate) const FAULT: u64 = 1 << 32;
-/// Set in a translated block's return value when control fell through the end of the
-/// translated prefix (RIP is the next instruction's, and nothing ended the block early).
-pub(crate) const FELL_THROUGH: u64 = 1 << 33;
 
 /// In the `info` argument of the load and store helpers (beside the size): the access is
 /// through SS (a non-canonical address raises #SS rather than #GP).
@@ -84,7 +85,7 @@ const FAULTED: u64 = 2;
 /// so it runs again from a block validated afresh (as the interpreter ends the block there).
 const RESTART: u64 = 3;
 
-/// A compiled block prefix.
+/// A compiled block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Compiled {
     /// Executable address of the entry.
@@ -100,7 +101,7 @@ pub(crate) struct Compiled {
 }
 
 /// A chaining cell: one per exit of a translation to a fixed address (a taken branch, a direct
-/// jump or call, the end of a wholly translated block). The run loop fills it with the
+/// jump or call, the end of a block). The run loop fills it with the
 /// translation that ran next from there ([`Jit::link`]); the exit then jumps straight into it
 /// while nothing it was linked under has changed: the block validation generation (so the
 /// target's bytes are still the ones it was translated from, and its page is still marked),
@@ -166,9 +167,11 @@ pub(crate) struct Env<'a> {
     exit_cell: usize,
     /// Exits that went on through the jump cache.
     jumped: u64,
+    /// Generic instructions run (by [`generic_helper`]).
+    generic: u64,
 }
 
-/// A translated block: `(cpu, env, ops) ->` retired count with [`FELL_THROUGH`], or the
+/// A translated block: `(cpu, env, ops) ->` retired count, or the
 /// faulting instruction's index with [`FAULT`].
 type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Env<'_>, *const Op) -> u64;
 
@@ -222,6 +225,8 @@ pub(crate) struct Jit {
     /// Returns that went straight on through the jump cache (counted by the generated code
     /// through `Env::jumped`; for tests and tracing).
     pub(crate) jumped: u64,
+    /// Generic instructions run in translated code (for tests and tracing).
+    pub(crate) generic: u64,
 }
 
 impl Jit {
@@ -238,6 +243,7 @@ impl Jit {
             linked: 0,
             jumps: vec![Link::default(); 1 << JUMP_BITS].into_boxed_slice(),
             jumped: 0,
+            generic: 0,
         })
     }
 
@@ -247,13 +253,9 @@ impl Jit {
         c.gen == self.gen
     }
 
-    /// Compile the translatable prefix of the block at `ip` with instructions `ops`. `None`
-    /// when its first instruction runs on the generic path.
-    pub(crate) fn compile(&mut self, ip: u64, ops: &[Op]) -> Option<Compiled> {
-        // (Nothing to translate: keep what is there.)
-        if ops.first().is_none_or(|o| o.fast == Fast::Generic) {
-            return None;
-        }
+    /// Compile the block at `ip` with instructions `ops`, whose generic ones take the entries
+    /// of `generic` in turn (as in `block_cache::Code`).
+    pub(crate) fn compile(&mut self, ip: u64, ops: &[Op], generic: &[Generic]) -> Option<Compiled> {
         for attempt in 0..2 {
             if attempt == 1 || self.links_used + MAX_EXITS > LINKS {
                 self.recycle();
@@ -276,7 +278,7 @@ impl Jit {
                     i,
                 ))
             };
-            let t = match translate(ip, ops, &mut cell, jumps) {
+            let t = match translate(ip, ops, generic.len(), &mut cell, jumps) {
                 Ok(Some(t)) => t,
                 Ok(None) => return None,
                 Err(e) => {
@@ -288,7 +290,9 @@ impl Jit {
             let Some(entry) = arena.put(&t.bytes) else {
                 continue;
             };
-            let Some(ops_copy) = arena.put_slice(&ops[..t.len as usize]) else {
+            // Its generic instructions go right after its ops, where its code finds them.
+            let Some(ops_copy) = arena.put_pair(&ops[..t.len as usize], &generic[..t.generic])
+            else {
                 continue;
             };
             for (i, target) in t.cells {
@@ -364,9 +368,10 @@ impl Jit {
         }
     }
 
-    /// Count the jumps a call took through the jump cache.
-    pub(crate) fn count_jumps(&mut self, n: u64) {
-        self.jumped += n;
+    /// Count what a call did: jumps through the jump cache, generic instructions run.
+    pub(crate) fn count(&mut self, ran: &Ran) {
+        self.jumped += ran.jumped;
+        self.generic += ran.generic;
     }
 
     /// The call that ran last left by the exit whose cell is at `cell` (an address from
@@ -400,6 +405,7 @@ impl Drop for Jit {
             blocks = self.compiled,
             linked = self.linked,
             jumped = self.jumped,
+            generic = self.generic,
             recycled = self.gen.saturating_sub(1),
             "block translator statistics"
         );
@@ -422,6 +428,8 @@ pub(crate) struct Ran {
     pub(crate) exit_cell: Option<usize>,
     /// Exits that went on through the jump cache.
     pub(crate) jumped: u64,
+    /// Generic instructions it ran.
+    pub(crate) generic: u64,
 }
 
 /// Run compiled block `c` (valid, see [`Jit::valid`]), chaining into other translations for
@@ -458,6 +466,7 @@ pub(crate) fn call(
         epoch_user,
         exit_cell: 0,
         jumped: 0,
+        generic: 0,
     };
     // SAFETY: `c.entry` is the start of code `translate` emitted and `Arena::put` copied in
     // completely, in the current generation (checked by the caller), so it has not been
@@ -479,6 +488,7 @@ pub(crate) fn call(
         chained: env.retired,
         exit_cell: (env.exit_cell != 0).then_some(env.exit_cell),
         jumped: env.jumped,
+        generic: env.generic,
     }
 }
 
@@ -571,6 +581,57 @@ unsafe extern "sysv64" fn op_helper(cpu: *mut Cpu, env: *mut Env<'_>, op: *const
     }
 }
 
+/// Run generic instruction `*g`, the `i`th instruction of the running translation, as the
+/// interpreter does. Returns [`CONTINUE`], [`END`] (it retired; RIP is `Cpu::next_rip`) or
+/// [`FAULTED`] (it faulted, or left for the embedder as HLT, IN and OUT do, with RIP where the
+/// interpreter would leave it: at the instruction, or past it if it retired). It ends the translation wherever the interpreter ends a block after a generic
+/// instruction (a change of RIP, a halt, a store into the block's page, a change of TLB epoch
+/// or mode), and also where what the translation runs under would no longer hold: a change of
+/// privilege (the inline accesses use the tables of the privilege at the call) or of the
+/// validation generation, and an interrupt shadow (the interpreter clears it at the next
+/// instruction, which translated code does not).
+unsafe extern "sysv64" fn generic_helper(
+    cpu: *mut Cpu,
+    env: *mut Env<'_>,
+    g: *const Generic,
+    i: u64,
+) -> u64 {
+    // SAFETY: as in `load_helper`; `g` points into the translation's own copy of its generic
+    // instructions in the arena, which stays in place while it runs.
+    let (cpu, env, g) = unsafe { (&mut *cpu, &mut *env, &*g) };
+    // SAFETY: as in `load_helper`.
+    let mem = unsafe { &mut *env.mem };
+    let gen = cpu.code_gen;
+    cpu.interrupt_shadow = false;
+    cpu.rip = g.instr.ip();
+    cpu.next_rip = g.instr.next_ip();
+    // The run loop counts the TSC for the whole call when it returns: let this instruction
+    // see (and set) it as the interpreter would.
+    env.generic += 1;
+    let before = env.retired.wrapping_add(i);
+    cpu.tsc = cpu.tsc.wrapping_add(before);
+    let r = crate::exec::execute_op(cpu, mem, &g.instr, g.mnemonic, g.locked);
+    cpu.tsc = cpu.tsc.wrapping_sub(before);
+    match r {
+        Ok(())
+            if cpu.next_rip != g.instr.next_ip()
+                || cpu.halted
+                || cpu.code_written
+                || cpu.interrupt_shadow
+                || cpu.code_gen != gen
+                || (cpu.tlb.epoch << 1 | u64::from(cpu.user_access())) != env.epoch_user
+                || !cpu.in_64bit_mode() =>
+        {
+            END
+        }
+        Ok(()) => CONTINUE,
+        Err(e) => {
+            env.event = Some(e);
+            FAULTED
+        }
+    }
+}
+
 /// Record #GP(0) as the fault of the running instruction.
 unsafe extern "sysv64" fn gp_helper(env: *mut Env<'_>) {
     // SAFETY: as in `load_helper`.
@@ -634,6 +695,8 @@ enum StubKind {
     FaultGp { i: usize, ip: u64 },
     /// Instruction `i` at `ip` is to run again (see [`RESTART`]).
     Restart { i: usize, ip: u64 },
+    /// Generic instruction `i` faulted or left for the embedder, with RIP where it left it.
+    Left { i: usize },
 }
 
 struct Stub {
@@ -657,6 +720,12 @@ struct Tr<'c> {
     cells: Vec<(usize, u64)>,
     /// Address of the jump cache (`Jit::jumps`).
     jumps: usize,
+    /// Offset from `OPS` of the copy of the first generic instruction (see
+    /// [`Arena::put_pair`]), the generic instructions emitted so far, and how many the block
+    /// has.
+    generic_base: usize,
+    generic_used: usize,
+    generic_len: usize,
 }
 
 /// A translation, before it is copied into the arena.
@@ -664,6 +733,8 @@ struct Translation {
     bytes: Vec<u8>,
     /// Instructions covered.
     len: u16,
+    /// Generic instructions among them (the first entries of the block's `generic`).
+    generic: usize,
     /// Offset of the entry for chaining (past the prologue).
     chain_offset: usize,
     /// The chaining cells its exits use (index in `Jit::links`, target).
@@ -678,7 +749,7 @@ const MAX_EXITS: usize = crate::block_cache::MAX_INSNS + 1;
 enum Error {
     #[error("assembler: {0}")]
     Asm(#[from] IcedError),
-    #[error("a generic instruction in a translated prefix")]
+    #[error("a decoded block without its generic instruction")]
     Generic,
 }
 
@@ -1006,6 +1077,31 @@ impl Tr<'_> {
         self.a.jne(end)
     }
 
+    /// Run generic instruction `i` (at `ip`), the next of the block's generic instructions,
+    /// through [`generic_helper`].
+    fn generic(&mut self, i: usize) -> Result<(), Error> {
+        let k = self.generic_used;
+        if k >= self.generic_len {
+            return Err(Error::Generic);
+        }
+        self.generic_used += 1;
+        // It may write the flags.
+        self.flags = None;
+        let end = self.stub(StubKind::EndNext { i });
+        let fault = self.stub(StubKind::Left { i });
+        self.a.mov(rdi, CPU)?;
+        self.a.mov(rsi, ENV)?;
+        let at = self.generic_base + k * std::mem::size_of::<Generic>();
+        self.a.lea(rdx, qword_ptr(OPS + at))?;
+        self.a.mov(ecx, i as u32)?;
+        self.call_helper(generic_helper as *const () as usize)?;
+        self.a.cmp(eax, FAULTED as u32)?;
+        self.a.je(fault)?;
+        self.a.test(eax, eax)?;
+        self.a.jne(end)?;
+        Ok(())
+    }
+
     /// Emit instruction `i` (at `ip`, `op`).
     fn op(&mut self, i: usize, ip: u64, op: &Op) -> Result<(), Error> {
         self.cur = (i, ip);
@@ -1106,8 +1202,7 @@ impl Tr<'_> {
                 let taken = self.exit_to(i, target);
                 self.a.jmp(taken)
             }
-            // (`translate` stops before generic instructions.)
-            Fast::Generic => return Err(Error::Generic),
+            Fast::Generic => return self.generic(i),
             _ => self.via_helper(i, ip),
         };
         Ok(r?)
@@ -1278,21 +1373,18 @@ fn low16(r: AsmRegister64) -> AsmRegister16 {
     }
 }
 
-/// Host code for the translatable prefix of the block at `ip` (`ops`), and its length in
-/// instructions; `None` if the first instruction is generic. `cell` gives chaining cells for
-/// its exits to fixed addresses.
+/// Host code for the block at `ip` (`ops`, whose generic instructions are the first
+/// `generic_len` of the block's), and its length in instructions; `None` for an empty block.
+/// `cell` gives chaining cells for its exits to fixed addresses.
 fn translate(
     ip: u64,
     ops: &[Op],
+    generic_len: usize,
     cell: &mut dyn FnMut() -> Option<(usize, usize)>,
     jumps: usize,
 ) -> Result<Option<Translation>, Error> {
-    let len = ops
-        .iter()
-        .take_while(|o| o.fast != Fast::Generic)
-        .count()
-        .min(u16::MAX as usize);
-    if len == 0 {
+    let len = ops.len();
+    if len == 0 || len > u16::MAX as usize {
         return Ok(None);
     }
     let mut a = CodeAssembler::new(64)?;
@@ -1306,6 +1398,9 @@ fn translate(
         cell,
         cells: Vec::new(),
         jumps,
+        generic_base: pair_offset::<Op>(len),
+        generic_used: 0,
+        generic_len,
     };
     for r in [rbx, r12, r13, r14, r15, rbp] {
         t.a.push(r)?;
@@ -1330,17 +1425,10 @@ fn translate(
         Fast::Jmp { target } | Fast::Call { target } => is_canonical(target),
         _ => false,
     });
-    if len == ops.len() {
-        if falls_through {
-            // The whole block: its end is an exit to the next one.
-            let end = t.exit_to(len - 1, at);
-            t.a.jmp(end)?;
-        }
-    } else {
-        // Fell through the prefix: RIP is the next instruction's.
-        t.a.mov(rax, at)?;
-        t.a.mov(qword_ptr(CPU + offset_of!(Cpu, rip)), rax)?;
-        t.a.mov(rax, FELL_THROUGH | len as u64)?;
+    if falls_through {
+        // Its end is an exit to the next block.
+        let end = t.exit_to(len - 1, at);
+        t.a.jmp(end)?;
     }
     let mut epilogue = t.epilogue;
     t.a.set_label(&mut epilogue)?;
@@ -1355,8 +1443,8 @@ fn translate(
         match s.kind {
             StubKind::Fault { i, ip } => t.exit_at(ip, FAULT | i as u64)?,
             StubKind::EndNext { i } => {
-                // (Only a store into the running block's page gets here: no helper-run form
-                // changes RIP other than by faulting, so there is nothing to jump to.)
+                // (A store into the running block's page, or a generic instruction that
+                // changed what the translation runs under: back to the run loop.)
                 t.a.mov(rax, qword_ptr(CPU + offset_of!(Cpu, next_rip)))?;
                 t.a.mov(qword_ptr(CPU + rip_off), rax)?;
                 t.ret_value(i as u64 + 1)?;
@@ -1368,6 +1456,7 @@ fn translate(
                 t.jump(i)?;
             }
             StubKind::Restart { i, ip } => t.exit_at(ip, i as u64)?,
+            StubKind::Left { i } => t.ret_value(FAULT | i as u64)?,
             StubKind::FaultGp { i, ip } => {
                 t.a.mov(rdi, ENV)?;
                 t.call_helper(gp_helper as *const () as usize)?;
@@ -1381,6 +1470,7 @@ fn translate(
     Ok(Some(Translation {
         bytes: r.inner.code_buffer,
         len: len as u16,
+        generic: t.generic_used,
         chain_offset,
         cells: t.cells,
     }))
@@ -1497,6 +1587,79 @@ mod tests {
             for slice in [budget, 13, 64] {
                 let (got, _, _) = chain_loop(true, budget, slice, 3);
                 let (want, _, _) = chain_loop(false, budget, slice, 3);
+                assert_eq!(
+                    (got.gpr, got.rip, got.tsc),
+                    (want.gpr, want.rip, want.tsc),
+                    "budget {budget}, slices of {slice}"
+                );
+            }
+        }
+    }
+
+    /// A loop of inline forms and generic instructions (RDTSC, BSWAP, PUSHFQ, CMPXCHG, MUL,
+    /// BTS, CLI/STI, OUT, XADD), run in slices of `slice` for `budget` instructions,
+    /// translated at the first run of each block (or interpreted). Returns the CPU, the exits
+    /// of the slices and the generic instructions run translated.
+    fn generic_loop(jit: bool, budget: u64, slice: u64) -> (Cpu, Vec<crate::Exit>, u64) {
+        let code = assemble(|a| {
+            a.mov(ecx, 300)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.rdtsc()?;
+            a.add(r8, rax)?;
+            a.bswap(r8)?;
+            a.pushfq()?;
+            a.add(r9, r8)?;
+            a.pop(r10)?;
+            a.mov(rax, r9)?;
+            a.cmpxchg(r11, r9)?;
+            a.mul(rcx)?;
+            a.xor(r12, rax)?;
+            a.bts(r13, rcx)?;
+            a.cli()?;
+            a.sti()?;
+            a.add(r12, 5)?;
+            a.out(0x80, al)?;
+            a.xadd(r14, r12)?;
+            a.dec(ecx)?;
+            a.jne(top)
+        });
+        let mut m = machine_translating_at_once(jit);
+        m.load_code(&code);
+        let mut exits = Vec::new();
+        let mut left = budget;
+        while left > 0 && !m.cpu.halted {
+            let n = left.min(slice);
+            exits.push(m.cpu.run(&mut m.mem, n));
+            left -= n;
+        }
+        let generic = m.cpu.jit.as_ref().map_or(0, |j| j.generic);
+        (m.cpu, exits, generic)
+    }
+
+    /// Generic instructions run inside translations give the interpreter's result: the same
+    /// registers (the TSC RDTSC reads included), RIP, TSC and exits (an OUT leaves once, past
+    /// itself) at every budget cut.
+    #[test]
+    fn generic_instructions_in_translations_match_the_interpreter_at_every_budget() {
+        // (Each OUT ends its slice.)
+        let (done, exits, generic) = generic_loop(true, 400 * 10_000, 10_000);
+        let (want, want_exits, _) = generic_loop(false, 400 * 10_000, 10_000);
+        assert!(done.halted && want.halted);
+        assert!(
+            generic > 1000,
+            "generic instructions ran translated: {generic}"
+        );
+        assert_eq!(exits, want_exits);
+        assert_eq!(
+            (done.gpr, done.rip, done.tsc),
+            (want.gpr, want.rip, want.tsc)
+        );
+        for budget in (1..64).chain([97, 233, 399, 997]) {
+            for slice in [budget, 7] {
+                let (got, exits, _) = generic_loop(true, budget, slice);
+                let (want, want_exits, _) = generic_loop(false, budget, slice);
+                assert_eq!(exits, want_exits, "budget {budget}, slices of {slice}");
                 assert_eq!(
                     (got.gpr, got.rip, got.tsc),
                     (want.gpr, want.rip, want.tsc),
