@@ -17,13 +17,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::opener::{NameOrigin, Opener};
-use crate::BlockError;
+use crate::{guest_len, BlockError, GuestBuf};
 
 /// Alignment of offsets, lengths and buffers for `O_DIRECT` (covers 512-byte and 4 KiB
 /// logical blocks).
 pub const DIRECT_ALIGN: u64 = 4096;
 /// Largest bounce buffer one request uses; bigger requests are split.
 const BOUNCE_MAX: usize = 1 << 20;
+/// Most buffers one `preadv`/`pwritev` takes (Linux's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
 
 /// How to open a host file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,6 +348,113 @@ impl HostFile {
         Ok(())
     }
 
+    /// Whether `offset` and `bufs` are aligned as `O_DIRECT` needs (always, without it).
+    fn guest_aligned(&self, offset: u64, bufs: &[GuestBuf]) -> bool {
+        let align = DIRECT_ALIGN as usize;
+        !self.direct
+            || (offset % DIRECT_ALIGN == 0
+                && bufs
+                    .iter()
+                    .all(|b| b.addr() % align == 0 && b.len() % align == 0))
+    }
+
+    /// Fills the guest buffers `bufs` from `offset` with `preadv`, bytes past the end of the
+    /// file as zeroes; `Ok(false)` (nothing read) if they lack the alignment `O_DIRECT` needs.
+    pub fn read_guest_at(&self, offset: u64, bufs: &[GuestBuf]) -> Result<bool, BlockError> {
+        offset
+            .checked_add(guest_len(bufs))
+            .ok_or_else(|| self.io_err("read", offset, overflow()))?;
+        if !self.guest_aligned(offset, bufs) {
+            return Ok(false);
+        }
+        self.vectored(false, offset, bufs)?;
+        Ok(true)
+    }
+
+    /// Writes the guest buffers `bufs` at `offset` with `pwritev`; `Ok(false)` (nothing
+    /// written) if they lack the alignment `O_DIRECT` needs or the write would grow the file
+    /// (which [`HostFile::write_at`] serialises).
+    pub fn write_guest_at(&self, offset: u64, bufs: &[GuestBuf]) -> Result<bool, BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let end = offset
+            .checked_add(guest_len(bufs))
+            .ok_or_else(|| self.io_err("write", offset, overflow()))?;
+        if end > self.len() || !self.guest_aligned(offset, bufs) {
+            return Ok(false);
+        }
+        self.vectored(true, offset, bufs)?;
+        Ok(true)
+    }
+
+    /// `pwritev` (`write`) or `preadv` of all of `bufs` from `offset`, in calls of at most
+    /// [`IOV_MAX`] buffers, going on after short transfers; a read stops at end of file and
+    /// zeroes the rest.
+    fn vectored(&self, write: bool, offset: u64, bufs: &[GuestBuf]) -> Result<(), BlockError> {
+        let op = if write { "write" } else { "read" };
+        let fd = self.file.as_raw_fd();
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter()
+            .filter(|b| !b.is_empty())
+            .map(GuestBuf::iovec)
+            .collect();
+        let mut first = 0usize;
+        let mut pos = offset;
+        while let Some(rest) = iov.get(first..).filter(|r| !r.is_empty()) {
+            let count = rest.len().min(IOV_MAX);
+            let at = libc::off_t::try_from(pos).map_err(|_| self.io_err(op, pos, overflow()))?;
+            // SAFETY: `rest` is a live slice of at least `count` iovecs, each naming (part of)
+            // a `GuestBuf`, which `GuestBuf::new`'s contract keeps mapped, readable and
+            // writable for the call; the kernel reads or writes only those ranges.
+            let r = unsafe {
+                if write {
+                    libc::pwritev(fd, rest.as_ptr(), count as libc::c_int, at)
+                } else {
+                    libc::preadv(fd, rest.as_ptr(), count as libc::c_int, at)
+                }
+            };
+            let mut n = match usize::try_from(r) {
+                Ok(n) => n,
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(self.io_err(op, pos, e));
+                }
+            };
+            if n == 0 {
+                if write {
+                    return Err(self.io_err(op, pos, io::ErrorKind::WriteZero.into()));
+                }
+                break;
+            }
+            pos += n as u64;
+            while let Some(v) = iov.get_mut(first).filter(|_| n > 0) {
+                if n >= v.iov_len {
+                    n -= v.iov_len;
+                    first += 1;
+                } else {
+                    v.iov_base = v.iov_base.cast::<u8>().wrapping_add(n).cast();
+                    v.iov_len -= n;
+                    n = 0;
+                }
+            }
+            // A short O_DIRECT read that ends unaligned stopped at end of file.
+            if !write && self.direct && pos % DIRECT_ALIGN != 0 {
+                break;
+            }
+        }
+        if !write {
+            for v in iov.get(first..).unwrap_or_default() {
+                // SAFETY: as above: what is left of a `GuestBuf`, mapped and writable.
+                unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, v.iov_len) };
+            }
+        }
+        Ok(())
+    }
+
     /// `fdatasync`.
     pub fn flush(&self) -> Result<(), BlockError> {
         if self.read_only {
@@ -485,6 +594,101 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    /// Page-aligned host memory standing in for guest RAM, and `GuestBuf`s over pieces of it.
+    struct Ram(Vec<u8>, usize);
+
+    impl Ram {
+        fn new(len: usize) -> Ram {
+            let v = vec![0u8; len + 4096];
+            let start = v.as_ptr().align_offset(4096);
+            Ram(v, start)
+        }
+
+        fn bytes(&mut self) -> &mut [u8] {
+            let s = self.1;
+            &mut self.0[s..]
+        }
+
+        /// Buffers of `len` bytes at each of `offsets`.
+        fn bufs(&mut self, offsets: &[usize], len: usize) -> Vec<GuestBuf> {
+            let base = self.bytes().as_mut_ptr();
+            offsets
+                .iter()
+                .map(|&o| {
+                    assert!(o + len <= self.0.len() - self.1);
+                    // SAFETY: inside `self`, which outlives the buffers in each test.
+                    unsafe { GuestBuf::new(base.add(o), len) }
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn guest_buffers_are_written_and_read_in_order_in_batches_of_iov_max() {
+        for direct in [false, true] {
+            let p = tmp("vectored", 1 << 20);
+            let f = open(&p, direct);
+            let mut ram = Ram::new(1 << 20);
+            for (i, b) in ram.bytes().iter_mut().enumerate() {
+                *b = (i / 4096) as u8 ^ (i as u8);
+            }
+            // 256 pages in reverse order, then 1500 buffers of 512 bytes (buffered only:
+            // O_DIRECT needs 4 KiB here, and refuses them untouched).
+            let pages: Vec<usize> = (0..256).rev().map(|i| i * 4096).collect();
+            let bufs = ram.bufs(&pages, 4096);
+            assert!(f.write_guest_at(0, &bufs).unwrap());
+            let data = std::fs::read(&p).unwrap();
+            for (k, &o) in pages.iter().enumerate() {
+                assert_eq!(data[k * 4096..][..4096], ram.bytes()[o..o + 4096]);
+            }
+            let small: Vec<usize> = (0..1500).map(|i| i * 512).collect();
+            let bufs = ram.bufs(&small, 512);
+            assert_eq!(f.write_guest_at(4096, &bufs).unwrap(), !direct);
+            let mut back = Ram::new(1 << 20);
+            let bufs = back.bufs(&pages, 4096);
+            assert!(f.read_guest_at(0, &bufs).unwrap());
+            let data = std::fs::read(&p).unwrap();
+            for (k, &o) in pages.iter().enumerate() {
+                assert_eq!(back.bytes()[o..o + 4096], data[k * 4096..][..4096]);
+            }
+            if !direct {
+                assert_eq!(data[4096..4096 + 1500 * 512], ram.bytes()[..1500 * 512]);
+            }
+        }
+    }
+
+    #[test]
+    fn guest_buffers_read_past_the_end_of_the_file_as_zeroes() {
+        for direct in [false, true] {
+            let p = tmp("vectored-eof", 0);
+            std::fs::write(&p, vec![7u8; 6000]).unwrap();
+            let f = open(&p, direct);
+            let mut ram = Ram::new(4 * 4096);
+            ram.bytes().fill(0xee);
+            let bufs = ram.bufs(&[8192, 0, 4096], 4096);
+            assert!(f.read_guest_at(0, &bufs).unwrap());
+            let b = ram.bytes();
+            assert!(b[8192..12288].iter().all(|&x| x == 7));
+            assert!(b[..6000 - 4096].iter().all(|&x| x == 7));
+            assert!(b[6000 - 4096..4096].iter().all(|&x| x == 0));
+            assert!(b[4096..8192].iter().all(|&x| x == 0));
+            assert!(
+                b[12288..].iter().all(|&x| x == 0xee),
+                "nothing else touched"
+            );
+        }
+    }
+
+    #[test]
+    fn a_guest_write_that_would_grow_the_file_is_left_to_the_copy_path() {
+        let p = tmp("vectored-grow", 4096);
+        let f = open(&p, false);
+        let mut ram = Ram::new(8192);
+        let bufs = ram.bufs(&[0, 4096], 4096);
+        assert!(!f.write_guest_at(0, &bufs).unwrap());
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 4096);
     }
 
     #[test]

@@ -47,6 +47,66 @@ pub trait BlockBackend: Send + Sync {
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<(), BlockError>;
     /// True if `discard=unmap` and the back end can deallocate.
     fn supports_discard(&self) -> bool;
+    /// Fills the guest buffers `bufs`, in order, from `offset` straight from the image (no
+    /// copy through a buffer of ours), if this back end can: `Ok(false)` if it cannot for
+    /// this request (nothing was read), and the caller copies through
+    /// [`read_at`](Self::read_at). Fails as `read_at` does.
+    fn read_guest_at(&self, _offset: u64, _bufs: &[GuestBuf]) -> Result<bool, BlockError> {
+        Ok(false)
+    }
+    /// Writes the guest buffers `bufs`, in order, at `offset` straight into the image, if this
+    /// back end can: `Ok(false)` if it cannot for this request (nothing was written), and the
+    /// caller copies through [`write_at`](Self::write_at). Fails as `write_at` does.
+    fn write_guest_at(&self, _offset: u64, _bufs: &[GuestBuf]) -> Result<bool, BlockError> {
+        Ok(false)
+    }
+}
+
+/// A buffer in guest memory, handed to the host kernel as it is (`preadv`/`pwritev`) rather
+/// than copied. Only ever reached through its raw address: the guest may change it at any
+/// moment, so no Rust reference to it is made.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl GuestBuf {
+    /// A buffer of `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must be one mapping of this process, readable and writable, for as
+    /// long as this value or a copy of it is used.
+    pub unsafe fn new(ptr: *mut u8, len: usize) -> GuestBuf {
+        GuestBuf { ptr, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn addr(&self) -> usize {
+        self.ptr as usize
+    }
+
+    /// The buffer as an `iovec` for the kernel.
+    pub(crate) fn iovec(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.ptr.cast(),
+            iov_len: self.len,
+        }
+    }
+}
+
+/// Total length of `bufs` (`u64::MAX` if it does not fit: no disk is that big).
+pub(crate) fn guest_len(bufs: &[GuestBuf]) -> u64 {
+    bufs.iter()
+        .try_fold(0u64, |t, b| t.checked_add(b.len() as u64))
+        .unwrap_or(u64::MAX)
 }
 
 /// Checks that `[offset, offset+len)` lies inside a disk of `size` bytes.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rampart_config::{CacheConfig, DiscardMode};
 
 use crate::file::HostFile;
-use crate::{check_range, BlockBackend, BlockError};
+use crate::{check_range, guest_len, BlockBackend, BlockError, GuestBuf};
 
 /// A raw image.
 #[derive(Debug)]
@@ -91,5 +91,19 @@ impl BlockBackend for RawBackend {
 
     fn supports_discard(&self) -> bool {
         self.discard == DiscardMode::Unmap && !self.file.read_only() && self.file.can_punch()
+    }
+
+    fn read_guest_at(&self, offset: u64, bufs: &[GuestBuf]) -> Result<bool, BlockError> {
+        check_range(offset, guest_len(bufs), self.size)?;
+        self.file.read_guest_at(offset, bufs)
+    }
+
+    fn write_guest_at(&self, offset: u64, bufs: &[GuestBuf]) -> Result<bool, BlockError> {
+        self.writable(offset, guest_len(bufs))?;
+        if !self.file.write_guest_at(offset, bufs)? {
+            return Ok(false);
+        }
+        self.after_write()?;
+        Ok(true)
     }
 }

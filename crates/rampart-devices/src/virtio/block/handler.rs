@@ -7,6 +7,11 @@
 //! [`MAX_REQUEST_BYTES`], discard/write-zeroes segments at most [`MAX_SEGMENTS`]. A malformed
 //! request is answered with VIRTIO_BLK_S_IOERR (or UNSUPP) when it has a status byte, and
 //! returned used with length 0 when it has none; it never stops the device.
+//!
+//! Reads and writes go straight between the guest's buffers and the image when the back end
+//! can (a raw image; with `cache=none` only buffers aligned as `O_DIRECT` needs): the guest
+//! buffers, each checked to lie in one region of guest RAM, are handed to `preadv`/`pwritev`.
+//! Otherwise the data is copied through a buffer of the device's.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use std::time::Instant;
 
 use rampart_block::stats::{BlockStats, IoKind};
 use rampart_block::throttle::{self, ThrottleHandle};
-use rampart_block::BlockBackend;
+use rampart_block::{BlockBackend, GuestBuf};
 use tracing::debug;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
@@ -22,7 +27,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::virtio::QueueError;
 
@@ -134,9 +139,9 @@ impl BlockRequests {
             let written = chain.clone();
             let len = match (
                 Reader::<()>::new(mem, chain.clone()),
-                Writer::<()>::new(mem, chain),
+                Writer::<()>::new(mem, chain.clone()),
             ) {
-                (Ok(r), Ok(w)) => self.request(r, w),
+                (Ok(r), Ok(w)) => self.request(mem, &chain, r, w),
                 (Err(e), _) | (_, Err(e)) => {
                     debug!("virtio-blk: request with unusable buffers: {e}");
                     0
@@ -152,7 +157,13 @@ impl BlockRequests {
     }
 
     /// Serves one request; returns the number of bytes written into the guest's buffers.
-    fn request(&mut self, mut reader: Reader<'_>, mut writer: Writer<'_>) -> u32 {
+    fn request<'m>(
+        &mut self,
+        mem: &'m GuestMemoryMmap,
+        chain: &Chain<'m>,
+        mut reader: Reader<'m>,
+        mut writer: Writer<'m>,
+    ) -> u32 {
         let writable = writer.available_bytes();
         if writable == 0 {
             debug!("virtio-blk: request without a status byte dropped");
@@ -171,7 +182,13 @@ impl BlockRequests {
             self.acct_bytes = 0;
             self.acct_end = None;
             let start = Instant::now();
-            let result = self.execute(kind, sector, &mut reader, &mut writer);
+            let io = Io {
+                mem,
+                chain,
+                reader: &mut reader,
+                writer: &mut writer,
+            };
+            let result = self.execute(kind, sector, io);
             self.account(kind, &result, start);
             result
         };
@@ -219,13 +236,13 @@ impl BlockRequests {
     }
 
     /// Executes a request; returns the data bytes written into guest memory.
-    fn execute(
-        &mut self,
-        kind: u32,
-        sector: u64,
-        reader: &mut Reader<'_>,
-        writer: &mut Writer<'_>,
-    ) -> Result<usize, Failure> {
+    fn execute(&mut self, kind: u32, sector: u64, io_: Io<'_, '_>) -> Result<usize, Failure> {
+        let Io {
+            mem,
+            chain,
+            reader,
+            writer,
+        } = io_;
         let io = |e: rampart_block::BlockError| {
             debug!("virtio-blk: back end error: {e}");
             Failure::IoErr
@@ -237,9 +254,17 @@ impl BlockRequests {
                     return Err(Failure::Invalid);
                 }
                 let offset = self.range(sector, len as u64)?;
-                self.buf.resize(len, 0);
-                self.disk.read_at(offset, &mut self.buf).map_err(io)?;
-                writer.write_all(&self.buf).map_err(|_| Failure::IoErr)?;
+                // The data is the writable part before the status byte.
+                let bufs = guest_bufs(mem, chain.clone().writable().map(desc), 0, len);
+                let direct = match bufs {
+                    Some(b) => self.disk.read_guest_at(offset, &b).map_err(io)?,
+                    None => false,
+                };
+                if !direct {
+                    self.buf.resize(len, 0);
+                    self.disk.read_at(offset, &mut self.buf).map_err(io)?;
+                    writer.write_all(&self.buf).map_err(|_| Failure::IoErr)?;
+                }
                 self.acct_bytes = len as u64;
                 Ok(len)
             }
@@ -252,11 +277,20 @@ impl BlockRequests {
                     return Err(Failure::Invalid);
                 }
                 let offset = self.range(sector, len as u64)?;
-                self.buf.resize(len, 0);
-                reader
-                    .read_exact(&mut self.buf)
-                    .map_err(|_| Failure::IoErr)?;
-                self.disk.write_at(offset, &self.buf).map_err(io)?;
+                // The data is the readable part after the header.
+                let skip = reader.bytes_read();
+                let bufs = guest_bufs(mem, chain.clone().readable().map(desc), skip, len);
+                let direct = match bufs {
+                    Some(b) => self.disk.write_guest_at(offset, &b).map_err(io)?,
+                    None => false,
+                };
+                if !direct {
+                    self.buf.resize(len, 0);
+                    reader
+                        .read_exact(&mut self.buf)
+                        .map_err(|_| Failure::IoErr)?;
+                    self.disk.write_at(offset, &self.buf).map_err(io)?;
+                }
                 self.acct_bytes = len as u64;
                 self.acct_end = Some(offset + len as u64);
                 Ok(0)
@@ -314,6 +348,53 @@ impl BlockRequests {
             _ => Err(Failure::Unsupported),
         }
     }
+}
+
+/// A request's descriptor chain.
+type Chain<'m> = virtio_queue::DescriptorChain<&'m GuestMemoryMmap>;
+
+/// What a request's execution works on: guest memory, its chain, and the chain's readable
+/// part (past the header) and writable part (before the status byte).
+struct Io<'a, 'm> {
+    mem: &'m GuestMemoryMmap,
+    chain: &'a Chain<'m>,
+    reader: &'a mut Reader<'m>,
+    writer: &'a mut Writer<'m>,
+}
+
+/// A descriptor's address and length.
+fn desc(d: virtio_queue::desc::split::Descriptor) -> (GuestAddress, usize) {
+    (d.addr(), d.len() as usize)
+}
+
+/// The guest buffers holding bytes `skip..skip + len` of the buffers `descs` name, for I/O
+/// straight to or from them; `None` if they hold fewer bytes or one of them does not lie in a
+/// single region of guest RAM (the copy path then serves, or fails, the request).
+fn guest_bufs(
+    mem: &GuestMemoryMmap,
+    descs: impl Iterator<Item = (GuestAddress, usize)>,
+    mut skip: usize,
+    mut len: usize,
+) -> Option<Vec<GuestBuf>> {
+    let mut out = Vec::new();
+    for (addr, n) in descs {
+        if len == 0 {
+            break;
+        }
+        if skip >= n {
+            skip -= n;
+            continue;
+        }
+        let take = (n - skip).min(len);
+        let slice = mem.get_slice(addr.checked_add(skip as u64)?, take).ok()?;
+        // SAFETY: the slice is `take` bytes of a region of `mem`, an mmap of this process,
+        // readable and writable, which stays mapped while `mem` is borrowed: the buffers are
+        // used only while the request is served, under that borrow.
+        out.push(unsafe { GuestBuf::new(slice.ptr_guard_mut().as_ptr(), take) });
+        skip = 0;
+        len -= take;
+    }
+    (len == 0).then_some(out)
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ struct Run {
 }
 
 /// Offers `descs` as one chain (starting at descriptor 0) and processes the queue.
-fn run(mem: &GuestMemoryMmap, disk: Arc<MemDisk>, descs: &[RawDescriptor]) -> Run {
+fn run(mem: &GuestMemoryMmap, disk: Arc<dyn BlockBackend>, descs: &[RawDescriptor]) -> Run {
     let vq = MockSplitQueue::new(mem, 16);
     for (i, d) in descs.iter().enumerate() {
         vq.desc_table().store(i as u16, *d).unwrap();
@@ -510,4 +510,155 @@ fn status_byte_overlapping_the_used_ring_does_not_break_the_queue() {
     );
     assert!(reqs.process(&mut q, &mem).unwrap());
     assert_eq!(mem.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 1);
+}
+
+/// A raw image on a host file, counting the requests it served straight from or into guest
+/// buffers.
+struct Counted {
+    raw: rampart_block::raw::RawBackend,
+    direct: std::sync::atomic::AtomicU32,
+}
+
+impl BlockBackend for Counted {
+    fn size(&self) -> u64 {
+        self.raw.size()
+    }
+    fn read_only(&self) -> bool {
+        self.raw.read_only()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.raw.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), BlockError> {
+        self.raw.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), BlockError> {
+        self.raw.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.raw.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<(), BlockError> {
+        self.raw.write_zeroes(offset, len, may_unmap)
+    }
+    fn supports_discard(&self) -> bool {
+        false
+    }
+    fn read_guest_at(&self, offset: u64, bufs: &[GuestBuf]) -> Result<bool, BlockError> {
+        let r = self.raw.read_guest_at(offset, bufs)?;
+        self.direct
+            .fetch_add(r as u32, std::sync::atomic::Ordering::Relaxed);
+        Ok(r)
+    }
+    fn write_guest_at(&self, offset: u64, bufs: &[GuestBuf]) -> Result<bool, BlockError> {
+        let r = self.raw.write_guest_at(offset, bufs)?;
+        self.direct
+            .fetch_add(r as u32, std::sync::atomic::Ordering::Relaxed);
+        Ok(r)
+    }
+}
+
+/// A 64 KiB raw image holding `fill`, opened with `O_DIRECT` or not.
+fn raw_image(name: &str, direct: bool, fill: u8) -> (Arc<Counted>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("rampart-blk-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{direct}.img"));
+    std::fs::write(&path, vec![fill; 64 << 10]).unwrap();
+    let opts = rampart_block::file::FileOptions {
+        read_only: false,
+        direct,
+    };
+    let file = Arc::new(rampart_block::file::HostFile::open(&path, opts).unwrap());
+    let cache = rampart_config::CacheConfig {
+        direct,
+        no_flush: false,
+        writethrough: false,
+    };
+    let raw = rampart_block::raw::RawBackend::new(file, cache, rampart_config::DiscardMode::Ignore);
+    let disk = Arc::new(Counted {
+        raw,
+        direct: Default::default(),
+    });
+    (disk, path)
+}
+
+/// Header, three data pages out of order in guest memory (`write`: device-writable), status.
+fn paged_request(data_write: bool, pages: [u64; 3], len: u32) -> Vec<RawDescriptor> {
+    let dflag = if data_write { VRING_DESC_F_WRITE } else { 0 };
+    vec![
+        desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+        desc(pages[0], len, dflag | VRING_DESC_F_NEXT, 2),
+        desc(pages[1], len, dflag | VRING_DESC_F_NEXT, 3),
+        desc(pages[2], len, dflag | VRING_DESC_F_NEXT, 4),
+        desc(STATUS, 1, VRING_DESC_F_WRITE, 0),
+    ]
+}
+
+#[test]
+fn reads_and_writes_of_a_raw_image_go_straight_between_guest_buffers_and_the_file() {
+    for direct in [false, true] {
+        let (disk, path) = raw_image("straight", direct, 0x11);
+        let mem = mem();
+        let pages = [DATA + 0x2000, DATA, DATA + 0x5000];
+        for (k, p) in pages.iter().enumerate() {
+            mem.write_slice(&[0xa0 + k as u8; 4096], GuestAddress(*p))
+                .unwrap();
+        }
+        // Write sectors 8.. (4 KiB in): the three pages in chain order.
+        header(&mem, VIRTIO_BLK_T_OUT, 8);
+        let r = run(&mem, disk.clone(), &paged_request(false, pages, 4096));
+        assert_eq!((r.status, r.used_len), (0, 1), "direct {direct}");
+        let data = std::fs::read(&path).unwrap();
+        assert!(data[..4096].iter().all(|&b| b == 0x11));
+        for k in 0..3 {
+            let page = &data[4096 * (k + 1)..][..4096];
+            assert!(page.iter().all(|&b| b == 0xa0 + k as u8), "page {k}");
+        }
+        assert!(data[16384..].iter().all(|&b| b == 0x11));
+        // Read them back into other pages, in another order.
+        let back = [DATA + 0x9000, DATA + 0x7000, DATA + 0x8000];
+        header(&mem, VIRTIO_BLK_T_IN, 8);
+        let r = run(&mem, disk.clone(), &paged_request(true, back, 4096));
+        assert_eq!((r.status, r.used_len), (0, 3 * 4096 + 1));
+        for (k, p) in back.iter().enumerate() {
+            let mut b = [0u8; 4096];
+            mem.read_slice(&mut b, GuestAddress(*p)).unwrap();
+            assert!(b.iter().all(|&x| x == 0xa0 + k as u8), "page {k}");
+        }
+        let straight = disk.direct.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(straight, 2, "both went straight, direct {direct}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
+fn unaligned_buffers_of_an_o_direct_image_are_copied_and_still_right() {
+    let (disk, path) = raw_image("unaligned", true, 0x22);
+    let mem = mem();
+    let pages = [DATA + 512, DATA + 0x3000 + 1024, DATA + 0x6000];
+    for (k, p) in pages.iter().enumerate() {
+        mem.write_slice(&[0xb0 + k as u8; 1024], GuestAddress(*p))
+            .unwrap();
+    }
+    header(&mem, VIRTIO_BLK_T_OUT, 1);
+    let r = run(&mem, disk.clone(), &paged_request(false, pages, 1024));
+    assert_eq!(r.status, 0);
+    let data = std::fs::read(&path).unwrap();
+    assert!(data[..512].iter().all(|&b| b == 0x22));
+    for k in 0..3 {
+        let piece = &data[512 + 1024 * k..][..1024];
+        assert!(piece.iter().all(|&b| b == 0xb0 + k as u8), "piece {k}");
+    }
+    assert!(data[512 + 3072..].iter().all(|&b| b == 0x22));
+    let back = [DATA + 0x9000 + 512, DATA + 0x8000, DATA + 0xa000 + 2048];
+    header(&mem, VIRTIO_BLK_T_IN, 1);
+    let r = run(&mem, disk.clone(), &paged_request(true, back, 1024));
+    assert_eq!(r.status, 0);
+    for (k, p) in back.iter().enumerate() {
+        let mut b = [0u8; 1024];
+        mem.read_slice(&mut b, GuestAddress(*p)).unwrap();
+        assert!(b.iter().all(|&x| x == 0xb0 + k as u8), "piece {k}");
+    }
+    assert_eq!(disk.direct.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let _ = std::fs::remove_file(&path);
 }
