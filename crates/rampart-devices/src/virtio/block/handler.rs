@@ -55,7 +55,7 @@ pub struct BlockRequests {
     acct_bytes: u64,
     acct_end: Option<u64>,
     /// Scratch buffer reused across requests (at most [`MAX_REQUEST_BYTES`]).
-    buf: Vec<u8>,
+    buf: Scratch,
     /// The drive's (or its group's) I/O limits.
     pub throttle: Option<Arc<ThrottleHandle>>,
     /// Set when processing stopped at a throttled request: how long until it may start.
@@ -85,7 +85,7 @@ impl BlockRequests {
             stats,
             acct_bytes: 0,
             acct_end: None,
-            buf: Vec::new(),
+            buf: Scratch::default(),
             throttle: None,
             throttled_for: None,
             guest_writes: None,
@@ -261,9 +261,9 @@ impl BlockRequests {
                     None => false,
                 };
                 if !direct {
-                    self.buf.resize(len, 0);
-                    self.disk.read_at(offset, &mut self.buf).map_err(io)?;
-                    writer.write_all(&self.buf).map_err(|_| Failure::IoErr)?;
+                    let buf = self.buf.get(len);
+                    self.disk.read_at(offset, buf).map_err(io)?;
+                    writer.write_all(buf).map_err(|_| Failure::IoErr)?;
                 }
                 self.acct_bytes = len as u64;
                 Ok(len)
@@ -285,11 +285,9 @@ impl BlockRequests {
                     None => false,
                 };
                 if !direct {
-                    self.buf.resize(len, 0);
-                    reader
-                        .read_exact(&mut self.buf)
-                        .map_err(|_| Failure::IoErr)?;
-                    self.disk.write_at(offset, &self.buf).map_err(io)?;
+                    let buf = self.buf.get(len);
+                    reader.read_exact(buf).map_err(|_| Failure::IoErr)?;
+                    self.disk.write_at(offset, buf).map_err(io)?;
                 }
                 self.acct_bytes = len as u64;
                 self.acct_end = Some(offset + len as u64);
@@ -347,6 +345,29 @@ impl BlockRequests {
             }
             _ => Err(Failure::Unsupported),
         }
+    }
+}
+
+/// The copy path's buffer, 4 KiB aligned so that the back end can hand it (and the
+/// cluster-aligned pieces of it a qcow2 image writes) to an `O_DIRECT` file without copying
+/// it once more into a bounce buffer.
+#[derive(Default)]
+struct Scratch {
+    storage: Vec<u8>,
+    start: usize,
+}
+
+impl Scratch {
+    const ALIGN: usize = 4096;
+
+    /// `len` bytes of it, aligned (what an earlier request left there, or zeroes).
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.storage.len() < len + Self::ALIGN {
+            self.storage = vec![0u8; len + Self::ALIGN];
+            self.start = self.storage.as_ptr().align_offset(Self::ALIGN);
+        }
+        let start = self.start.min(Self::ALIGN);
+        &mut self.storage[start..start + len]
     }
 }
 
