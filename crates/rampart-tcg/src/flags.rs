@@ -126,6 +126,7 @@ pub fn pzs(res: u64, size: u8) -> u64 {
 
 impl Flags {
     /// Field offsets, for translated code that records operations (`crate::jit`).
+    pub(crate) const OFF_OTHER: usize = std::mem::offset_of!(Flags, other);
     pub(crate) const OFF_OP: usize = std::mem::offset_of!(Flags, op);
     pub(crate) const OFF_SIZE: usize = std::mem::offset_of!(Flags, size);
     pub(crate) const OFF_A: usize = std::mem::offset_of!(Flags, a);

@@ -21,9 +21,11 @@
 //!
 //! # What is translated
 //! Whole blocks. MOV, MOVZX/MOVSX/MOVSXD, LEA, the ALU operations without carry-in (ADD SUB
-//! CMP AND OR XOR TEST), PUSH/POP of 64-bit registers, CALL/JMP with direct targets, RET and
-//! Jcc are emitted inline (a Jcc after an inline ALU operation of the same translation sets
-//! the host's flags from the lazy record with the same operation and branches on them); every
+//! CMP AND OR XOR TEST), PUSH/POP of 64-bit registers, CALL/JMP with direct targets, RET, Jcc,
+//! CMOVcc, NOT of a register and SHL/SHR/SAR of a register by an immediate are emitted inline
+//! (a Jcc or CMOVcc after an inline ALU operation of the same translation sets the host's
+//! flags from the lazy record with the same operation and branches on them; a shift writes
+//! its flags materialized, computed as `exec::shift::shift_result` does); every
 //! other lowered form calls [`op_helper`], which runs `Cpu::exec_fast` on it: exactly the
 //! interpreter's behaviour, without the dispatch loop. An instruction that runs on the generic
 //! path calls [`generic_helper`], which runs the interpreter's `exec::execute_op` on the
@@ -54,11 +56,13 @@ use iced_x86::BlockEncoderOptions;
 use crate::block_cache::{Generic, Op};
 use crate::cpu::{Cpu, SegReg, Segment, CODE_PAGE_SLOTS};
 use crate::exception::{Event, Exception};
-use crate::fast::{Addr, AluOp, Dst, Fast, Src, NONE};
-use crate::flags::{Flags, LazyOp};
+use crate::exec::shift::count_mask;
+use crate::fast::{Addr, AluOp, Dst, Fast, Src, UnOp, NONE};
+use crate::flags::{self, Flags, LazyOp};
 use crate::memory::GuestMemory;
 use crate::mmu::{is_canonical, AccessKind, FastEntry, FAST_ENTRIES};
 use arena::{pair_offset, Arena};
+use iced_x86::Mnemonic as M;
 
 /// Code space per CPU. Compiled blocks of a Linux boot take about a tenth of it; when it is
 /// full, everything compiled is dropped and compiled again as it runs.
@@ -1202,6 +1206,22 @@ impl Tr<'_> {
                 let taken = self.exit_to(i, target);
                 self.a.jmp(taken)
             }
+            Fast::Shift {
+                op: m @ (M::Shl | M::Shr | M::Sar),
+                size,
+                dst: Dst::Reg(g),
+                count: Src::Imm(c),
+            } if c & count_mask(size) != 0 => self.shift_imm(m, size, g, c & count_mask(size)),
+            Fast::Cmov { cc, size, dst, src } => self.cmov(i, ip, cc, size, dst, &src),
+            Fast::Unary {
+                op: UnOp::Not,
+                size,
+                dst: Dst::Reg(g),
+            } => {
+                self.get(rax, eax, g, size)?;
+                self.a.not(rax)?;
+                self.set_from_rax(g, size)
+            }
             Fast::Generic => return self.generic(i),
             _ => self.via_helper(i, ip),
         };
@@ -1273,6 +1293,120 @@ impl Tr<'_> {
             self.end_if_code_written(i, op.next_ip)?;
         }
         Ok(())
+    }
+
+    /// SHL, SHR or SAR of general register `g` at `size` by `c` (already masked, not 0), with
+    /// the interpreter's flags (`exec::shift::shift_result`): CF the last bit shifted out (0
+    /// when a left shift moves every bit out), OF the sign of the result XOR CF (SHL), the
+    /// sign of the operand (SHR) or 0 (SAR), AF 0, PF ZF SF from the result. They are written
+    /// materialized, all six at once, as `Flags::set_arith` does.
+    fn shift_imm(&mut self, m: M, size: u8, g: u8, c: u64) -> R<()> {
+        let bits = u32::from(size) * 8;
+        let c = c as u32;
+        // a (zero-extended) in r14; the result in rcx; CF in edx; OF (at bit 11) in r8d.
+        self.get(r14, r14d, g, size)?;
+        match m {
+            M::Shl => {
+                self.a.mov(rcx, r14)?;
+                self.a.shl(rcx, c)?;
+                if c <= bits {
+                    self.a.mov(rdx, r14)?;
+                    self.a.shr(rdx, bits - c)?;
+                    self.a.and(edx, 1)?;
+                } else {
+                    self.a.xor(edx, edx)?;
+                }
+            }
+            M::Shr => {
+                self.a.mov(rcx, r14)?;
+                self.a.shr(rcx, c)?;
+                self.a.mov(rdx, r14)?;
+                self.a.shr(rdx, c - 1)?;
+                self.a.and(edx, 1)?;
+            }
+            _ => {
+                self.a.mov(r8, r14)?;
+                match size {
+                    1 => self.a.movsx(r8, r8b)?,
+                    2 => self.a.movsx(r8, r8w)?,
+                    4 => self.a.movsxd(r8, r8d)?,
+                    _ => {}
+                }
+                self.a.mov(rcx, r8)?;
+                self.a.sar(rcx, c.min(63))?;
+                self.a.mov(rdx, r8)?;
+                self.a.sar(rdx, (c - 1).min(63))?;
+                self.a.and(edx, 1)?;
+            }
+        }
+        self.mask(rcx, ecx, size)?;
+        match m {
+            M::Shl => {
+                self.a.mov(r8, rcx)?;
+                self.a.shr(r8, bits - 1)?;
+                self.a.xor(r8d, edx)?;
+            }
+            M::Shr => {
+                self.a.mov(r8, r14)?;
+                self.a.shr(r8, bits - 1)?;
+            }
+            _ => self.a.xor(r8d, r8d)?,
+        }
+        self.a.and(r8d, 1)?;
+        self.a.shl(r8d, 11)?;
+        // PF, ZF and SF of the result at its size, from the host's TEST.
+        match size {
+            1 => self.a.test(cl, cl)?,
+            2 => self.a.test(cx, cx)?,
+            4 => self.a.test(ecx, ecx)?,
+            _ => self.a.test(rcx, rcx)?,
+        }
+        self.a.pushfq()?;
+        self.a.pop(rax)?;
+        self.a
+            .and(eax, (flags::PF | flags::ZF | flags::SF) as u32)?;
+        self.a.or(eax, edx)?;
+        self.a.or(eax, r8d)?;
+        let f = offset_of!(Cpu, flags);
+        self.a.mov(rdx, qword_ptr(CPU + f + Flags::OFF_OTHER))?;
+        self.a.and(rdx, !(flags::ARITH as i32))?;
+        self.a.or(rdx, rax)?;
+        self.a.mov(qword_ptr(CPU + f + Flags::OFF_OTHER), rdx)?;
+        self.a.mov(
+            byte_ptr(CPU + f + Flags::OFF_OP),
+            LazyOp::Materialized as u32,
+        )?;
+        // (Materialized: the next Jcc asks `cond_helper`.)
+        self.flags = None;
+        self.a.mov(rax, rcx)?;
+        self.set_from_rax(g, size)
+    }
+
+    /// CMOVcc: the source is read (and may fault) whatever the condition; the destination is
+    /// written either way (a 32-bit one is zero-extended even when the condition fails).
+    #[allow(clippy::too_many_arguments)]
+    fn cmov(&mut self, i: usize, ip: u64, cc: u8, size: u8, dst: u8, src: &Src) -> R<()> {
+        let fault = self.stub(StubKind::Fault { i, ip });
+        self.src(src, size, fault)?;
+        self.a.mov(rbp, rax)?;
+        if self.flags.is_some() {
+            let mut keep = self.a.create_label();
+            self.host_flags()?;
+            self.get(rax, eax, dst, size)?;
+            self.jcc(cc ^ 1, keep)?;
+            self.a.mov(rax, rbp)?;
+            self.a.set_label(&mut keep)?;
+            // (`set_label` needs an instruction after it: `set_from_rax` emits one.)
+        } else {
+            self.a.mov(rdi, CPU)?;
+            self.a.mov(esi, cc as u32)?;
+            self.call_helper(cond_helper as *const () as usize)?;
+            self.a.mov(r14d, eax)?;
+            self.get(rax, eax, dst, size)?;
+            self.a.test(r14d, r14d)?;
+            self.a.cmovne(rax, rbp)?;
+        }
+        self.set_from_rax(dst, size)
     }
 
     /// Set the host's arithmetic flags to the guest's, from the lazy record written by the
@@ -1818,6 +1952,164 @@ mod tests {
                     });
                     assert_eq!(interpreted, translated, "op {kind} size {size} cc {cc}");
                 }
+            }
+        }
+    }
+
+    /// Run `code` interpreted and translated at the first run of each block, with `values` at
+    /// DATA; returns the `n` words each left at RESULTS.
+    fn both_ways(code: &[u8], values: &[u64], n: usize) -> [Vec<u64>; 2] {
+        let pool = CodePool::new(1).unwrap();
+        [false, true].map(|jit| {
+            let mut m = Machine::new();
+            m.cpu.jit = None;
+            if jit {
+                assert!(m.cpu.enable_jit(&pool, 1));
+            }
+            for (k, v) in values.iter().enumerate() {
+                m.mem.write_u64(DATA + 8 * k as u64, *v).unwrap();
+            }
+            m.load_code(code);
+            let out = m.run(1_000_000);
+            assert_eq!(out.exit, crate::Exit::Halt);
+            let mut words = vec![0u64; n];
+            for (k, w) in words.iter_mut().enumerate() {
+                *w = out.mem.read_u64(DATA + 0x8000 + 8 * k as u64).unwrap();
+            }
+            words
+        })
+    }
+
+    const EDGES: [u64; 8] = [
+        0,
+        1,
+        0x80,
+        0x8001,
+        0x8000_0000,
+        0xdead_beef_8765_4321,
+        0x8000_0000_0000_0000,
+        u64::MAX,
+    ];
+
+    /// SHL, SHR and SAR of a register by every immediate count at every size: the results
+    /// and RFLAGS (as PUSHFQ sees them, then a Jcc on each flag) match the interpreter.
+    #[test]
+    fn translated_shifts_by_an_immediate_match_the_interpreter() {
+        for op in 0..3 {
+            for size in [1u8, 2, 4, 8] {
+                let counts = if size == 8 { 64 } else { 32 };
+                let code = assemble(|a| {
+                    a.mov(rsi, DATA)?;
+                    a.mov(rdi, DATA + 0x8000)?;
+                    a.mov(r9d, EDGES.len() as u32)?;
+                    let mut top = a.create_label();
+                    a.set_label(&mut top)?;
+                    for c in 0..counts {
+                        a.mov(rax, qword_ptr(rsi))?;
+                        // Flags before: ones the shift must replace (or keep, count 0).
+                        a.cmp(rax, 3)?;
+                        match (op, size) {
+                            (0, 1) => a.shl(al, c)?,
+                            (0, 2) => a.shl(ax, c)?,
+                            (0, 4) => a.shl(eax, c)?,
+                            (0, _) => a.shl(rax, c)?,
+                            (1, 1) => a.shr(al, c)?,
+                            (1, 2) => a.shr(ax, c)?,
+                            (1, 4) => a.shr(eax, c)?,
+                            (1, _) => a.shr(rax, c)?,
+                            (_, 1) => a.sar(al, c)?,
+                            (_, 2) => a.sar(ax, c)?,
+                            (_, 4) => a.sar(eax, c)?,
+                            _ => a.sar(rax, c)?,
+                        }
+                        a.setl(bl)?;
+                        a.pushfq()?;
+                        a.pop(rdx)?;
+                        a.mov(qword_ptr(rdi), rax)?;
+                        a.mov(qword_ptr(rdi + 8), rdx)?;
+                        a.mov(byte_ptr(rdi + 16), bl)?;
+                        a.add(rdi, 24)?;
+                    }
+                    a.add(rsi, 8)?;
+                    a.dec(r9d)?;
+                    a.jne(top)
+                });
+                let n = EDGES.len() * counts as usize * 3;
+                let [interpreted, translated] = both_ways(&code, &EDGES, n);
+                assert_eq!(interpreted, translated, "op {op} size {size}");
+            }
+        }
+    }
+
+    /// CMOVcc on every condition, after an inline ALU operation (host flags) and after a shift
+    /// (materialized flags), from a register and from memory, at 16, 32 and 64 bits: the
+    /// destination matches the interpreter's (a 32-bit one zero-extended even when the
+    /// condition fails).
+    #[test]
+    fn translated_cmov_matches_the_interpreter() {
+        for after_shift in [false, true] {
+            for size in [2u8, 4, 8] {
+                let code = assemble(|a| {
+                    a.mov(rsi, DATA)?;
+                    a.mov(rdi, DATA + 0x8000)?;
+                    a.mov(r9d, (EDGES.len() - 1) as u32)?;
+                    let mut top = a.create_label();
+                    a.set_label(&mut top)?;
+                    for cc in 0..16u8 {
+                        for from_memory in [false, true] {
+                            a.mov(rcx, u64::MAX)?;
+                            a.mov(rax, qword_ptr(rsi))?;
+                            a.mov(rbx, qword_ptr(rsi + 8))?;
+                            if after_shift {
+                                a.shl(rax, 1)?;
+                            } else {
+                                a.cmp(rax, rbx)?;
+                            }
+                            let m = qword_ptr(rsi + 8);
+                            macro_rules! cm {
+                                ($f:ident) => {
+                                    match (size, from_memory) {
+                                        (2, false) => a.$f(cx, bx)?,
+                                        (2, true) => a.$f(cx, m)?,
+                                        (4, false) => a.$f(ecx, ebx)?,
+                                        (4, true) => a.$f(ecx, m)?,
+                                        (_, false) => a.$f(rcx, rbx)?,
+                                        _ => a.$f(rcx, m)?,
+                                    }
+                                };
+                            }
+                            match cc {
+                                0 => cm!(cmovo),
+                                1 => cm!(cmovno),
+                                2 => cm!(cmovb),
+                                3 => cm!(cmovae),
+                                4 => cm!(cmove),
+                                5 => cm!(cmovne),
+                                6 => cm!(cmovbe),
+                                7 => cm!(cmova),
+                                8 => cm!(cmovs),
+                                9 => cm!(cmovns),
+                                10 => cm!(cmovp),
+                                11 => cm!(cmovnp),
+                                12 => cm!(cmovl),
+                                13 => cm!(cmovge),
+                                14 => cm!(cmovle),
+                                _ => cm!(cmovg),
+                            }
+                            a.mov(qword_ptr(rdi), rcx)?;
+                            a.add(rdi, 8)?;
+                        }
+                    }
+                    a.add(rsi, 8)?;
+                    a.dec(r9d)?;
+                    a.jne(top)
+                });
+                let n = (EDGES.len() - 1) * 32;
+                let [interpreted, translated] = both_ways(&code, &EDGES, n);
+                assert_eq!(
+                    interpreted, translated,
+                    "size {size} after shift {after_shift}"
+                );
             }
         }
     }
