@@ -270,6 +270,9 @@ pub struct Cpu {
     pub(crate) pending_in: Option<PendingIn>,
     pub(crate) pending_shutdown: bool,
     pub(crate) tlb: Tlb,
+    /// The identity of the RAM the host addresses in the TLB's fast tables came from (see
+    /// `memory::RamIdentity`); `None`: unknown, they are dropped at the next run.
+    pub(crate) fast_ram: Option<crate::memory::RamIdentity>,
     /// Where the current instruction will continue (set before execution).
     pub(crate) next_rip: u64,
     pub(crate) warned_ud: std::collections::BTreeSet<u32>,
@@ -408,6 +411,7 @@ impl Cpu {
             pending_in: None,
             pending_shutdown: false,
             tlb: Tlb::default(),
+            fast_ram: None,
             next_rip: 0,
             warned_ud: std::collections::BTreeSet::new(),
             decoded: crate::decode_cache::DecodeCache::default(),

@@ -90,7 +90,7 @@ pub use cpu::{Cpu, SegReg, Segment};
 pub use exec::msr::MsrHook;
 pub use exec::system::{baseline_cpuid, MsrFile};
 pub use jit::CodePool;
-pub use memory::{FlatMemory, GuestMemory, MemFault, MmioHandler, StableRam};
+pub use memory::{FlatMemory, GuestMemory, MemFault, MmioHandler, RamIdentity, StableRam};
 
 use exception::{vector, Event, Exception, Res, Source};
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
@@ -156,9 +156,14 @@ impl Cpu {
         // Code may have been changed by other vCPUs or devices since the last run.
         self.catch_up_with_writers(mem);
         self.pending_link = None;
-        // Host addresses of RAM pages are only good for this run's memory.
+        // Host addresses of RAM pages are only good for this run's memory, or for memory of
+        // the same identity.
         if self.jit.is_some() {
-            self.tlb.flush_fast();
+            let ram = mem.ram_identity();
+            if ram.is_none() || ram != self.fast_ram {
+                self.tlb.flush_fast();
+            }
+            self.fast_ram = ram;
         }
         let mut left = budget;
         while left > 0 {

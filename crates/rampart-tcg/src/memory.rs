@@ -62,6 +62,32 @@ impl StableRam {
     }
 }
 
+/// A second promise about a [`GuestMemory`]'s RAM, which only `unsafe` code can make: an
+/// identity no other RAM mapping of the process ever has, such that while any memory object
+/// reporting it lives, the page addresses its [`GuestMemory::ram_page_addr`] returned (or the
+/// ones of any other object with the same identity) are valid as [`StableRam`] says. A CPU
+/// then keeps the host addresses it learnt from one run to the next as long as it runs with
+/// the same identity, instead of learning them again at every run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamIdentity(u64);
+
+impl RamIdentity {
+    /// # Safety
+    /// The caller's [`GuestMemory`] must keep the promise in the type's documentation with
+    /// `id`.
+    #[allow(unsafe_code)]
+    pub unsafe fn new(id: std::num::NonZeroU64) -> Self {
+        RamIdentity(id.get())
+    }
+
+    /// A fresh identity, never returned before in this process.
+    pub fn unique() -> std::num::NonZeroU64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::num::NonZeroU64::new(id).unwrap_or(std::num::NonZeroU64::MIN)
+    }
+}
+
 /// Guest-physical memory: RAM plus whatever MMIO sits outside it.
 pub trait GuestMemory {
     /// The watch of this memory's code pages ([`CodeWatch`]), if every write into guest RAM
@@ -75,6 +101,12 @@ pub trait GuestMemory {
     /// with the [`StableRam`] promise that the address stays valid. `None` (the default) keeps
     /// translated code on the checked path for every access to it.
     fn ram_page_addr(&self, _gpa: u64) -> Option<(usize, StableRam)> {
+        None
+    }
+
+    /// The identity of this memory's RAM mapping ([`RamIdentity`]). `None` (the default): a
+    /// CPU forgets the host addresses of RAM pages at the start of every run.
+    fn ram_identity(&self) -> Option<RamIdentity> {
         None
     }
 
@@ -167,6 +199,8 @@ pub trait MmioHandler {
 /// everything above it. Used by tests and by simple embedders.
 pub struct FlatMemory {
     ram: Box<[u8]>,
+    /// This RAM's identity (see [`RamIdentity`]).
+    id: std::num::NonZeroU64,
     mmio: Option<Box<dyn MmioHandler + Send>>,
     /// Told of every [`FlatMemory::load`] (the writes of "others": loaders, tests playing a
     /// device), if set.
@@ -187,6 +221,7 @@ impl FlatMemory {
     pub fn new(size: usize) -> Self {
         Self {
             ram: vec![0u8; size].into_boxed_slice(),
+            id: RamIdentity::unique(),
             mmio: None,
             watch: None,
         }
@@ -274,6 +309,13 @@ impl GuestMemory for FlatMemory {
         // aliasing model would want the address derived from a mutable borrow, or RAM held in
         // `UnsafeCell`s, for the writes: `FlatMemory` serves tests and simple embedders.)
         Some((page.as_ptr() as usize, unsafe { StableRam::new() }))
+    }
+
+    #[allow(unsafe_code)]
+    fn ram_identity(&self) -> Option<RamIdentity> {
+        // SAFETY: the identity is this object's alone (a fresh one from `new`; a clone would
+        // need its own), and its RAM stays put while it lives (see `ram_page_addr`).
+        Some(unsafe { RamIdentity::new(self.id) })
     }
 
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemFault> {

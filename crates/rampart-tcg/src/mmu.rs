@@ -123,7 +123,7 @@ pub struct Tlb {
     /// Read translations straight to host addresses, for translated code: supervisor reads
     /// in the first [`FAST_ENTRIES`] slots, user reads in the next (slot: page number modulo
     /// [`FAST_ENTRIES`]). Filled only by the translator's load helper; emptied with the TLB
-    /// and at every `Cpu::run` (its addresses are only good for the memory of one run).
+    /// and at a `Cpu::run` with memory of another identity (`memory::RamIdentity`).
     pub(crate) fast: Box<[FastEntry]>,
     /// The same for writes, filled by the translator's store helper after a write through
     /// the TLB succeeded (the page is then dirty and writable at that privilege).
@@ -193,6 +193,12 @@ impl Tlb {
     }
 
     /// Empty the host-address tables.
+    /// Host-address entries filled since the tables were last emptied (for tests).
+    #[cfg(test)]
+    pub(crate) fn fast_filled(&self) -> usize {
+        self.fast_filled.len()
+    }
+
     pub(crate) fn flush_fast(&mut self) {
         if self.fast_filled.len() >= FAST_FILLED_MAX {
             self.fast.fill(FastEntry::default());

@@ -14,8 +14,9 @@
 //! page tag and checks that the access stays within the page, and an inline store leaves to
 //! the helper a page holding the running block or code validated in this generation (the
 //! code-page watch of `Cpu::note_store`). The entries leave with their TLB entry (replacement,
-//! INVLPG, CR3 and mode changes) and at every `Cpu::run` (so an address never outlives the run
-//! of the memory it came from), and MMIO pages never enter them. So a translation bug can give
+//! INVLPG, CR3 and mode changes) and at a `Cpu::run` with memory of another identity, or of
+//! none (`memory::RamIdentity`: an address never outlives the memory it came from), and MMIO
+//! pages never enter them. So a translation bug can give
 //! the guest a wrong result, as an interpreter bug can, but a guest cannot steer a host access
 //! outside a page of its RAM that its own page tables map for that access.
 //!
@@ -1954,6 +1955,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The host addresses of RAM pages that translated loads learnt are kept for the next run
+    /// with the same memory, and dropped for memory of another identity.
+    #[test]
+    fn host_addresses_outlive_a_run_only_with_ram_of_the_same_identity() {
+        let code = assemble(|a| {
+            a.mov(rsi, DATA)?;
+            a.mov(rax, qword_ptr(rsi))?;
+            a.mov(rbx, qword_ptr(rsi + 0x1000))?;
+            a.add(rax, rbx)
+        });
+        let mut m = machine_translating_at_once(true);
+        m.load_code(&code);
+        // (A budget for the whole block, which goes on past the HLT: it runs translated.)
+        m.cpu.run(&mut m.mem, 100);
+        let learnt = m.cpu.tlb.fast_filled();
+        assert!(learnt >= 2, "{learnt}");
+        m.cpu.run(&mut m.mem, 0);
+        assert_eq!(m.cpu.tlb.fast_filled(), learnt, "same memory: kept");
+        let mut other = crate::FlatMemory::new(1 << 20);
+        m.cpu.run(&mut other, 0);
+        assert_eq!(m.cpu.tlb.fast_filled(), 0, "other memory: dropped");
     }
 
     /// Run `code` interpreted and translated at the first run of each block, with `values` at

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use rampart_tcg::apic::{APIC_BASE_ADDR, IOAPIC_BASE_ADDR};
-use rampart_tcg::{GuestMemory, MemFault, StableRam};
+use rampart_tcg::{GuestMemory, MemFault, RamIdentity, StableRam};
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion, VolatileMemory, VolatileSlice};
 
 use super::{Machine, Slot};
@@ -194,6 +194,14 @@ impl GuestMemory for VcpuBus<'_> {
         // that lives as long as the machine (which outlives this bus and every vCPU run with
         // it) and is never moved or resized; other threads' writes to it are plain stores.
         Some((addr, unsafe { StableRam::new() }))
+    }
+
+    fn ram_identity(&self) -> Option<RamIdentity> {
+        // SAFETY: the identity is the machine's, made fresh with it and given to no other
+        // mapping; every bus that reports it serves that machine's `GuestMemoryMmap`, which
+        // is never moved, unmapped or resized while the machine lives, and the machine lives
+        // as long as any bus over it (see `ram_page_addr`).
+        Some(unsafe { RamIdentity::new(self.machine.ram_id()) })
     }
 
     fn code_matches(&self, gpa: u64, expected: &[u8]) -> bool {

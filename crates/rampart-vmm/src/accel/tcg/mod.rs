@@ -91,6 +91,9 @@ pub struct Machine {
     ioapic: Mutex<IoApic>,
     slots: Vec<Arc<Slot>>,
     start: Instant,
+    /// The identity of `mem`'s mapping, for the vCPUs' host-address tables (see
+    /// `rampart_tcg::RamIdentity`).
+    ram_id: std::num::NonZeroU64,
 }
 
 impl Machine {
@@ -124,7 +127,13 @@ impl Machine {
             ioapic: Mutex::new(IoApic::new(config.smp.maxcpus.min(255) as u8)),
             slots,
             start: Instant::now(),
+            ram_id: rampart_tcg::RamIdentity::unique(),
         })
+    }
+
+    /// The identity of the machine's RAM mapping.
+    pub(crate) fn ram_id(&self) -> std::num::NonZeroU64 {
+        self.ram_id
     }
 
     /// The watch every writer of guest RAM other than the vCPUs reports to.
