@@ -1614,6 +1614,18 @@ fn translate(
 #[cfg(test)]
 mod tests {
     use crate::testutil::*;
+
+    /// `a.op(RAX's low size bytes, the operand given for that size)`.
+    macro_rules! on_rax {
+        ($a:expr, $size:expr, $op:ident, $b1:expr, $b2:expr, $b4:expr, $b8:expr) => {
+            match $size {
+                1 => $a.$op(al, $b1),
+                2 => $a.$op(ax, $b2),
+                4 => $a.$op(eax, $b4),
+                _ => $a.$op(rax, $b8),
+            }
+        };
+    }
     use crate::{CodePool, Cpu};
     use iced_x86::code_asm::*;
 
@@ -1892,19 +1904,10 @@ mod tests {
                         a.set_label(&mut top)?;
                         a.mov(rax, qword_ptr(rsi))?;
                         a.mov(rbx, qword_ptr(rsi + 8))?;
-                        match (kind, size) {
-                            (0, 1) => a.add(al, bl)?,
-                            (0, 2) => a.add(ax, bx)?,
-                            (0, 4) => a.add(eax, ebx)?,
-                            (0, _) => a.add(rax, rbx)?,
-                            (1, 1) => a.cmp(al, bl)?,
-                            (1, 2) => a.cmp(ax, bx)?,
-                            (1, 4) => a.cmp(eax, ebx)?,
-                            (1, _) => a.cmp(rax, rbx)?,
-                            (_, 1) => a.test(al, bl)?,
-                            (_, 2) => a.test(ax, bx)?,
-                            (_, 4) => a.test(eax, ebx)?,
-                            _ => a.test(rax, rbx)?,
+                        match kind {
+                            0 => on_rax!(a, size, add, bl, bx, ebx, rbx)?,
+                            1 => on_rax!(a, size, cmp, bl, bx, ebx, rbx)?,
+                            _ => on_rax!(a, size, test, bl, bx, ebx, rbx)?,
                         }
                         match cc {
                             0 => a.jo(taken)?,
@@ -1935,11 +1938,7 @@ mod tests {
                         a.jne(top)
                     });
                     let [interpreted, translated] = [false, true].map(|jit| {
-                        let mut m = Machine::new();
-                        m.cpu.jit = None;
-                        if jit {
-                            assert!(m.cpu.enable_jit(&pool, 1));
-                        }
+                        let mut m = interpreting_or_translating(&pool, jit);
                         for (k, (x, y)) in pairs.iter().enumerate() {
                             m.mem.write_u64(DATA + 16 * k as u64, *x).unwrap();
                             m.mem.write_u64(DATA + 16 * k as u64 + 8, *y).unwrap();
@@ -1980,16 +1979,23 @@ mod tests {
         assert_eq!(m.cpu.tlb.fast_filled(), 0, "other memory: dropped");
     }
 
+    /// A test machine that interprets, or translates every block at its first run with code
+    /// memory from `pool`.
+    fn interpreting_or_translating(pool: &CodePool, jit: bool) -> Machine {
+        let mut m = Machine::new();
+        m.cpu.jit = None;
+        if jit {
+            assert!(m.cpu.enable_jit(pool, 1));
+        }
+        m
+    }
+
     /// Run `code` interpreted and translated at the first run of each block, with `values` at
     /// DATA; returns the `n` words each left at RESULTS.
     fn both_ways(code: &[u8], values: &[u64], n: usize) -> [Vec<u64>; 2] {
         let pool = CodePool::new(1).unwrap();
         [false, true].map(|jit| {
-            let mut m = Machine::new();
-            m.cpu.jit = None;
-            if jit {
-                assert!(m.cpu.enable_jit(&pool, 1));
-            }
+            let mut m = interpreting_or_translating(&pool, jit);
             for (k, v) in values.iter().enumerate() {
                 m.mem.write_u64(DATA + 8 * k as u64, *v).unwrap();
             }
@@ -2032,19 +2038,10 @@ mod tests {
                         a.mov(rax, qword_ptr(rsi))?;
                         // Flags before: ones the shift must replace (or keep, count 0).
                         a.cmp(rax, 3)?;
-                        match (op, size) {
-                            (0, 1) => a.shl(al, c)?,
-                            (0, 2) => a.shl(ax, c)?,
-                            (0, 4) => a.shl(eax, c)?,
-                            (0, _) => a.shl(rax, c)?,
-                            (1, 1) => a.shr(al, c)?,
-                            (1, 2) => a.shr(ax, c)?,
-                            (1, 4) => a.shr(eax, c)?,
-                            (1, _) => a.shr(rax, c)?,
-                            (_, 1) => a.sar(al, c)?,
-                            (_, 2) => a.sar(ax, c)?,
-                            (_, 4) => a.sar(eax, c)?,
-                            _ => a.sar(rax, c)?,
+                        match op {
+                            0 => on_rax!(a, size, shl, c, c, c, c)?,
+                            1 => on_rax!(a, size, shr, c, c, c, c)?,
+                            _ => on_rax!(a, size, sar, c, c, c, c)?,
                         }
                         a.setl(bl)?;
                         a.pushfq()?;
@@ -2156,11 +2153,7 @@ mod tests {
     fn r8_both_ways(code: &[u8]) -> [u64; 2] {
         let pool = CodePool::new(1).unwrap();
         [false, true].map(|jit| {
-            let mut m = Machine::new();
-            m.cpu.jit = None;
-            if jit {
-                assert!(m.cpu.enable_jit(&pool, 1));
-            }
+            let mut m = interpreting_or_translating(&pool, jit);
             m.load_code(code);
             let out = m.run(10_000);
             assert_eq!(out.exit, crate::Exit::Halt, "translator {jit}");
