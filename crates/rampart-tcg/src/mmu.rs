@@ -132,9 +132,9 @@ pub struct Tlb {
     /// the TLB succeeded (the page is then dirty and writable at that privilege).
     pub(crate) fast_w: Box<[FastEntry]>,
     /// The slots of `fast` (0..) and `fast_w` (`2 * FAST_ENTRIES`..) filled since they were
-    /// last emptied, so emptying them at every run clears those rather than 32 KiB of tables
-    /// (which also evicted the level-1 data cache at each exit). Past [`FAST_FILLED_MAX`]
-    /// entries the tables are cleared whole.
+    /// last emptied (each listed when it goes from empty to filled), so emptying them clears
+    /// those rather than 128 KiB of tables. Past [`FAST_FILLED_MAX`] entries the tables are
+    /// cleared whole.
     fast_filled: Vec<u16>,
 }
 
@@ -195,13 +195,13 @@ impl Tlb {
         }
     }
 
-    /// Empty the host-address tables.
     /// Host-address entries filled since the tables were last emptied (for tests).
     #[cfg(test)]
     pub(crate) fn fast_filled(&self) -> usize {
         self.fast_filled.len()
     }
 
+    /// Empty the host-address tables.
     pub(crate) fn flush_fast(&mut self) {
         if self.fast_filled.len() >= FAST_FILLED_MAX {
             self.fast.fill(FastEntry::default());
@@ -247,7 +247,9 @@ impl Tlb {
             AccessKind::Write => (&mut self.fast_w, 2 * FAST_ENTRIES + slot),
             _ => (&mut self.fast, slot),
         };
-        if self.fast_filled.len() < FAST_FILLED_MAX {
+        // (A slot already filled is listed already: refills of it are not listed again.)
+        let was_empty = table.get(slot).is_some_and(|f| f.tag == 0);
+        if was_empty && self.fast_filled.len() < FAST_FILLED_MAX {
             self.fast_filled.push(listed as u16);
         }
         if let Some(f) = table.get_mut(slot) {

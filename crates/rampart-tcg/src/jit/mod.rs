@@ -165,7 +165,8 @@ pub(crate) struct Env<'a> {
     retired: u64,
     /// The budget at the call: a chain never takes more.
     left: u64,
-    /// TLB epoch << 1 | user during the call (neither changes in translated code).
+    /// TLB epoch << 1 | user at the call (translated code ends when a generic instruction
+    /// changes either).
     epoch_user: u64,
     /// The chaining cell of the exit the call left by, if it left by one (address), for the
     /// run loop to link.
@@ -570,8 +571,8 @@ unsafe extern "sysv64" fn store_helper(
 /// Run lowered instruction `*op` as the interpreter does. Returns [`CONTINUE`], [`END`] (it
 /// retired; RIP is `Cpu::next_rip`) or [`FAULTED`].
 unsafe extern "sysv64" fn op_helper(cpu: *mut Cpu, env: *mut Env<'_>, op: *const Op) -> u64 {
-    // SAFETY: as in `load_helper`; `op` points into the block's `ops`, which the run loop
-    // holds for the call.
+    // SAFETY: as in `load_helper`; `op` points into the translation's own copy of its ops in
+    // the arena, which stays in place while it runs.
     let (cpu, env, op) = unsafe { (&mut *cpu, &mut *env, &*op) };
     // SAFETY: as in `load_helper`.
     let mem = unsafe { &mut *env.mem };
