@@ -611,6 +611,14 @@ fn raw_image(name: &str, direct: bool, fill: u8) -> (Arc<Counted>, std::path::Pa
     (disk, path)
 }
 
+/// Removes an image made by `raw_image` and its directory.
+fn remove_image(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 /// Header, three data pages out of order in guest memory (`write`: device-writable), status.
 fn paged_request(data_write: bool, pages: [u64; 3], len: u32) -> Vec<RawDescriptor> {
     let dflag = if data_write { VRING_DESC_F_WRITE } else { 0 };
@@ -656,7 +664,7 @@ fn reads_and_writes_of_a_raw_image_go_straight_between_guest_buffers_and_the_fil
         }
         let straight = disk.direct.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(straight, 2, "both went straight, direct {direct}");
-        let _ = std::fs::remove_file(&path);
+        remove_image(&path);
     }
 }
 
@@ -689,5 +697,5 @@ fn unaligned_buffers_of_an_o_direct_image_are_copied_and_still_right() {
         assert!(b.iter().all(|&x| x == 0xb0 + k as u8), "piece {k}");
     }
     assert_eq!(disk.direct.load(std::sync::atomic::Ordering::Relaxed), 0);
-    let _ = std::fs::remove_file(&path);
+    remove_image(&path);
 }
