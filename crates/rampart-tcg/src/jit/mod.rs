@@ -569,8 +569,14 @@ unsafe extern "sysv64" fn store_helper(
 }
 
 /// Run lowered instruction `*op` as the interpreter does. Returns [`CONTINUE`], [`END`] (it
-/// retired; RIP is `Cpu::next_rip`) or [`FAULTED`].
-unsafe extern "sysv64" fn op_helper(cpu: *mut Cpu, env: *mut Env<'_>, op: *const Op) -> u64 {
+/// retired; RIP is `Cpu::next_rip`) or [`FAULTED`]. (`_i`, its index in the translation, is
+/// what `Tr::run_helper` passes every helper it calls.)
+unsafe extern "sysv64" fn op_helper(
+    cpu: *mut Cpu,
+    env: *mut Env<'_>,
+    op: *const Op,
+    _i: u64,
+) -> u64 {
     // SAFETY: as in `load_helper`; `op` points into the translation's own copy of its ops in
     // the arena, which stays in place while it runs.
     let (cpu, env, op) = unsafe { (&mut *cpu, &mut *env, &*op) };
@@ -1068,19 +1074,33 @@ impl Tr<'_> {
 
     /// Instruction `i` through [`op_helper`].
     fn via_helper(&mut self, i: usize, ip: u64) -> R<()> {
-        // It may write the flags.
+        let fault = self.stub(StubKind::Fault { i, ip });
+        let at = i * std::mem::size_of::<Op>();
+        self.run_helper(i, op_helper as *const () as usize, at, fault)
+    }
+
+    /// Call `helper(cpu, env, OPS + at, i)` to run instruction `i`, which may write the flags:
+    /// it returns [`CONTINUE`], [`END`] (leave by [`StubKind::EndNext`]) or [`FAULTED`] (leave
+    /// by `fault`).
+    fn run_helper(&mut self, i: usize, helper: usize, at: usize, fault: CodeLabel) -> R<()> {
         self.flags = None;
         let end = self.stub(StubKind::EndNext { i });
-        let fault = self.stub(StubKind::Fault { i, ip });
         self.a.mov(rdi, CPU)?;
         self.a.mov(rsi, ENV)?;
-        self.a
-            .lea(rdx, qword_ptr(OPS + i * std::mem::size_of::<Op>()))?;
-        self.call_helper(op_helper as *const () as usize)?;
+        self.a.lea(rdx, qword_ptr(OPS + at))?;
+        self.a.mov(ecx, i as u32)?;
+        self.call_helper(helper)?;
         self.a.cmp(eax, FAULTED as u32)?;
         self.a.je(fault)?;
         self.a.test(eax, eax)?;
         self.a.jne(end)
+    }
+
+    /// `eax` = condition code `cc` of the current flags (0 or 1), through [`cond_helper`].
+    fn condition_to_eax(&mut self, cc: u8) -> R<()> {
+        self.a.mov(rdi, CPU)?;
+        self.a.mov(esi, cc as u32)?;
+        self.call_helper(cond_helper as *const () as usize)
     }
 
     /// Run generic instruction `i` (at `ip`), the next of the block's generic instructions,
@@ -1091,21 +1111,9 @@ impl Tr<'_> {
             return Err(Error::Generic);
         }
         self.generic_used += 1;
-        // It may write the flags.
-        self.flags = None;
-        let end = self.stub(StubKind::EndNext { i });
         let fault = self.stub(StubKind::Left { i });
-        self.a.mov(rdi, CPU)?;
-        self.a.mov(rsi, ENV)?;
         let at = self.generic_base + k * std::mem::size_of::<Generic>();
-        self.a.lea(rdx, qword_ptr(OPS + at))?;
-        self.a.mov(ecx, i as u32)?;
-        self.call_helper(generic_helper as *const () as usize)?;
-        self.a.cmp(eax, FAULTED as u32)?;
-        self.a.je(fault)?;
-        self.a.test(eax, eax)?;
-        self.a.jne(end)?;
-        Ok(())
+        Ok(self.run_helper(i, generic_helper as *const () as usize, at, fault)?)
     }
 
     /// Emit instruction `i` (at `ip`, `op`).
@@ -1165,9 +1173,7 @@ impl Tr<'_> {
             }
             Fast::Jcc { cc, target } if is_canonical(target) => {
                 let taken = self.exit_to(i, target);
-                self.a.mov(rdi, CPU)?;
-                self.a.mov(esi, cc as u32)?;
-                self.call_helper(cond_helper as *const () as usize)?;
+                self.condition_to_eax(cc)?;
                 self.a.test(eax, eax)?;
                 self.a.jne(taken)
             }
@@ -1400,9 +1406,7 @@ impl Tr<'_> {
             self.a.set_label(&mut keep)?;
             // (`set_label` needs an instruction after it: `set_from_rax` emits one.)
         } else {
-            self.a.mov(rdi, CPU)?;
-            self.a.mov(esi, cc as u32)?;
-            self.call_helper(cond_helper as *const () as usize)?;
+            self.condition_to_eax(cc)?;
             self.a.mov(r14d, eax)?;
             self.get(rax, eax, dst, size)?;
             self.a.test(r14d, r14d)?;
