@@ -269,7 +269,7 @@ impl Machine {
 }
 
 /// Runs of a decoded block before it is translated to host code.
-const JIT_THRESHOLD: u32 = 256;
+const JIT_THRESHOLD: u32 = 32;
 
 /// IA32_TIME_STAMP_COUNTER.
 const MSR_TSC: u32 = 0x10;
