@@ -211,6 +211,11 @@ pub(crate) struct PendingIn {
 }
 
 /// One x86-64 CPU.
+///
+/// `repr(C)`: translated code (`crate::jit`) addresses the fields it uses relative to a
+/// pointer past the general registers, and they are declared first so that every offset fits
+/// in a signed byte, which keeps its instructions short.
+#[repr(C)]
 pub struct Cpu {
     /// RAX..R15 in encoding order.
     pub gpr: [u64; 16],
@@ -218,6 +223,25 @@ pub struct Cpu {
     pub rip: u64,
     /// RFLAGS (lazy arithmetic flags).
     pub flags: Flags,
+    /// Where the current instruction will continue (set before execution).
+    pub(crate) next_rip: u64,
+    /// Guest-physical page number of the block being run (`u64::MAX` outside a block): a
+    /// store of this CPU to it ends the block.
+    pub(crate) code_page: u64,
+    /// This CPU stored to `code_page` since the block started.
+    pub(crate) code_written: bool,
+    /// The block validation generation: a decoded block found intact in this generation runs
+    /// again without comparing its bytes. A generation ends at every `Cpu::run` call (so
+    /// stores of other vCPUs and DMA are seen within one run slice, as cross-modifying code on
+    /// hardware is seen after a serializing instruction), at every exception or interrupt
+    /// delivery and serializing instruction (IRET, CPUID, MOV to CR/DR, WRMSR...), and when this
+    /// CPU stores to a page that may hold a block validated in it (`code_pages`). A
+    /// `sole_cpu` whose memory has a [`crate::CodeWatch`] ends it at the first three only if
+    /// the watch counted a write into a page of code since (see `crate::code_watch`). A WRMSR to
+    /// an x2APIC register or IA32_TSC_DEADLINE is not serializing (Intel SDM vol. 3,
+    /// "Serializing Instructions"), so it does not end a generation: a kernel writes them on every interrupt and
+    /// idle entry.
+    pub(crate) code_gen: u64,
     /// ES, CS, SS, DS, FS, GS (index with [`SegReg`]).
     pub seg: [Segment; 6],
     /// Task register.
@@ -273,30 +297,11 @@ pub struct Cpu {
     /// The identity of the RAM the host addresses in the TLB's fast tables came from (see
     /// `memory::RamIdentity`); `None`: unknown, they are dropped at the next run.
     pub(crate) fast_ram: Option<crate::memory::RamIdentity>,
-    /// Where the current instruction will continue (set before execution).
-    pub(crate) next_rip: u64,
     pub(crate) warned_ud: std::collections::BTreeSet<u32>,
     /// Recently decoded instructions (validated against the fetched bytes on every use).
     pub(crate) decoded: crate::decode_cache::DecodeCache,
     /// Decoded 64-bit blocks (validated against the code bytes on every entry).
     pub(crate) blocks: crate::block_cache::BlockCache,
-    /// Guest-physical page number of the block being run (`u64::MAX` outside a block): a
-    /// store of this CPU to it ends the block.
-    pub(crate) code_page: u64,
-    /// This CPU stored to `code_page` since the block started.
-    pub(crate) code_written: bool,
-    /// The block validation generation: a decoded block found intact in this generation runs
-    /// again without comparing its bytes. A generation ends at every `Cpu::run` call (so
-    /// stores of other vCPUs and DMA are seen within one run slice, as cross-modifying code on
-    /// hardware is seen after a serializing instruction), at every exception or interrupt
-    /// delivery and serializing instruction (IRET, CPUID, MOV to CR/DR, WRMSR...), and when this
-    /// CPU stores to a page that may hold a block validated in it (`code_pages`). A
-    /// `sole_cpu` whose memory has a [`crate::CodeWatch`] ends it at the first three only if
-    /// the watch counted a write into a page of code since (see `crate::code_watch`). A WRMSR to
-    /// an x2APIC register or IA32_TSC_DEADLINE is not serializing (Intel SDM vol. 3,
-    /// "Serializing Instructions"), so it does not end a generation: a kernel writes them on every interrupt and
-    /// idle entry.
-    pub(crate) code_gen: u64,
     /// No other CPU writes this guest's memory ([`Cpu::set_sole_cpu`]).
     pub(crate) sole_cpu: bool,
     /// The chaining cell of the exit the last translated code left by, to link to the

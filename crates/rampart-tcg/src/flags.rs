@@ -66,15 +66,21 @@ pub enum LazyOp {
 }
 
 /// RFLAGS: exact non-arithmetic bits plus a lazily evaluated record of the last ALU operation.
+///
+/// `repr(C)`, so `op`, `size`, `carry` and a zero byte are one aligned 32-bit word that
+/// translated code writes with one store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
 pub struct Flags {
     other: u64,
-    op: LazyOp,
-    size: u8,
     a: u64,
     b: u64,
     res: u64,
+    op: LazyOp,
+    size: u8,
     carry: bool,
+    /// Always 0 (written with the three fields before it).
+    zero: u8,
 }
 
 impl Default for Flags {
@@ -124,6 +130,13 @@ pub fn pzs(res: u64, size: u8) -> u64 {
     f
 }
 
+const _: () = assert!(
+    Flags::OFF_OP.is_multiple_of(4)
+        && Flags::OFF_SIZE == Flags::OFF_OP + 1
+        && Flags::OFF_CARRY == Flags::OFF_OP + 2
+        && std::mem::offset_of!(Flags, zero) == Flags::OFF_OP + 3
+);
+
 impl Flags {
     /// Field offsets, for translated code that records operations (`crate::jit`).
     pub(crate) const OFF_OTHER: usize = std::mem::offset_of!(Flags, other);
@@ -133,6 +146,8 @@ impl Flags {
     pub(crate) const OFF_B: usize = std::mem::offset_of!(Flags, b);
     pub(crate) const OFF_RES: usize = std::mem::offset_of!(Flags, res);
     pub(crate) const OFF_CARRY: usize = std::mem::offset_of!(Flags, carry);
+    /// The 32-bit word of `op` (low byte), `size`, `carry` and a zero byte.
+    pub(crate) const OFF_OP_WORD: usize = Self::OFF_OP;
 
     /// Flags with every bit exact, from a raw RFLAGS value (reserved bits are normalized).
     pub fn from_bits(bits: u64) -> Self {
@@ -144,6 +159,7 @@ impl Flags {
             b: 0,
             res: 0,
             carry: false,
+            zero: 0,
         }
     }
 

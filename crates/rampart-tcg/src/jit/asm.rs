@@ -12,7 +12,7 @@
 //! it cannot encode is an [`AsmError`], never wrong bytes. The tests check every form against
 //! iced's decoder.
 
-use std::ops::{Add, Mul};
+use std::ops::{Add, Mul, Sub};
 
 /// Why an instruction could not be encoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -175,6 +175,16 @@ impl Add<usize> for Mem {
                 .disp
                 .saturating_add(i64::try_from(d).unwrap_or(i64::MAX)),
             ..self
+        }
+    }
+}
+
+impl Sub<usize> for Reg64 {
+    type Output = Mem;
+    fn sub(self, d: usize) -> Mem {
+        Mem {
+            disp: -i64::try_from(d).unwrap_or(i64::MAX),
+            ..Mem::from(self)
         }
     }
 }
@@ -751,10 +761,6 @@ impl Asm {
         self.byte(0xc3);
         Ok(())
     }
-    pub(crate) fn nop(&mut self) -> R<()> {
-        self.byte(0x90);
-        Ok(())
-    }
 
     /// CALL r64.
     pub(crate) fn call(&mut self, r: Reg64) -> R<()> {
@@ -962,8 +968,7 @@ mod tests {
         let mut a = Asm::new();
         a.pushfq().unwrap();
         a.ret().unwrap();
-        a.nop().unwrap();
-        assert_eq!(a.finish().unwrap(), [0x9c, 0xc3, 0x90]);
+        assert_eq!(a.finish().unwrap(), [0x9c, 0xc3]);
     }
 
     #[test]
@@ -984,7 +989,7 @@ mod tests {
         let mut back = a.create_label();
         let mut fwd = a.create_label();
         a.set_label(&mut back).unwrap();
-        a.nop().unwrap();
+        a.pushfq().unwrap();
         a.jne(fwd).unwrap();
         a.jmp(back).unwrap();
         for cc in 0..16 {

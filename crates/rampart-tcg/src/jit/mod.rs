@@ -667,6 +667,12 @@ unsafe extern "sysv64" fn cond_helper(cpu: *const Cpu, cc: u64) -> u64 {
 /// Host registers of generated code: `rbx` the `Cpu`, `r12` the [`Env`], `r13` the ops;
 /// `r14`, `r15`, `rbp` values kept across helper calls.
 const CPU: Reg64 = rbx;
+/// `CPU` points this far into the [`Cpu`], so that its general registers, flags and the
+/// other fields translated code uses most are within a signed byte of it (see `Cpu`'s
+/// `repr(C)`).
+const CPU_BIAS: usize = 128;
+const _: () =
+    assert!(offset_of!(Cpu, gpr) + 128 >= CPU_BIAS && offset_of!(Cpu, code_gen) < CPU_BIAS + 128);
 const ENV: Reg64 = r12;
 const OPS: Reg64 = r13;
 
@@ -713,6 +719,24 @@ enum StubKind {
     Restart { i: usize, ip: u64 },
     /// Generic instruction `i` faulted or left for the embedder, with RIP where it left it.
     Left { i: usize },
+    /// The slow path of a load (see [`Tr::load`]): the load helper for a `size`-byte access
+    /// (through SS if `stack`) at the address in `rdx`, then back to `back` with the value in
+    /// `rax`, or to `fault` or `restart`.
+    LoadSlow {
+        size: u8,
+        stack: bool,
+        fault: Label,
+        restart: Label,
+        back: Label,
+    },
+    /// The slow path of a store (see [`Tr::store_rdx`]): the store helper, then back to
+    /// `back` with its status in `rax`, or to `fault`.
+    StoreSlow {
+        size: u8,
+        stack: bool,
+        fault: Label,
+        back: Label,
+    },
 }
 
 struct Stub {
@@ -815,7 +839,8 @@ impl Tr<'_> {
         jumped: bool,
     ) -> R<()> {
         let field = |f: usize| cell + f;
-        self.a.mov(s1, qword_ptr(CPU + offset_of!(Cpu, code_gen)))?;
+        self.a
+            .mov(s1, qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_gen)))?;
         self.a.cmp(s1, qword_ptr(field(offset_of!(Link, gen))))?;
         self.a.jne(plain)?;
         self.a
@@ -824,7 +849,7 @@ impl Tr<'_> {
             .cmp(s1, qword_ptr(field(offset_of!(Link, epoch_user))))?;
         self.a.jne(plain)?;
         self.a
-            .cmp(byte_ptr(CPU + offset_of!(Cpu, code_written)), 0)?;
+            .cmp(byte_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_written)), 0)?;
         self.a.jne(plain)?;
         // Retired so far (with this translation's `i + 1`), and with the target's: within the
         // budget?
@@ -843,7 +868,7 @@ impl Tr<'_> {
         self.a
             .mov(s2, qword_ptr(field(offset_of!(Link, code_page))))?;
         self.a
-            .mov(qword_ptr(CPU + offset_of!(Cpu, code_page)), s2)?;
+            .mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_page)), s2)?;
         self.a.mov(OPS, qword_ptr(field(offset_of!(Link, ops))))?;
         self.a.jmp(qword_ptr(field(offset_of!(Link, entry))))
     }
@@ -870,31 +895,33 @@ impl Tr<'_> {
     fn get(&mut self, dst: Reg64, dst32: Reg32, g: u8, size: u8) -> R<()> {
         if g >= 16 {
             let off = gpr_off(g & 3) + 1;
-            return self.a.movzx(dst32, byte_ptr(CPU + off));
+            return self.a.movzx(dst32, byte_ptr(CPU - CPU_BIAS + off));
         }
         let off = gpr_off(g);
         match size {
-            1 => self.a.movzx(dst32, byte_ptr(CPU + off)),
-            2 => self.a.movzx(dst32, word_ptr(CPU + off)),
-            4 => self.a.mov(dst32, dword_ptr(CPU + off)),
-            _ => self.a.mov(dst, qword_ptr(CPU + off)),
+            1 => self.a.movzx(dst32, byte_ptr(CPU - CPU_BIAS + off)),
+            2 => self.a.movzx(dst32, word_ptr(CPU - CPU_BIAS + off)),
+            4 => self.a.mov(dst32, dword_ptr(CPU - CPU_BIAS + off)),
+            _ => self.a.mov(dst, qword_ptr(CPU - CPU_BIAS + off)),
         }
     }
 
     /// General register `g` at `size` = `rax` (masked to `size`), with x86's merge rules.
     fn set_from_rax(&mut self, g: u8, size: u8) -> R<()> {
         if g >= 16 {
-            return self.a.mov(byte_ptr(CPU + gpr_off(g & 3) + 1), al);
+            return self
+                .a
+                .mov(byte_ptr(CPU - CPU_BIAS + gpr_off(g & 3) + 1), al);
         }
         let off = gpr_off(g);
         match size {
-            1 => self.a.mov(byte_ptr(CPU + off), al),
-            2 => self.a.mov(word_ptr(CPU + off), ax),
+            1 => self.a.mov(byte_ptr(CPU - CPU_BIAS + off), al),
+            2 => self.a.mov(word_ptr(CPU - CPU_BIAS + off), ax),
             4 => {
                 self.a.mov(eax, eax)?;
-                self.a.mov(qword_ptr(CPU + off), rax)
+                self.a.mov(qword_ptr(CPU - CPU_BIAS + off), rax)
             }
-            _ => self.a.mov(qword_ptr(CPU + off), rax),
+            _ => self.a.mov(qword_ptr(CPU - CPU_BIAS + off), rax),
         }
     }
 
@@ -902,18 +929,24 @@ impl Tr<'_> {
     fn ea(&mut self, addr: &Addr) -> R<()> {
         self.a.mov(rdx, addr.disp)?;
         if addr.base != NONE {
-            self.a.add(rdx, qword_ptr(CPU + gpr_off(addr.base)))?;
+            self.a
+                .add(rdx, qword_ptr(CPU - CPU_BIAS + gpr_off(addr.base)))?;
         }
         if addr.index != NONE {
-            self.a.mov(rax, qword_ptr(CPU + gpr_off(addr.index)))?;
+            self.a
+                .mov(rax, qword_ptr(CPU - CPU_BIAS + gpr_off(addr.index)))?;
             if addr.shift != 0 {
                 self.a.shl(rax, addr.shift as u32)?;
             }
             self.a.add(rdx, rax)?;
         }
         match addr.seg {
-            1 => self.a.add(rdx, qword_ptr(CPU + seg_base_off(SegReg::Fs))),
-            2 => self.a.add(rdx, qword_ptr(CPU + seg_base_off(SegReg::Gs))),
+            1 => self
+                .a
+                .add(rdx, qword_ptr(CPU - CPU_BIAS + seg_base_off(SegReg::Fs))),
+            2 => self
+                .a
+                .add(rdx, qword_ptr(CPU - CPU_BIAS + seg_base_off(SegReg::Gs))),
             _ => Ok(()),
         }
     }
@@ -926,7 +959,7 @@ impl Tr<'_> {
     /// Call the load or store helper `f` for a `size`-byte access (through SS if `stack`) at
     /// the address in `rdx` (a store's value in `r8`).
     fn access_helper(&mut self, f: usize, size: u8, stack: bool) -> R<()> {
-        self.a.mov(rdi, CPU)?;
+        self.a.lea(rdi, qword_ptr(CPU - CPU_BIAS))?;
         self.a.mov(rsi, ENV)?;
         let info = u64::from(size) | if stack { STACK } else { 0 };
         self.a.mov(ecx, info as u32)?;
@@ -945,30 +978,44 @@ impl Tr<'_> {
     /// the [`Env`]: with a hit for a `size`-byte access within the page, `rcx` is the entry and
     /// `rax` the offset in the page; otherwise jump to `slow`. `rdx` is kept.
     fn fast_entry(&mut self, table: usize, size: u8, slow: Label) -> R<()> {
-        // rcx = the slot of the page; rax = its tag.
+        // rcx = the slot of the page (its byte offset in the table, straight from the
+        // address); rax = its tag.
+        self.a.mov(ecx, edx)?;
+        self.a.shr(ecx, 12 - FAST_ENTRY_SHIFT)?;
+        self.a
+            .and(ecx, (FAST_ENTRIES as u32 - 1) << FAST_ENTRY_SHIFT)?;
+        self.a.add(rcx, qword_ptr(ENV + table))?;
         self.a.mov(rax, rdx)?;
         self.a.shr(rax, 12)?;
-        self.a.mov(ecx, eax)?;
-        self.a.and(ecx, FAST_ENTRIES as u32 - 1)?;
-        self.a.shl(ecx, FAST_ENTRY_SHIFT)?;
-        self.a.add(rcx, qword_ptr(ENV + table))?;
         self.a.inc(rax)?;
         self.a
             .cmp(rax, qword_ptr(rcx + offset_of!(FastEntry, tag)))?;
         self.a.jne(slow)?;
-        // Within the page (else the helper splits the access).
         self.a.mov(eax, edx)?;
         self.a.and(eax, 0xfff)?;
-        self.a.cmp(eax, 0x1000 - size as u32)?;
-        self.a.ja(slow)
+        if size > 1 {
+            // Within the page (else the helper splits the access).
+            self.a.cmp(eax, 0x1000 - size as u32)?;
+            self.a.ja(slow)?;
+        }
+        Ok(())
     }
 
     /// `rax` = `size` bytes at `addr`: inline from the host address of a RAM page found in
     /// the read table (`Tlb::fast`), else through the load helper; a fault exits via `fault`.
     fn load(&mut self, addr: &Addr, size: u8, fault: Label) -> R<()> {
         self.ea(addr)?;
-        let mut slow = self.a.create_label();
-        let mut done = self.a.create_label();
+        let mut back = self.a.create_label();
+        let (i, ip) = self.cur;
+        let restart = self.stub(StubKind::Restart { i, ip });
+        // The helper call is out of line, after the block's hot code.
+        let slow = self.stub(StubKind::LoadSlow {
+            size,
+            stack: addr.stack,
+            fault,
+            restart,
+            back,
+        });
         self.fast_entry(offset_of!(Env<'_>, fast), size, slow)?;
         self.a
             .add(rax, qword_ptr(rcx + offset_of!(FastEntry, host)))?;
@@ -978,19 +1025,7 @@ impl Tr<'_> {
             4 => self.a.mov(eax, dword_ptr(rax))?,
             _ => self.a.mov(rax, qword_ptr(rax))?,
         }
-        self.a.jmp(done)?;
-        self.a.set_label(&mut slow)?;
-        self.access_helper(load_helper as *const () as usize, size, addr.stack)?;
-        let (i, ip) = self.cur;
-        let restart = self.stub(StubKind::Restart { i, ip });
-        self.a.cmp(eax, FAULTED as u32)?;
-        self.a.je(fault)?;
-        self.a.test(eax, eax)?;
-        self.a.jne(restart)?;
-        self.a.mov(rax, qword_ptr(ENV + offset_of!(Env<'_>, val)))?;
-        self.a.set_label(&mut done)?;
-        // (A label needs an instruction to sit on.)
-        self.a.nop()
+        self.a.set_label(&mut back)
     }
 
     /// Store the value in `r8` (`size` bytes) at the address in `rdx`: inline to the host
@@ -999,20 +1034,26 @@ impl Tr<'_> {
     /// `Cpu::note_store`), else through the store helper. A fault exits via `fault`. Leaves
     /// the status in `rax`: [`CONTINUE`], or [`END`] if the store hit the block's page.
     fn store_rdx(&mut self, size: u8, stack: bool, fault: Label) -> R<()> {
-        let mut slow = self.a.create_label();
-        let mut done = self.a.create_label();
+        let mut back = self.a.create_label();
+        // The helper call is out of line, after the block's hot code.
+        let slow = self.stub(StubKind::StoreSlow {
+            size,
+            stack,
+            fault,
+            back,
+        });
         self.fast_entry(offset_of!(Env<'_>, fast_w), size, slow)?;
         // The code-page watch.
         self.a
             .mov(r9, qword_ptr(rcx + offset_of!(FastEntry, ppn)))?;
         self.a
-            .cmp(r9, qword_ptr(CPU + offset_of!(Cpu, code_page)))?;
+            .cmp(r9, qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_page)))?;
         self.a.je(slow)?;
         self.a.and(r9d, CODE_PAGE_SLOTS as u32 - 1)?;
         self.a
             .mov(r10, qword_ptr(ENV + offset_of!(Env<'_>, code_pages)))?;
         self.a
-            .movzx(r11d, word_ptr(CPU + offset_of!(Cpu, code_gen)))?;
+            .movzx(r11d, word_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_gen)))?;
         self.a.cmp(r11w, word_ptr(r10 + r9 * 2))?;
         self.a.je(slow)?;
         self.a
@@ -1024,23 +1065,17 @@ impl Tr<'_> {
             _ => self.a.mov(qword_ptr(rax), r8)?,
         }
         self.a.xor(eax, eax)?;
-        self.a.jmp(done)?;
-        self.a.set_label(&mut slow)?;
-        self.access_helper(store_helper as *const () as usize, size, stack)?;
-        self.a.cmp(eax, FAULTED as u32)?;
-        self.a.je(fault)?;
-        self.a.set_label(&mut done)?;
-        self.a.nop()
+        self.a.set_label(&mut back)
     }
 
     /// Push the value in `r8` (8 bytes): the stack pointer changes only once the store is
     /// done. Leaves the store helper's status in `rax`.
     fn push_r8(&mut self, fault: Label) -> R<()> {
-        self.a.mov(rdx, qword_ptr(CPU + gpr_off(4)))?;
+        self.a.mov(rdx, qword_ptr(CPU - CPU_BIAS + gpr_off(4)))?;
         self.a.sub(rdx, 8)?;
         self.a.mov(r15, rdx)?;
         self.store_rdx(8, true, fault)?;
-        self.a.mov(qword_ptr(CPU + gpr_off(4)), r15)
+        self.a.mov(qword_ptr(CPU - CPU_BIAS + gpr_off(4)), r15)
     }
 
     /// `rax` = source `s` at `size` (zero-extended).
@@ -1065,13 +1100,17 @@ impl Tr<'_> {
     /// Record `op` in the lazy flags: operands `r14` and `rbp`, result `rcx`, no carry-in.
     fn record(&mut self, op: LazyOp, size: u8) -> R<()> {
         let f = offset_of!(Cpu, flags);
-        self.a.mov(byte_ptr(CPU + f + Flags::OFF_OP), op as u32)?;
         self.a
-            .mov(byte_ptr(CPU + f + Flags::OFF_SIZE), size as u32)?;
-        self.a.mov(qword_ptr(CPU + f + Flags::OFF_A), r14)?;
-        self.a.mov(qword_ptr(CPU + f + Flags::OFF_B), rbp)?;
-        self.a.mov(qword_ptr(CPU + f + Flags::OFF_RES), rcx)?;
-        self.a.mov(byte_ptr(CPU + f + Flags::OFF_CARRY), 0u32)
+            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_A), r14)?;
+        self.a
+            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_B), rbp)?;
+        self.a
+            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_RES), rcx)?;
+        // The operation, its size and no carry-in, in one store.
+        self.a.mov(
+            dword_ptr(CPU - CPU_BIAS + f + Flags::OFF_OP_WORD),
+            op as u32 | u32::from(size) << 8,
+        )
     }
 
     /// Instruction `i` through [`op_helper`].
@@ -1087,7 +1126,7 @@ impl Tr<'_> {
     fn run_helper(&mut self, i: usize, helper: usize, at: usize, fault: Label) -> R<()> {
         self.flags = None;
         let end = self.stub(StubKind::EndNext { i });
-        self.a.mov(rdi, CPU)?;
+        self.a.lea(rdi, qword_ptr(CPU - CPU_BIAS))?;
         self.a.mov(rsi, ENV)?;
         self.a.lea(rdx, qword_ptr(OPS + at))?;
         self.a.mov(ecx, i as u32)?;
@@ -1100,7 +1139,7 @@ impl Tr<'_> {
 
     /// `eax` = condition code `cc` of the current flags (0 or 1), through [`cond_helper`].
     fn condition_to_eax(&mut self, cc: u8) -> R<()> {
-        self.a.mov(rdi, CPU)?;
+        self.a.lea(rdi, qword_ptr(CPU - CPU_BIAS))?;
         self.a.mov(esi, cc as u32)?;
         self.call_helper(cond_helper as *const () as usize)
     }
@@ -1181,7 +1220,7 @@ impl Tr<'_> {
             }
             Fast::Push { src } if src < 16 => {
                 let fault = self.stub(StubKind::Fault { i, ip });
-                self.a.mov(r8, qword_ptr(CPU + gpr_off(src)))?;
+                self.a.mov(r8, qword_ptr(CPU - CPU_BIAS + gpr_off(src)))?;
                 self.push_r8(fault)?;
                 self.end_if_code_written(i, op.next_ip)
             }
@@ -1195,8 +1234,8 @@ impl Tr<'_> {
             Fast::Pop { dst } if dst < 16 => {
                 let fault = self.stub(StubKind::Fault { i, ip });
                 self.load(&RSP_TOP, 8, fault)?;
-                self.a.add(qword_ptr(CPU + gpr_off(4)), 8)?;
-                self.a.mov(qword_ptr(CPU + gpr_off(dst)), rax)
+                self.a.add(qword_ptr(CPU - CPU_BIAS + gpr_off(4)), 8)?;
+                self.a.mov(qword_ptr(CPU - CPU_BIAS + gpr_off(dst)), rax)
             }
             Fast::Ret => {
                 let fault = self.stub(StubKind::Fault { i, ip });
@@ -1208,7 +1247,7 @@ impl Tr<'_> {
                 self.a.sar(rcx, 16)?;
                 self.a.cmp(rcx, rax)?;
                 self.a.jne(gp)?;
-                self.a.add(qword_ptr(CPU + gpr_off(4)), 8)?;
+                self.a.add(qword_ptr(CPU - CPU_BIAS + gpr_off(4)), 8)?;
                 let end = self.stub(StubKind::EndRax { i });
                 self.a.jmp(end)
             }
@@ -1265,12 +1304,19 @@ impl Tr<'_> {
             Dst::Mem(addr) => {
                 self.load(&addr, size, fault)?;
                 self.a.mov(r14, rax)?;
-                self.ea(&addr)?;
-                self.a.mov(r15, rdx)?;
+                if write {
+                    self.ea(&addr)?;
+                    self.a.mov(r15, rdx)?;
+                }
             }
         }
-        self.src(src, size, fault)?;
-        self.a.mov(rbp, rax)?;
+        match *src {
+            Src::Imm(v) => self.a.mov(rbp, v)?,
+            _ => {
+                self.src(src, size, fault)?;
+                self.a.mov(rbp, rax)?;
+            }
+        }
         self.a.mov(rcx, r14)?;
         match aop {
             AluOp::Add => self.a.add(rcx, rbp)?,
@@ -1378,12 +1424,14 @@ impl Tr<'_> {
         self.a.or(eax, edx)?;
         self.a.or(eax, r8d)?;
         let f = offset_of!(Cpu, flags);
-        self.a.mov(rdx, qword_ptr(CPU + f + Flags::OFF_OTHER))?;
+        self.a
+            .mov(rdx, qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_OTHER))?;
         self.a.and(rdx, !(flags::ARITH as i32))?;
         self.a.or(rdx, rax)?;
-        self.a.mov(qword_ptr(CPU + f + Flags::OFF_OTHER), rdx)?;
+        self.a
+            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_OTHER), rdx)?;
         self.a.mov(
-            byte_ptr(CPU + f + Flags::OFF_OP),
+            byte_ptr(CPU - CPU_BIAS + f + Flags::OFF_OP),
             LazyOp::Materialized as u32,
         )?;
         // (Materialized: the next Jcc asks `cond_helper`.)
@@ -1406,7 +1454,6 @@ impl Tr<'_> {
             self.jcc(cc ^ 1, keep)?;
             self.a.mov(rax, rbp)?;
             self.a.set_label(&mut keep)?;
-            // (`set_label` needs an instruction after it: `set_from_rax` emits one.)
         } else {
             self.condition_to_eax(cc)?;
             self.a.mov(r14d, eax)?;
@@ -1426,9 +1473,9 @@ impl Tr<'_> {
         };
         let f = offset_of!(Cpu, flags);
         let (a, b, res) = (
-            CPU + f + Flags::OFF_A,
-            CPU + f + Flags::OFF_B,
-            CPU + f + Flags::OFF_RES,
+            CPU - CPU_BIAS + f + Flags::OFF_A,
+            CPU - CPU_BIAS + f + Flags::OFF_B,
+            CPU - CPU_BIAS + f + Flags::OFF_RES,
         );
         match op {
             LazyOp::Logic => {
@@ -1475,7 +1522,8 @@ impl Tr<'_> {
     /// Leave the translation with RIP `rip` and return value `v`.
     fn exit_at(&mut self, rip: u64, v: u64) -> R<()> {
         self.a.mov(rax, rip)?;
-        self.a.mov(qword_ptr(CPU + offset_of!(Cpu, rip)), rax)?;
+        self.a
+            .mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, rip)), rax)?;
         self.ret_value(v)
     }
 }
@@ -1532,7 +1580,7 @@ fn translate(
     }
     // Six pushes and the return address: 16-byte alignment for the helper calls.
     t.a.sub(rsp, 8)?;
-    t.a.mov(CPU, rdi)?;
+    t.a.lea(CPU, qword_ptr(rdi + CPU_BIAS))?;
     t.a.mov(ENV, rsi)?;
     t.a.mov(OPS, rdx)?;
     // A chained translation comes in here, in the frame of the first one, with `OPS` set.
@@ -1570,18 +1618,44 @@ fn translate(
             StubKind::EndNext { i } => {
                 // (A store into the running block's page, or a generic instruction that
                 // changed what the translation runs under: back to the run loop.)
-                t.a.mov(rax, qword_ptr(CPU + offset_of!(Cpu, next_rip)))?;
-                t.a.mov(qword_ptr(CPU + rip_off), rax)?;
+                t.a.mov(rax, qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, next_rip)))?;
+                t.a.mov(qword_ptr(CPU - CPU_BIAS + rip_off), rax)?;
                 t.ret_value(i as u64 + 1)?;
             }
             StubKind::EndAt { i, rip } => t.exit_at(rip, i as u64 + 1)?,
             StubKind::Chain { i, rip, cell } => t.chain(i, rip, cell)?,
             StubKind::EndRax { i } => {
-                t.a.mov(qword_ptr(CPU + rip_off), rax)?;
+                t.a.mov(qword_ptr(CPU - CPU_BIAS + rip_off), rax)?;
                 t.jump(i)?;
             }
             StubKind::Restart { i, ip } => t.exit_at(ip, i as u64)?,
             StubKind::Left { i } => t.ret_value(FAULT | i as u64)?,
+            StubKind::LoadSlow {
+                size,
+                stack,
+                fault,
+                restart,
+                back,
+            } => {
+                t.access_helper(load_helper as *const () as usize, size, stack)?;
+                t.a.cmp(eax, FAULTED as u32)?;
+                t.a.je(fault)?;
+                t.a.test(eax, eax)?;
+                t.a.jne(restart)?;
+                t.a.mov(rax, qword_ptr(ENV + offset_of!(Env<'_>, val)))?;
+                t.a.jmp(back)?;
+            }
+            StubKind::StoreSlow {
+                size,
+                stack,
+                fault,
+                back,
+            } => {
+                t.access_helper(store_helper as *const () as usize, size, stack)?;
+                t.a.cmp(eax, FAULTED as u32)?;
+                t.a.je(fault)?;
+                t.a.jmp(back)?;
+            }
             StubKind::FaultGp { i, ip } => {
                 t.a.mov(rdi, ENV)?;
                 t.call_helper(gp_helper as *const () as usize)?;
