@@ -165,7 +165,7 @@ pub(crate) enum Fast {
 }
 
 /// The [`Gpr`] of a general-purpose register, or `None` for any other register.
-fn gpr(r: Register) -> Option<Gpr> {
+pub(crate) fn gpr(r: Register) -> Option<Gpr> {
     match crate::cpu::gpr_slot(r)? {
         (i, crate::cpu::Width::High8) => Some(16 + i as u8),
         (i, _) => Some(i as u8),
@@ -174,7 +174,7 @@ fn gpr(r: Register) -> Option<Gpr> {
 
 /// The address recipe of memory operand `op`, for the forms the generic path computes with
 /// `Cpu::la64` (64-bit addressing, legacy encoding); `None` for the rest.
-fn addr(i: &Instruction, op: u32, segment: bool) -> Option<Addr> {
+pub(crate) fn addr(i: &Instruction, op: u32, segment: bool) -> Option<Addr> {
     if i.op_kind(op) != OpKind::Memory || i.encoding() != EncodingKind::Legacy {
         return None;
     }

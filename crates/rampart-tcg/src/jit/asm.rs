@@ -733,6 +733,19 @@ impl Asm {
         Ok(())
     }
 
+    /// LOCK CMPXCHG m, r (the accumulator is RAX at the operand's size).
+    pub(crate) fn lock_cmpxchg(&mut self, d: Ptr, s: impl Into<Opnd>) -> R<()> {
+        let Opnd::Reg(r, z) = s.into() else {
+            return Err(AsmError::Form("cmpxchg"));
+        };
+        if z != d.size {
+            return Err(AsmError::Form("cmpxchg"));
+        }
+        self.byte(0xf0);
+        let op = if z == 1 { 0xb0 } else { 0xb1 };
+        self.op_rm(z, &[0x0f, op], r, Rm::Mem(d.mem), z == 1)
+    }
+
     /// CMOVNE r64, r64.
     pub(crate) fn cmovne(&mut self, d: Reg64, s: Reg64) -> R<()> {
         self.op_rm(8, &[0x0f, 0x45], d.0, Rm::Reg(s.0), false)
@@ -969,6 +982,35 @@ mod tests {
         a.pushfq().unwrap();
         a.ret().unwrap();
         assert_eq!(a.finish().unwrap(), [0x9c, 0xc3]);
+    }
+
+    #[test]
+    fn lock_cmpxchg_matches_iced() {
+        for (mine, theirs) in [
+            (qword_ptr(r8), ic::qword_ptr(ic::r8)),
+            (qword_ptr(rax + 0x10), ic::qword_ptr(ic::rax + 0x10)),
+        ] {
+            let mut a = Asm::new();
+            a.lock_cmpxchg(mine, r9).unwrap();
+            let mut b = ic::CodeAssembler::new(64).unwrap();
+            b.lock().cmpxchg(theirs, ic::r9).unwrap();
+            let (x, y) = (a.finish().unwrap(), b.assemble(0).unwrap());
+            assert!(decode(&x)[0].has_lock_prefix());
+            assert_eq!(meaning(&decode(&x)[0]), meaning(&decode(&y)[0]));
+        }
+        let mut a = Asm::new();
+        a.lock_cmpxchg(dword_ptr(r8), ecx).unwrap();
+        a.lock_cmpxchg(word_ptr(r8), cx).unwrap();
+        a.lock_cmpxchg(byte_ptr(r8), sil).unwrap();
+        let i = decode(&a.finish().unwrap());
+        assert_eq!(meaning(&i[0]), "Cmpxchg [R8+None*1+0x0]UInt32 ECX");
+        assert_eq!(meaning(&i[1]), "Cmpxchg [R8+None*1+0x0]UInt16 CX");
+        assert_eq!(meaning(&i[2]), "Cmpxchg [R8+None*1+0x0]UInt8 SIL");
+        assert!(i.iter().all(|i| i.has_lock_prefix()));
+        assert_eq!(a_err(), Err(AsmError::Form("cmpxchg")));
+        fn a_err() -> R<()> {
+            Asm::new().lock_cmpxchg(qword_ptr(rax), ecx)
+        }
     }
 
     #[test]

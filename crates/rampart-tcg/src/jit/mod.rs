@@ -287,7 +287,7 @@ impl Jit {
                     i,
                 ))
             };
-            let t = match translate(ip, ops, generic.len(), &mut cell, jumps) {
+            let t = match translate(ip, ops, generic, &mut cell, jumps) {
                 Ok(Some(t)) => t,
                 Ok(None) => return None,
                 Err(e) => {
@@ -729,6 +729,16 @@ enum StubKind {
         restart: Label,
         back: Label,
     },
+    /// The slow path of an inline generic instruction (see [`Tr::cmpxchg`]): run instruction
+    /// `i` through [`generic_helper`] on its copy at `OPS + at`, then back to `back`, or to
+    /// `left` or `end` as [`Tr::run_helper`] would.
+    GenericSlow {
+        i: usize,
+        at: usize,
+        left: Label,
+        end: Label,
+        back: Label,
+    },
     /// The slow path of a store (see [`Tr::store_rdx`]): the store helper, then back to
     /// `back` with its status in `rax`, or to `fault`.
     StoreSlow {
@@ -766,6 +776,8 @@ struct Tr<'c> {
     generic_base: usize,
     generic_used: usize,
     generic_len: usize,
+    /// The block's generic instructions.
+    generics: &'c [Generic],
 }
 
 /// A translation, before it is copied into the arena.
@@ -1043,7 +1055,23 @@ impl Tr<'_> {
             back,
         });
         self.fast_entry(offset_of!(Env<'_>, fast_w), size, slow)?;
-        // The code-page watch.
+        self.code_watch(slow)?;
+        self.a
+            .add(rax, qword_ptr(rcx + offset_of!(FastEntry, host)))?;
+        match size {
+            1 => self.a.mov(byte_ptr(rax), r8b)?,
+            2 => self.a.mov(word_ptr(rax), r8w)?,
+            4 => self.a.mov(dword_ptr(rax), r8d)?,
+            _ => self.a.mov(qword_ptr(rax), r8)?,
+        }
+        self.a.xor(eax, eax)?;
+        self.a.set_label(&mut back)
+    }
+
+    /// The code-page watch of an inline store to the page of write-table entry `rcx`: to
+    /// `slow` if the page holds the running block or code validated in this generation.
+    /// Clobbers `r9`-`r11`.
+    fn code_watch(&mut self, slow: Label) -> R<()> {
         self.a
             .mov(r9, qword_ptr(rcx + offset_of!(FastEntry, ppn)))?;
         self.a
@@ -1055,17 +1083,7 @@ impl Tr<'_> {
         self.a
             .movzx(r11d, word_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_gen)))?;
         self.a.cmp(r11w, word_ptr(r10 + r9 * 2))?;
-        self.a.je(slow)?;
-        self.a
-            .add(rax, qword_ptr(rcx + offset_of!(FastEntry, host)))?;
-        match size {
-            1 => self.a.mov(byte_ptr(rax), r8b)?,
-            2 => self.a.mov(word_ptr(rax), r8w)?,
-            4 => self.a.mov(dword_ptr(rax), r8d)?,
-            _ => self.a.mov(qword_ptr(rax), r8)?,
-        }
-        self.a.xor(eax, eax)?;
-        self.a.set_label(&mut back)
+        self.a.je(slow)
     }
 
     /// Push the value in `r8` (8 bytes): the stack pointer changes only once the store is
@@ -1126,15 +1144,20 @@ impl Tr<'_> {
     fn run_helper(&mut self, i: usize, helper: usize, at: usize, fault: Label) -> R<()> {
         self.flags = None;
         let end = self.stub(StubKind::EndNext { i });
-        self.a.lea(rdi, qword_ptr(CPU - CPU_BIAS))?;
-        self.a.mov(rsi, ENV)?;
-        self.a.lea(rdx, qword_ptr(OPS + at))?;
-        self.a.mov(ecx, i as u32)?;
-        self.call_helper(helper)?;
+        self.helper_call(i, helper, at)?;
         self.a.cmp(eax, FAULTED as u32)?;
         self.a.je(fault)?;
         self.a.test(eax, eax)?;
         self.a.jne(end)
+    }
+
+    /// Call `helper(cpu, env, OPS + at, i)`.
+    fn helper_call(&mut self, i: usize, helper: usize, at: usize) -> R<()> {
+        self.a.lea(rdi, qword_ptr(CPU - CPU_BIAS))?;
+        self.a.mov(rsi, ENV)?;
+        self.a.lea(rdx, qword_ptr(OPS + at))?;
+        self.a.mov(ecx, i as u32)?;
+        self.call_helper(helper)
     }
 
     /// `eax` = condition code `cc` of the current flags (0 or 1), through [`cond_helper`].
@@ -1154,7 +1177,70 @@ impl Tr<'_> {
         self.generic_used += 1;
         let fault = self.stub(StubKind::Left { i });
         let at = self.generic_base + k * std::mem::size_of::<Generic>();
+        if let Some(g) = self.generics.get(k) {
+            if let Some((addr, src, size)) = inline_cmpxchg(g) {
+                return Ok(self.cmpxchg(i, at, fault, &addr, src, size)?);
+            }
+        }
         Ok(self.run_helper(i, generic_helper as *const () as usize, at, fault)?)
+    }
+
+    /// CMPXCHG of memory with general register `src` at `size` (4 or 8), generic instruction
+    /// `i` with its copy at `OPS + at`: inline as a host LOCK CMPXCHG on the RAM page when the
+    /// write table has it (with the code-page watch of a store) and the operand is aligned (so
+    /// it never splits a cache line), else through [`generic_helper`] out of line. Both ways
+    /// leave the interpreter's flags record (a CMP of the accumulator with the old value),
+    /// and the accumulator takes the old value only when they differ. The host instruction is
+    /// atomic, as the interpreter's locked write is (a compare-and-exchange with the value
+    /// read), so vCPUs running either way stay atomic against each other.
+    fn cmpxchg(
+        &mut self,
+        i: usize,
+        at: usize,
+        left: Label,
+        addr: &Addr,
+        src: u8,
+        size: u8,
+    ) -> R<()> {
+        let mut back = self.a.create_label();
+        let end = self.stub(StubKind::EndNext { i });
+        let slow = self.stub(StubKind::GenericSlow {
+            i,
+            at,
+            left,
+            end,
+            back,
+        });
+        self.ea(addr)?;
+        self.a.test(edx, u32::from(size) - 1)?;
+        self.a.jne(slow)?;
+        self.fast_entry(offset_of!(Env<'_>, fast_w), size, slow)?;
+        self.code_watch(slow)?;
+        self.a
+            .add(rax, qword_ptr(rcx + offset_of!(FastEntry, host)))?;
+        self.a.mov(r8, rax)?;
+        // a (the accumulator) in r14, the old value in rbp, a - old in rcx.
+        self.get(r14, r14d, 0, size)?;
+        self.get(rcx, ecx, src, size)?;
+        self.a.mov(rax, r14)?;
+        if size == 8 {
+            self.a.lock_cmpxchg(qword_ptr(r8), rcx)?;
+        } else {
+            self.a.lock_cmpxchg(dword_ptr(r8), ecx)?;
+        }
+        self.a.mov(rbp, rax)?;
+        let mut same = self.a.create_label();
+        self.a.cmp(r14, rbp)?;
+        self.a.je(same)?;
+        self.set_from_rax(0, size)?;
+        self.a.set_label(&mut same)?;
+        self.a.mov(rcx, r14)?;
+        self.a.sub(rcx, rbp)?;
+        self.mask(rcx, ecx, size)?;
+        self.record(LazyOp::Sub, size)?;
+        self.a.set_label(&mut back)?;
+        self.flags = Some((LazyOp::Sub, size));
+        Ok(())
     }
 
     /// Emit instruction `i` (at `ip`, `op`).
@@ -1528,6 +1614,27 @@ impl Tr<'_> {
     }
 }
 
+/// The memory operand, source register and size of a CMPXCHG the translator emits inline
+/// ([`Tr::cmpxchg`]): memory with a 32- or 64-bit general register, 64-bit addressing.
+fn inline_cmpxchg(g: &Generic) -> Option<(Addr, u8, u8)> {
+    use iced_x86::OpKind;
+    let i = &g.instr;
+    if g.mnemonic != M::Cmpxchg || i.op_count() != 2 || i.op1_kind() != OpKind::Register {
+        return None;
+    }
+    let r = i.op1_register();
+    let size = if r.is_gpr64() {
+        8
+    } else if r.is_gpr32() {
+        4
+    } else {
+        return None;
+    };
+    let src = crate::fast::gpr(r).filter(|&g| g < 16)?;
+    let addr = crate::fast::addr(i, 0, true)?;
+    Some((addr, src, size))
+}
+
 /// The low byte register of `r` (one of the scratch registers used here).
 fn low8(r: Reg64) -> Reg8 {
     if r == rcx {
@@ -1547,12 +1654,12 @@ fn low16(r: Reg64) -> Reg16 {
 }
 
 /// Host code for the block at `ip` (`ops`, whose generic instructions are the first
-/// `generic_len` of the block's), and its length in instructions; `None` for an empty block.
+/// block's `generics`), and its length in instructions; `None` for an empty block.
 /// `cell` gives chaining cells for its exits to fixed addresses.
 fn translate(
     ip: u64,
     ops: &[Op],
-    generic_len: usize,
+    generics: &[Generic],
     cell: &mut dyn FnMut() -> Option<(usize, usize)>,
     jumps: usize,
 ) -> Result<Option<Translation>, Error> {
@@ -1573,7 +1680,8 @@ fn translate(
         jumps,
         generic_base: pair_offset::<Op>(len),
         generic_used: 0,
-        generic_len,
+        generic_len: generics.len(),
+        generics,
     };
     for r in [rbx, r12, r13, r14, r15, rbp] {
         t.a.push(r)?;
@@ -1643,6 +1751,20 @@ fn translate(
                 t.a.test(eax, eax)?;
                 t.a.jne(restart)?;
                 t.a.mov(rax, qword_ptr(ENV + offset_of!(Env<'_>, val)))?;
+                t.a.jmp(back)?;
+            }
+            StubKind::GenericSlow {
+                i,
+                at,
+                left,
+                end,
+                back,
+            } => {
+                t.helper_call(i, generic_helper as *const () as usize, at)?;
+                t.a.cmp(eax, FAULTED as u32)?;
+                t.a.je(left)?;
+                t.a.test(eax, eax)?;
+                t.a.jne(end)?;
                 t.a.jmp(back)?;
             }
             StubKind::StoreSlow {
@@ -2197,6 +2319,94 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// CMPXCHG of memory at 32 and 64 bits, locked or not, succeeding and failing, aligned
+    /// (inline) and not (through the generic path): the memory, the accumulator (a 32-bit
+    /// one zero-extended only when it is written), RFLAGS and a Jcc after it match the
+    /// interpreter, and the aligned ones ran without the generic helper.
+    #[test]
+    fn translated_cmpxchg_matches_the_interpreter() {
+        let code = assemble(|a| {
+            a.mov(rsi, DATA)?;
+            a.mov(rdi, DATA + 0x8000)?;
+            a.mov(r9d, (EDGES.len() - 1) as u32)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            for size in [4u8, 8] {
+                for succeed in [false, true] {
+                    for locked in [false, true] {
+                        for misaligned in [0u32, 1] {
+                            let m = if misaligned == 0 {
+                                qword_ptr(rdi)
+                            } else {
+                                qword_ptr(rdi + 1)
+                            };
+                            let d = if misaligned == 0 {
+                                dword_ptr(rdi)
+                            } else {
+                                dword_ptr(rdi + 1)
+                            };
+                            a.mov(rbx, qword_ptr(rsi + 8))?;
+                            a.mov(qword_ptr(rdi), rbx)?;
+                            a.mov(qword_ptr(rdi + 8), rbx)?;
+                            a.mov(rax, qword_ptr(rsi))?;
+                            if succeed {
+                                a.mov(rax, qword_ptr(rdi + misaligned as i32))?;
+                                // (The upper half of a 32-bit accumulator stays when it
+                                // matches: make it differ from the memory's.)
+                                a.not(rbx)?;
+                                a.shl(rbx, 32)?;
+                                a.or(rax, rbx)?;
+                            }
+                            a.mov(rcx, 0x0123_4567_89ab_cdefu64)?;
+                            a.xor(rcx, qword_ptr(rsi))?;
+                            match (size, locked) {
+                                (4, false) => a.cmpxchg(d, ecx)?,
+                                (4, true) => a.lock().cmpxchg(d, ecx)?,
+                                (_, false) => a.cmpxchg(m, rcx)?,
+                                _ => a.lock().cmpxchg(m, rcx)?,
+                            }
+                            let mut skip = a.create_label();
+                            a.mov(qword_ptr(rdi + 16), rax)?;
+                            a.mov(edx, 1)?;
+                            a.jne(skip)?;
+                            a.mov(edx, 2)?;
+                            a.set_label(&mut skip)?;
+                            a.mov(qword_ptr(rdi + 24), rdx)?;
+                            a.pushfq()?;
+                            a.pop(qword_ptr(rdi + 32))?;
+                            a.add(rdi, 40)?;
+                        }
+                    }
+                }
+            }
+            a.add(rsi, 8)?;
+            a.dec(r9d)?;
+            a.jne(top)
+        });
+        let per_round = 2 * 2 * 2 * 2;
+        let n = (EDGES.len() - 1) * per_round * 5;
+        let [interpreted, translated] = both_ways(&code, &EDGES, n);
+        for (k, (x, y)) in interpreted.iter().zip(&translated).enumerate() {
+            assert_eq!(x, y, "word {k} ({} of case {})", k % 5, k / 5);
+        }
+        // The aligned half ran inline: through the generic helper went only the misaligned
+        // half, each case's PUSHFQ and POP to memory, and the HLT.
+        let pool = CodePool::new(1).unwrap();
+        let mut m = interpreting_or_translating(&pool, true);
+        for (k, v) in EDGES.iter().enumerate() {
+            m.mem.write_u64(DATA + 8 * k as u64, *v).unwrap();
+        }
+        m.load_code(&code);
+        let out = m.run(1_000_000);
+        assert_eq!(out.exit, crate::Exit::Halt);
+        let generic = out.cpu.jit.as_ref().map_or(0, |j| j.generic);
+        let rounds = (EDGES.len() - 1) as u64;
+        assert!(
+            generic <= rounds * (per_round as u64 / 2 + 2 * per_round as u64) + 1,
+            "{generic} generic instructions"
+        );
     }
 
     /// INVLPG of one address in a 2 MiB page drops the translations of the whole page, the
