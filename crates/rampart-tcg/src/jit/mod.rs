@@ -142,7 +142,7 @@ const LINK_CHUNK: usize = 4096;
 
 /// log2 of the cells of the jump cache: translations by their address, for exits whose target
 /// is only known when they run (RET).
-const JUMP_BITS: u32 = 11;
+const JUMP_BITS: u32 = 14;
 
 /// The jump cache cell of guest address `rip` (the generated code computes the same).
 fn jump_slot(rip: u64) -> usize {
@@ -178,6 +178,8 @@ pub(crate) struct Env<'a> {
     jumped: u64,
     /// Generic instructions run (by [`generic_helper`]).
     generic: u64,
+    /// The running translation's own copy of its instructions (what its helpers read).
+    ops: usize,
 }
 
 /// A translated block: `(cpu, env, ops) ->` retired count, or the
@@ -477,6 +479,7 @@ pub(crate) fn call(
         exit_cell: 0,
         jumped: 0,
         generic: 0,
+        ops: 0,
     };
     // SAFETY: `c.entry` is the start of code `translate` emitted and `Arena::put` copied in
     // completely, in the current generation (checked by the caller), so it has not been
@@ -674,7 +677,9 @@ const CPU_BIAS: usize = 128;
 const _: () =
     assert!(offset_of!(Cpu, gpr) + 128 >= CPU_BIAS && offset_of!(Cpu, code_gen) < CPU_BIAS + 128);
 const ENV: Reg64 = r12;
-const OPS: Reg64 = r13;
+/// Holds the value of the guest register [`Tr::cached`] names, if any.
+const CACHE: Reg64 = r13;
+const CACHE32: Reg32 = r13d;
 
 fn gpr_off(i: u8) -> usize {
     offset_of!(Cpu, gpr) + 8 * (i as usize & 15)
@@ -756,6 +761,12 @@ struct Stub {
 
 struct Tr<'c> {
     a: Asm,
+    /// The guest register whose whole 64-bit value is also in [`CACHE`] at this point of the
+    /// code. Guest registers are written through to the `Cpu` always (so exits, faults and
+    /// helpers see them there); the copy only spares reads the trip through memory. Forgotten
+    /// wherever a helper may write guest registers, and at every join of paths that could
+    /// disagree.
+    cached: Option<u8>,
     stubs: Vec<Stub>,
     epilogue: Label,
     /// The operation and size the lazy flags record holds, when an instruction emitted
@@ -881,7 +892,8 @@ impl Tr<'_> {
             .mov(s2, qword_ptr(field(offset_of!(Link, code_page))))?;
         self.a
             .mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_page)), s2)?;
-        self.a.mov(OPS, qword_ptr(field(offset_of!(Link, ops))))?;
+        self.a.mov(s2, qword_ptr(field(offset_of!(Link, ops))))?;
+        self.a.mov(qword_ptr(ENV + offset_of!(Env<'_>, ops)), s2)?;
         self.a.jmp(qword_ptr(field(offset_of!(Link, entry))))
     }
 
@@ -905,6 +917,14 @@ impl Tr<'_> {
     /// `dst` (32- or 64-bit view of a scratch register) = general register `g` at `size`,
     /// zero-extended. `g` 16-19 are AH, CH, DH, BH.
     fn get(&mut self, dst: Reg64, dst32: Reg32, g: u8, size: u8) -> R<()> {
+        if self.cached == Some(g) {
+            return match size {
+                1 => self.a.movzx(dst32, r13b),
+                2 => self.a.movzx(dst32, r13w),
+                4 => self.a.mov(dst32, CACHE32),
+                _ => self.a.mov(dst, CACHE),
+            };
+        }
         if g >= 16 {
             let off = gpr_off(g & 3) + 1;
             return self.a.movzx(dst32, byte_ptr(CPU - CPU_BIAS + off));
@@ -921,19 +941,41 @@ impl Tr<'_> {
     /// General register `g` at `size` = `rax` (masked to `size`), with x86's merge rules.
     fn set_from_rax(&mut self, g: u8, size: u8) -> R<()> {
         if g >= 16 {
+            self.forget(g & 3);
             return self
                 .a
                 .mov(byte_ptr(CPU - CPU_BIAS + gpr_off(g & 3) + 1), al);
         }
         let off = gpr_off(g);
         match size {
-            1 => self.a.mov(byte_ptr(CPU - CPU_BIAS + off), al),
-            2 => self.a.mov(word_ptr(CPU - CPU_BIAS + off), ax),
+            1 => {
+                self.forget(g);
+                self.a.mov(byte_ptr(CPU - CPU_BIAS + off), al)
+            }
+            2 => {
+                self.forget(g);
+                self.a.mov(word_ptr(CPU - CPU_BIAS + off), ax)
+            }
             4 => {
                 self.a.mov(eax, eax)?;
-                self.a.mov(qword_ptr(CPU - CPU_BIAS + off), rax)
+                self.set64_from(g, rax)
             }
-            _ => self.a.mov(qword_ptr(CPU - CPU_BIAS + off), rax),
+            _ => self.set64_from(g, rax),
+        }
+    }
+
+    /// General register `g` (0-15) = all of `r`, kept in [`CACHE`] too.
+    fn set64_from(&mut self, g: u8, r: Reg64) -> R<()> {
+        self.a.mov(qword_ptr(CPU - CPU_BIAS + gpr_off(g)), r)?;
+        self.a.mov(CACHE, r)?;
+        self.cached = Some(g);
+        Ok(())
+    }
+
+    /// General register `g` (0-15) changed in the `Cpu` alone: drop a cached copy of it.
+    fn forget(&mut self, g: u8) {
+        if self.cached == Some(g) {
+            self.cached = None;
         }
     }
 
@@ -941,12 +983,15 @@ impl Tr<'_> {
     fn ea(&mut self, addr: &Addr) -> R<()> {
         self.a.mov(rdx, addr.disp)?;
         if addr.base != NONE {
-            self.a
-                .add(rdx, qword_ptr(CPU - CPU_BIAS + gpr_off(addr.base)))?;
+            if self.cached == Some(addr.base) {
+                self.a.add(rdx, CACHE)?;
+            } else {
+                self.a
+                    .add(rdx, qword_ptr(CPU - CPU_BIAS + gpr_off(addr.base)))?;
+            }
         }
         if addr.index != NONE {
-            self.a
-                .mov(rax, qword_ptr(CPU - CPU_BIAS + gpr_off(addr.index)))?;
+            self.get(rax, eax, addr.index, 8)?;
             if addr.shift != 0 {
                 self.a.shl(rax, addr.shift as u32)?;
             }
@@ -1089,11 +1134,11 @@ impl Tr<'_> {
     /// Push the value in `r8` (8 bytes): the stack pointer changes only once the store is
     /// done. Leaves the store helper's status in `rax`.
     fn push_r8(&mut self, fault: Label) -> R<()> {
-        self.a.mov(rdx, qword_ptr(CPU - CPU_BIAS + gpr_off(4)))?;
+        self.get(rdx, edx, 4, 8)?;
         self.a.sub(rdx, 8)?;
         self.a.mov(r15, rdx)?;
         self.store_rdx(8, true, fault)?;
-        self.a.mov(qword_ptr(CPU - CPU_BIAS + gpr_off(4)), r15)
+        self.set64_from(4, r15)
     }
 
     /// `rax` = source `s` at `size` (zero-extended).
@@ -1143,6 +1188,8 @@ impl Tr<'_> {
     /// by `fault`).
     fn run_helper(&mut self, i: usize, helper: usize, at: usize, fault: Label) -> R<()> {
         self.flags = None;
+        // (The helper may write any guest register.)
+        self.cached = None;
         let end = self.stub(StubKind::EndNext { i });
         self.helper_call(i, helper, at)?;
         self.a.cmp(eax, FAULTED as u32)?;
@@ -1155,7 +1202,8 @@ impl Tr<'_> {
     fn helper_call(&mut self, i: usize, helper: usize, at: usize) -> R<()> {
         self.a.lea(rdi, qword_ptr(CPU - CPU_BIAS))?;
         self.a.mov(rsi, ENV)?;
-        self.a.lea(rdx, qword_ptr(OPS + at))?;
+        self.a.mov(rdx, qword_ptr(ENV + offset_of!(Env<'_>, ops)))?;
+        self.a.add(rdx, at as u32)?;
         self.a.mov(ecx, i as u32)?;
         self.call_helper(helper)
     }
@@ -1240,6 +1288,9 @@ impl Tr<'_> {
         self.record(LazyOp::Sub, size)?;
         self.a.set_label(&mut back)?;
         self.flags = Some((LazyOp::Sub, size));
+        // (The accumulator was written on one path only, and the generic path may write
+        // any register.)
+        self.cached = None;
         Ok(())
     }
 
@@ -1306,7 +1357,7 @@ impl Tr<'_> {
             }
             Fast::Push { src } if src < 16 => {
                 let fault = self.stub(StubKind::Fault { i, ip });
-                self.a.mov(r8, qword_ptr(CPU - CPU_BIAS + gpr_off(src)))?;
+                self.get(r8, r8d, src, 8)?;
                 self.push_r8(fault)?;
                 self.end_if_code_written(i, op.next_ip)
             }
@@ -1321,7 +1372,8 @@ impl Tr<'_> {
                 let fault = self.stub(StubKind::Fault { i, ip });
                 self.load(&RSP_TOP, 8, fault)?;
                 self.a.add(qword_ptr(CPU - CPU_BIAS + gpr_off(4)), 8)?;
-                self.a.mov(qword_ptr(CPU - CPU_BIAS + gpr_off(dst)), rax)
+                self.forget(4);
+                self.set64_from(dst, rax)
             }
             Fast::Ret => {
                 let fault = self.stub(StubKind::Fault { i, ip });
@@ -1334,6 +1386,7 @@ impl Tr<'_> {
                 self.a.cmp(rcx, rax)?;
                 self.a.jne(gp)?;
                 self.a.add(qword_ptr(CPU - CPU_BIAS + gpr_off(4)), 8)?;
+                self.forget(4);
                 let end = self.stub(StubKind::EndRax { i });
                 self.a.jmp(end)
             }
@@ -1672,6 +1725,7 @@ fn translate(
     let mut t = Tr {
         a,
         stubs: Vec::new(),
+        cached: None,
         epilogue,
         flags: None,
         cur: (0, ip),
@@ -1690,8 +1744,9 @@ fn translate(
     t.a.sub(rsp, 8)?;
     t.a.lea(CPU, qword_ptr(rdi + CPU_BIAS))?;
     t.a.mov(ENV, rsi)?;
-    t.a.mov(OPS, rdx)?;
-    // A chained translation comes in here, in the frame of the first one, with `OPS` set.
+    t.a.mov(qword_ptr(ENV + offset_of!(Env<'_>, ops)), rdx)?;
+    // A chained translation comes in here, in the frame of the first one, with `Env::ops`
+    // set (and nothing cached).
     let mut chain_entry = t.a.create_label();
     t.a.set_label(&mut chain_entry)?;
     let mut at = ip;
@@ -2407,6 +2462,66 @@ mod tests {
             generic <= rounds * (per_round as u64 / 2 + 2 * per_round as u64) + 1,
             "{generic} generic instructions"
         );
+    }
+
+    /// A register whose value translated code keeps in a host register, then changed every
+    /// way but a full write (a byte, AH, a word, a helper's instruction, a generic one, POP,
+    /// PUSH's and RET's stack pointer, a failing CMPXCHG's accumulator), and read after each:
+    /// the same values as the interpreter's.
+    #[test]
+    fn a_cached_register_changed_behind_the_cache_reads_its_new_value() {
+        let code = assemble(|a| {
+            a.mov(rsi, DATA)?;
+            a.mov(rdi, DATA + 0x8000)?;
+            let out =
+                |a: &mut CodeAssembler, k: i32, r: AsmRegister64| a.mov(qword_ptr(rdi + 8 * k), r);
+            a.mov(rax, qword_ptr(rsi))?;
+            a.mov(al, 0x5a)?;
+            out(a, 0, rax)?;
+            a.mov(rax, qword_ptr(rsi + 8))?;
+            a.mov(ah, 0x33)?;
+            out(a, 1, rax)?;
+            a.mov(rax, qword_ptr(rsi + 16))?;
+            a.mov(ax, 0x1234)?;
+            out(a, 2, rax)?;
+            a.mov(rcx, qword_ptr(rsi))?;
+            a.bswap(rcx)?;
+            out(a, 3, rcx)?;
+            a.mov(rdx, qword_ptr(rsi + 8))?;
+            a.imul_2(rdx, rdx)?;
+            out(a, 4, rdx)?;
+            a.mov(rbx, qword_ptr(rsi + 16))?;
+            a.push(qword_ptr(rsi))?;
+            a.pop(rbx)?;
+            out(a, 5, rbx)?;
+            a.mov(rax, rsp)?;
+            a.push(rax)?;
+            out(a, 6, rsp)?;
+            a.pop(rcx)?;
+            out(a, 7, rsp)?;
+            a.mov(r8, qword_ptr(rsi + 8))?;
+            a.xchg(qword_ptr(rsi + 24), r8)?;
+            out(a, 8, r8)?;
+            a.mov(rax, qword_ptr(rsi + 8))?;
+            a.lock().cmpxchg(qword_ptr(rsi), rcx)?;
+            out(a, 9, rax)?;
+            a.mov(r9, qword_ptr(rsi + 16))?;
+            a.inc(r9)?;
+            out(a, 10, r9)?;
+            let mut f = a.create_label();
+            let mut back = a.create_label();
+            a.mov(r10, 7u64)?;
+            a.call(f)?;
+            a.jmp(back)?;
+            a.set_label(&mut f)?;
+            a.mov(r11, rsp)?;
+            out(a, 11, r11)?;
+            a.ret()?;
+            a.set_label(&mut back)?;
+            out(a, 12, rsp)
+        });
+        let [interpreted, translated] = both_ways(&code, &EDGES[4..], 13);
+        assert_eq!(interpreted, translated);
     }
 
     /// INVLPG of one address in a 2 MiB page drops the translations of the whole page, the
