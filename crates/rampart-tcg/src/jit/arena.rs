@@ -1,7 +1,10 @@
 //! Memory for translated code: one memfd mapped twice, writable at one address and executable at
 //! another, so no page is ever writable and executable through the same mapping and nothing
 //! needs `mmap`/`mprotect` with `PROT_EXEC` after start-up (the vCPU threads' seccomp filters
-//! forbid both). The arena is a bump allocator; when it is full the owner starts a new
+//! forbid both). The arena is two bump allocators: the hot part (the first three eighths)
+//! takes the code translations run every time, the cold part the rest (their exits for faults
+//! and helper calls, and the copies of their instructions), so the code a guest's loop runs
+//! lies dense in the instruction cache and TLB. When either is full the owner starts a new
 //! generation and allocates from the beginning again (code of older generations is never run:
 //! see `Jit::entry`).
 
@@ -12,7 +15,11 @@ pub(crate) struct Arena {
     rw: *mut u8,
     rx: *const u8,
     len: usize,
+    /// Bytes used of the hot part, `0..split`.
     used: usize,
+    /// Where the cold part starts, and the end of what it uses (`split..cold`).
+    split: usize,
+    cold: usize,
 }
 
 // SAFETY: the arena is plain memory owned by one `Cpu`; the raw pointers are not shared with
@@ -73,41 +80,62 @@ impl Arena {
             rx: rx.cast_const().cast(),
             len,
             used: 0,
+            split: len / 8 * 3,
+            cold: len / 8 * 3,
         })
     }
 
-    /// Copy `code` in and return the executable address of its first byte, or `None` if it
-    /// does not fit in what is left.
-    pub(crate) fn put(&mut self, code: &[u8]) -> Option<usize> {
-        let start = self.used.next_multiple_of(16);
-        let end = start.checked_add(code.len())?;
-        if end > self.len {
-            return None;
-        }
-        // SAFETY: `start..end` is inside the writable mapping of `len` bytes, which no Rust
-        // reference covers; `code` is a separate allocation.
-        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), self.rw.add(start), code.len()) };
-        self.used = end;
-        Some(self.rx as usize + start)
+    /// Where [`Arena::put`] would put `len` bytes of hot code (`cold` false) or
+    /// [`Arena::put_cold`] cold code or data: the executable address, or `None` if they do not
+    /// fit in what is left.
+    pub(crate) fn next(&self, len: usize, cold: bool) -> Option<usize> {
+        let (from, limit) = if cold {
+            (self.cold, self.len)
+        } else {
+            (self.used, self.split)
+        };
+        let start = from.next_multiple_of(16);
+        (start.checked_add(len)? <= limit).then_some(self.rx as usize + start)
     }
 
-    /// Copy the values of `items` in (as data next to code) and return the address of the
-    /// first, or `None` if they do not fit.
-    pub(crate) fn put_slice<T: Copy>(&mut self, items: &[T]) -> Option<usize> {
-        let bytes = std::mem::size_of_val(items);
-        let start = self.used.next_multiple_of(16);
-        debug_assert!(std::mem::align_of::<T>() <= 16);
-        let end = start.checked_add(bytes)?;
-        if end > self.len {
-            return None;
+    /// Copy `code` into the hot part and return the executable address of its first byte, or
+    /// `None` if it does not fit in what is left.
+    pub(crate) fn put(&mut self, code: &[u8]) -> Option<usize> {
+        self.copy_in(code.as_ptr(), code.len(), false)
+    }
+
+    /// [`Arena::put`] into the cold part.
+    pub(crate) fn put_cold(&mut self, code: &[u8]) -> Option<usize> {
+        self.copy_in(code.as_ptr(), code.len(), true)
+    }
+
+    /// Copy `len` bytes from `src` to the next 16-byte boundary of the hot or cold part.
+    fn copy_in(&mut self, src: *const u8, len: usize, cold: bool) -> Option<usize> {
+        let at = self.next(len, cold)?;
+        let start = at - self.rx as usize;
+        // SAFETY: `next` checked that `start..start + len` is inside the writable mapping of
+        // `len` bytes, which no Rust reference covers; `src` is a separate allocation of at
+        // least `len` bytes (the callers pass a slice's).
+        unsafe { std::ptr::copy_nonoverlapping(src, self.rw.add(start), len) };
+        if cold {
+            self.cold = start + len;
+        } else {
+            self.used = start + len;
         }
-        // SAFETY: as in `put`; `T: Copy` values are plain bytes to copy, and the copy lands at
-        // a 16-byte boundary (the mapping is page-aligned), enough for `T`'s alignment.
-        unsafe {
-            std::ptr::copy_nonoverlapping(items.as_ptr().cast::<u8>(), self.rw.add(start), bytes)
-        };
-        self.used = end;
-        Some(self.rx as usize + start)
+        Some(at)
+    }
+
+    /// Copy the values of `items` in (as data, in the cold part) and return the address of
+    /// the first, or `None` if they do not fit.
+    pub(crate) fn put_slice<T: Copy>(&mut self, items: &[T]) -> Option<usize> {
+        debug_assert!(std::mem::align_of::<T>() <= 16);
+        // (`T: Copy` values are plain bytes to copy, and the copy lands at a 16-byte
+        // boundary (the mapping is page-aligned), enough for `T`'s alignment.)
+        self.copy_in(
+            items.as_ptr().cast::<u8>(),
+            std::mem::size_of_val(items),
+            true,
+        )
     }
 
     /// Copy `a` and then `b` in (as [`Arena::put_slice`] does), `b` at [`pair_offset`] from
@@ -123,11 +151,12 @@ impl Arena {
     /// Forget everything allocated (the caller has made sure none of it runs again).
     pub(crate) fn clear(&mut self) {
         self.used = 0;
+        self.cold = self.split;
     }
 
     /// Bytes in use.
     pub(crate) fn used(&self) -> usize {
-        self.used
+        self.used + (self.cold - self.split)
     }
 }
 
@@ -158,12 +187,24 @@ mod tests {
         let p = a.put(&[0xc3, 1, 2, 3]).unwrap();
         let q = a.put(&[9; 20]).unwrap();
         assert_eq!(q - p, 16, "allocations are 16-byte aligned");
-        // SAFETY: `p` and `q` point into the readable executable view, inside what was put.
-        let (x, y) = unsafe { (*(p as *const u8).add(1), *(q as *const u8).add(19)) };
-        assert_eq!((x, y), (1, 9));
-        assert!(a.put(&[0; 8192]).is_none(), "what does not fit is refused");
+        let c = a.next(5, true).unwrap();
+        assert_eq!(a.put_cold(&[7; 5]), Some(c));
+        assert_eq!(c - p, 3072, "the cold part starts three eighths in");
+        // SAFETY: `p`, `q` and `c` point into the readable executable view, inside what was
+        // put.
+        let (x, y, z) = unsafe {
+            (
+                *(p as *const u8).add(1),
+                *(q as *const u8).add(19),
+                *(c as *const u8).add(4),
+            )
+        };
+        assert_eq!((x, y, z), (1, 9, 7));
+        assert!(a.put(&[0; 3072]).is_none(), "what does not fit is refused");
+        assert!(a.put_cold(&[0; 5120]).is_none());
+        assert!(a.put_cold(&[0; 5104]).is_some());
         a.clear();
         assert_eq!(a.used(), 0);
-        assert!(a.put(&[0; 8192]).is_some());
+        assert!(a.put(&[0; 3072]).is_some());
     }
 }

@@ -328,13 +328,20 @@ const SUB: u8 = 5;
 const XOR: u8 = 6;
 const CMP: u8 = 7;
 
-/// The assembler: code bytes, labels and the branches still to patch.
+/// The assembler: code bytes in two sections, labels and the branches still to patch.
+///
+/// The *hot* section is what runs every time, the *cold* one what runs rarely (exits for
+/// faults, helper calls); the owner places them apart ([`Asm::link`]) so hot code lies dense.
+/// Branches between them are patched when the places are known.
 pub(crate) struct Asm {
-    code: Vec<u8>,
-    /// Offset of each label, once placed.
-    labels: Vec<Option<u32>>,
-    /// (offset of a rel32 field, its label).
-    fixups: Vec<(u32, Label)>,
+    /// The hot and cold sections.
+    bufs: [Vec<u8>; 2],
+    /// The section written to now (0 hot, 1 cold).
+    sec: usize,
+    /// Section and offset of each label, once placed.
+    labels: Vec<Option<(u8, u32)>>,
+    /// (section, offset of a rel32 field, its label).
+    fixups: Vec<(u8, u32, Label)>,
 }
 
 impl Default for Asm {
@@ -346,10 +353,16 @@ impl Default for Asm {
 impl Asm {
     pub(crate) fn new() -> Self {
         Self {
-            code: Vec::with_capacity(4096),
+            bufs: [Vec::with_capacity(4096), Vec::with_capacity(4096)],
+            sec: 0,
             labels: Vec::with_capacity(64),
             fixups: Vec::with_capacity(64),
         }
+    }
+
+    /// Write to the cold section from now on (`true`) or to the hot one.
+    pub(crate) fn cold(&mut self, cold: bool) {
+        self.sec = usize::from(cold);
     }
 
     pub(crate) fn create_label(&mut self) -> Label {
@@ -357,9 +370,9 @@ impl Asm {
         Label(self.labels.len() as u32 - 1)
     }
 
-    /// Place `l` at the current end of the code.
+    /// Place `l` at the current end of the current section.
     pub(crate) fn set_label(&mut self, l: &mut Label) -> R<()> {
-        let at = self.here()?;
+        let at = (self.sec as u8, self.here()?);
         match self.labels.get_mut(l.0 as usize) {
             Some(slot @ None) => {
                 *slot = Some(at);
@@ -369,43 +382,72 @@ impl Asm {
         }
     }
 
-    /// Where `l` was placed, if it was.
+    /// Where `l` was placed in its section, if it was.
     pub(crate) fn label_offset(&self, l: Label) -> Option<usize> {
         self.labels
             .get(l.0 as usize)
             .copied()
             .flatten()
-            .map(|o| o as usize)
+            .map(|(_, o)| o as usize)
     }
 
-    /// The code, with every branch patched.
-    pub(crate) fn finish(mut self) -> R<Vec<u8>> {
-        for &(at, l) in &self.fixups {
-            let to = self.label_offset(l).ok_or(AsmError::Unbound)? as i64;
-            let rel = to - (i64::from(at) + 4);
+    /// Bytes in the hot (`cold` false) or cold section.
+    pub(crate) fn len(&self, cold: bool) -> usize {
+        self.bufs[usize::from(cold)].len()
+    }
+
+    /// The two sections, with every branch patched for the hot one at address `hot_at` and
+    /// the cold one at `cold_at`.
+    pub(crate) fn link(mut self, hot_at: usize, cold_at: usize) -> R<[Vec<u8>; 2]> {
+        let base = [hot_at as i64, cold_at as i64];
+        for &(sec, at, l) in &self.fixups {
+            let (to_sec, to) = self
+                .labels
+                .get(l.0 as usize)
+                .copied()
+                .flatten()
+                .ok_or(AsmError::Unbound)?;
+            let from = base[usize::from(sec)] + i64::from(at) + 4;
+            let rel = base[usize::from(to_sec)] + i64::from(to) - from;
             let rel = i32::try_from(rel).map_err(|_| AsmError::TooLarge)?;
             let at = at as usize;
-            self.code
+            self.bufs[usize::from(sec)]
                 .get_mut(at..at + 4)
                 .ok_or(AsmError::TooLarge)?
                 .copy_from_slice(&rel.to_le_bytes());
         }
-        Ok(self.code)
+        Ok(self.bufs)
+    }
+
+    /// The code as one piece: the hot section, then the cold one (at the next 16 bytes).
+    #[cfg(test)]
+    pub(crate) fn finish(self) -> R<Vec<u8>> {
+        let cold_at = self.len(false).next_multiple_of(16);
+        let [mut hot, cold] = self.link(0, cold_at)?;
+        if !cold.is_empty() {
+            hot.resize(cold_at, 0xcc);
+            hot.extend_from_slice(&cold);
+        }
+        Ok(hot)
+    }
+
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.bufs[self.sec]
     }
 
     fn here(&self) -> R<u32> {
-        u32::try_from(self.code.len())
+        u32::try_from(self.bufs[self.sec].len())
             .ok()
             .filter(|&n| n < 1 << 31)
             .ok_or(AsmError::TooLarge)
     }
 
     fn byte(&mut self, b: u8) {
-        self.code.push(b);
+        self.buf().push(b);
     }
 
     fn imm(&mut self, v: i64, bytes: u8) {
-        self.code
+        self.buf()
             .extend_from_slice(&v.to_le_bytes()[..bytes as usize]);
     }
 
@@ -437,7 +479,7 @@ impl Asm {
         if rex != 0x40 || force {
             self.byte(rex);
         }
-        self.code.extend_from_slice(opcode);
+        self.buf().extend_from_slice(opcode);
         let reg3 = (reg & 7) << 3;
         match rm {
             Rm::Reg(r) => {
@@ -783,7 +825,7 @@ impl Asm {
     /// A rel32 field to `l`, patched by [`Asm::finish`].
     fn rel32(&mut self, l: Label) -> R<()> {
         let at = self.here()?;
-        self.fixups.push((at, l));
+        self.fixups.push((self.sec as u8, at, l));
         self.imm(0, 4);
         Ok(())
     }
@@ -1053,6 +1095,32 @@ mod tests {
             "Jo Jno Jb Jae Je Jne Jbe Ja Js Jns Jp Jnp Jl Jge Jle Jg"
         );
         assert!(i[3..19].iter().all(|i| i.near_branch64() == end));
+    }
+
+    #[test]
+    fn branches_between_the_sections_reach_their_labels_wherever_they_are_placed() {
+        let mut a = Asm::new();
+        let mut hot = a.create_label();
+        let mut cold = a.create_label();
+        a.set_label(&mut hot).unwrap();
+        a.jne(cold).unwrap();
+        a.ret().unwrap();
+        a.cold(true);
+        a.pushfq().unwrap();
+        a.set_label(&mut cold).unwrap();
+        a.jmp(hot).unwrap();
+        assert_eq!((a.len(false), a.len(true)), (7, 6));
+        let [h, c] = a.link(0x1000, 0x9000).unwrap();
+        let d = |b: &[u8], ip: u64| {
+            let mut d = Decoder::with_ip(64, b, ip, DecoderOptions::NONE);
+            let mut v = Vec::new();
+            while d.can_decode() {
+                v.push(d.decode());
+            }
+            v
+        };
+        assert_eq!(d(&h, 0x1000)[0].near_branch64(), 0x9001);
+        assert_eq!(d(&c, 0x9000)[1].near_branch64(), 0x1000);
     }
 
     #[test]

@@ -298,7 +298,21 @@ impl Jit {
                 }
             };
             let arena = self.arena.as_mut()?;
-            let Some(entry) = arena.put(&t.bytes) else {
+            let (hot_len, cold_len) = (t.code.len(false), t.code.len(true));
+            let (Some(hot_at), Some(cold_at)) =
+                (arena.next(hot_len, false), arena.next(cold_len, true))
+            else {
+                continue;
+            };
+            let [hot, cold] = match t.code.link(hot_at, cold_at) {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::warn!(ip, error = %e, "block translation failed; interpreting it");
+                    return None;
+                }
+            };
+            // (Where `next` said: nothing was put in between.)
+            let (Some(entry), Some(_)) = (arena.put(&hot), arena.put_cold(&cold)) else {
                 continue;
             };
             // Its generic instructions go right after its ops, where its code finds them.
@@ -791,9 +805,10 @@ struct Tr<'c> {
     generics: &'c [Generic],
 }
 
-/// A translation, before it is copied into the arena.
+/// A translation, before it is placed in the arena.
 struct Translation {
-    bytes: Vec<u8>,
+    /// Its code, hot and cold, to be linked where it is placed.
+    code: Asm,
     /// Instructions covered.
     len: u16,
     /// Generic instructions among them (the first entries of the block's `generic`).
@@ -1774,6 +1789,12 @@ fn translate(
     }
     t.a.ret()?;
     for mut s in std::mem::take(&mut t.stubs) {
+        // Exits into other translations run at every block transition: hot. The others are
+        // for faults, helper calls and returns to the run loop: cold.
+        t.a.cold(!matches!(
+            s.kind,
+            StubKind::Chain { .. } | StubKind::EndRax { .. }
+        ));
         t.a.set_label(&mut s.label)?;
         let rip_off = offset_of!(Cpu, rip);
         match s.kind {
@@ -1844,7 +1865,7 @@ fn translate(
     let cells = std::mem::take(&mut t.cells);
     let generic = t.generic_used;
     Ok(Some(Translation {
-        bytes: t.a.finish()?,
+        code: std::mem::take(&mut t.a),
         len: len as u16,
         generic,
         chain_offset,
