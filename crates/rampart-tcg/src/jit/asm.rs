@@ -338,8 +338,8 @@ pub(crate) struct Asm {
     bufs: [Vec<u8>; 2],
     /// The section written to now (0 hot, 1 cold).
     sec: usize,
-    /// Section and offset of each label, once placed.
-    labels: Vec<Option<(u8, u32)>>,
+    /// Section (2: an absolute address) and offset of each label, once placed.
+    labels: Vec<Option<(u8, u64)>>,
     /// (section, offset of a rel32 field, its label).
     fixups: Vec<(u8, u32, Label)>,
 }
@@ -372,7 +372,7 @@ impl Asm {
 
     /// Place `l` at the current end of the current section.
     pub(crate) fn set_label(&mut self, l: &mut Label) -> R<()> {
-        let at = (self.sec as u8, self.here()?);
+        let at = (self.sec as u8, u64::from(self.here()?));
         match self.labels.get_mut(l.0 as usize) {
             Some(slot @ None) => {
                 *slot = Some(at);
@@ -380,6 +380,12 @@ impl Asm {
             }
             _ => Err(AsmError::Rebound),
         }
+    }
+
+    /// A label at absolute address `addr` (code placed before, such as shared exits).
+    pub(crate) fn label_at(&mut self, addr: usize) -> Label {
+        self.labels.push(Some((2, addr as u64)));
+        Label(self.labels.len() as u32 - 1)
     }
 
     /// Where `l` was placed in its section, if it was.
@@ -399,7 +405,7 @@ impl Asm {
     /// The two sections, with every branch patched for the hot one at address `hot_at` and
     /// the cold one at `cold_at`.
     pub(crate) fn link(mut self, hot_at: usize, cold_at: usize) -> R<[Vec<u8>; 2]> {
-        let base = [hot_at as i64, cold_at as i64];
+        let base = [hot_at as i64, cold_at as i64, 0];
         for &(sec, at, l) in &self.fixups {
             let (to_sec, to) = self
                 .labels
@@ -408,7 +414,7 @@ impl Asm {
                 .flatten()
                 .ok_or(AsmError::Unbound)?;
             let from = base[usize::from(sec)] + i64::from(at) + 4;
-            let rel = base[usize::from(to_sec)] + i64::from(to) - from;
+            let rel = base[usize::from(to_sec)] + to as i64 - from;
             let rel = i32::try_from(rel).map_err(|_| AsmError::TooLarge)?;
             let at = at as usize;
             self.bufs[usize::from(sec)]
@@ -815,6 +821,12 @@ impl Asm {
     pub(crate) fn ret(&mut self) -> R<()> {
         self.byte(0xc3);
         Ok(())
+    }
+
+    /// CALL to a label.
+    pub(crate) fn call_label(&mut self, l: Label) -> R<()> {
+        self.byte(0xe8);
+        self.rel32(l)
     }
 
     /// CALL r64.

@@ -238,6 +238,24 @@ pub(crate) struct Jit {
     pub(crate) jumped: u64,
     /// Generic instructions run in translated code (for tests and tracing).
     pub(crate) generic: u64,
+    /// The exits every translation of this arena generation shares, once placed.
+    shared: Option<Shared>,
+}
+
+/// Code that every translation of an arena generation shares, placed first in its hot part:
+/// the epilogue, and the exits into other translations (through a chaining cell, or through
+/// the jump cache), each several dozen bytes that were repeated at every exit.
+#[derive(Debug, Clone, Copy)]
+struct Shared {
+    /// Return to the run loop with the value in `rax`.
+    epilogue: usize,
+    /// Called with the chaining cell at `rax` and `rcx` instructions retired in this
+    /// translation: returns if the cell holds (the caller jumps to its entry), else exits.
+    chain: usize,
+    /// Called with a guest address in `rax` (RIP already holds it) and `rcx` instructions
+    /// retired in this translation: returns with the jump cache's cell for it in `rdx` if
+    /// that holds (the caller jumps to its entry), else exits.
+    jump: usize,
 }
 
 impl Jit {
@@ -255,6 +273,7 @@ impl Jit {
             jumps: vec![Link::default(); 1 << JUMP_BITS].into_boxed_slice(),
             jumped: 0,
             generic: 0,
+            shared: None,
         })
     }
 
@@ -272,6 +291,23 @@ impl Jit {
                 self.recycle();
             }
             let jumps = self.jumps.as_ptr() as usize;
+            let shared = match self.shared {
+                Some(s) => s,
+                None => {
+                    let arena = self.arena.as_mut()?;
+                    match place_shared(arena, jumps) {
+                        Ok(Some(s)) => {
+                            self.shared = Some(s);
+                            s
+                        }
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "shared exits failed; interpreting");
+                            return None;
+                        }
+                    }
+                }
+            };
             let links = &mut self.links;
             let mut next_link = self.links_used;
             let mut cell = || {
@@ -289,7 +325,7 @@ impl Jit {
                     i,
                 ))
             };
-            let t = match translate(ip, ops, generic, &mut cell, jumps) {
+            let t = match translate(ip, ops, generic, &mut cell, &shared) {
                 Ok(Some(t)) => t,
                 Ok(None) => return None,
                 Err(e) => {
@@ -361,6 +397,7 @@ impl Jit {
         }
         self.links_used = 0;
         self.jumps.fill(Link::default());
+        self.shared = None;
         self.gen += 1;
     }
 
@@ -726,10 +763,11 @@ enum StubKind {
     EndNext { i: usize },
     /// Instruction `i` retired and RIP is `rip`.
     EndAt { i: usize, rip: u64 },
-    /// Instruction `i` retired and RIP is `rip`, a fixed address: chain into the translation
-    /// linked to chaining cell `cell` (an address in `Jit::links`) if it still holds, else
-    /// end like `EndAt` and name the cell for the run loop to link.
-    Chain { i: usize, rip: u64, cell: usize },
+    /// Instruction `i` retired and RIP is the fixed address chaining cell `cell` (an address
+    /// in `Jit::links`) was made for: chain into the translation linked to the cell if it
+    /// still holds, else end like `EndAt` and name the cell for the run loop to link (both in
+    /// the shared exit, [`Shared::chain`]).
+    Chain { i: usize, cell: usize },
     /// Instruction `i` retired and RIP is the value in `rax`.
     EndRax { i: usize },
     /// Instruction `i` at `ip` raised #GP(0).
@@ -793,8 +831,9 @@ struct Tr<'c> {
     cell: &'c mut dyn FnMut() -> Option<(usize, usize)>,
     /// The cells given, with their exits' targets.
     cells: Vec<(usize, u64)>,
-    /// Address of the jump cache (`Jit::jumps`).
-    jumps: usize,
+    /// The shared exits ([`Shared`]).
+    chain_exit: Label,
+    jump_exit: Label,
     /// Offset from `OPS` of the copy of the first generic instruction (see
     /// [`Arena::put_pair`]), the generic instructions emitted so far, and how many the block
     /// has.
@@ -838,7 +877,7 @@ impl Tr<'_> {
         match (self.cell)() {
             Some((cell, index)) => {
                 self.cells.push((index, rip));
-                self.stub(StubKind::Chain { i, rip, cell })
+                self.stub(StubKind::Chain { i, cell })
             }
             None => self.stub(StubKind::EndAt { i, rip }),
         }
@@ -846,81 +885,21 @@ impl Tr<'_> {
 
     /// Leave after instruction `i` for the address in `rax` (RIP already holds it): through
     /// the jump cache into the translation there if its cell names that address and holds as
-    /// a chaining cell would (see [`Tr::chain`]), else return to the run loop.
+    /// a chaining cell would (see [`enter`]), else return to the run loop.
     fn jump(&mut self, i: usize) -> R<()> {
-        let mut plain = self.a.create_label();
-        self.a.mov(rcx, rax)?;
-        self.a.mov(rdx, JUMP_HASH)?;
-        self.a.imul_2(rcx, rdx)?;
-        self.a.shr(rcx, 64 - JUMP_BITS)?;
-        self.a.imul_3(rcx, rcx, size_of::<Link>() as i32)?;
-        self.a.mov(rdx, self.jumps as u64)?;
-        self.a.add(rcx, rdx)?;
-        self.a.cmp(rax, qword_ptr(rcx + offset_of!(Link, target)))?;
-        self.a.jne(plain)?;
-        self.enter(i, rcx, rdx, rax, plain, true)?;
-        self.a.set_label(&mut plain)?;
-        self.ret_value(i as u64 + 1)
-    }
-
-    /// Go on after instruction `i` into the translation linked in the cell at `cell` if the
-    /// cell still holds (the validation generation, TLB epoch and privilege it was linked
-    /// under, no code written by this CPU, the budget for the target's instructions), else go
-    /// to `plain`. `s1` and `s2` are scratch; `jumped` counts it in `Env::jumped`.
-    fn enter(
-        &mut self,
-        i: usize,
-        cell: Reg64,
-        s1: Reg64,
-        s2: Reg64,
-        plain: Label,
-        jumped: bool,
-    ) -> R<()> {
-        let field = |f: usize| cell + f;
-        self.a
-            .mov(s1, qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_gen)))?;
-        self.a.cmp(s1, qword_ptr(field(offset_of!(Link, gen))))?;
-        self.a.jne(plain)?;
-        self.a
-            .mov(s1, qword_ptr(ENV + offset_of!(Env<'_>, epoch_user)))?;
-        self.a
-            .cmp(s1, qword_ptr(field(offset_of!(Link, epoch_user))))?;
-        self.a.jne(plain)?;
-        self.a
-            .cmp(byte_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_written)), 0)?;
-        self.a.jne(plain)?;
-        // Retired so far (with this translation's `i + 1`), and with the target's: within the
-        // budget?
-        self.a
-            .mov(s1, qword_ptr(ENV + offset_of!(Env<'_>, retired)))?;
-        self.a.add(s1, (i + 1) as i32)?;
-        self.a.mov(s2, s1)?;
-        self.a.add(s2, qword_ptr(field(offset_of!(Link, len))))?;
-        self.a.cmp(s2, qword_ptr(ENV + offset_of!(Env<'_>, left)))?;
-        self.a.ja(plain)?;
-        self.a
-            .mov(qword_ptr(ENV + offset_of!(Env<'_>, retired)), s1)?;
-        if jumped {
-            self.a.inc(qword_ptr(ENV + offset_of!(Env<'_>, jumped)))?;
-        }
-        self.a
-            .mov(s2, qword_ptr(field(offset_of!(Link, code_page))))?;
-        self.a
-            .mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_page)), s2)?;
-        self.a.mov(s2, qword_ptr(field(offset_of!(Link, ops))))?;
-        self.a.mov(qword_ptr(ENV + offset_of!(Env<'_>, ops)), s2)?;
-        self.a.jmp(qword_ptr(field(offset_of!(Link, entry))))
+        self.a.mov(ecx, i as u32 + 1)?;
+        let to = self.jump_exit;
+        self.a.call_label(to)?;
+        self.a.jmp(qword_ptr(rdx + offset_of!(Link, entry)))
     }
 
     /// The code of a [`StubKind::Chain`] stub.
-    fn chain(&mut self, i: usize, rip: u64, cell: usize) -> R<()> {
-        let mut plain = self.a.create_label();
+    fn chain(&mut self, i: usize, cell: usize) -> R<()> {
         self.a.mov(rax, cell as u64)?;
-        self.enter(i, rax, rcx, rdx, plain, false)?;
-        self.a.set_label(&mut plain)?;
-        self.a
-            .mov(qword_ptr(ENV + offset_of!(Env<'_>, exit_cell)), rax)?;
-        self.exit_at(rip, i as u64 + 1)
+        self.a.mov(ecx, i as u32 + 1)?;
+        let to = self.chain_exit;
+        self.a.call_label(to)?;
+        self.a.jmp(qword_ptr(rax + offset_of!(Link, entry)))
     }
 
     fn stub(&mut self, kind: StubKind) -> Label {
@@ -1682,6 +1661,109 @@ impl Tr<'_> {
     }
 }
 
+/// Get ready to go on into the translation linked in the cell at `cell` if the cell still holds (the
+/// validation generation, TLB epoch and privilege it was linked under, no code written by this
+/// CPU, the budget for the target's instructions besides the `count` retired), else go to
+/// `plain`. `s1` and `s2` are scratch; `jumped` counts it in `Env::jumped`.
+fn enter(
+    a: &mut Asm,
+    cell: Reg64,
+    count: Reg64,
+    (s1, s2): (Reg64, Reg64),
+    plain: Label,
+    jumped: bool,
+) -> R<()> {
+    let field = |f: usize| cell + f;
+    a.mov(s1, qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_gen)))?;
+    a.cmp(s1, qword_ptr(field(offset_of!(Link, gen))))?;
+    a.jne(plain)?;
+    a.mov(s1, qword_ptr(ENV + offset_of!(Env<'_>, epoch_user)))?;
+    a.cmp(s1, qword_ptr(field(offset_of!(Link, epoch_user))))?;
+    a.jne(plain)?;
+    a.cmp(byte_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_written)), 0)?;
+    a.jne(plain)?;
+    // Retired so far (with this translation's), and with the target's: within the budget?
+    a.mov(s1, qword_ptr(ENV + offset_of!(Env<'_>, retired)))?;
+    a.add(s1, count)?;
+    a.mov(s2, s1)?;
+    a.add(s2, qword_ptr(field(offset_of!(Link, len))))?;
+    a.cmp(s2, qword_ptr(ENV + offset_of!(Env<'_>, left)))?;
+    a.ja(plain)?;
+    a.mov(qword_ptr(ENV + offset_of!(Env<'_>, retired)), s1)?;
+    if jumped {
+        a.inc(qword_ptr(ENV + offset_of!(Env<'_>, jumped)))?;
+    }
+    a.mov(s2, qword_ptr(field(offset_of!(Link, code_page))))?;
+    a.mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_page)), s2)?;
+    a.mov(s2, qword_ptr(field(offset_of!(Link, ops))))?;
+    a.mov(qword_ptr(ENV + offset_of!(Env<'_>, ops)), s2)
+}
+
+/// The shared exits ([`Shared`]) for the jump cache at `jumps`, placed in `arena`'s hot part;
+/// `None` if they do not fit.
+fn place_shared(arena: &mut Arena, jumps: usize) -> R<Option<Shared>> {
+    let mut a = Asm::new();
+    let mut epilogue = a.create_label();
+    let mut chain = a.create_label();
+    let mut jump = a.create_label();
+    a.set_label(&mut epilogue)?;
+    a.add(rsp, 8)?;
+    for r in [rbp, r15, r14, r13, r12, rbx] {
+        a.pop(r)?;
+    }
+    a.ret()?;
+    // Called with a chaining cell in rax and rcx instructions retired here: returns if the
+    // caller is to jump into the cell's translation (each exit has its own indirect jump, for
+    // the host's branch predictor), else leaves for the run loop.
+    a.set_label(&mut chain)?;
+    let mut plain = a.create_label();
+    enter(&mut a, rax, rcx, (rdx, rsi), plain, false)?;
+    a.ret()?;
+    a.set_label(&mut plain)?;
+    a.add(rsp, 8)?;
+    a.mov(qword_ptr(ENV + offset_of!(Env<'_>, exit_cell)), rax)?;
+    a.mov(rdx, qword_ptr(rax + offset_of!(Link, target)))?;
+    a.mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, rip)), rdx)?;
+    a.mov(eax, ecx)?;
+    a.jmp(epilogue)?;
+    // Called with a guest address in rax (RIP holds it too) and rcx instructions retired
+    // here: returns with the jump cache's cell for it in rdx if that holds (the caller jumps
+    // to its entry), else leaves for the run loop.
+    a.set_label(&mut jump)?;
+    let mut plain = a.create_label();
+    a.mov(rdx, rax)?;
+    a.mov(rsi, JUMP_HASH)?;
+    a.imul_2(rdx, rsi)?;
+    a.shr(rdx, 64 - JUMP_BITS)?;
+    a.imul_3(rdx, rdx, size_of::<Link>() as i32)?;
+    a.mov(rsi, jumps as u64)?;
+    a.add(rdx, rsi)?;
+    a.cmp(rax, qword_ptr(rdx + offset_of!(Link, target)))?;
+    a.jne(plain)?;
+    enter(&mut a, rdx, rcx, (rsi, rdi), plain, true)?;
+    a.ret()?;
+    a.set_label(&mut plain)?;
+    a.add(rsp, 8)?;
+    a.mov(eax, ecx)?;
+    a.jmp(epilogue)?;
+    let offsets = [epilogue, chain, jump].map(|l| a.label_offset(l));
+    let Some(at) = arena.next(a.len(false), false) else {
+        return Ok(None);
+    };
+    let [hot, _] = a.link(at, 0)?;
+    if arena.put(&hot) != Some(at) {
+        return Ok(None);
+    }
+    let [Some(e), Some(c), Some(j)] = offsets else {
+        return Err(AsmError::Unbound);
+    };
+    Ok(Some(Shared {
+        epilogue: at + e,
+        chain: at + c,
+        jump: at + j,
+    }))
+}
+
 /// The memory operand, source register and size of a CMPXCHG the translator emits inline
 /// ([`Tr::cmpxchg`]): memory with a 32- or 64-bit general register, 64-bit addressing.
 fn inline_cmpxchg(g: &Generic) -> Option<(Addr, u8, u8)> {
@@ -1729,14 +1811,16 @@ fn translate(
     ops: &[Op],
     generics: &[Generic],
     cell: &mut dyn FnMut() -> Option<(usize, usize)>,
-    jumps: usize,
+    shared: &Shared,
 ) -> Result<Option<Translation>, Error> {
     let len = ops.len();
     if len == 0 || len > u16::MAX as usize {
         return Ok(None);
     }
     let mut a = Asm::new();
-    let epilogue = a.create_label();
+    let epilogue = a.label_at(shared.epilogue);
+    let chain_exit = a.label_at(shared.chain);
+    let jump_exit = a.label_at(shared.jump);
     let mut t = Tr {
         a,
         stubs: Vec::new(),
@@ -1746,7 +1830,8 @@ fn translate(
         cur: (0, ip),
         cell,
         cells: Vec::new(),
-        jumps,
+        chain_exit,
+        jump_exit,
         generic_base: pair_offset::<Op>(len),
         generic_used: 0,
         generic_len: generics.len(),
@@ -1781,13 +1866,6 @@ fn translate(
         let end = t.exit_to(len - 1, at);
         t.a.jmp(end)?;
     }
-    let mut epilogue = t.epilogue;
-    t.a.set_label(&mut epilogue)?;
-    t.a.add(rsp, 8)?;
-    for r in [rbp, r15, r14, r13, r12, rbx] {
-        t.a.pop(r)?;
-    }
-    t.a.ret()?;
     for mut s in std::mem::take(&mut t.stubs) {
         // Exits into other translations run at every block transition: hot. The others are
         // for faults, helper calls and returns to the run loop: cold.
@@ -1807,7 +1885,7 @@ fn translate(
                 t.ret_value(i as u64 + 1)?;
             }
             StubKind::EndAt { i, rip } => t.exit_at(rip, i as u64 + 1)?,
-            StubKind::Chain { i, rip, cell } => t.chain(i, rip, cell)?,
+            StubKind::Chain { i, cell } => t.chain(i, cell)?,
             StubKind::EndRax { i } => {
                 t.a.mov(qword_ptr(CPU - CPU_BIAS + rip_off), rax)?;
                 t.jump(i)?;
