@@ -823,6 +823,11 @@ impl Asm {
         Ok(())
     }
 
+    /// JMP r64.
+    pub(crate) fn jmp_reg(&mut self, r: Reg64) -> R<()> {
+        self.op_rm(4, &[0xff], 4, Rm::Reg(r.0), false)
+    }
+
     /// CALL to a label.
     pub(crate) fn call_label(&mut self, l: Label) -> R<()> {
         self.byte(0xe8);
@@ -1032,6 +1037,14 @@ mod tests {
             jmp(qword_ptr(rax + 0x18)) / ic::qword_ptr(ic::rax + 0x18);
             jmp(qword_ptr(r9 + 0x18)) / ic::qword_ptr(ic::r9 + 0x18);
         }
+        let mut a = Asm::new();
+        a.jmp_reg(rcx).unwrap();
+        a.jmp_reg(r9).unwrap();
+        let i = decode(&a.finish().unwrap());
+        assert_eq!(
+            (meaning(&i[0]), meaning(&i[1])),
+            ("Jmp RCX".into(), "Jmp R9".into())
+        );
         let mut a = Asm::new();
         a.pushfq().unwrap();
         a.ret().unwrap();

@@ -96,9 +96,9 @@ const RESTART: u64 = 3;
 /// A compiled block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Compiled {
-    /// Executable address of the entry.
+    /// Executable address of the entry: its generation's shared prologue ([`Shared::entry`]).
     entry: usize,
-    /// Where another translation chains into it: past the entry's prologue.
+    /// Its code, where the prologue and other translations jump into it.
     chain_entry: usize,
     /// Its own copy of the instructions it covers, in the arena (what `op_helper` reads).
     ops: usize,
@@ -184,7 +184,7 @@ pub(crate) struct Env<'a> {
 
 /// A translated block: `(cpu, env, ops) ->` retired count, or the
 /// faulting instruction's index with [`FAULT`].
-type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Env<'_>, *const Op) -> u64;
+type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Env<'_>, *const Op, usize) -> u64;
 
 /// Memory for translated code, mapped up front (before a sandbox forbids mapping executable
 /// memory): one region per CPU, lent to a CPU by [`Cpu::enable_jit`] and given back, emptied,
@@ -247,6 +247,9 @@ pub(crate) struct Jit {
 /// the jump cache), each several dozen bytes that were repeated at every exit.
 #[derive(Debug, Clone, Copy)]
 struct Shared {
+    /// The prologue: `(cpu, env, ops, translation)` makes the frame translated code runs in
+    /// and jumps to the translation (the [`Entry`] of every call).
+    entry: usize,
     /// Return to the run loop with the value in `rax`.
     epilogue: usize,
     /// Called with the chaining cell at `rax` and `rcx` instructions retired in this
@@ -368,7 +371,7 @@ impl Jit {
             self.compiled += 1;
 
             return Some(Compiled {
-                entry,
+                entry: shared.entry,
                 chain_entry: entry + t.chain_offset,
                 ops: ops_copy,
                 gen: self.gen,
@@ -532,9 +535,11 @@ pub(crate) fn call(
         generic: 0,
         ops: 0,
     };
-    // SAFETY: `c.entry` is the start of code `translate` emitted and `Arena::put` copied in
-    // completely, in the current generation (checked by the caller), so it has not been
-    // overwritten; it follows the SysV ABI with this signature. It uses `cpu` only at the
+    // SAFETY: `c.entry` is the shared prologue `place_shared` emitted and `c.chain_entry` the
+    // start of code `translate` emitted, both copied in completely by `Arena::put` in the
+    // current generation (checked by the caller), so neither has been overwritten; the
+    // prologue follows the SysV ABI with this signature, makes the frame and jumps to the
+    // translation, whose exits return through the shared epilogue. It uses `cpu` only at the
     // field offsets `translate` took with `offset_of!`, `env` only through the helpers and
     // the fields it names with `offset_of!`, and reads its instructions only from its own copy
     // in the arena, at indices below its length (passed to `op_helper`). It may jump into
@@ -544,7 +549,7 @@ pub(crate) fn call(
     // Everything outlives the call, and nothing else uses it meanwhile.
     let r = unsafe {
         let f: Entry = std::mem::transmute::<usize, Entry>(c.entry);
-        f(cpu, &mut env, c.ops as *const Op)
+        f(cpu, &mut env, c.ops as *const Op, c.chain_entry)
     };
     Ran {
         ret: r,
@@ -1157,10 +1162,14 @@ impl Tr<'_> {
     /// Record `op` in the lazy flags: operands `r14` and `rbp`, result `rcx`, no carry-in.
     fn record(&mut self, op: LazyOp, size: u8) -> R<()> {
         let f = offset_of!(Cpu, flags);
-        self.a
-            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_A), r14)?;
-        self.a
-            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_B), rbp)?;
+        // (A logic operation's flags are its result's alone: `Flags::arith` and the host
+        // flags read only `res` for it.)
+        if op != LazyOp::Logic {
+            self.a
+                .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_A), r14)?;
+            self.a
+                .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_B), rbp)?;
+        }
         self.a
             .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_RES), rcx)?;
         // The operation, its size and no carry-in, in one store.
@@ -1703,9 +1712,20 @@ fn enter(
 /// `None` if they do not fit.
 fn place_shared(arena: &mut Arena, jumps: usize) -> R<Option<Shared>> {
     let mut a = Asm::new();
+    let mut entry = a.create_label();
     let mut epilogue = a.create_label();
     let mut chain = a.create_label();
     let mut jump = a.create_label();
+    a.set_label(&mut entry)?;
+    for r in [rbx, r12, r13, r14, r15, rbp] {
+        a.push(r)?;
+    }
+    // Six pushes and the return address: 16-byte alignment for the helper calls.
+    a.sub(rsp, 8)?;
+    a.lea(CPU, qword_ptr(rdi + CPU_BIAS))?;
+    a.mov(ENV, rsi)?;
+    a.mov(qword_ptr(ENV + offset_of!(Env<'_>, ops)), rdx)?;
+    a.jmp_reg(rcx)?;
     a.set_label(&mut epilogue)?;
     a.add(rsp, 8)?;
     for r in [rbp, r15, r14, r13, r12, rbx] {
@@ -1746,7 +1766,7 @@ fn place_shared(arena: &mut Arena, jumps: usize) -> R<Option<Shared>> {
     a.add(rsp, 8)?;
     a.mov(eax, ecx)?;
     a.jmp(epilogue)?;
-    let offsets = [epilogue, chain, jump].map(|l| a.label_offset(l));
+    let offsets = [entry, epilogue, chain, jump].map(|l| a.label_offset(l));
     let Some(at) = arena.next(a.len(false), false) else {
         return Ok(None);
     };
@@ -1754,10 +1774,11 @@ fn place_shared(arena: &mut Arena, jumps: usize) -> R<Option<Shared>> {
     if arena.put(&hot) != Some(at) {
         return Ok(None);
     }
-    let [Some(e), Some(c), Some(j)] = offsets else {
+    let [Some(n), Some(e), Some(c), Some(j)] = offsets else {
         return Err(AsmError::Unbound);
     };
     Ok(Some(Shared {
+        entry: at + n,
         epilogue: at + e,
         chain: at + c,
         jump: at + j,
@@ -1837,16 +1858,8 @@ fn translate(
         generic_len: generics.len(),
         generics,
     };
-    for r in [rbx, r12, r13, r14, r15, rbp] {
-        t.a.push(r)?;
-    }
-    // Six pushes and the return address: 16-byte alignment for the helper calls.
-    t.a.sub(rsp, 8)?;
-    t.a.lea(CPU, qword_ptr(rdi + CPU_BIAS))?;
-    t.a.mov(ENV, rsi)?;
-    t.a.mov(qword_ptr(ENV + offset_of!(Env<'_>, ops)), rdx)?;
-    // A chained translation comes in here, in the frame of the first one, with `Env::ops`
-    // set (and nothing cached).
+    // Every translation starts here, in the frame the shared prologue ([`Shared::entry`]) made
+    // for the first one of a call, with `Env::ops` set (and nothing cached).
     let mut chain_entry = t.a.create_label();
     t.a.set_label(&mut chain_entry)?;
     let mut at = ip;
