@@ -323,6 +323,7 @@ enum Rm {
 /// The ALU group's operation numbers (the `/n` of opcodes 80-83, and bits 5-3 of 00-3F).
 const ADD: u8 = 0;
 const OR: u8 = 1;
+const ADC: u8 = 2;
 const AND: u8 = 4;
 const SUB: u8 = 5;
 const XOR: u8 = 6;
@@ -581,6 +582,9 @@ impl Asm {
 
     pub(crate) fn add(&mut self, d: impl Into<Opnd>, s: impl Into<Opnd>) -> R<()> {
         self.alu("add", ADD, d.into(), s.into())
+    }
+    pub(crate) fn adc(&mut self, d: impl Into<Opnd>, s: impl Into<Opnd>) -> R<()> {
+        self.alu("adc", ADC, d.into(), s.into())
     }
     pub(crate) fn or(&mut self, d: impl Into<Opnd>, s: impl Into<Opnd>) -> R<()> {
         self.alu("or", OR, d.into(), s.into())
@@ -989,6 +993,7 @@ mod tests {
             add(al, byte_ptr(rbx + 1)) / ic::al, ic::byte_ptr(ic::rbx + 1);
             add(ax, word_ptr(rbx + 2)) / ic::ax, ic::word_ptr(ic::rbx + 2);
             sub(rdx, 8) / ic::rdx, 8;
+            adc(eax, 0) / ic::eax, 0;
             and(ecx, 0x3ffu32) / ic::ecx, 0x3ffu32;
             and(rdx, -0x8d6) / ic::rdx, -0x8d6;
             and(edx, 1) / ic::edx, 1;

@@ -23,7 +23,8 @@
 //! # What is translated
 //! Whole blocks. MOV, MOVZX/MOVSX/MOVSXD, LEA, the ALU operations without carry-in (ADD SUB
 //! CMP AND OR XOR TEST), PUSH/POP of 64-bit registers, CALL/JMP with direct targets, RET, Jcc,
-//! CMOVcc, NOT of a register and SHL/SHR/SAR of a register by an immediate are emitted inline
+//! CMOVcc, INC/DEC/NEG, NOT of a register, SHL/SHR/SAR of a register by an immediate and
+//! CMPXCHG of memory (on the host-address fast path) are emitted inline
 //! (a Jcc or CMOVcc after an inline ALU operation of the same translation sets the host's
 //! flags from the lazy record with the same operation and branches on them; a shift writes
 //! its flags materialized, computed as `exec::shift::shift_result` does); every
@@ -1347,7 +1348,7 @@ impl Tr<'_> {
                 dst,
                 src,
             } => self.alu(i, ip, op, aop, size, dst, &src),
-            Fast::Jcc { cc, target } if is_canonical(target) && self.flags.is_some() => {
+            Fast::Jcc { cc, target } if is_canonical(target) && self.host_cc(cc) => {
                 let taken = self.exit_to(i, target);
                 self.host_flags()?;
                 self.jcc(cc, taken)
@@ -1413,6 +1414,16 @@ impl Tr<'_> {
                 self.a.not(rax)?;
                 self.set_from_rax(g, size)
             }
+            Fast::Unary {
+                op: u @ (UnOp::Inc | UnOp::Dec),
+                size,
+                dst,
+            } => self.inc_dec(i, ip, u == UnOp::Inc, size, dst, op.next_ip),
+            Fast::Unary {
+                op: UnOp::Neg,
+                size,
+                dst,
+            } => self.neg(i, ip, size, dst, op.next_ip),
             Fast::Generic => return self.generic(i),
             _ => self.via_helper(i, ip),
         };
@@ -1589,7 +1600,7 @@ impl Tr<'_> {
         let fault = self.stub(StubKind::Fault { i, ip });
         self.src(src, size, fault)?;
         self.a.mov(rbp, rax)?;
-        if self.flags.is_some() {
+        if self.host_cc(cc) {
             let mut keep = self.a.create_label();
             self.host_flags()?;
             self.get(rax, eax, dst, size)?;
@@ -1604,6 +1615,129 @@ impl Tr<'_> {
             self.a.cmovne(rax, rbp)?;
         }
         self.set_from_rax(dst, size)
+    }
+
+    /// Whether a condition `cc` after this point can be taken from the host's flags
+    /// ([`Tr::host_flags`]): an inline operation wrote the record, and the condition does not
+    /// read the CF that INC and DEC keep from before them.
+    fn host_cc(&self, cc: u8) -> bool {
+        match self.flags {
+            Some((LazyOp::Inc | LazyOp::Dec, _)) => !matches!(cc & 15, 2 | 3 | 6 | 7),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// `a` (in `r14`) and, for a memory destination, its address (in `r15`), of a one-operand
+    /// instruction on `dst`.
+    fn unary_operand(&mut self, dst: &Dst, size: u8, fault: Label) -> R<()> {
+        match dst {
+            Dst::Reg(g) => self.get(r14, r14d, *g, size),
+            Dst::Mem(addr) => {
+                self.load(addr, size, fault)?;
+                self.a.mov(r14, rax)?;
+                self.ea(addr)?;
+                self.a.mov(r15, rdx)
+            }
+        }
+    }
+
+    /// Write the result in `rcx` to `dst` (the address in `r15` for memory); for memory, the
+    /// store's status is left in `rbp` and the result in `r15`.
+    fn unary_result(&mut self, dst: &Dst, size: u8, fault: Label) -> R<()> {
+        match dst {
+            Dst::Reg(g) => {
+                self.a.mov(rax, rcx)?;
+                self.set_from_rax(*g, size)
+            }
+            Dst::Mem(addr) => {
+                self.a.mov(qword_ptr(ENV + offset_of!(Env<'_>, tmp)), rcx)?;
+                self.a.mov(r8, rcx)?;
+                self.a.mov(rdx, r15)?;
+                self.store_rdx(size, addr.stack, fault)?;
+                self.a.mov(ebp, eax)?;
+                self.a.mov(r15, qword_ptr(ENV + offset_of!(Env<'_>, tmp)))
+            }
+        }
+    }
+
+    /// INC (`inc`) or DEC of `dst` at `size`, with the interpreter's record: the operand, 1,
+    /// the result, and the CF of the flags before it, which they keep.
+    #[allow(clippy::too_many_arguments)]
+    fn inc_dec(&mut self, i: usize, ip: u64, inc: bool, size: u8, dst: Dst, next: u64) -> R<()> {
+        let fault = self.stub(StubKind::Fault { i, ip });
+        self.unary_operand(&dst, size, fault)?;
+        self.a.mov(rcx, r14)?;
+        if inc {
+            self.a.add(rcx, 1)?;
+        } else {
+            self.a.sub(rcx, 1)?;
+        }
+        self.mask(rcx, ecx, size)?;
+        self.unary_result(&dst, size, fault)?;
+        if let Dst::Reg(_) = dst {
+            self.a.mov(r15, rcx)?;
+        }
+        // eax = CF before this instruction (the record still holds the one before).
+        let f = offset_of!(Cpu, flags);
+        match self.flags {
+            Some((LazyOp::Inc | LazyOp::Dec, _)) => {
+                self.a
+                    .movzx(eax, byte_ptr(CPU - CPU_BIAS + f + Flags::OFF_CARRY))?;
+            }
+            Some(_) => {
+                self.host_flags()?;
+                self.a.mov(eax, 0)?;
+                self.a.adc(eax, 0)?;
+            }
+            None => self.condition_to_eax(2)?,
+        }
+        let op = if inc { LazyOp::Inc } else { LazyOp::Dec };
+        self.a
+            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_A), r14)?;
+        self.a
+            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_B), 1)?;
+        self.a
+            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_RES), r15)?;
+        self.a.shl(eax, 16)?;
+        self.a.or(eax, op as u32 | u32::from(size) << 8)?;
+        self.a
+            .mov(dword_ptr(CPU - CPU_BIAS + f + Flags::OFF_OP_WORD), eax)?;
+        self.flags = Some((op, size));
+        if let Dst::Mem(_) = dst {
+            self.a.mov(eax, ebp)?;
+            self.end_if_code_written(i, next)?;
+        }
+        Ok(())
+    }
+
+    /// NEG of `dst` at `size`: the interpreter's record of `0 - a`.
+    fn neg(&mut self, i: usize, ip: u64, size: u8, dst: Dst, next: u64) -> R<()> {
+        let fault = self.stub(StubKind::Fault { i, ip });
+        self.unary_operand(&dst, size, fault)?;
+        self.a.xor(ecx, ecx)?;
+        self.a.sub(rcx, r14)?;
+        self.mask(rcx, ecx, size)?;
+        self.unary_result(&dst, size, fault)?;
+        if let Dst::Reg(_) = dst {
+            self.a.mov(r15, rcx)?;
+        }
+        let status = matches!(dst, Dst::Mem(_));
+        if status {
+            // (The store's status moves out of rbp, which the record takes.)
+            self.a.mov(qword_ptr(ENV + offset_of!(Env<'_>, tmp)), rbp)?;
+        }
+        // The record: a = 0, b = the operand, res.
+        self.a.mov(rbp, r14)?;
+        self.a.xor(r14d, r14d)?;
+        self.a.mov(rcx, r15)?;
+        self.record(LazyOp::Sub, size)?;
+        self.flags = Some((LazyOp::Sub, size));
+        if status {
+            self.a.mov(rax, qword_ptr(ENV + offset_of!(Env<'_>, tmp)))?;
+            self.end_if_code_written(i, next)?;
+        }
+        Ok(())
     }
 
     /// Set the host's arithmetic flags to the guest's, from the lazy record written by the
@@ -1636,6 +1770,21 @@ impl Tr<'_> {
                     2 => self.a.add(ax, word_ptr(b)),
                     4 => self.a.add(eax, dword_ptr(b)),
                     _ => self.a.add(rax, qword_ptr(b)),
+                }
+            }
+            // (All but CF, which `host_cc` keeps conditions on from asking for.)
+            LazyOp::Inc | LazyOp::Dec => {
+                self.a.mov(rax, qword_ptr(a))?;
+                let inc = op == LazyOp::Inc;
+                match (size, inc) {
+                    (1, true) => self.a.add(al, 1),
+                    (1, false) => self.a.sub(al, 1),
+                    (2, true) => self.a.add(ax, 1),
+                    (2, false) => self.a.sub(ax, 1),
+                    (4, true) => self.a.add(eax, 1),
+                    (4, false) => self.a.sub(eax, 1),
+                    (_, true) => self.a.add(rax, 1),
+                    _ => self.a.sub(rax, 1),
                 }
             }
             _ => {
@@ -2634,6 +2783,94 @@ mod tests {
         });
         let [interpreted, translated] = both_ways(&code, &EDGES[4..], 13);
         assert_eq!(interpreted, translated);
+    }
+
+    /// INC, DEC and NEG of a register and of memory at every size, after flags written by an
+    /// inline CMP, an inline TEST, a shift (materialized) and an INC (whose CF is the one kept
+    /// from before): results, RFLAGS and a Jcc on CF and on ZF after each match the
+    /// interpreter.
+    #[test]
+    fn translated_inc_dec_and_neg_match_the_interpreter() {
+        let code = assemble(|a| {
+            a.mov(rsi, DATA)?;
+            a.mov(rdi, DATA + 0x8000)?;
+            a.mov(r9d, (EDGES.len() - 1) as u32)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            for before in 0..4 {
+                for op in 0..3 {
+                    for size in [1u8, 2, 4, 8] {
+                        for memory in [false, true] {
+                            a.mov(rax, qword_ptr(rsi))?;
+                            a.mov(rbx, qword_ptr(rsi + 8))?;
+                            a.mov(qword_ptr(rdi), rax)?;
+                            match before {
+                                0 => a.cmp(rax, rbx)?,
+                                1 => a.test(rax, rbx)?,
+                                2 => a.shl(rbx, 1)?,
+                                _ => {
+                                    a.cmp(rbx, rax)?;
+                                    a.inc(rbx)?;
+                                }
+                            }
+                            macro_rules! un {
+                                ($f:ident) => {
+                                    match (size, memory) {
+                                        (1, false) => a.$f(al)?,
+                                        (2, false) => a.$f(ax)?,
+                                        (4, false) => a.$f(eax)?,
+                                        (_, false) => a.$f(rax)?,
+                                        (1, true) => a.$f(byte_ptr(rdi))?,
+                                        (2, true) => a.$f(word_ptr(rdi))?,
+                                        (4, true) => a.$f(dword_ptr(rdi))?,
+                                        _ => a.$f(qword_ptr(rdi))?,
+                                    }
+                                };
+                            }
+                            match op {
+                                0 => un!(inc),
+                                1 => un!(dec),
+                                _ => un!(neg),
+                            }
+                            let mut no_cf = a.create_label();
+                            let mut no_zf = a.create_label();
+                            a.mov(ecx, 0)?;
+                            a.jae(no_cf)?;
+                            a.mov(ecx, 1)?;
+                            a.set_label(&mut no_cf)?;
+                            a.jne(no_zf)?;
+                            a.add(ecx, 2)?;
+                            a.set_label(&mut no_zf)?;
+                            a.pushfq()?;
+                            a.pop(qword_ptr(rdi + 8))?;
+                            a.mov(qword_ptr(rdi + 16), rcx)?;
+                            a.mov(qword_ptr(rdi + 24), rax)?;
+                            a.add(rdi, 32)?;
+                        }
+                    }
+                }
+            }
+            a.add(rsi, 8)?;
+            a.dec(r9d)?;
+            a.jne(top)
+        });
+        let cases = 4 * 3 * 4 * 2;
+        let n = (EDGES.len() - 1) * cases * 4;
+        let [interpreted, translated] = both_ways(&code, &EDGES, n);
+        for (k, (x, y)) in interpreted.iter().zip(&translated).enumerate() {
+            assert_eq!(x, y, "word {k} ({} of case {})", k % 4, (k / 4) % cases);
+        }
+        // Only the PUSHFQ and POP to memory of each case, and the HLT, ran generic.
+        let pool = CodePool::new(1).unwrap();
+        let mut m = interpreting_or_translating(&pool, true);
+        for (k, v) in EDGES.iter().enumerate() {
+            m.mem.write_u64(DATA + 8 * k as u64, *v).unwrap();
+        }
+        m.load_code(&code);
+        let out = m.run(10_000_000);
+        assert_eq!(out.exit, crate::Exit::Halt);
+        let generic = out.cpu.jit.as_ref().map_or(0, |j| j.generic);
+        assert_eq!(generic, (EDGES.len() - 1) as u64 * cases as u64 * 2 + 1);
     }
 
     /// INVLPG of one address in a 2 MiB page drops the translations of the whole page, the
