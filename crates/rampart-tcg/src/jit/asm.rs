@@ -35,6 +35,8 @@ pub(crate) type R<T> = Result<T, AsmError>;
 
 /// No register (a memory operand without index).
 const NOREG: u8 = 0xff;
+/// In `Asm::op_rm`'s `reg`: the value is an opcode extension (`/n`), not a register.
+const REG_IS_EXT: u8 = 0x80;
 
 macro_rules! regs {
     ($ty:ident, $($name:ident = $n:expr),* $(,)?) => {
@@ -469,8 +471,11 @@ impl Asm {
         if size == 8 {
             rex |= 8;
         }
+        // (`reg` is an opcode extension, not a register, for an immediate or one-operand
+        // form: `REG_IS_EXT` marks those.)
+        let (reg, ext) = (reg & !REG_IS_EXT, reg & REG_IS_EXT != 0);
         rex |= (reg >> 3 & 1) << 2;
-        let mut force = byte_regs && (4..8).contains(&reg);
+        let mut force = byte_regs && !ext && (4..8).contains(&reg);
         match rm {
             Rm::Reg(r) => {
                 rex |= r >> 3 & 1;
@@ -565,7 +570,7 @@ impl Asm {
                     return Err(AsmError::Imm(name, v));
                 }
                 if z == 1 {
-                    self.op_rm(1, &[0x80], n, rm, true)?;
+                    self.op_rm(1, &[0x80], n | REG_IS_EXT, rm, true)?;
                     self.imm(v, 1);
                 } else if i8::try_from(sext(v, z)).is_ok() {
                     self.op_rm(z, &[0x83], n, rm, false)?;
@@ -614,7 +619,13 @@ impl Asm {
                 if !Self::fits(v, z) {
                     return Err(AsmError::Imm("test", v));
                 }
-                self.op_rm(z, &[if z == 1 { 0xf6 } else { 0xf7 }], 0, rm, z == 1)?;
+                self.op_rm(
+                    z,
+                    &[if z == 1 { 0xf6 } else { 0xf7 }],
+                    REG_IS_EXT,
+                    rm,
+                    z == 1,
+                )?;
                 self.imm(v, z.min(4));
                 Ok(())
             }
@@ -659,7 +670,7 @@ impl Asm {
                     return Err(AsmError::Imm("mov", v));
                 }
                 let op = if p.size == 1 { 0xc6 } else { 0xc7 };
-                self.op_rm(p.size, &[op], 0, Rm::Mem(p.mem), false)?;
+                self.op_rm(p.size, &[op], REG_IS_EXT, Rm::Mem(p.mem), false)?;
                 self.imm(v, p.size.min(4));
                 Ok(())
             }
@@ -737,7 +748,7 @@ impl Asm {
             Opnd::Imm(_) => return Err(AsmError::Form(name)),
         };
         let rm = rm_of(d).ok_or(AsmError::Form(name))?;
-        self.op_rm(z, &[ops[usize::from(z != 1)]], n, rm, z == 1)
+        self.op_rm(z, &[ops[usize::from(z != 1)]], n | REG_IS_EXT, rm, z == 1)
     }
 
     pub(crate) fn inc(&mut self, d: impl Into<Opnd>) -> R<()> {
@@ -1042,6 +1053,16 @@ mod tests {
             jmp(qword_ptr(rax + 0x18)) / ic::qword_ptr(ic::rax + 0x18);
             jmp(qword_ptr(r9 + 0x18)) / ic::qword_ptr(ic::r9 + 0x18);
         }
+        // No REX where nothing needs one (an opcode extension is not a register).
+        let mut a = Asm::new();
+        a.cmp(byte_ptr(rbx + 0x40), 0).unwrap();
+        a.mov(byte_ptr(rbx + 0x40), 5u32).unwrap();
+        a.shl(cl, 1).unwrap();
+        a.test(byte_ptr(rbx), 1).unwrap();
+        assert_eq!(
+            a.finish().unwrap(),
+            [0x80, 0x7b, 0x40, 0x00, 0xc6, 0x43, 0x40, 0x05, 0xc0, 0xe1, 0x01, 0xf6, 0x03, 0x01]
+        );
         let mut a = Asm::new();
         a.jmp_reg(rcx).unwrap();
         a.jmp_reg(r9).unwrap();
