@@ -1196,10 +1196,19 @@ impl Tr<'_> {
         self.cached = None;
         let end = self.stub(StubKind::EndNext { i });
         self.helper_call(i, helper, at)?;
+        self.on_status(fault, Some(end))
+    }
+
+    /// After a helper whose status is in `eax`: to `faulted` on [`FAULTED`], and to `other`
+    /// (if given) on any other status but [`CONTINUE`].
+    fn on_status(&mut self, faulted: Label, other: Option<Label>) -> R<()> {
         self.a.cmp(eax, FAULTED as u32)?;
-        self.a.je(fault)?;
-        self.a.test(eax, eax)?;
-        self.a.jne(end)
+        self.a.je(faulted)?;
+        if let Some(other) = other {
+            self.a.test(eax, eax)?;
+            self.a.jne(other)?;
+        }
+        Ok(())
     }
 
     /// Call `helper(cpu, env, OPS + at, i)`.
@@ -2062,10 +2071,7 @@ fn translate(
                 back,
             } => {
                 t.access_helper(load_helper as *const () as usize, size, stack)?;
-                t.a.cmp(eax, FAULTED as u32)?;
-                t.a.je(fault)?;
-                t.a.test(eax, eax)?;
-                t.a.jne(restart)?;
+                t.on_status(fault, Some(restart))?;
                 t.a.mov(rax, qword_ptr(ENV + offset_of!(Env<'_>, val)))?;
                 t.a.jmp(back)?;
             }
@@ -2077,10 +2083,7 @@ fn translate(
                 back,
             } => {
                 t.helper_call(i, generic_helper as *const () as usize, at)?;
-                t.a.cmp(eax, FAULTED as u32)?;
-                t.a.je(left)?;
-                t.a.test(eax, eax)?;
-                t.a.jne(end)?;
+                t.on_status(left, Some(end))?;
                 t.a.jmp(back)?;
             }
             StubKind::StoreSlow {
@@ -2090,8 +2093,7 @@ fn translate(
                 back,
             } => {
                 t.access_helper(store_helper as *const () as usize, size, stack)?;
-                t.a.cmp(eax, FAULTED as u32)?;
-                t.a.je(fault)?;
+                t.on_status(fault, None)?;
                 t.a.jmp(back)?;
             }
             StubKind::FaultGp { i, ip } => {
@@ -2512,6 +2514,47 @@ mod tests {
         })
     }
 
+    /// A loop over neighbouring pairs of [`EDGES`] (RSI at the pair, RDI at the results): each
+    /// round runs `body`, which writes its results at RDI and moves it on.
+    fn edge_loop(body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+        assemble(|a| {
+            a.mov(rsi, DATA)?;
+            a.mov(rdi, DATA + 0x8000)?;
+            a.mov(r9d, (EDGES.len() - 1) as u32)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            body(a)?;
+            a.add(rsi, 8)?;
+            a.dec(r9d)?;
+            a.jne(top)
+        })
+    }
+
+    /// `code` run both ways ([`both_ways`]) over a round per pair of neighbouring [`EDGES`],
+    /// each round writing `words` words for each of its `cases`: every word matches.
+    fn edge_rounds_match(code: &[u8], cases: usize, words: usize) {
+        let n = (EDGES.len() - 1) * cases * words;
+        let [interpreted, translated] = both_ways(code, &EDGES, n);
+        for (k, (x, y)) in interpreted.iter().zip(&translated).enumerate() {
+            let case = (k / words) % cases;
+            assert_eq!(x, y, "word {k} ({} of case {case})", k % words);
+        }
+    }
+
+    /// Run `code` translated from the first run of each block, with `values` at DATA, to its
+    /// HLT: the instructions that went through the generic helper.
+    fn generic_when_translated(code: &[u8], values: &[u64]) -> u64 {
+        let pool = CodePool::new(1).unwrap();
+        let mut m = interpreting_or_translating(&pool, true);
+        for (k, v) in values.iter().enumerate() {
+            m.mem.write_u64(DATA + 8 * k as u64, *v).unwrap();
+        }
+        m.load_code(code);
+        let out = m.run(10_000_000);
+        assert_eq!(out.exit, crate::Exit::Halt);
+        out.cpu.jit.as_ref().map_or(0, |j| j.generic)
+    }
+
     const EDGES: [u64; 8] = [
         0,
         1,
@@ -2643,12 +2686,7 @@ mod tests {
     /// interpreter, and the aligned ones ran without the generic helper.
     #[test]
     fn translated_cmpxchg_matches_the_interpreter() {
-        let code = assemble(|a| {
-            a.mov(rsi, DATA)?;
-            a.mov(rdi, DATA + 0x8000)?;
-            a.mov(r9d, (EDGES.len() - 1) as u32)?;
-            let mut top = a.create_label();
-            a.set_label(&mut top)?;
+        let code = edge_loop(|a| {
             for size in [4u8, 8] {
                 for succeed in [false, true] {
                     for locked in [false, true] {
@@ -2697,27 +2735,13 @@ mod tests {
                     }
                 }
             }
-            a.add(rsi, 8)?;
-            a.dec(r9d)?;
-            a.jne(top)
+            Ok(())
         });
         let per_round = 2 * 2 * 2 * 2;
-        let n = (EDGES.len() - 1) * per_round * 5;
-        let [interpreted, translated] = both_ways(&code, &EDGES, n);
-        for (k, (x, y)) in interpreted.iter().zip(&translated).enumerate() {
-            assert_eq!(x, y, "word {k} ({} of case {})", k % 5, k / 5);
-        }
+        edge_rounds_match(&code, per_round, 5);
         // The aligned half ran inline: through the generic helper went only the misaligned
         // half, each case's PUSHFQ and POP to memory, and the HLT.
-        let pool = CodePool::new(1).unwrap();
-        let mut m = interpreting_or_translating(&pool, true);
-        for (k, v) in EDGES.iter().enumerate() {
-            m.mem.write_u64(DATA + 8 * k as u64, *v).unwrap();
-        }
-        m.load_code(&code);
-        let out = m.run(1_000_000);
-        assert_eq!(out.exit, crate::Exit::Halt);
-        let generic = out.cpu.jit.as_ref().map_or(0, |j| j.generic);
+        let generic = generic_when_translated(&code, &EDGES);
         let rounds = (EDGES.len() - 1) as u64;
         assert!(
             generic <= rounds * (per_round as u64 / 2 + 2 * per_round as u64) + 1,
@@ -2791,12 +2815,7 @@ mod tests {
     /// interpreter.
     #[test]
     fn translated_inc_dec_and_neg_match_the_interpreter() {
-        let code = assemble(|a| {
-            a.mov(rsi, DATA)?;
-            a.mov(rdi, DATA + 0x8000)?;
-            a.mov(r9d, (EDGES.len() - 1) as u32)?;
-            let mut top = a.create_label();
-            a.set_label(&mut top)?;
+        let code = edge_loop(|a| {
             for before in 0..4 {
                 for op in 0..3 {
                     for size in [1u8, 2, 4, 8] {
@@ -2850,26 +2869,12 @@ mod tests {
                     }
                 }
             }
-            a.add(rsi, 8)?;
-            a.dec(r9d)?;
-            a.jne(top)
+            Ok(())
         });
         let cases = 4 * 3 * 4 * 2;
-        let n = (EDGES.len() - 1) * cases * 4;
-        let [interpreted, translated] = both_ways(&code, &EDGES, n);
-        for (k, (x, y)) in interpreted.iter().zip(&translated).enumerate() {
-            assert_eq!(x, y, "word {k} ({} of case {})", k % 4, (k / 4) % cases);
-        }
+        edge_rounds_match(&code, cases, 4);
         // Only the PUSHFQ and POP to memory of each case, and the HLT, ran generic.
-        let pool = CodePool::new(1).unwrap();
-        let mut m = interpreting_or_translating(&pool, true);
-        for (k, v) in EDGES.iter().enumerate() {
-            m.mem.write_u64(DATA + 8 * k as u64, *v).unwrap();
-        }
-        m.load_code(&code);
-        let out = m.run(10_000_000);
-        assert_eq!(out.exit, crate::Exit::Halt);
-        let generic = out.cpu.jit.as_ref().map_or(0, |j| j.generic);
+        let generic = generic_when_translated(&code, &EDGES);
         assert_eq!(generic, (EDGES.len() - 1) as u64 * cases as u64 * 2 + 1);
     }
 
