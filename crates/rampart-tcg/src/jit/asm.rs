@@ -854,7 +854,7 @@ impl Asm {
         self.op_rm(4, &[0xff], 2, Rm::Reg(r.0), false)
     }
 
-    /// A rel32 field to `l`, patched by [`Asm::finish`].
+    /// A rel32 field to `l`, patched by [`Asm::link`].
     fn rel32(&mut self, l: Label) -> R<()> {
         let at = self.here()?;
         self.fixups.push((self.sec as u8, at, l));

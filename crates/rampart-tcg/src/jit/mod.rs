@@ -183,8 +183,9 @@ pub(crate) struct Env<'a> {
     ops: usize,
 }
 
-/// A translated block: `(cpu, env, ops) ->` retired count, or the
-/// faulting instruction's index with [`FAULT`].
+/// A call of translated code, through its generation's shared prologue:
+/// `(cpu, env, ops, translation) ->` retired count, or the faulting instruction's index with
+/// [`FAULT`].
 type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Env<'_>, *const Op, usize) -> u64;
 
 /// Memory for translated code, mapped up front (before a sandbox forbids mapping executable
@@ -724,8 +725,9 @@ unsafe extern "sysv64" fn cond_helper(cpu: *const Cpu, cc: u64) -> u64 {
 
 // ---- the translator ----
 
-/// Host registers of generated code: `rbx` the `Cpu`, `r12` the [`Env`], `r13` the ops;
-/// `r14`, `r15`, `rbp` values kept across helper calls.
+/// Host registers of generated code: `rbx` the `Cpu` (biased, see [`CPU_BIAS`]), `r12` the
+/// [`Env`], `r13` the register cache ([`CACHE`]); `r14`, `r15`, `rbp` values kept across
+/// helper calls.
 const CPU: Reg64 = rbx;
 /// `CPU` points this far into the [`Cpu`], so that its general registers, flags and the
 /// other fields translated code uses most are within a signed byte of it (see `Cpu`'s
@@ -1279,6 +1281,10 @@ impl Tr<'_> {
         self.code_watch(slow)?;
         self.a
             .add(rax, qword_ptr(rcx + offset_of!(FastEntry, host)))?;
+        // The host address aligned too, whatever the alignment of the page the memory gave
+        // (a locked access across a cache line is a bus lock, or SIGBUS on some hosts).
+        self.a.test(eax, u32::from(size) - 1)?;
+        self.a.jne(slow)?;
         self.a.mov(r8, rax)?;
         // a (the accumulator) in r14, the old value in rbp, a - old in rcx.
         self.get(r14, r14d, 0, size)?;
@@ -1295,6 +1301,8 @@ impl Tr<'_> {
         self.a.je(same)?;
         self.set_from_rax(0, size)?;
         self.a.set_label(&mut same)?;
+        // (Only the failure path wrote the accumulator.)
+        self.cached = None;
         self.a.mov(rcx, r14)?;
         self.a.sub(rcx, rbp)?;
         self.mask(rcx, ecx, size)?;
