@@ -843,11 +843,9 @@ struct Tr<'c> {
     chain_exit: Label,
     jump_exit: Label,
     /// Offset from `OPS` of the copy of the first generic instruction (see
-    /// [`Arena::put_pair`]), the generic instructions emitted so far, and how many the block
-    /// has.
+    /// [`Arena::put_pair`]), and the generic instructions emitted so far.
     generic_base: usize,
     generic_used: usize,
-    generic_len: usize,
     /// The block's generic instructions.
     generics: &'c [Generic],
 }
@@ -1164,6 +1162,12 @@ impl Tr<'_> {
 
     /// Record `op` in the lazy flags: operands `r14` and `rbp`, result `rcx`, no carry-in.
     fn record(&mut self, op: LazyOp, size: u8) -> R<()> {
+        self.record_of(op, size, rbp.into(), rcx, false)
+    }
+
+    /// Record `op` in the lazy flags: operands `r14` and `b`, result `res`, and the carry in
+    /// `eax` (0 or 1) if `carry`, else none.
+    fn record_of(&mut self, op: LazyOp, size: u8, b: Opnd, res: Reg64, carry: bool) -> R<()> {
         let f = offset_of!(Cpu, flags);
         // (A logic operation's flags are its result's alone: `Flags::arith` and the host
         // flags read only `res` for it.)
@@ -1171,15 +1175,20 @@ impl Tr<'_> {
             self.a
                 .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_A), r14)?;
             self.a
-                .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_B), rbp)?;
+                .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_B), b)?;
         }
         self.a
-            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_RES), rcx)?;
-        // The operation, its size and no carry-in, in one store.
-        self.a.mov(
-            dword_ptr(CPU - CPU_BIAS + f + Flags::OFF_OP_WORD),
-            op as u32 | u32::from(size) << 8,
-        )
+            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_RES), res)?;
+        // The operation, its size and the carry, in one store.
+        let word = dword_ptr(CPU - CPU_BIAS + f + Flags::OFF_OP_WORD);
+        let op_size = op as u32 | u32::from(size) << 8;
+        if carry {
+            self.a.shl(eax, 16)?;
+            self.a.or(eax, op_size)?;
+            self.a.mov(word, eax)
+        } else {
+            self.a.mov(word, op_size)
+        }
     }
 
     /// Instruction `i` through [`op_helper`].
@@ -1234,16 +1243,14 @@ impl Tr<'_> {
     /// through [`generic_helper`].
     fn generic(&mut self, i: usize) -> Result<(), Error> {
         let k = self.generic_used;
-        if k >= self.generic_len {
+        let Some(g) = self.generics.get(k) else {
             return Err(Error::Generic);
-        }
+        };
         self.generic_used += 1;
         let fault = self.stub(StubKind::Left { i });
         let at = self.generic_base + k * std::mem::size_of::<Generic>();
-        if let Some(g) = self.generics.get(k) {
-            if let Some((addr, src, size)) = inline_cmpxchg(g) {
-                return Ok(self.cmpxchg(i, at, fault, &addr, src, size)?);
-            }
+        if let Some((addr, src, size)) = inline_cmpxchg(g) {
+            return Ok(self.cmpxchg(i, at, fault, &addr, src, size)?);
         }
         Ok(self.run_helper(i, generic_helper as *const () as usize, at, fault)?)
     }
@@ -1368,7 +1375,7 @@ impl Tr<'_> {
             Fast::Jcc { cc, target } if is_canonical(target) && self.host_cc(cc) => {
                 let taken = self.exit_to(i, target);
                 self.host_flags()?;
-                self.jcc(cc, taken)
+                self.a.jcc(cc, taken)
             }
             Fast::Jcc { cc, target } if is_canonical(target) => {
                 let taken = self.exit_to(i, target);
@@ -1621,7 +1628,7 @@ impl Tr<'_> {
             let mut keep = self.a.create_label();
             self.host_flags()?;
             self.get(rax, eax, dst, size)?;
-            self.jcc(cc ^ 1, keep)?;
+            self.a.jcc(cc ^ 1, keep)?;
             self.a.mov(rax, rbp)?;
             self.a.set_label(&mut keep)?;
         } else {
@@ -1659,13 +1666,14 @@ impl Tr<'_> {
         }
     }
 
-    /// Write the result in `rcx` to `dst` (the address in `r15` for memory); for memory, the
-    /// store's status is left in `rbp` and the result in `r15`.
+    /// Write the result in `rcx` to `dst` (the address in `r15` for memory), and leave it in
+    /// `r15`; for memory, the store's status is left in `rbp`.
     fn unary_result(&mut self, dst: &Dst, size: u8, fault: Label) -> R<()> {
         match dst {
             Dst::Reg(g) => {
                 self.a.mov(rax, rcx)?;
-                self.set_from_rax(*g, size)
+                self.set_from_rax(*g, size)?;
+                self.a.mov(r15, rcx)
             }
             Dst::Mem(addr) => {
                 self.a.mov(qword_ptr(ENV + offset_of!(Env<'_>, tmp)), rcx)?;
@@ -1692,9 +1700,6 @@ impl Tr<'_> {
         }
         self.mask(rcx, ecx, size)?;
         self.unary_result(&dst, size, fault)?;
-        if let Dst::Reg(_) = dst {
-            self.a.mov(r15, rcx)?;
-        }
         // eax = CF before this instruction (the record still holds the one before).
         let f = offset_of!(Cpu, flags);
         match self.flags {
@@ -1710,16 +1715,7 @@ impl Tr<'_> {
             None => self.condition_to_eax(2)?,
         }
         let op = if inc { LazyOp::Inc } else { LazyOp::Dec };
-        self.a
-            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_A), r14)?;
-        self.a
-            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_B), 1)?;
-        self.a
-            .mov(qword_ptr(CPU - CPU_BIAS + f + Flags::OFF_RES), r15)?;
-        self.a.shl(eax, 16)?;
-        self.a.or(eax, op as u32 | u32::from(size) << 8)?;
-        self.a
-            .mov(dword_ptr(CPU - CPU_BIAS + f + Flags::OFF_OP_WORD), eax)?;
+        self.record_of(op, size, 1.into(), r15, true)?;
         self.flags = Some((op, size));
         if let Dst::Mem(_) = dst {
             self.a.mov(eax, ebp)?;
@@ -1736,9 +1732,6 @@ impl Tr<'_> {
         self.a.sub(rcx, r14)?;
         self.mask(rcx, ecx, size)?;
         self.unary_result(&dst, size, fault)?;
-        if let Dst::Reg(_) = dst {
-            self.a.mov(r15, rcx)?;
-        }
         let status = matches!(dst, Dst::Mem(_));
         if status {
             // (The store's status moves out of rbp, which the record takes.)
@@ -1814,11 +1807,6 @@ impl Tr<'_> {
                 }
             }
         }
-    }
-
-    /// Jump to `to` if condition code `cc` holds in the host's flags.
-    fn jcc(&mut self, cc: u8, to: Label) -> R<()> {
-        self.a.jcc(cc & 15, to)
     }
 
     fn ret_value(&mut self, v: u64) -> R<()> {
@@ -2021,7 +2009,6 @@ fn translate(
         jump_exit,
         generic_base: pair_offset::<Op>(len),
         generic_used: 0,
-        generic_len: generics.len(),
         generics,
     };
     // Every translation starts here, in the frame the shared prologue ([`Shared::entry`]) made
