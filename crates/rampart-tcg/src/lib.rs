@@ -291,34 +291,38 @@ impl Cpu {
         let mut start = 0;
         if let Some(jit) = self.jit.as_mut() {
             // Compiled at the threshold, and again at once if its code space was recycled.
-            let stale = code.jit.is_some_and(|c| !jit.valid(&c));
+            // (A block found valid on another page with the same bytes: its translation
+            // names the page it was compiled for.)
+            let stale = code
+                .jit
+                .is_some_and(|c| !jit.valid(&c) || c.code_page != pa >> 12);
             if code.jit.is_none() || stale {
                 code.runs = code.runs.saturating_add(1);
                 if code.runs == jit.threshold || stale {
-                    code.jit = jit.compile(rip, &code.ops, &code.generic);
+                    code.jit = jit.compile(rip, pa >> 12, &code.ops, &code.generic);
                 }
             }
+            let epoch_user = stamp.epoch << 1 | u64::from(user);
+            // (Before the check below: running out of stamps starts the code space over.)
+            let link_stamp = jit.stamp(self.code_gen, epoch_user);
             if let Some(c) = code.jit.filter(|c| jit.valid(c) && *left >= c.len as u64) {
-                let epoch_user = stamp.epoch << 1 | u64::from(user);
                 // The translation that ran before left by an exit to here: link it to this
                 // one; and let exits known only at run time find it.
-                if let Some(to) = jit.target(rip, &c, self.code_gen, epoch_user, pa >> 12) {
-                    if let Some(cell) = pending {
-                        jit.link(cell, &to);
-                    }
-                    jit.remember(&to);
+                if let Some(exit) = pending {
+                    jit.link(exit, rip, &c, link_stamp);
                 }
+                jit.remember(rip, &c, link_stamp);
                 self.interrupt_shadow = false;
-                let ran = jit::call(&c, self, mem, *left, epoch_user);
+                let ran = jit::call(&c, self, mem, *left, epoch_user, link_stamp);
                 if let Some(jit) = self.jit.as_mut() {
                     jit.count(&ran);
                 }
                 let ret = ran.ret;
                 let event = ran.event;
-                self.pending_link = ran.exit_cell;
+                self.pending_link = ran.exit_link;
                 // A translation covers its whole block and leaves at its end, a taken branch,
                 // a fault or wherever the loop below would end the block: the call ended it.
-                let retired = ran.chained + (ret & 0xffff_ffff);
+                let retired = ran.retired;
                 *left -= retired;
                 self.tsc = self.tsc.wrapping_add(retired);
                 if ret & jit::FAULT != 0 {

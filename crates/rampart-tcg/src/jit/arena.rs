@@ -148,6 +148,25 @@ impl Arena {
         (second - first == pair_offset::<A>(a.len())).then_some(first)
     }
 
+    /// Overwrite the bytes at executable address `at` (inside what is allocated) with
+    /// `bytes`: a field of placed code. Whether it was inside.
+    pub(crate) fn patch(&mut self, at: usize, bytes: &[u8]) -> bool {
+        let Some(start) = at.checked_sub(self.rx as usize) else {
+            return false;
+        };
+        let Some(end) = start.checked_add(bytes.len()) else {
+            return false;
+        };
+        if !(end <= self.used || (start >= self.split && end <= self.cold)) {
+            return false;
+        }
+        // SAFETY: `start..end` lies in the hot or cold part in use, inside the writable
+        // mapping of `len` bytes, which no Rust reference covers; `bytes` is a separate
+        // allocation. The owner patches code only while none of it runs (one thread).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.rw.add(start), bytes.len()) };
+        true
+    }
+
     /// Forget everything allocated (the caller has made sure none of it runs again).
     pub(crate) fn clear(&mut self) {
         self.used = 0;
@@ -180,6 +199,30 @@ impl Drop for Arena {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patches_reach_placed_code_and_nothing_else() {
+        let mut a = Arena::new(8192).unwrap();
+        let p = a.put(&[0x90; 8]).unwrap();
+        let c = a.put_cold(&[0xcc; 8]).unwrap();
+        assert!(a.patch(p + 2, &[1, 2, 3, 4]));
+        assert!(a.patch(c + 4, &[5, 6, 7, 8]));
+        // SAFETY: both were placed above, 8 bytes each, in the readable executable view.
+        let (hot, cold) = unsafe {
+            (
+                std::slice::from_raw_parts(p as *const u8, 8),
+                std::slice::from_raw_parts(c as *const u8, 8),
+            )
+        };
+        assert_eq!(hot, [0x90, 0x90, 1, 2, 3, 4, 0x90, 0x90]);
+        assert_eq!(cold, [0xcc, 0xcc, 0xcc, 0xcc, 5, 6, 7, 8]);
+        // Past what is placed, across the end, before the start, in the gap: refused.
+        assert!(!a.patch(p + 6, &[0; 4]));
+        assert!(!a.patch(c + 6, &[0; 4]));
+        assert!(!a.patch(p.wrapping_sub(1), &[0]));
+        assert!(!a.patch(p + 64, &[0]));
+        assert!(!a.patch(usize::MAX, &[0; 4]));
+    }
 
     #[test]
     fn code_written_through_one_view_reads_back_through_the_other() {

@@ -874,6 +874,17 @@ impl Asm {
         }
     }
 
+    /// CMP of a dword in memory with a 32-bit immediate, always in the 81 /7 form: the
+    /// immediate is the instruction's last four bytes, a field patched later.
+    pub(crate) fn cmp_imm32(&mut self, d: Ptr, v: u32) -> R<()> {
+        if d.size != 4 {
+            return Err(AsmError::Form("cmp"));
+        }
+        self.op_rm(4, &[0x81], CMP, Rm::Mem(d.mem), false)?;
+        self.imm(i64::from(v), 4);
+        Ok(())
+    }
+
     /// Jcc with condition code `cc` (0 = O … 15 = G, the low nibble of 0F 8x).
     pub(crate) fn jcc(&mut self, cc: u8, l: Label) -> R<()> {
         self.byte(0x0f);
@@ -1104,6 +1115,25 @@ mod tests {
         fn a_err() -> R<()> {
             Asm::new().lock_cmpxchg(qword_ptr(rax), ecx)
         }
+    }
+
+    #[test]
+    fn a_patchable_compare_keeps_its_imm32_last_whatever_the_value() {
+        for v in [0u32, 5, 0x7fff_ffff, u32::MAX] {
+            let mut a = Asm::new();
+            a.cmp_imm32(dword_ptr(r12 + 0x40), v).unwrap();
+            let x = a.finish().unwrap();
+            assert_eq!(x.len(), 9, "{x:02x?}");
+            assert_eq!(x[5..], v.to_le_bytes());
+            let i = decode(&x)[0];
+            assert_eq!(i.immediate32(), v);
+            assert_eq!(
+                meaning(&i),
+                format!("Cmp [R12+None*1+0x40]UInt32 #{v:#x}"),
+                "{x:02x?}"
+            );
+        }
+        assert!(Asm::new().cmp_imm32(qword_ptr(r12), 1).is_err());
     }
 
     #[test]

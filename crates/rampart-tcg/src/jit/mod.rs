@@ -107,39 +107,58 @@ pub(crate) struct Compiled {
     gen: u64,
     /// Instructions covered, from the block's first.
     pub(crate) len: u16,
+    /// The guest-physical page it was compiled for (`Cpu::code_page` while it runs, set by
+    /// its entry): a block found valid on another page with the same bytes is compiled again.
+    pub(crate) code_page: u64,
 }
 
-/// A chaining cell: one per exit of a translation to a fixed address (a taken branch, a direct
-/// jump or call, the end of a block). The run loop fills it with the
-/// translation that ran next from there ([`Jit::link`]); the exit then jumps straight into it
-/// while nothing it was linked under has changed: the block validation generation (so the
-/// target's bytes are still the ones it was translated from, and its page is still marked),
-/// the TLB epoch and privilege (so the address still maps there), and only if the budget holds
-/// its instructions and this CPU wrote no code.
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(C)]
-pub(crate) struct Link {
-    /// `Cpu::code_gen` when linked (0: never: generations start at 1).
-    gen: u64,
-    /// TLB epoch << 1 | user, when linked.
-    epoch_user: u64,
-    /// The target's `Compiled::chain_entry`.
-    entry: u64,
-    /// The target's `Compiled::ops`.
-    ops: u64,
-    /// The target's instruction count (`Compiled::len`).
-    len: u64,
-    /// The target's guest-physical page (`Cpu::code_page` while it runs).
-    code_page: u64,
+/// A chaining exit: one per exit of a translation to a fixed address (a taken branch, a
+/// direct jump or call, the end of a block). Its hot code compares the call's link stamp
+/// ([`Env::stamp`]) with the one patched into it and, if they are equal, jumps straight to the
+/// translation patched into it; the run loop patches both when the exit was taken and the
+/// translation at its target ran next ([`Jit::link`]). A stamp names the block validation
+/// generation and the TLB epoch and privilege (see [`Jit::stamp`]): an exit linked under
+/// another one, or never, leaves for the run loop. Every translation checks the budget for
+/// its instructions at its own entry.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    /// Executable addresses of the stamp (imm32) and of the jump's rel32 field.
+    stamp_at: usize,
+    rel_at: usize,
     /// The address the exit goes to (fixed when translated).
     target: u64,
 }
 
-/// Chaining cells per arena generation; when they run out the arena is recycled, as when it
+/// A cell of the jump cache: the translation last run at a guest address, with the stamp it
+/// ran under (generated code reads it, at these offsets).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct JumpCell {
+    target: u64,
+    /// The stamp (never [`NO_STAMP`] for a filled cell).
+    stamp: u64,
+    /// The translation's entry (`Compiled::chain_entry`).
+    entry: u64,
+}
+
+/// The stamp of exits never linked and jump cells never filled: no call runs under it.
+const NO_STAMP: u32 = u32::MAX;
+/// Stamps handed out stay below this (they fit a sign-extended imm32 compare as they are).
+const STAMP_LIMIT: u32 = 0x7fff_ffff;
+
+impl Default for JumpCell {
+    fn default() -> Self {
+        Self {
+            target: 0,
+            stamp: u64::from(NO_STAMP),
+            entry: 0,
+        }
+    }
+}
+
+/// Chaining exits per arena generation; when they run out the arena is recycled, as when it
 /// is full.
 const LINKS: usize = 1 << 17;
-/// Cells per allocation (they are allocated as translations need them, and never move).
-const LINK_CHUNK: usize = 4096;
 
 /// log2 of the cells of the jump cache: translations by their address, for exits whose target
 /// is only known when they run (RET).
@@ -165,28 +184,32 @@ pub(crate) struct Env<'a> {
     /// A value generated code keeps across a helper call (an ALU result being stored).
     tmp: u64,
     event: Option<Event>,
-    /// Instructions retired by the translations this call chained out of.
-    retired: u64,
-    /// The budget at the call: a chain never takes more.
+    /// The budget left: every translation takes all its instructions from it at its entry
+    /// (leaving if they are not there) and an exit before its end gives back those it did
+    /// not retire. A chain never takes more than the budget at the call.
     left: u64,
-    /// TLB epoch << 1 | user at the call (translated code ends when a generic instruction
-    /// changes either).
+    /// The budget at the call.
+    budget: u64,
+    /// The link stamp the call runs under ([`Jit::stamp`]); 0, which no exit or jump cell
+    /// holds, once a helper saw the validation generation change.
+    stamp: u64,
+    /// `Cpu::code_gen` and TLB epoch << 1 | user at the call (translated code ends when a
+    /// generic instruction changes the second).
+    code_gen: u64,
     epoch_user: u64,
-    /// The chaining cell of the exit the call left by, if it left by one (address), for the
-    /// run loop to link.
-    exit_cell: usize,
+    /// The chaining exit the call left by, if it left by one (its index + 1), for the run
+    /// loop to link.
+    exit_link: usize,
     /// Exits that went on through the jump cache.
     jumped: u64,
     /// Generic instructions run (by [`generic_helper`]).
     generic: u64,
-    /// The running translation's own copy of its instructions (what its helpers read).
-    ops: usize,
 }
 
 /// A call of translated code, through its generation's shared prologue:
-/// `(cpu, env, ops, translation) ->` retired count, or the faulting instruction's index with
-/// [`FAULT`].
-type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Env<'_>, *const Op, usize) -> u64;
+/// `(cpu, env, translation) ->` instructions retired in the translation it left from, or the
+/// faulting instruction's index with [`FAULT`].
+type Entry = unsafe extern "sysv64" fn(*mut Cpu, *mut Env<'_>, usize) -> u64;
 
 /// Memory for translated code, mapped up front (before a sandbox forbids mapping executable
 /// memory): one region per CPU, lent to a CPU by [`Cpu::enable_jit`] and given back, emptied,
@@ -225,16 +248,17 @@ pub(crate) struct Jit {
     pub(crate) threshold: u32,
     /// Blocks compiled (for tests and tracing).
     pub(crate) compiled: u64,
-    /// Chaining cells, in chunks of [`LINK_CHUNK`]: the first `links_used` are this arena
-    /// generation's exits'. Boxed, so their addresses (compiled into the exits) stay put.
-    links: Vec<Box<[Link]>>,
-    links_used: usize,
-    /// Cells linked to a translation they were not linked to before (for tests and tracing).
+    /// This arena generation's chaining exits.
+    links: Vec<Link>,
+    /// Exits patched to go straight into a translation (for tests and tracing).
     pub(crate) linked: u64,
     /// The jump cache: cell `jump_slot(rip)` names the last translation run at `rip`, with
-    /// what it was validated under (the same checks as a chaining cell, and the target
-    /// compared too). Boxed once: generated code holds its address.
-    jumps: Box<[Link]>,
+    /// the stamp it ran under. Boxed once: generated code holds its address.
+    jumps: Box<[JumpCell]>,
+    /// The link stamps of the last few (validation generation, TLB epoch << 1 | user) pairs
+    /// ([`Jit::stamp`]), and the next stamp to hand out.
+    stamps: [(u64, u64, u32); STAMPS],
+    next_stamp: u32,
     /// Returns that went straight on through the jump cache (counted by the generated code
     /// through `Env::jumped`; for tests and tracing).
     pub(crate) jumped: u64,
@@ -249,19 +273,20 @@ pub(crate) struct Jit {
 /// the jump cache), each several dozen bytes that were repeated at every exit.
 #[derive(Debug, Clone, Copy)]
 struct Shared {
-    /// The prologue: `(cpu, env, ops, translation)` makes the frame translated code runs in
-    /// and jumps to the translation (the [`Entry`] of every call).
+    /// The prologue: `(cpu, env, translation)` makes the frame translated code runs in and
+    /// jumps to the translation (the [`Entry`] of every call).
     entry: usize,
     /// Return to the run loop with the value in `rax`.
     epilogue: usize,
-    /// Called with the chaining cell at `rax` and `rcx` instructions retired in this
-    /// translation: returns if the cell holds (the caller jumps to its entry), else exits.
-    chain: usize,
     /// Called with a guest address in `rax` (RIP already holds it) and `rcx` instructions
-    /// retired in this translation: returns with the jump cache's cell for it in `rdx` if
-    /// that holds (the caller jumps to its entry), else exits.
+    /// retired in this translation (the budget already holds the rest): returns with the jump
+    /// cache's cell for it in `rdx` if that holds (the caller jumps to its entry), else exits.
     jump: usize,
 }
+
+/// (Validation generation, TLB epoch << 1 | user) pairs whose link stamps are remembered: a
+/// kernel and the user programs it switches between keep theirs.
+const STAMPS: usize = 8;
 
 impl Jit {
     /// A translator with a region of `pool`, if one is free.
@@ -273,9 +298,10 @@ impl Jit {
             threshold,
             compiled: 0,
             links: Vec::new(),
-            links_used: 0,
             linked: 0,
-            jumps: vec![Link::default(); 1 << JUMP_BITS].into_boxed_slice(),
+            jumps: vec![JumpCell::default(); 1 << JUMP_BITS].into_boxed_slice(),
+            stamps: [(0, 0, NO_STAMP); STAMPS],
+            next_stamp: 1,
             jumped: 0,
             generic: 0,
             shared: None,
@@ -288,11 +314,17 @@ impl Jit {
         c.gen == self.gen
     }
 
-    /// Compile the block at `ip` with instructions `ops`, whose generic ones take the entries
-    /// of `generic` in turn (as in `block_cache::Code`).
-    pub(crate) fn compile(&mut self, ip: u64, ops: &[Op], generic: &[Generic]) -> Option<Compiled> {
+    /// Compile the block at `ip` on guest-physical page `code_page` with instructions `ops`,
+    /// whose generic ones take the entries of `generic` in turn (as in `block_cache::Code`).
+    pub(crate) fn compile(
+        &mut self,
+        ip: u64,
+        code_page: u64,
+        ops: &[Op],
+        generic: &[Generic],
+    ) -> Option<Compiled> {
         for attempt in 0..2 {
-            if attempt == 1 || self.links_used + MAX_EXITS > LINKS {
+            if attempt == 1 || self.links.len() + MAX_EXITS > LINKS {
                 self.recycle();
             }
             let jumps = self.jumps.as_ptr() as usize;
@@ -313,24 +345,24 @@ impl Jit {
                     }
                 }
             };
-            let links = &mut self.links;
-            let mut next_link = self.links_used;
-            let mut cell = || {
-                let i = next_link;
-                if i >= LINKS {
-                    return None;
-                }
-                while links.len() <= i / LINK_CHUNK {
-                    links.push(vec![Link::default(); LINK_CHUNK].into_boxed_slice());
-                }
-                let chunk = links.get(i / LINK_CHUNK)?;
-                next_link += 1;
-                Some((
-                    chunk.as_ptr() as usize + (i % LINK_CHUNK) * size_of::<Link>(),
-                    i,
-                ))
+            // Its own copy of its instructions first: its helper calls name their places.
+            let len = ops.len().min(u16::MAX as usize);
+            let arena = self.arena.as_mut()?;
+            let n_generic = ops[..len]
+                .iter()
+                .filter(|o| o.fast == Fast::Generic)
+                .count();
+            let Some(ops_at) = arena.put_pair(&ops[..len], generic.get(..n_generic)?) else {
+                continue;
             };
-            let t = match translate(ip, ops, generic, &mut cell, &shared) {
+            let first_link = self.links.len();
+            let place = Place {
+                ip,
+                code_page,
+                ops_at,
+                first_link,
+            };
+            let t = match translate(&place, ops, generic, &shared) {
                 Ok(Some(t)) => t,
                 Ok(None) => return None,
                 Err(e) => {
@@ -338,13 +370,24 @@ impl Jit {
                     return None;
                 }
             };
-            let arena = self.arena.as_mut()?;
             let (hot_len, cold_len) = (t.code.len(false), t.code.len(true));
             let (Some(hot_at), Some(cold_at)) =
                 (arena.next(hot_len, false), arena.next(cold_len, true))
             else {
                 continue;
             };
+            let exits: Vec<Link> = t
+                .exits
+                .iter()
+                .map(|&(stamp, rel, target)| {
+                    let at = |l| t.code.label_offset(l).map(|o| hot_at + o - 4);
+                    Some(Link {
+                        stamp_at: at(stamp)?,
+                        rel_at: at(rel)?,
+                        target,
+                    })
+                })
+                .collect::<Option<_>>()?;
             let [hot, cold] = match t.code.link(hot_at, cold_at) {
                 Ok(code) => code,
                 Err(e) => {
@@ -356,83 +399,69 @@ impl Jit {
             let (Some(entry), Some(_)) = (arena.put(&hot), arena.put_cold(&cold)) else {
                 continue;
             };
-            // Its generic instructions go right after its ops, where its code finds them.
-            let Some(ops_copy) = arena.put_pair(&ops[..t.len as usize], &generic[..t.generic])
-            else {
-                continue;
-            };
-            for (i, target) in t.cells {
-                if let Some(l) = self.cell_mut(i) {
-                    *l = Link {
-                        target,
-                        ..Link::default()
-                    };
-                }
-            }
-            self.links_used = next_link.min(LINKS);
+            self.links.extend(exits);
             self.compiled += 1;
 
             return Some(Compiled {
                 entry: shared.entry,
-                chain_entry: entry + t.chain_offset,
-                ops: ops_copy,
+                chain_entry: entry,
+                ops: ops_at,
                 gen: self.gen,
                 len: t.len,
+                code_page,
             });
         }
         None
     }
 
-    /// Chaining cell `i`.
-    fn cell_mut(&mut self, i: usize) -> Option<&mut Link> {
-        self.links.get_mut(i / LINK_CHUNK)?.get_mut(i % LINK_CHUNK)
-    }
-
-    /// Start the code space and the chaining cells over. Every handle of the old generation
+    /// Start the code space and the chaining exits over. Every handle of the old generation
     /// is refused from now on.
     fn recycle(&mut self) {
         if let Some(arena) = self.arena.as_mut() {
             tracing::debug!(used = arena.used(), "translated code space recycled");
             arena.clear();
         }
-        for i in 0..self.links_used {
-            if let Some(l) = self.cell_mut(i) {
-                *l = Link::default();
-            }
-        }
-        self.links_used = 0;
-        self.jumps.fill(Link::default());
+        self.links.clear();
+        self.jumps.fill(JumpCell::default());
+        self.stamps = [(0, 0, NO_STAMP); STAMPS];
+        self.next_stamp = 1;
         self.shared = None;
         self.gen += 1;
     }
 
-    /// What a cell holds for `c`, the translation of the block at `rip` validated under
-    /// `epoch_user` in generation `code_gen` on guest-physical page `code_page`, if `c` is of
-    /// this arena generation.
-    pub(crate) fn target(
-        &self,
-        rip: u64,
-        c: &Compiled,
-        code_gen: u64,
-        epoch_user: u64,
-        code_page: u64,
-    ) -> Option<Link> {
-        self.valid(c).then_some(Link {
-            gen: code_gen,
-            epoch_user,
-            entry: c.chain_entry as u64,
-            ops: c.ops as u64,
-            len: u64::from(c.len),
-            code_page,
-            target: rip,
-        })
+    /// The link stamp of validation generation `code_gen` under TLB epoch and privilege
+    /// `epoch_user`: the same for the same pair while it is among the last [`STAMPS`] pairs
+    /// seen, and never the same for two pairs (a new pair gets a new stamp; when they run
+    /// out, the code space starts over).
+    pub(crate) fn stamp(&mut self, code_gen: u64, epoch_user: u64) -> u32 {
+        if let Some(&(_, _, s)) = self
+            .stamps
+            .iter()
+            .find(|&&(g, e, s)| s != NO_STAMP && g == code_gen && e == epoch_user)
+        {
+            return s;
+        }
+        if self.next_stamp >= STAMP_LIMIT {
+            self.recycle();
+        }
+        let s = self.next_stamp;
+        self.next_stamp += 1;
+        self.stamps[s as usize % STAMPS] = (code_gen, epoch_user, s);
+        s
     }
 
-    /// `to` (from [`Jit::target`]) is about to run: let exits to its address known only at
-    /// run time find it (the jump cache).
-    pub(crate) fn remember(&mut self, to: &Link) {
-        if let Some(l) = self.jumps.get_mut(jump_slot(to.target)) {
-            *l = *to;
+    /// `c`, the translation of the block at `rip`, is about to run under `stamp`: let exits
+    /// to its address known only at run time find it (the jump cache).
+    pub(crate) fn remember(&mut self, rip: u64, c: &Compiled, stamp: u32) {
+        if !self.valid(c) {
+            return;
+        }
+        if let Some(cell) = self.jumps.get_mut(jump_slot(rip)) {
+            *cell = JumpCell {
+                target: rip,
+                stamp: u64::from(stamp),
+                entry: c.chain_entry as u64,
+            };
         }
     }
 
@@ -442,28 +471,31 @@ impl Jit {
         self.generic += ran.generic;
     }
 
-    /// The call that ran last left by the exit whose cell is at `cell` (an address from
-    /// [`Env::exit_cell`]), and `to` (from [`Jit::target`]) ran next: link them, if the cell is
-    /// one of this generation's and names `to`'s address.
-    pub(crate) fn link(&mut self, cell: usize, to: &Link) {
-        let size = size_of::<Link>();
-        let Some(index) = self.links.iter().enumerate().find_map(|(c, chunk)| {
-            let off = cell.checked_sub(chunk.as_ptr() as usize)?;
-            (off % size == 0 && off / size < chunk.len()).then_some(c * LINK_CHUNK + off / size)
-        }) else {
+    /// The call that ran last left by chaining exit `exit` (from [`Ran::exit_link`]), and
+    /// `c`, the translation of the block at `rip`, runs next under `stamp`: link them, if the
+    /// exit is one of this generation's, goes to `rip`, and `c` is current.
+    pub(crate) fn link(&mut self, exit: usize, rip: u64, c: &Compiled, stamp: u32) {
+        if !self.valid(c) {
+            return;
+        }
+        let Some(&l) = self.links.get(exit) else {
             return;
         };
-        if index >= self.links_used {
+        if l.target != rip {
             return;
         }
-        let mut new = false;
-        if let Some(l) = self.cell_mut(index) {
-            if l.target == to.target {
-                new = l.entry != to.entry;
-                *l = *to;
-            }
+        let Some(arena) = self.arena.as_mut() else {
+            return;
+        };
+        let rel = (c.chain_entry as i64).wrapping_sub(l.rel_at as i64 + 4);
+        let Ok(rel) = i32::try_from(rel) else {
+            return;
+        };
+        if arena.patch(l.stamp_at, &stamp.to_le_bytes())
+            && arena.patch(l.rel_at, &rel.to_le_bytes())
+        {
+            self.linked += 1;
         }
-        self.linked += u64::from(new);
     }
 }
 
@@ -489,11 +521,10 @@ pub(crate) struct Ran {
     pub(crate) ret: u64,
     /// The fault's event.
     pub(crate) event: Option<Event>,
-    /// Instructions retired by the translations it chained out of before that one (0: it
-    /// returned from `c` itself).
-    pub(crate) chained: u64,
-    /// The chaining cell of the exit it left by, to link ([`Jit::link`]).
-    pub(crate) exit_cell: Option<usize>,
+    /// Instructions retired by the call, in every translation it ran.
+    pub(crate) retired: u64,
+    /// The chaining exit it left by, to link ([`Jit::link`]).
+    pub(crate) exit_link: Option<usize>,
     /// Exits that went on through the jump cache.
     pub(crate) jumped: u64,
     /// Generic instructions it ran.
@@ -501,13 +532,15 @@ pub(crate) struct Ran {
 }
 
 /// Run compiled block `c` (valid, see [`Jit::valid`]), chaining into other translations for
-/// at most `left` instructions in all, under TLB epoch and privilege `epoch_user`.
+/// at most `left` instructions in all, under TLB epoch and privilege `epoch_user` and link
+/// stamp `stamp` ([`Jit::stamp`]).
 pub(crate) fn call(
     c: &Compiled,
     cpu: &mut Cpu,
     mem: &mut dyn GuestMemory,
     left: u64,
     epoch_user: u64,
+    stamp: u32,
 ) -> Ran {
     let table = if cpu.user_access() { FAST_ENTRIES } else { 0 };
     let fast = cpu
@@ -529,13 +562,14 @@ pub(crate) fn call(
         val: 0,
         tmp: 0,
         event: None,
-        retired: 0,
         left,
+        budget: left,
+        stamp: u64::from(stamp),
+        code_gen: cpu.code_gen,
         epoch_user,
-        exit_cell: 0,
+        exit_link: 0,
         jumped: 0,
         generic: 0,
-        ops: 0,
     };
     // SAFETY: `c.entry` is the shared prologue `place_shared` emitted and `c.chain_entry` the
     // start of code `translate` emitted, both copied in completely by `Arena::put` in the
@@ -545,19 +579,20 @@ pub(crate) fn call(
     // field offsets `translate` took with `offset_of!`, `env` only through the helpers and
     // the fields it names with `offset_of!`, and reads its instructions only from its own copy
     // in the arena, at indices below its length (passed to `op_helper`). It may jump into
-    // other translations of the same generation through chaining cells of `Jit::links` and
-    // `Jit::jumps`, which only `Jit::link` and `Jit::remember` fill (with translations of this
-    // generation) and `Jit::recycle` empties, under the same contract.
-    // Everything outlives the call, and nothing else uses it meanwhile.
+    // other translations of the same generation: through its chaining exits, which only
+    // `Jit::link` patches (with the entry of a translation of this generation), and through
+    // `Jit::jumps`, which only `Jit::remember` fills (likewise) and `Jit::recycle` empties,
+    // under the same contract. Everything outlives the call, and nothing else uses it
+    // meanwhile.
     let r = unsafe {
         let f: Entry = std::mem::transmute::<usize, Entry>(c.entry);
-        f(cpu, &mut env, c.ops as *const Op, c.chain_entry)
+        f(cpu, &mut env, c.chain_entry)
     };
     Ran {
         ret: r,
         event: env.event,
-        chained: env.retired,
-        exit_cell: (env.exit_cell != 0).then_some(env.exit_cell),
+        retired: left.saturating_sub(env.left),
+        exit_link: env.exit_link.checked_sub(1),
         jumped: env.jumped,
         generic: env.generic,
     }
@@ -576,6 +611,7 @@ unsafe extern "sysv64" fn load_helper(cpu: *mut Cpu, env: *mut Env<'_>, la: u64,
     let r = cpu
         .check_canonical(la, info & STACK != 0)
         .and_then(|()| cpu.read_mem(mem, la, info as u8));
+    check_stamp(cpu, env);
     match r {
         Ok(_) if cpu.code_written => RESTART,
         Ok(v) => {
@@ -619,6 +655,7 @@ unsafe extern "sysv64" fn store_helper(
     let r = cpu
         .check_canonical(la, info & STACK != 0)
         .and_then(|()| cpu.write_mem(mem, la, info as u8, v));
+    check_stamp(cpu, env);
     match r {
         Ok(()) if cpu.code_written => END,
         Ok(()) => {
@@ -634,13 +671,13 @@ unsafe extern "sysv64" fn store_helper(
 }
 
 /// Run lowered instruction `*op` as the interpreter does. Returns [`CONTINUE`], [`END`] (it
-/// retired; RIP is `Cpu::next_rip`) or [`FAULTED`]. (`_i`, its index in the translation, is
-/// what `Tr::run_helper` passes every helper it calls.)
+/// retired; RIP is `Cpu::next_rip`) or [`FAULTED`]. (`_unretired`, the instructions of the
+/// translation from this one on, is what `Tr::run_helper` passes every helper it calls.)
 unsafe extern "sysv64" fn op_helper(
     cpu: *mut Cpu,
     env: *mut Env<'_>,
     op: *const Op,
-    _i: u64,
+    _unretired: u64,
 ) -> u64 {
     // SAFETY: as in `load_helper`; `op` points into the translation's own copy of its ops in
     // the arena, which stays in place while it runs.
@@ -648,7 +685,9 @@ unsafe extern "sysv64" fn op_helper(
     // SAFETY: as in `load_helper`.
     let mem = unsafe { &mut *env.mem };
     cpu.next_rip = op.next_ip;
-    match cpu.exec_fast(mem, &op.fast) {
+    let r = cpu.exec_fast(mem, &op.fast);
+    check_stamp(cpu, env);
+    match r {
         Ok(()) if cpu.next_rip != op.next_ip || cpu.code_written => END,
         Ok(()) => CONTINUE,
         Err(e) => {
@@ -658,8 +697,8 @@ unsafe extern "sysv64" fn op_helper(
     }
 }
 
-/// Run generic instruction `*g`, the `i`th instruction of the running translation, as the
-/// interpreter does. Returns [`CONTINUE`], [`END`] (it retired; RIP is `Cpu::next_rip`) or
+/// Run generic instruction `*g` of the running translation, which has `unretired`
+/// instructions from this one on, as the interpreter does. Returns [`CONTINUE`], [`END`] (it retired; RIP is `Cpu::next_rip`) or
 /// [`FAULTED`] (it faulted, or left for the embedder as HLT, IN and OUT do, with RIP where the
 /// interpreter would leave it: at the instruction, or past it if it retired). It ends the translation wherever the interpreter ends a block after a generic
 /// instruction (a change of RIP, a halt, a store into the block's page, a change of TLB epoch
@@ -671,7 +710,7 @@ unsafe extern "sysv64" fn generic_helper(
     cpu: *mut Cpu,
     env: *mut Env<'_>,
     g: *const Generic,
-    i: u64,
+    unretired: u64,
 ) -> u64 {
     // SAFETY: as in `load_helper`; `g` points into the translation's own copy of its generic
     // instructions in the arena, which stays in place while it runs.
@@ -685,10 +724,11 @@ unsafe extern "sysv64" fn generic_helper(
     // The run loop counts the TSC for the whole call when it returns: let this instruction
     // see (and set) it as the interpreter would.
     env.generic += 1;
-    let before = env.retired.wrapping_add(i);
+    let before = env.budget.wrapping_sub(env.left).wrapping_sub(unretired);
     cpu.tsc = cpu.tsc.wrapping_add(before);
     let r = crate::exec::execute_op(cpu, mem, &g.instr, g.mnemonic, g.locked);
     cpu.tsc = cpu.tsc.wrapping_sub(before);
+    check_stamp(cpu, env);
     match r {
         Ok(())
             if cpu.next_rip != g.instr.next_ip()
@@ -706,6 +746,17 @@ unsafe extern "sysv64" fn generic_helper(
             env.event = Some(e);
             FAULTED
         }
+    }
+}
+
+/// After a helper ran an access or an instruction: if that changed the validation generation
+/// (a store into validated code, or a page walk's) or the TLB epoch or privilege, no exit goes
+/// on into another translation under the call's link stamp; they leave for the run loop.
+fn check_stamp(cpu: &Cpu, env: &mut Env<'_>) {
+    if cpu.code_gen != env.code_gen
+        || (cpu.tlb.epoch << 1 | u64::from(cpu.user_access())) != env.epoch_user
+    {
+        env.stamp = 0;
     }
 }
 
@@ -767,15 +818,16 @@ const RSP_TOP: Addr = Addr {
 enum StubKind {
     /// Instruction `i` at `ip` faulted.
     Fault { i: usize, ip: u64 },
+    /// The translation is not to run: RIP is its start, and nothing retired.
+    Unentered,
     /// Instruction `i` retired and RIP is `Cpu::next_rip`.
     EndNext { i: usize },
     /// Instruction `i` retired and RIP is `rip`.
     EndAt { i: usize, rip: u64 },
-    /// Instruction `i` retired and RIP is the fixed address chaining cell `cell` (an address
-    /// in `Jit::links`) was made for: chain into the translation linked to the cell if it
-    /// still holds, else end like `EndAt` and name the cell for the run loop to link (both in
-    /// the shared exit, [`Shared::chain`]).
-    Chain { i: usize, cell: usize },
+    /// Instruction `i` retired and RIP is `rip`, the target of chaining exit `link` (its
+    /// index in `Jit::links`): go on into the translation patched into it if its stamp is the
+    /// call's, else end like `EndAt` and name the exit for the run loop to link.
+    Chain { i: usize, link: usize, rip: u64 },
     /// Instruction `i` retired and RIP is the value in `rax`.
     EndRax { i: usize },
     /// Instruction `i` at `ip` raised #GP(0).
@@ -834,15 +886,16 @@ struct Tr<'c> {
     flags: Option<(LazyOp, u8)>,
     /// The instruction being emitted: its index and address.
     cur: (usize, u64),
-    /// Gives a chaining cell for an exit: (its address, its index), or `None` when there are
-    /// no more.
-    cell: &'c mut dyn FnMut() -> Option<(usize, usize)>,
-    /// The cells given, with their exits' targets.
-    cells: Vec<(usize, u64)>,
-    /// The shared exits ([`Shared`]).
-    chain_exit: Label,
+    /// Where the translation goes and what it runs under.
+    place: &'c Place,
+    /// Its instructions.
+    len: usize,
+    /// Its chaining exits: the labels just past their stamp and jump fields (once emitted),
+    /// their targets.
+    exits: Vec<(Option<(Label, Label)>, u64)>,
+    /// The shared exit through the jump cache ([`Shared::jump`]).
     jump_exit: Label,
-    /// Offset from `OPS` of the copy of the first generic instruction (see
+    /// Offset from the copy of its instructions of the copy of the first generic one (see
     /// [`Arena::put_pair`]), and the generic instructions emitted so far.
     generic_base: usize,
     generic_used: usize,
@@ -850,18 +903,26 @@ struct Tr<'c> {
     generics: &'c [Generic],
 }
 
+/// What a translation is made for.
+struct Place {
+    /// The block's address and guest-physical page.
+    ip: u64,
+    code_page: u64,
+    /// Where its own copy of its instructions is (see [`Arena::put_pair`]).
+    ops_at: usize,
+    /// The index in `Jit::links` of its first chaining exit.
+    first_link: usize,
+}
+
 /// A translation, before it is placed in the arena.
 struct Translation {
-    /// Its code, hot and cold, to be linked where it is placed.
+    /// Its code, hot (starting with its entry) and cold, to be linked where it is placed.
     code: Asm,
     /// Instructions covered.
     len: u16,
-    /// Generic instructions among them (the first entries of the block's `generic`).
-    generic: usize,
-    /// Offset of the entry for chaining (past the prologue).
-    chain_offset: usize,
-    /// The chaining cells its exits use (index in `Jit::links`, target).
-    cells: Vec<(usize, u64)>,
+    /// Its chaining exits, in order from [`Place::first_link`]: the labels just past their
+    /// stamp and jump fields, and their targets.
+    exits: Vec<(Label, Label, u64)>,
 }
 
 /// Most chaining cells one translation uses: one per instruction and one for its end.
@@ -877,35 +938,69 @@ enum Error {
 }
 
 impl Tr<'_> {
-    /// A stub for leaving after instruction `i` to fixed address `rip`: chainable if a cell
-    /// is left.
+    /// A stub for leaving after instruction `i` to fixed address `rip`: chainable while
+    /// chaining exits are left.
     fn exit_to(&mut self, i: usize, rip: u64) -> Label {
-        match (self.cell)() {
-            Some((cell, index)) => {
-                self.cells.push((index, rip));
-                self.stub(StubKind::Chain { i, cell })
-            }
-            None => self.stub(StubKind::EndAt { i, rip }),
+        let link = self.place.first_link + self.exits.len();
+        if link < LINKS {
+            // (Its labels are made when the stub is emitted.)
+            self.exits.push((None, rip));
+            self.stub(StubKind::Chain { i, link, rip })
+        } else {
+            self.stub(StubKind::EndAt { i, rip })
         }
     }
 
+    /// Give back to the budget the instructions of this translation after instruction `i`
+    /// (which retired): it took all of them at its entry.
+    fn give_back(&mut self, retired: usize) -> R<()> {
+        let n = self.len.saturating_sub(retired);
+        if n == 0 {
+            return Ok(());
+        }
+        self.a
+            .add(qword_ptr(ENV + offset_of!(Env<'_>, left)), n as u32)
+    }
+
     /// Leave after instruction `i` for the address in `rax` (RIP already holds it): through
-    /// the jump cache into the translation there if its cell names that address and holds as
-    /// a chaining cell would (see [`enter`]), else return to the run loop.
+    /// the jump cache into the translation there if its cell names that address under the
+    /// call's stamp, else return to the run loop.
     fn jump(&mut self, i: usize) -> R<()> {
+        self.give_back(i + 1)?;
         self.a.mov(ecx, i as u32 + 1)?;
         let to = self.jump_exit;
         self.a.call_label(to)?;
-        self.a.jmp(qword_ptr(rdx + offset_of!(Link, entry)))
+        self.a.jmp(qword_ptr(rdx + offset_of!(JumpCell, entry)))
     }
 
-    /// The code of a [`StubKind::Chain`] stub.
-    fn chain(&mut self, i: usize, cell: usize) -> R<()> {
-        self.a.mov(rax, cell as u64)?;
-        self.a.mov(ecx, i as u32 + 1)?;
-        let to = self.chain_exit;
-        self.a.call_label(to)?;
-        self.a.jmp(qword_ptr(rax + offset_of!(Link, entry)))
+    /// The code of a [`StubKind::Chain`] stub, exit `n` of this translation: hot, a compare
+    /// with the stamp patched in and a jump to the translation patched in (at first: never,
+    /// and the way out), and the way out, cold.
+    fn chain(&mut self, i: usize, link: usize, rip: u64) -> R<()> {
+        let n = link - self.place.first_link;
+        let mut out = self.a.create_label();
+        let mut stamp_end = self.a.create_label();
+        let mut rel_end = self.a.create_label();
+        self.give_back(i + 1)?;
+        self.a
+            .cmp_imm32(dword_ptr(ENV + offset_of!(Env<'_>, stamp)), NO_STAMP)?;
+        self.a.set_label(&mut stamp_end)?;
+        self.a.jne(out)?;
+        self.a.jmp(out)?;
+        self.a.set_label(&mut rel_end)?;
+        self.exits.get_mut(n).ok_or(AsmError::Unbound)?.0 = Some((stamp_end, rel_end));
+        self.a.cold(true);
+        self.a.set_label(&mut out)?;
+        self.a.mov(
+            qword_ptr(ENV + offset_of!(Env<'_>, exit_link)),
+            link as u32 + 1,
+        )?;
+        self.a.mov(rax, rip)?;
+        self.a
+            .mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, rip)), rax)?;
+        self.a.mov(rax, i as u64 + 1)?;
+        let e = self.epilogue;
+        self.a.jmp(e)
     }
 
     fn stub(&mut self, kind: StubKind) -> Label {
@@ -1222,13 +1317,14 @@ impl Tr<'_> {
         Ok(())
     }
 
-    /// Call `helper(cpu, env, OPS + at, i)`.
+    /// Call `helper(cpu, env, OPS + at, unretired)` for instruction `i`, where `OPS` is the
+    /// translation's own copy of its instructions and `unretired` its instructions from `i`
+    /// on.
     fn helper_call(&mut self, i: usize, helper: usize, at: usize) -> R<()> {
         self.a.lea(rdi, qword_ptr(CPU - CPU_BIAS))?;
         self.a.mov(rsi, ENV)?;
-        self.a.mov(rdx, qword_ptr(ENV + offset_of!(Env<'_>, ops)))?;
-        self.a.add(rdx, at as u32)?;
-        self.a.mov(ecx, i as u32)?;
+        self.a.mov(rdx, (self.place.ops_at + at) as u64)?;
+        self.a.mov(ecx, self.len.saturating_sub(i) as u32)?;
         self.call_helper(helper)
     }
 
@@ -1809,7 +1905,10 @@ impl Tr<'_> {
         }
     }
 
+    /// Return `v` (instructions retired here in its low half, see [`FAULT`]) to the run loop,
+    /// giving the rest back to the budget.
     fn ret_value(&mut self, v: u64) -> R<()> {
+        self.give_back(v as u32 as usize)?;
         self.a.mov(rax, v)?;
         let e = self.epilogue;
         self.a.jmp(e)
@@ -1824,51 +1923,12 @@ impl Tr<'_> {
     }
 }
 
-/// Get ready to go on into the translation linked in the cell at `cell` if the cell still holds (the
-/// validation generation, TLB epoch and privilege it was linked under, no code written by this
-/// CPU, the budget for the target's instructions besides the `count` retired), else go to
-/// `plain`. `s1` and `s2` are scratch; `jumped` counts it in `Env::jumped`.
-fn enter(
-    a: &mut Asm,
-    cell: Reg64,
-    count: Reg64,
-    (s1, s2): (Reg64, Reg64),
-    plain: Label,
-    jumped: bool,
-) -> R<()> {
-    let field = |f: usize| cell + f;
-    a.mov(s1, qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_gen)))?;
-    a.cmp(s1, qword_ptr(field(offset_of!(Link, gen))))?;
-    a.jne(plain)?;
-    a.mov(s1, qword_ptr(ENV + offset_of!(Env<'_>, epoch_user)))?;
-    a.cmp(s1, qword_ptr(field(offset_of!(Link, epoch_user))))?;
-    a.jne(plain)?;
-    a.cmp(byte_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_written)), 0)?;
-    a.jne(plain)?;
-    // Retired so far (with this translation's), and with the target's: within the budget?
-    a.mov(s1, qword_ptr(ENV + offset_of!(Env<'_>, retired)))?;
-    a.add(s1, count)?;
-    a.mov(s2, s1)?;
-    a.add(s2, qword_ptr(field(offset_of!(Link, len))))?;
-    a.cmp(s2, qword_ptr(ENV + offset_of!(Env<'_>, left)))?;
-    a.ja(plain)?;
-    a.mov(qword_ptr(ENV + offset_of!(Env<'_>, retired)), s1)?;
-    if jumped {
-        a.inc(qword_ptr(ENV + offset_of!(Env<'_>, jumped)))?;
-    }
-    a.mov(s2, qword_ptr(field(offset_of!(Link, code_page))))?;
-    a.mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_page)), s2)?;
-    a.mov(s2, qword_ptr(field(offset_of!(Link, ops))))?;
-    a.mov(qword_ptr(ENV + offset_of!(Env<'_>, ops)), s2)
-}
-
 /// The shared exits ([`Shared`]) for the jump cache at `jumps`, placed in `arena`'s hot part;
 /// `None` if they do not fit.
 fn place_shared(arena: &mut Arena, jumps: usize) -> R<Option<Shared>> {
     let mut a = Asm::new();
     let mut entry = a.create_label();
     let mut epilogue = a.create_label();
-    let mut chain = a.create_label();
     let mut jump = a.create_label();
     a.set_label(&mut entry)?;
     for r in [rbx, r12, r13, r14, r15, rbp] {
@@ -1878,49 +1938,38 @@ fn place_shared(arena: &mut Arena, jumps: usize) -> R<Option<Shared>> {
     a.sub(rsp, 8)?;
     a.lea(CPU, qword_ptr(rdi + CPU_BIAS))?;
     a.mov(ENV, rsi)?;
-    a.mov(qword_ptr(ENV + offset_of!(Env<'_>, ops)), rdx)?;
-    a.jmp_reg(rcx)?;
+    a.jmp_reg(rdx)?;
     a.set_label(&mut epilogue)?;
     a.add(rsp, 8)?;
     for r in [rbp, r15, r14, r13, r12, rbx] {
         a.pop(r)?;
     }
     a.ret()?;
-    // Called with a chaining cell in rax and rcx instructions retired here: returns if the
-    // caller is to jump into the cell's translation (each exit has its own indirect jump, for
-    // the host's branch predictor), else leaves for the run loop.
-    a.set_label(&mut chain)?;
-    let mut plain = a.create_label();
-    enter(&mut a, rax, rcx, (rdx, rsi), plain, false)?;
-    a.ret()?;
-    a.set_label(&mut plain)?;
-    a.add(rsp, 8)?;
-    a.mov(qword_ptr(ENV + offset_of!(Env<'_>, exit_cell)), rax)?;
-    a.mov(rdx, qword_ptr(rax + offset_of!(Link, target)))?;
-    a.mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, rip)), rdx)?;
-    a.mov(eax, ecx)?;
-    a.jmp(epilogue)?;
     // Called with a guest address in rax (RIP holds it too) and rcx instructions retired
-    // here: returns with the jump cache's cell for it in rdx if that holds (the caller jumps
-    // to its entry), else leaves for the run loop.
+    // here: returns with the jump cache's cell for it in rdx if that names the address under
+    // the call's stamp (the caller jumps to its entry, which checks the budget), else leaves
+    // for the run loop.
     a.set_label(&mut jump)?;
     let mut plain = a.create_label();
     a.mov(rdx, rax)?;
     a.mov(rsi, JUMP_HASH)?;
     a.imul_2(rdx, rsi)?;
     a.shr(rdx, 64 - JUMP_BITS)?;
-    a.imul_3(rdx, rdx, size_of::<Link>() as i32)?;
+    a.imul_3(rdx, rdx, size_of::<JumpCell>() as i32)?;
     a.mov(rsi, jumps as u64)?;
     a.add(rdx, rsi)?;
-    a.cmp(rax, qword_ptr(rdx + offset_of!(Link, target)))?;
+    a.cmp(rax, qword_ptr(rdx + offset_of!(JumpCell, target)))?;
     a.jne(plain)?;
-    enter(&mut a, rdx, rcx, (rsi, rdi), plain, true)?;
+    a.mov(rsi, qword_ptr(ENV + offset_of!(Env<'_>, stamp)))?;
+    a.cmp(rsi, qword_ptr(rdx + offset_of!(JumpCell, stamp)))?;
+    a.jne(plain)?;
+    a.inc(qword_ptr(ENV + offset_of!(Env<'_>, jumped)))?;
     a.ret()?;
     a.set_label(&mut plain)?;
     a.add(rsp, 8)?;
     a.mov(eax, ecx)?;
     a.jmp(epilogue)?;
-    let offsets = [entry, epilogue, chain, jump].map(|l| a.label_offset(l));
+    let offsets = [entry, epilogue, jump].map(|l| a.label_offset(l));
     let Some(at) = arena.next(a.len(false), false) else {
         return Ok(None);
     };
@@ -1928,13 +1977,12 @@ fn place_shared(arena: &mut Arena, jumps: usize) -> R<Option<Shared>> {
     if arena.put(&hot) != Some(at) {
         return Ok(None);
     }
-    let [Some(n), Some(e), Some(c), Some(j)] = offsets else {
+    let [Some(n), Some(e), Some(j)] = offsets else {
         return Err(AsmError::Unbound);
     };
     Ok(Some(Shared {
         entry: at + n,
         epilogue: at + e,
-        chain: at + c,
         jump: at + j,
     }))
 }
@@ -1978,23 +2026,21 @@ fn low16(r: Reg64) -> Reg16 {
     }
 }
 
-/// Host code for the block at `ip` (`ops`, whose generic instructions are the first
-/// block's `generics`), and its length in instructions; `None` for an empty block.
-/// `cell` gives chaining cells for its exits to fixed addresses.
+/// Host code for the block at `place.ip` (`ops`, whose generic instructions are the first
+/// of `generics`), and its length in instructions; `None` for an empty block.
 fn translate(
-    ip: u64,
+    place: &Place,
     ops: &[Op],
     generics: &[Generic],
-    cell: &mut dyn FnMut() -> Option<(usize, usize)>,
     shared: &Shared,
 ) -> Result<Option<Translation>, Error> {
     let len = ops.len();
     if len == 0 || len > u16::MAX as usize {
         return Ok(None);
     }
+    let ip = place.ip;
     let mut a = Asm::new();
     let epilogue = a.label_at(shared.epilogue);
-    let chain_exit = a.label_at(shared.chain);
     let jump_exit = a.label_at(shared.jump);
     let mut t = Tr {
         a,
@@ -2003,18 +2049,25 @@ fn translate(
         epilogue,
         flags: None,
         cur: (0, ip),
-        cell,
-        cells: Vec::new(),
-        chain_exit,
+        place,
+        len,
+        exits: Vec::new(),
         jump_exit,
         generic_base: pair_offset::<Op>(len),
         generic_used: 0,
         generics,
     };
     // Every translation starts here, in the frame the shared prologue ([`Shared::entry`]) made
-    // for the first one of a call, with `Env::ops` set (and nothing cached).
-    let mut chain_entry = t.a.create_label();
-    t.a.set_label(&mut chain_entry)?;
+    // for the first one of a call (and nothing cached): it takes its instructions from the
+    // budget, or leaves at once with none retired if they are not all there (or if this CPU
+    // wrote code, which no exit goes on after), and names its page as the running block's.
+    let out = t.stub(StubKind::Unentered);
+    t.a.sub(qword_ptr(ENV + offset_of!(Env<'_>, left)), len as u32)?;
+    t.a.jcc(2, out)?;
+    t.a.cmp(byte_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_written)), 0)?;
+    t.a.jne(out)?;
+    let page = i32::try_from(place.code_page).map_err(|_| AsmError::TooLarge)?;
+    t.a.mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_page)), page)?;
     let mut at = ip;
     for (i, op) in ops[..len].iter().enumerate() {
         t.op(i, at, op)?;
@@ -2051,7 +2104,8 @@ fn translate(
                 t.ret_value(i as u64 + 1)?;
             }
             StubKind::EndAt { i, rip } => t.exit_at(rip, i as u64 + 1)?,
-            StubKind::Chain { i, cell } => t.chain(i, cell)?,
+            StubKind::Unentered => t.exit_at(ip, 0)?,
+            StubKind::Chain { i, link, rip } => t.chain(i, link, rip)?,
             StubKind::EndRax { i } => {
                 t.a.mov(qword_ptr(CPU - CPU_BIAS + rip_off), rax)?;
                 t.jump(i)?;
@@ -2098,15 +2152,15 @@ fn translate(
             }
         }
     }
-    let chain_offset = t.a.label_offset(chain_entry).ok_or(AsmError::Unbound)?;
-    let cells = std::mem::take(&mut t.cells);
-    let generic = t.generic_used;
+    let exits = std::mem::take(&mut t.exits)
+        .into_iter()
+        .map(|(labels, rip)| labels.map(|(s, r)| (s, r, rip)))
+        .collect::<Option<_>>()
+        .ok_or(AsmError::Unbound)?;
     Ok(Some(Translation {
         code: std::mem::take(&mut t.a),
         len: len as u16,
-        generic,
-        chain_offset,
-        cells,
+        exits,
     }))
 }
 

@@ -66,7 +66,11 @@ pub fn address_size(rng: &mut Rng, n: usize) -> Vec<Case> {
             let (s, d) = (0x400 + rng.below(0x100), 0xa00 + rng.below(0x100));
             c.gpr[6] = esi_with_garbage(rng, s);
             c.gpr[7] = esi_with_garbage(rng, d);
-            c.gpr[1] = (rng.next() << 32) | rng.below(24);
+            // A count of at least one: with ECX zero, whether the upper halves of RCX, RSI and
+            // RDI are cleared differs between CPU models (cleared on an "Intel Xeon
+            // Processor" host, kept on the one this test was written on), so no host is the
+            // oracle for it.
+            c.gpr[1] = (rng.next() << 32) | (1 + rng.below(23));
             out.push(c.mask(ARITH | DF));
         }
     }

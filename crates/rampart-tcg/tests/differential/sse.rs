@@ -423,6 +423,15 @@ fn clear_slots(a: &mut CodeAssembler, area: i32, from: i32) -> Asm {
     Ok(())
 }
 
+/// Zero the last instruction and data pointers (FIP, FDP) of the FXSAVE image at `area`:
+/// whether a CPU updates them at every x87 instruction or only at unmasked exceptions is a
+/// property of its model (CPUID.(EAX=7):EBX[6], and AMD's behaviour), not of the state, so no
+/// host is the oracle for them.
+fn clear_pointers(a: &mut CodeAssembler, area: i32) -> Result<(), IcedError> {
+    a.mov(qword_ptr(rsi + area + 8), 0)?;
+    a.mov(qword_ptr(rsi + area + 16), 0)
+}
+
 /// x87 loads, arithmetic, stores and compares, with FSW stored; FXSAVE/FXRSTOR images.
 pub fn x87_fxsave(rng: &mut Rng, n: usize) -> Vec<Case> {
     let mut out = Vec::new();
@@ -498,6 +507,7 @@ pub fn x87_fxsave(rng: &mut Rng, n: usize) -> Vec<Case> {
                     // MXCSR_MASK is a property of the CPU model, not of the state; empty
                     // registers keep stale host contents.
                     a.mov(dword_ptr(rsi + FXAREA + 28), 0)?;
+                    clear_pointers(a, FXAREA)?;
                     clear_slots(a, FXAREA, 2)?;
                 }
                 _ => {
@@ -512,6 +522,8 @@ pub fn x87_fxsave(rng: &mut Rng, n: usize) -> Vec<Case> {
                     a.fxsave64(ptr(rsi + FXAREA + 0x200))?;
                     a.mov(dword_ptr(rsi + FXAREA + 28), 0)?;
                     a.mov(dword_ptr(rsi + FXAREA + 0x200 + 28), 0)?;
+                    clear_pointers(a, FXAREA)?;
+                    clear_pointers(a, FXAREA + 0x200)?;
                 }
             }
             if form < 10 {
