@@ -304,7 +304,7 @@ pub struct Cpu {
     pub(crate) blocks: crate::block_cache::BlockCache,
     /// No other CPU writes this guest's memory ([`Cpu::set_sole_cpu`]).
     pub(crate) sole_cpu: bool,
-    /// The chaining cell of the exit the last translated code left by, to link to the
+    /// The chaining exit the last translated code left by (its index), to link to the
     /// translation that runs next (`jit::Jit::link`).
     pub(crate) pending_link: Option<usize>,
     /// The memory's [`crate::CodeWatch`] count of foreign writes into code when this CPU last

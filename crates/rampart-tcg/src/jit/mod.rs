@@ -45,7 +45,7 @@
 //! Each instruction commits nothing before its last possible fault, as in the interpreter: a
 //! fault leaves RIP at the faulting instruction and everything before it retired. The flags
 //! record written is the interpreter's (`Flags::record` with the same operands). The run loop
-//! counts retired instructions (budget, TSC) from the value returned, and ends the block after
+//! counts retired instructions (budget, TSC) from what the call reports, and ends the block after
 //! a taken branch or a store into the block's own page, as it does when interpreting. The
 //! randomized differential test runs programs interpreted and translated and compares
 //! registers, flags, memory and exits.
@@ -269,8 +269,8 @@ pub(crate) struct Jit {
 }
 
 /// Code that every translation of an arena generation shares, placed first in its hot part:
-/// the epilogue, and the exits into other translations (through a chaining cell, or through
-/// the jump cache), each several dozen bytes that were repeated at every exit.
+/// the prologue, the epilogue, and the exit through the jump cache, several dozen bytes that
+/// were repeated at every exit.
 #[derive(Debug, Clone, Copy)]
 struct Shared {
     /// The prologue: `(cpu, env, translation)` makes the frame translated code runs in and
@@ -925,7 +925,7 @@ struct Translation {
     exits: Vec<(Label, Label, u64)>,
 }
 
-/// Most chaining cells one translation uses: one per instruction and one for its end.
+/// Most chaining exits one translation has: one per instruction and one for its end.
 const MAX_EXITS: usize = crate::block_cache::MAX_INSNS + 1;
 
 /// Why a block could not be translated (it is then interpreted).
