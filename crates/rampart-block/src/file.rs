@@ -193,6 +193,11 @@ impl HostFile {
         self.read_only
     }
 
+    /// Whether the file is open with `O_DIRECT` (`cache=none`, `cache.direct=on`).
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
     /// The file's current length.
     pub fn len(&self) -> u64 {
         self.len.load(Ordering::Acquire)
@@ -349,7 +354,7 @@ impl HostFile {
     }
 
     /// Whether `offset` and `bufs` are aligned as `O_DIRECT` needs (always, without it).
-    fn guest_aligned(&self, offset: u64, bufs: &[GuestBuf]) -> bool {
+    pub(crate) fn guest_aligned(&self, offset: u64, bufs: &[GuestBuf]) -> bool {
         let align = DIRECT_ALIGN as usize;
         !self.direct
             || (offset % DIRECT_ALIGN == 0
@@ -371,9 +376,10 @@ impl HostFile {
         Ok(true)
     }
 
-    /// Writes the guest buffers `bufs` at `offset` with `pwritev`; `Ok(false)` (nothing
-    /// written) if they lack the alignment `O_DIRECT` needs or the write would grow the file
-    /// (which [`HostFile::write_at`] serialises).
+    /// Writes the guest buffers `bufs` at `offset` with `pwritev`, growing the file if the
+    /// write ends past its end (serialised with the other growth, as in
+    /// [`HostFile::write_at`]); `Ok(false)` (nothing written) if they lack the alignment
+    /// `O_DIRECT` needs or the write would grow a block device.
     pub fn write_guest_at(&self, offset: u64, bufs: &[GuestBuf]) -> Result<bool, BlockError> {
         if self.read_only {
             return Err(BlockError::ReadOnly);
@@ -381,10 +387,17 @@ impl HostFile {
         let end = offset
             .checked_add(guest_len(bufs))
             .ok_or_else(|| self.io_err("write", offset, overflow()))?;
-        if end > self.len() || !self.guest_aligned(offset, bufs) {
+        if !self.guest_aligned(offset, bufs) || (self.is_block_device && end > self.len()) {
             return Ok(false);
         }
-        self.vectored(true, offset, bufs)?;
+        if end > self.len() {
+            // (Aligned: no partial block to trim past the data afterwards.)
+            let _g = self.lock_rmw();
+            self.vectored(true, offset, bufs)?;
+            self.len.fetch_max(end, Ordering::AcqRel);
+        } else {
+            self.vectored(true, offset, bufs)?;
+        }
         Ok(true)
     }
 
@@ -682,13 +695,30 @@ mod tests {
     }
 
     #[test]
-    fn a_guest_write_that_would_grow_the_file_is_left_to_the_copy_path() {
-        let p = tmp("vectored-grow", 4096);
-        let f = open(&p, false);
-        let mut ram = Ram::new(8192);
-        let bufs = ram.bufs(&[0, 4096], 4096);
-        assert!(!f.write_guest_at(0, &bufs).unwrap());
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), 4096);
+    fn a_guest_write_past_the_end_grows_the_file() {
+        for direct in [false, true] {
+            let p = tmp("vectored-grow", 4096);
+            let f = open(&p, direct);
+            let mut ram = Ram::new(8192);
+            ram.bytes()[..4096].fill(3);
+            ram.bytes()[4096..].fill(4);
+            let bufs = ram.bufs(&[0, 4096], 4096);
+            assert!(f.write_guest_at(8192, &bufs).unwrap());
+            assert_eq!(f.len(), 16384);
+            let data = std::fs::read(&p).unwrap();
+            assert_eq!(data.len(), 16384);
+            assert!(
+                data[4096..8192].iter().all(|&x| x == 0),
+                "the gap reads as zeroes"
+            );
+            assert!(data[8192..12288].iter().all(|&x| x == 3));
+            assert!(data[12288..].iter().all(|&x| x == 4));
+            // Unaligned for O_DIRECT: left to the copy path, nothing written.
+            let odd = ram.bufs(&[512], 4096);
+            assert_eq!(f.write_guest_at(16384, &odd).unwrap(), !direct);
+            let grown = if direct { 16384 } else { 20480 };
+            assert_eq!(std::fs::metadata(&p).unwrap().len(), grown);
+        }
     }
 
     #[test]

@@ -109,6 +109,29 @@ pub(crate) fn guest_len(bufs: &[GuestBuf]) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// The bytes `skip..skip + len` of the guest buffers `bufs` (taken as one run), as buffers
+/// of their own: pieces of the given ones, so `GuestBuf::new`'s contract holds for them too.
+pub(crate) fn guest_range(bufs: &[GuestBuf], mut skip: usize, mut len: usize) -> Vec<GuestBuf> {
+    let mut out = Vec::new();
+    for b in bufs {
+        if len == 0 {
+            break;
+        }
+        if skip >= b.len {
+            skip -= b.len;
+            continue;
+        }
+        let n = (b.len - skip).min(len);
+        out.push(GuestBuf {
+            ptr: b.ptr.wrapping_add(skip),
+            len: n,
+        });
+        skip = 0;
+        len -= n;
+    }
+    out
+}
+
 /// Checks that `[offset, offset+len)` lies inside a disk of `size` bytes.
 pub(crate) fn check_range(offset: u64, len: u64, size: u64) -> Result<(), BlockError> {
     match offset.checked_add(len) {

@@ -7,7 +7,7 @@ mod qemu;
 use std::path::Path;
 
 use qemu::*;
-use rampart_block::{open, BlockBackend};
+use rampart_block::{open, BlockBackend, GuestBuf};
 use rampart_config::{BackingConfig, BlockFormat, BlockNodeConfig, CacheConfig, DiscardMode};
 
 fn node(p: &Path) -> BlockNodeConfig {
@@ -352,4 +352,172 @@ fn a_backing_name_in_the_image_cannot_select_an_fd_set() {
         err.contains("/dev/fdset/0") && err.contains("may not select an fd set"),
         "{err}"
     );
+}
+
+/// 4 KiB-aligned memory standing in for guest RAM.
+struct Ram(Vec<u8>, usize);
+
+impl Ram {
+    fn new(len: usize) -> Ram {
+        let v = vec![0u8; len + 4096];
+        let start = v.as_ptr().align_offset(4096);
+        Ram(v, start)
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        let s = self.1;
+        &mut self.0[s..]
+    }
+
+    /// Buffers of the given (offset, length) pieces.
+    fn bufs(&mut self, pieces: &[(usize, usize)]) -> Vec<GuestBuf> {
+        let base = self.bytes().as_mut_ptr();
+        pieces
+            .iter()
+            .map(|&(o, len)| {
+                assert!(o + len <= self.0.len() - self.1);
+                // SAFETY: inside `self`, which outlives the buffers in the test.
+                unsafe { GuestBuf::new(base.add(o), len) }
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn guest_buffers_go_straight_to_and_from_allocated_or_whole_clusters() {
+    for (cluster, mode) in [
+        (65536usize, "none"),
+        (4096, "none"),
+        (65536, "writeback"),
+        (512, "writeback"),
+    ] {
+        let d = Scratch::new(&format!("guest-{cluster}-{mode}"));
+        let img = d.path("disk.qcow2");
+        qemu_img_ok(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("cluster_size={cluster}"),
+            s(&img),
+            "8M",
+        ]);
+        let mut expected = vec![0u8; 8 << 20];
+        let mut ram = Ram::new(1 << 20);
+        {
+            let mut n = node(&img);
+            n.cache = CacheConfig::from_mode(mode).unwrap();
+            let disk = open(&n).unwrap();
+            // Whole new clusters, from three buffers split off the cluster boundaries.
+            let (at, len) = (1usize << 20, 4 * cluster);
+            let data = pattern(7, len);
+            ram.bytes()[..len].copy_from_slice(&data);
+            let third = (len / 3) & !4095;
+            let bufs = ram.bufs(&[(0, third), (third, len - 2 * third), (len - third, third)]);
+            assert!(
+                disk.write_guest_at(at as u64, &bufs).unwrap(),
+                "{cluster} {mode}"
+            );
+            expected[at..at + len].copy_from_slice(&data);
+            // The same range again: in place.
+            let data = pattern(8, len);
+            ram.bytes()[..len].copy_from_slice(&data);
+            let bufs = ram.bufs(&[(0, len)]);
+            assert!(disk.write_guest_at(at as u64, &bufs).unwrap());
+            expected[at..at + len].copy_from_slice(&data);
+            // Parts of unallocated clusters (no backing file): new clusters, zero elsewhere.
+            if cluster > 4096 {
+                ram.bytes()[..8192].fill(0xee);
+                let bufs = ram.bufs(&[(0, 8192)]);
+                let at = (3 << 20) + cluster - 4096;
+                assert!(disk.write_guest_at(at as u64, &bufs).unwrap());
+                expected[at..at + 8192].fill(0xee);
+            }
+            // Reads of allocated data go straight into the buffers; of unallocated, not.
+            ram.bytes()[..len].fill(0);
+            let bufs = ram.bufs(&[(0, len / 2), (len / 2, len / 2)]);
+            assert!(disk.read_guest_at(at as u64, &bufs).unwrap());
+            assert!(
+                ram.bytes()[..len] == expected[at..at + len],
+                "{cluster} {mode}: read"
+            );
+            let bufs = ram.bufs(&[(0, 4096)]);
+            assert!(!disk.read_guest_at(5 << 20, &bufs).unwrap());
+            disk.flush().unwrap();
+            assert!(read_all(&*disk) == expected, "{cluster} {mode}: read back");
+        }
+        check_ok(&img);
+        compare_ok(&img, &d.raw("expected.raw", &expected));
+    }
+}
+
+#[test]
+fn guest_buffers_go_straight_to_an_overlay_only_where_the_backing_file_is_not_needed() {
+    let d = Scratch::new("guest-backing");
+    let base_raw = d.path("base.raw");
+    let base = pattern(5, 4 << 20);
+    std::fs::write(&base_raw, &base).unwrap();
+    let top = d.path("top.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        s(&top),
+    ]);
+    let mut expected = base.clone();
+    let mut ram = Ram::new(1 << 20);
+    {
+        let disk = open(&node(&top)).unwrap();
+        // Part of a cluster the backing file fills: copied (read-modify-write), not straight.
+        ram.bytes()[..4096].fill(0x5a);
+        let bufs = ram.bufs(&[(0, 4096)]);
+        assert!(!disk.write_guest_at(65536 + 8192, &bufs).unwrap());
+        assert!(read_all(&*disk) == expected, "nothing changed");
+        // Whole clusters: straight.
+        ram.bytes()[..131072].fill(0x6b);
+        let bufs = ram.bufs(&[(0, 131072)]);
+        assert!(disk.write_guest_at(1 << 20, &bufs).unwrap());
+        expected[1 << 20..(1 << 20) + 131072].fill(0x6b);
+        disk.flush().unwrap();
+        assert!(read_all(&*disk) == expected, "read back");
+    }
+    check_ok(&top);
+    compare_ok(&top, &d.raw("expected.raw", &expected));
+}
+
+#[test]
+fn a_cluster_written_in_part_from_guest_buffers_reads_zeroes_elsewhere_even_when_reused() {
+    let d = Scratch::new("guest-reuse");
+    let img = d.path("disk.qcow2");
+    qemu_img_ok(&["create", "-f", "qcow2", s(&img), "4M"]);
+    // A cluster full of 0x77, then freed by QEMU without punching the file: its host
+    // cluster is free (refcount 0) and still holds the old bytes.
+    qemu_io_ok(&img, "write -P 0x77 0 64k");
+    let out = std::process::Command::new("qemu-io")
+        .args(["--image-opts", "-d", "unmap", "-c", "discard 0 64k"])
+        .arg(format!(
+            "driver=qcow2,file.filename={},pass-discard-request=off",
+            s(&img)
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut expected = vec![0u8; 4 << 20];
+    let mut ram = Ram::new(65536);
+    {
+        let disk = open(&node(&img)).unwrap();
+        // 4 KiB into another cluster: whatever host cluster it gets, the rest reads zero.
+        ram.bytes()[..4096].fill(0x31);
+        let bufs = ram.bufs(&[(0, 4096)]);
+        assert!(disk.write_guest_at((1 << 20) + 8192, &bufs).unwrap());
+        expected[(1 << 20) + 8192..(1 << 20) + 12288].fill(0x31);
+        disk.flush().unwrap();
+        assert!(read_all(&*disk) == expected, "read back");
+    }
+    check_ok(&img);
+    compare_ok(&img, &d.raw("expected.raw", &expected));
 }
