@@ -352,7 +352,11 @@ impl Jit {
                 .iter()
                 .filter(|o| o.fast == Fast::Generic)
                 .count();
-            let Some(ops_at) = arena.put_pair(&ops[..len], generic.get(..n_generic)?) else {
+            let Some(generic) = generic.get(..n_generic) else {
+                tracing::warn!(ip, "a decoded block without its generic instructions");
+                return None;
+            };
+            let Some(ops_at) = arena.put_pair(&ops[..len], generic) else {
                 continue;
             };
             let first_link = self.links.len();
@@ -472,8 +476,9 @@ impl Jit {
     }
 
     /// The call that ran last left by chaining exit `exit` (from [`Ran::exit_link`]), and
-    /// `c`, the translation of the block at `rip`, runs next under `stamp`: link them, if the
-    /// exit is one of this generation's, goes to `rip`, and `c` is current.
+    /// `c`, the translation of the block at `rip`, runs next under `stamp`: link them, if
+    /// there is such an exit now, it goes to `rip`, and `c` is current. (An index from before
+    /// the code space started over may name another exit: one to `rip` is linked rightly.)
     pub(crate) fn link(&mut self, exit: usize, rip: u64, c: &Compiled, stamp: u32) {
         if !self.valid(c) {
             return;
