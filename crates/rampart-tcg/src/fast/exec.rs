@@ -148,6 +148,20 @@ impl Cpu {
                 self.next_rip = target;
                 Ok(())
             }
+            Fast::JmpInd { src } => {
+                let t = self.fast_src(mem, &src, 8)?;
+                self.fast_jump(t)
+            }
+            Fast::CallInd { src } => {
+                // The target is read (and checked) before the return address is pushed.
+                let t = self.fast_src(mem, &src, 8)?;
+                if !is_canonical(t) {
+                    return Err(Exception::gp(0).into());
+                }
+                self.push(mem, self.next_rip, 8)?;
+                self.next_rip = t;
+                Ok(())
+            }
             Fast::Ret => {
                 let t = self.read_stack(mem, self.gpr[4], 8)?;
                 if !is_canonical(t) {

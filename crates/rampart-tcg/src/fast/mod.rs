@@ -131,6 +131,13 @@ pub(crate) enum Fast {
     Call {
         target: u64,
     },
+    /// JMP and CALL through a 64-bit register or memory operand.
+    JmpInd {
+        src: Src,
+    },
+    CallInd {
+        src: Src,
+    },
     Ret,
     Push {
         src: Gpr,
@@ -312,6 +319,8 @@ fn lower_checked(i: &Instruction) -> Option<Fast> {
         M::Call if i.code() == Code::Call_rel32_64 => Fast::Call {
             target: i.near_branch64(),
         },
+        M::Jmp if i.code() == Code::Jmp_rm64 => Fast::JmpInd { src: src(i, 0, 8)? },
+        M::Call if i.code() == Code::Call_rm64 => Fast::CallInd { src: src(i, 0, 8)? },
         M::Ret if i.code() == Code::Retnq => Fast::Ret,
         M::Push if i.code() == Code::Push_r64 => Fast::Push {
             src: gpr(i.op0_register())?,

@@ -263,7 +263,12 @@ fn candidate(rng: &mut Rng, ip: u64, targets: &[u64]) -> Instruction {
                 Instruction::with1(code, mem(rng))
             }
         }
-        10 => match rng.below(7) {
+        10 => match rng.below(9) {
+            // Indirect branches: mostly wild targets (#GP, or a fault fetching there).
+            7 if rng.below(2) == 0 => Instruction::with1(Code::Jmp_rm64, reg(rng, 8, false)),
+            7 => Instruction::with1(Code::Call_rm64, reg(rng, 8, false)),
+            8 if rng.below(2) == 0 => Instruction::with1(Code::Jmp_rm64, mem(rng)),
+            8 => Instruction::with1(Code::Call_rm64, mem(rng)),
             0 => Instruction::with2(Code::Lea_r64_m, reg(rng, 8, true), mem(rng)),
             1 => Instruction::with2(Code::Lea_r32_m, reg(rng, 4, true), mem(rng)),
             5 => Instruction::with2(Code::Imul_r64_rm64, reg(rng, 8, true), mem(rng)),
@@ -418,8 +423,11 @@ fn locked_segment_and_32_bit_address_forms_stay_generic() {
     assert!(generic(&[0x8c, 0xd8]), "mov eax, ds");
     assert!(generic(&[0x0f, 0x20, 0xd8]), "mov rax, cr3");
     assert!(generic(&[0x48, 0x87, 0x03]), "xchg [rbx], rax");
-    assert!(generic(&[0xff, 0xe0]), "jmp rax");
+    assert!(generic(&[0x67, 0xff, 0x23]), "jmp [ebx]");
+    assert!(generic(&[0x48, 0xff, 0x2b]), "jmp far [rbx]");
     assert!(generic(&[0xc2, 0x08, 0x00]), "ret 8");
+    assert!(!generic(&[0xff, 0xe0]), "jmp rax");
+    assert!(!generic(&[0xff, 0x13]), "call [rbx]");
     assert!(!generic(&[0x48, 0x01, 0x03]), "add [rbx], rax");
     assert!(!generic(&[0x8a, 0x27]), "mov ah, [rdi]");
 }

@@ -1508,14 +1508,31 @@ impl Tr<'_> {
                 let fault = self.stub(StubKind::Fault { i, ip });
                 let gp = self.stub(StubKind::FaultGp { i, ip });
                 self.load(&RSP_TOP, 8, fault)?;
-                // The target must be canonical (bits 63..47 all equal).
-                self.a.mov(rcx, rax)?;
-                self.a.shl(rcx, 16)?;
-                self.a.sar(rcx, 16)?;
-                self.a.cmp(rcx, rax)?;
-                self.a.jne(gp)?;
+                self.canonical_rax(gp)?;
                 self.a.add(qword_ptr(CPU - CPU_BIAS + gpr_off(4)), 8)?;
                 self.forget(4);
+                let end = self.stub(StubKind::EndRax { i });
+                self.a.jmp(end)
+            }
+            // Indirect JMP and CALL: through the jump cache, as RET.
+            Fast::JmpInd { ref src } => {
+                let fault = self.stub(StubKind::Fault { i, ip });
+                let gp = self.stub(StubKind::FaultGp { i, ip });
+                self.src(src, 8, fault)?;
+                self.canonical_rax(gp)?;
+                let end = self.stub(StubKind::EndRax { i });
+                self.a.jmp(end)
+            }
+            Fast::CallInd { ref src } => {
+                let fault = self.stub(StubKind::Fault { i, ip });
+                let gp = self.stub(StubKind::FaultGp { i, ip });
+                self.src(src, 8, fault)?;
+                self.canonical_rax(gp)?;
+                // (R14 is kept across the store helper.)
+                self.a.mov(r14, rax)?;
+                self.a.mov(r8, op.next_ip)?;
+                self.push_r8(fault)?;
+                self.a.mov(rax, r14)?;
                 let end = self.stub(StubKind::EndRax { i });
                 self.a.jmp(end)
             }
@@ -1912,6 +1929,16 @@ impl Tr<'_> {
 
     /// Return `v` (instructions retired here in its low half, see [`FAULT`]) to the run loop,
     /// giving the rest back to the budget.
+    /// To `gp` unless the address in `rax` is canonical (bits 63..47 all equal). Clobbers
+    /// `rcx`.
+    fn canonical_rax(&mut self, gp: Label) -> R<()> {
+        self.a.mov(rcx, rax)?;
+        self.a.shl(rcx, 16)?;
+        self.a.sar(rcx, 16)?;
+        self.a.cmp(rcx, rax)?;
+        self.a.jne(gp)
+    }
+
     fn ret_value(&mut self, v: u64) -> R<()> {
         self.give_back(v as u32 as usize)?;
         self.a.mov(rax, v)?;
@@ -2081,7 +2108,7 @@ fn translate(
     // Whether control can get past the last instruction (not after an inline JMP, CALL or
     // RET, which always leave through their own exits).
     let falls_through = !ops.get(len - 1).is_some_and(|o| match o.fast {
-        Fast::Ret => true,
+        Fast::Ret | Fast::JmpInd { .. } | Fast::CallInd { .. } => true,
         Fast::Jmp { target } | Fast::Call { target } => is_canonical(target),
         _ => false,
     });
@@ -2934,6 +2961,91 @@ mod tests {
 
     /// INVLPG of one address in a 2 MiB page drops the translations of the whole page, the
     /// host-address entries of its other 4 KiB pieces included.
+    #[test]
+    fn translated_indirect_jumps_and_calls_match_the_interpreter_through_the_jump_cache() {
+        // Each round: CALL through a register and through memory (a slot the call's own push
+        // lands next to), JMP through a register and through memory; the callee records RSP
+        // and a value, so a wrong push, order or target shows.
+        let code = edge_loop(|a| {
+            let mut f = a.create_label();
+            let mut g = a.create_label();
+            let mut after_f = a.create_label();
+            let mut over = a.create_label();
+            let mut landed = a.create_label();
+            a.lea(rax, ptr(f))?;
+            a.call(rax)?;
+            a.lea(rcx, ptr(g))?;
+            a.mov(qword_ptr(rdi + 8), rcx)?;
+            a.call(qword_ptr(rdi + 8))?;
+            a.lea(rdx, ptr(over))?;
+            a.jmp(rdx)?;
+            a.int3()?;
+            a.set_label(&mut over)?;
+            a.lea(rcx, ptr(landed))?;
+            a.mov(qword_ptr(rdi + 32), rcx)?;
+            a.jmp(qword_ptr(rdi + 32))?;
+            a.int3()?;
+            a.set_label(&mut landed)?;
+            a.add(rdi, 40)?;
+            a.jmp(after_f)?;
+            a.set_label(&mut f)?;
+            a.mov(rbx, rsp)?;
+            a.add(rbx, qword_ptr(rsi))?;
+            a.mov(qword_ptr(rdi), rbx)?;
+            a.ret()?;
+            a.set_label(&mut g)?;
+            a.mov(rbx, qword_ptr(rsp))?;
+            a.xor(rbx, qword_ptr(rsi + 8))?;
+            a.mov(qword_ptr(rdi + 16), rbx)?;
+            a.mov(qword_ptr(rdi + 24), rsp)?;
+            a.ret()?;
+            a.set_label(&mut after_f)?;
+            Ok(())
+        });
+        edge_rounds_match(&code, 1, 5);
+        // The indirect branches went on through the jump cache, not back to the run loop.
+        let pool = CodePool::new(1).unwrap();
+        let mut m = interpreting_or_translating(&pool, true);
+        for (k, v) in EDGES.iter().enumerate() {
+            m.mem.write_u64(DATA + 8 * k as u64, *v).unwrap();
+        }
+        m.load_code(&code);
+        let out = m.run(1_000_000);
+        assert_eq!(out.exit, crate::Exit::Halt);
+        let jumped = out.cpu.jit.as_ref().map_or(0, |j| j.jumped);
+        // Six jump-cache exits a round (four indirect branches, two RETs), the first rounds
+        // interpreted or still filling the cache.
+        assert!(jumped >= 6 * (EDGES.len() as u64 - 1) / 2, "{jumped}");
+    }
+
+    #[test]
+    fn a_non_canonical_indirect_target_faults_alike_translated_or_not() {
+        for call in [false, true] {
+            let code = assemble(|a| {
+                let mut top = a.create_label();
+                a.mov(r9d, 40)?;
+                a.set_label(&mut top)?;
+                a.mov(rax, 0x0000_7fff_ffff_f000u64)?;
+                a.dec(r9d)?;
+                a.jne(top)?;
+                a.mov(rax, 0x8000_0000_0000_0000u64)?;
+                if call {
+                    a.call(rax)
+                } else {
+                    a.jmp(rax)
+                }
+            });
+            let pool = CodePool::new(1).unwrap();
+            let [x, y] = [false, true].map(|jit| {
+                let mut m = interpreting_or_translating(&pool, jit);
+                m.load_code(&code);
+                let out = m.run(100_000);
+                (format!("{:?}", out.exit), out.cpu.rip, out.cpu.gpr[4])
+            });
+            assert_eq!(x, y, "call {call}");
+        }
+    }
+
     #[test]
     fn invlpg_in_a_large_page_drops_every_piece_of_it() {
         for jit in [false, true] {
