@@ -22,7 +22,8 @@
 //!
 //! # What is translated
 //! Whole blocks. MOV, MOVZX/MOVSX/MOVSXD, LEA, the ALU operations without carry-in (ADD SUB
-//! CMP AND OR XOR TEST), PUSH/POP of 64-bit registers, CALL/JMP with direct targets, RET, Jcc,
+//! CMP AND OR XOR TEST), PUSH/POP of 64-bit registers, CALL/JMP with direct targets or through
+//! a register or memory (leaving through the jump cache, as RET does), RET, Jcc,
 //! CMOVcc, INC/DEC/NEG, NOT of a register, SHL/SHR/SAR of a register by an immediate and
 //! CMPXCHG of memory (on the host-address fast path) are emitted inline
 //! (a Jcc or CMOVcc after an inline ALU operation of the same translation sets the host's
