@@ -5,6 +5,7 @@
 mod qemu;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use qemu::*;
 use rampart_block::{open, BlockBackend, GuestBuf};
@@ -354,6 +355,16 @@ fn a_backing_name_in_the_image_cannot_select_an_fd_set() {
     );
 }
 
+/// Flushes and closes `disk`, after checking that it reads `expected`; then `qemu-img` checks
+/// its image `img` and compares it with `expected`.
+fn settle(disk: Arc<dyn BlockBackend>, img: &Path, d: &Scratch, expected: &[u8], ctx: &str) {
+    disk.flush().unwrap();
+    assert!(read_all(&*disk) == expected, "{ctx}: read back");
+    drop(disk);
+    check_ok(img);
+    compare_ok(img, &d.raw("expected.raw", expected));
+}
+
 /// 4 KiB-aligned memory standing in for guest RAM.
 struct Ram(Vec<u8>, usize);
 
@@ -367,6 +378,31 @@ impl Ram {
     fn bytes(&mut self) -> &mut [u8] {
         let s = self.1;
         &mut self.0[s..]
+    }
+
+    /// Writes `data` at disk offset `at` from guest buffers cut at the offsets `cuts` into
+    /// it: whether it went straight (and then into `expected` too).
+    fn write_straight(
+        &mut self,
+        disk: &dyn BlockBackend,
+        at: usize,
+        data: &[u8],
+        cuts: &[usize],
+        expected: &mut [u8],
+    ) -> bool {
+        self.bytes()[..data.len()].copy_from_slice(data);
+        let ends: Vec<usize> = cuts.iter().copied().chain([data.len()]).collect();
+        let pieces: Vec<(usize, usize)> = std::iter::once(0)
+            .chain(cuts.iter().copied())
+            .zip(ends)
+            .map(|(from, to)| (from, to - from))
+            .collect();
+        let bufs = self.bufs(&pieces);
+        let straight = disk.write_guest_at(at as u64, &bufs).unwrap();
+        if straight {
+            expected[at..at + data.len()].copy_from_slice(data);
+        }
+        straight
     }
 
     /// Buffers of the given (offset, length) pieces.
@@ -410,28 +446,16 @@ fn guest_buffers_go_straight_to_and_from_allocated_or_whole_clusters() {
             let disk = open(&n).unwrap();
             // Whole new clusters, from three buffers split off the cluster boundaries.
             let (at, len) = (1usize << 20, 4 * cluster);
-            let data = pattern(7, len);
-            ram.bytes()[..len].copy_from_slice(&data);
             let third = (len / 3) & !4095;
-            let bufs = ram.bufs(&[(0, third), (third, len - 2 * third), (len - third, third)]);
-            assert!(
-                disk.write_guest_at(at as u64, &bufs).unwrap(),
-                "{cluster} {mode}"
-            );
-            expected[at..at + len].copy_from_slice(&data);
+            let cuts = [third, len - third];
+            let ok = ram.write_straight(&*disk, at, &pattern(7, len), &cuts, &mut expected);
+            assert!(ok, "{cluster} {mode}");
             // The same range again: in place.
-            let data = pattern(8, len);
-            ram.bytes()[..len].copy_from_slice(&data);
-            let bufs = ram.bufs(&[(0, len)]);
-            assert!(disk.write_guest_at(at as u64, &bufs).unwrap());
-            expected[at..at + len].copy_from_slice(&data);
+            assert!(ram.write_straight(&*disk, at, &pattern(8, len), &[], &mut expected));
             // Parts of unallocated clusters (no backing file): new clusters, zero elsewhere.
             if cluster > 4096 {
-                ram.bytes()[..8192].fill(0xee);
-                let bufs = ram.bufs(&[(0, 8192)]);
                 let at = (3 << 20) + cluster - 4096;
-                assert!(disk.write_guest_at(at as u64, &bufs).unwrap());
-                expected[at..at + 8192].fill(0xee);
+                assert!(ram.write_straight(&*disk, at, &[0xee; 8192], &[], &mut expected));
             }
             // Reads of allocated data go straight into the buffers; of unallocated, not.
             ram.bytes()[..len].fill(0);
@@ -443,11 +467,8 @@ fn guest_buffers_go_straight_to_and_from_allocated_or_whole_clusters() {
             );
             let bufs = ram.bufs(&[(0, 4096)]);
             assert!(!disk.read_guest_at(5 << 20, &bufs).unwrap());
-            disk.flush().unwrap();
-            assert!(read_all(&*disk) == expected, "{cluster} {mode}: read back");
+            settle(disk, &img, &d, &expected, &format!("{cluster} {mode}"));
         }
-        check_ok(&img);
-        compare_ok(&img, &d.raw("expected.raw", &expected));
     }
 }
 
@@ -473,20 +494,14 @@ fn guest_buffers_go_straight_to_an_overlay_only_where_the_backing_file_is_not_ne
     {
         let disk = open(&node(&top)).unwrap();
         // Part of a cluster the backing file fills: copied (read-modify-write), not straight.
-        ram.bytes()[..4096].fill(0x5a);
-        let bufs = ram.bufs(&[(0, 4096)]);
-        assert!(!disk.write_guest_at(65536 + 8192, &bufs).unwrap());
+        let at = 65536 + 8192;
+        assert!(!ram.write_straight(&*disk, at, &[0x5a; 4096], &[], &mut expected));
         assert!(read_all(&*disk) == expected, "nothing changed");
         // Whole clusters: straight.
-        ram.bytes()[..131072].fill(0x6b);
-        let bufs = ram.bufs(&[(0, 131072)]);
-        assert!(disk.write_guest_at(1 << 20, &bufs).unwrap());
-        expected[1 << 20..(1 << 20) + 131072].fill(0x6b);
-        disk.flush().unwrap();
-        assert!(read_all(&*disk) == expected, "read back");
+        let whole = vec![0x6b; 131072];
+        assert!(ram.write_straight(&*disk, 1 << 20, &whole, &[], &mut expected));
+        settle(disk, &top, &d, &expected, "overlay");
     }
-    check_ok(&top);
-    compare_ok(&top, &d.raw("expected.raw", &expected));
 }
 
 #[test]
@@ -511,13 +526,8 @@ fn a_cluster_written_in_part_from_guest_buffers_reads_zeroes_elsewhere_even_when
     {
         let disk = open(&node(&img)).unwrap();
         // 4 KiB into another cluster: whatever host cluster it gets, the rest reads zero.
-        ram.bytes()[..4096].fill(0x31);
-        let bufs = ram.bufs(&[(0, 4096)]);
-        assert!(disk.write_guest_at((1 << 20) + 8192, &bufs).unwrap());
-        expected[(1 << 20) + 8192..(1 << 20) + 12288].fill(0x31);
-        disk.flush().unwrap();
-        assert!(read_all(&*disk) == expected, "read back");
+        let at = (1 << 20) + 8192;
+        assert!(ram.write_straight(&*disk, at, &[0x31; 4096], &[], &mut expected));
+        settle(disk, &img, &d, &expected, "reused");
     }
-    check_ok(&img);
-    compare_ok(&img, &d.raw("expected.raw", &expected));
 }
