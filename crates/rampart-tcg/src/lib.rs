@@ -303,9 +303,16 @@ impl Cpu {
                 }
             }
             let epoch_user = stamp.epoch << 1 | u64::from(user);
-            // (Before the check below: running out of stamps starts the code space over.)
-            let link_stamp = jit.stamp(self.code_gen, epoch_user);
-            if let Some(c) = code.jit.filter(|c| jit.valid(c) && *left >= c.len as u64) {
+            let code_gen = self.code_gen;
+            let run = code
+                .jit
+                .filter(|c| jit.valid(c) && *left >= c.len as u64)
+                .and_then(|c| {
+                    // (Running out of stamps starts the code space over: `c` must outlive it.)
+                    let s = jit.stamp(code_gen, epoch_user);
+                    jit.valid(&c).then_some((c, s))
+                });
+            if let Some((c, link_stamp)) = run {
                 // The translation that ran before left by an exit to here: link it to this
                 // one; and let exits known only at run time find it.
                 if let Some(exit) = pending {

@@ -592,6 +592,7 @@ impl BlockBackend for Qcow2Backend {
                 self.backing.is_none()
                     && matches!(m, Mapping::Unallocated | Mapping::Zero { host: None })
             };
+            let mut maps = Vec::new();
             for (vc, in_off, n, _) in self.clusters(offset, len) {
                 let m = meta.lookup(vc)?;
                 let in_place = matches!(m, Mapping::Data { copied: true, .. });
@@ -599,11 +600,16 @@ impl BlockBackend for Qcow2Backend {
                 if !in_place && !whole && !zeroes(m) {
                     return Ok(false);
                 }
+                maps.push(m);
             }
             // New clusters: (guest cluster, old mapping, host offset, the part written).
             let mut new = Vec::new();
+            let mut maps = maps.into_iter();
             let runs = self.host_runs(offset, len, |vc, in_off, n| {
-                let m = meta.lookup(vc)?;
+                // (The same clusters in the same order as above.)
+                let Some(m) = maps.next() else {
+                    return Ok(None);
+                };
                 Ok(Some(match m {
                     Mapping::Data { host, copied: true } => host,
                     _ => {

@@ -102,8 +102,6 @@ pub(crate) struct Compiled {
     entry: usize,
     /// Its code, where the prologue and other translations jump into it.
     chain_entry: usize,
-    /// Its own copy of the instructions it covers, in the arena (what `op_helper` reads).
-    ops: usize,
     /// The arena generation it was compiled in (stale once the arena is recycled).
     gen: u64,
     /// Instructions covered, from the block's first.
@@ -410,7 +408,6 @@ impl Jit {
             return Some(Compiled {
                 entry: shared.entry,
                 chain_entry: entry,
-                ops: ops_at,
                 gen: self.gen,
                 len: t.len,
                 code_page,
