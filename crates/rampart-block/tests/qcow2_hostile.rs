@@ -4,7 +4,7 @@
 mod qemu;
 
 use qemu::*;
-use rampart_block::{open, BlockError};
+use rampart_block::{open, BlockError, GuestBuf};
 
 /// A 1 MiB, 64 KiB-cluster v3 image with its first 4 KiB written (so it has an L2 table and a
 /// data cluster), as bytes.
@@ -20,13 +20,21 @@ fn l2_offset(img: &[u8]) -> usize {
     (be64(img, l1) & 0x00ff_ffff_ffff_fe00) as usize
 }
 
-/// Opens `bytes` written as an image, read-only, and reads the first 64 KiB; returns the
-/// error text.
+/// Opens `bytes` written as an image, read-only, and reads the first 64 KiB, straight into
+/// guest buffers (which must not succeed: an error or "cannot") and then through the copy
+/// path; returns the error text.
 fn open_and_read_err(d: &Scratch, name: &str, bytes: &[u8]) -> String {
     let p = d.raw(name, bytes);
     match open(&qcow2_node(&p, true)) {
         Err(e) => e.to_string(),
         Ok(disk) => {
+            let mut ram = vec![0u8; 65536 + 4096];
+            let at = ram.as_ptr().align_offset(4096);
+            // SAFETY: 64 KiB inside `ram`, which outlives the call.
+            let bufs = [unsafe { GuestBuf::new(ram.as_mut_ptr().add(at), 65536) }];
+            if let Ok(true) = disk.read_guest_at(0, &bufs) {
+                panic!("{name} was read straight into guest buffers");
+            }
             let mut buf = vec![0u8; 65536];
             match disk.read_at(0, &mut buf) {
                 Err(e) => e.to_string(),
