@@ -898,9 +898,6 @@ impl Asm {
     pub(crate) fn jne(&mut self, l: Label) -> R<()> {
         self.jcc(5, l)
     }
-    pub(crate) fn ja(&mut self, l: Label) -> R<()> {
-        self.jcc(7, l)
-    }
 }
 
 /// The ModRM operand of a register or memory operand.

@@ -699,3 +699,228 @@ fn unaligned_buffers_of_an_o_direct_image_are_copied_and_still_right() {
     assert_eq!(disk.direct.load(std::sync::atomic::Ordering::Relaxed), 0);
     remove_image(&path);
 }
+
+/// Writes a request header at `at`.
+fn header_at(mem: &GuestMemoryMmap, at: u64, kind: u32, sector: u64) {
+    mem.write_obj(kind, GuestAddress(at)).unwrap();
+    mem.write_obj(0u32, GuestAddress(at + 4)).unwrap();
+    mem.write_obj(sector, GuestAddress(at + 8)).unwrap();
+}
+
+/// Request `i` of a batch: a read or write (`data_write`: device-writable data) of the pages
+/// `pages` (4 KiB each) at `sector`, as descriptors `4 * i..`; its header at `HDR + 0x100 * i`
+/// and its status byte at `STATUS + i`.
+fn batch_request(
+    mem: &GuestMemoryMmap,
+    i: u16,
+    kind: u32,
+    sector: u64,
+    pages: &[u64],
+) -> Vec<RawDescriptor> {
+    assert!(pages.len() <= 3);
+    let base = 4 * i;
+    let hdr = HDR + 0x100 * u64::from(i);
+    header_at(mem, hdr, kind, sector);
+    let dflag = if kind == VIRTIO_BLK_T_IN {
+        VRING_DESC_F_WRITE
+    } else {
+        0
+    };
+    let mut d = vec![desc(hdr, 16, VRING_DESC_F_NEXT, base + 1)];
+    for (k, p) in pages.iter().enumerate() {
+        d.push(desc(
+            *p,
+            4096,
+            dflag | VRING_DESC_F_NEXT,
+            base + 2 + k as u16,
+        ));
+    }
+    d.push(desc(STATUS + u64::from(i), 1, VRING_DESC_F_WRITE, 0));
+    d
+}
+
+/// Offers the requests `reqs` (made by [`batch_request`]) at once and processes the queue;
+/// returns each one's status byte and used length, in the order they were used.
+fn run_batch(
+    mem: &GuestMemoryMmap,
+    disk: Arc<dyn BlockBackend>,
+    reqs: &[Vec<RawDescriptor>],
+) -> (Vec<(u8, u32)>, StatsSnapshot) {
+    let vq = MockSplitQueue::new(mem, 64);
+    for (i, chain) in reqs.iter().enumerate() {
+        for (k, d) in chain.iter().enumerate() {
+            vq.desc_table().store(4 * i as u16 + k as u16, *d).unwrap();
+        }
+        vq.avail().ring().ref_at(i).unwrap().store(4 * i as u16);
+        mem.write_obj(0xeeu8, GuestAddress(STATUS + i as u64))
+            .unwrap();
+    }
+    vq.avail().idx().store(reqs.len() as u16);
+    let mut q: Queue = vq.create_queue().unwrap();
+    let stats = Arc::new(BlockStats::new());
+    let mut blk = BlockRequests::new(disk, "", stats.clone());
+    blk.process(&mut q, mem).unwrap();
+    let used = vq.used_addr();
+    let n: u16 = mem.read_obj(used.unchecked_add(2)).unwrap();
+    assert_eq!(usize::from(n), reqs.len(), "every request was used");
+    let out = (0..u64::from(n))
+        .map(|k| {
+            let id: u32 = mem.read_obj(used.unchecked_add(4 + 8 * k)).unwrap();
+            let len: u32 = mem.read_obj(used.unchecked_add(8 + 8 * k)).unwrap();
+            assert_eq!(id, 4 * k as u32, "used in order");
+            let status = mem.read_obj(GuestAddress(STATUS + k)).unwrap();
+            (status, len)
+        })
+        .collect();
+    (out, stats.snapshot())
+}
+
+#[test]
+fn adjacent_reads_and_writes_are_merged_into_one_transfer_and_each_answered() {
+    for direct in [false, true] {
+        let (disk, path) = raw_image("merged", direct, 0x33);
+        let mem = mem();
+        let src = [DATA, DATA + 0x3000, DATA + 0x1000, DATA + 0x6000];
+        for (k, p) in src.iter().enumerate() {
+            mem.write_slice(&[0xc0 + k as u8; 4096], GuestAddress(*p))
+                .unwrap();
+        }
+        // Sectors 8-15 and 16-31 follow each other (merged); 40-47 do not.
+        let writes = [
+            batch_request(&mem, 0, VIRTIO_BLK_T_OUT, 8, &src[..1]),
+            batch_request(&mem, 1, VIRTIO_BLK_T_OUT, 16, &src[1..3]),
+            batch_request(&mem, 2, VIRTIO_BLK_T_OUT, 40, &src[3..]),
+        ];
+        let (done, stats) = run_batch(&mem, disk.clone(), &writes);
+        assert_eq!(done, [(0, 1); 3], "direct {direct}");
+        assert_eq!((stats.write.operations, stats.write.bytes), (3, 4 * 4096));
+        assert_eq!(stats.wr_highest_offset, 48 * 512);
+        let straight = |d: &Counted| d.direct.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(straight(&disk), 2, "two transfers for three writes");
+        let data = std::fs::read(&path).unwrap();
+        let want = |k: usize| 0xc0 + k as u8;
+        for (page, k) in [(1, 0), (2, 1), (3, 2), (5, 3)] {
+            let got = &data[4096 * page..][..4096];
+            assert!(got.iter().all(|&b| b == want(k)), "page {page}");
+        }
+        for page in [0, 4, 6, 7] {
+            assert!(data[4096 * page..][..4096].iter().all(|&b| b == 0x33));
+        }
+        // Read them back: 4 KiB at sector 8 and 8 KiB at 16 merge; sector 0 does not.
+        let dst = [DATA + 0x9000, DATA + 0xc000, DATA + 0xa000, DATA + 0xe000];
+        let reads = [
+            batch_request(&mem, 0, VIRTIO_BLK_T_IN, 8, &dst[..1]),
+            batch_request(&mem, 1, VIRTIO_BLK_T_IN, 16, &dst[1..3]),
+            batch_request(&mem, 2, VIRTIO_BLK_T_IN, 0, &dst[3..]),
+        ];
+        let (done, stats) = run_batch(&mem, disk.clone(), &reads);
+        assert_eq!(done, [(0, 4097), (0, 8193), (0, 4097)]);
+        assert_eq!((stats.read.operations, stats.read.bytes), (3, 4 * 4096));
+        assert_eq!(straight(&disk), 4, "two transfers for three reads");
+        for (p, fill) in dst.iter().zip([want(0), want(1), want(2), 0x33]) {
+            let mut b = [0u8; 4096];
+            mem.read_slice(&mut b, GuestAddress(*p)).unwrap();
+            assert!(b.iter().all(|&x| x == fill), "page at {p:#x}");
+        }
+        remove_image(&path);
+    }
+}
+
+#[test]
+fn a_write_and_a_read_of_the_same_sectors_keep_their_order() {
+    let (disk, path) = raw_image("order", false, 0x44);
+    let mem = mem();
+    mem.write_slice(&[0x55; 4096], GuestAddress(DATA)).unwrap();
+    // Read the old bytes, write new ones, read those: three transfers, in ring order.
+    let reqs = [
+        batch_request(&mem, 0, VIRTIO_BLK_T_IN, 8, &[DATA + 0x4000]),
+        batch_request(&mem, 1, VIRTIO_BLK_T_OUT, 8, &[DATA]),
+        batch_request(&mem, 2, VIRTIO_BLK_T_IN, 8, &[DATA + 0x8000]),
+    ];
+    let (done, _) = run_batch(&mem, disk.clone(), &reqs);
+    assert_eq!(done, [(0, 4097), (0, 1), (0, 4097)]);
+    for (at, fill) in [(DATA + 0x4000, 0x44), (DATA + 0x8000, 0x55)] {
+        let mut b = [0u8; 4096];
+        mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+        assert!(b.iter().all(|&x| x == fill), "page at {at:#x}");
+    }
+    assert_eq!(disk.direct.load(std::sync::atomic::Ordering::Relaxed), 3);
+    remove_image(&path);
+}
+
+/// A raw image whose bytes from `bad` on cannot be read.
+struct BadSector {
+    inner: Arc<Counted>,
+    bad: u64,
+}
+
+impl BadSector {
+    fn check(&self, offset: u64, len: usize) -> Result<(), BlockError> {
+        if offset + len as u64 > self.bad {
+            return Err(BlockError::Io {
+                path: "bad.img".into(),
+                op: "read",
+                offset,
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl BlockBackend for BadSector {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.check(offset, buf.len())?;
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), BlockError> {
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), BlockError> {
+        Ok(())
+    }
+    fn discard(&self, _offset: u64, _len: u64) -> Result<(), BlockError> {
+        Ok(())
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<(), BlockError> {
+        self.inner.write_zeroes(offset, len, may_unmap)
+    }
+    fn supports_discard(&self) -> bool {
+        false
+    }
+    fn read_guest_at(&self, offset: u64, bufs: &[GuestBuf]) -> Result<bool, BlockError> {
+        self.check(offset, bufs.iter().map(|b| b.len()).sum())?;
+        self.inner.read_guest_at(offset, bufs)
+    }
+}
+
+#[test]
+fn a_failed_merged_transfer_fails_only_the_requests_that_fail_alone() {
+    let (inner, path) = raw_image("bad", false, 0x66);
+    let disk = Arc::new(BadSector {
+        inner,
+        bad: 20 * 512,
+    });
+    let mem = mem();
+    // Sectors 8-15 read well on their own; 16-23 cross the bad sector 20.
+    let reqs = [
+        batch_request(&mem, 0, VIRTIO_BLK_T_IN, 8, &[DATA]),
+        batch_request(&mem, 1, VIRTIO_BLK_T_IN, 16, &[DATA + 0x2000]),
+    ];
+    let (done, stats) = run_batch(&mem, disk, &reqs);
+    assert_eq!(done, [(0, 4097), (VIRTIO_BLK_S_IOERR as u8, 1)]);
+    let mut b = [0u8; 4096];
+    mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+    assert!(b.iter().all(|&x| x == 0x66));
+    assert_eq!(
+        (stats.read.operations, stats.read.failed_operations),
+        (1, 1)
+    );
+    remove_image(&path);
+}
