@@ -814,6 +814,14 @@ impl Asm {
         self.op_rm(8, &[0x0f, 0x45], d.0, Rm::Reg(s.0), false)
     }
 
+    /// SETcc AL: AL = 1 if condition `cc` (0-15, the Jcc numbering) holds, else 0.
+    pub(crate) fn setcc_al(&mut self, cc: u8) -> R<()> {
+        self.byte(0x0f);
+        self.byte(0x90 | (cc & 15));
+        self.byte(0xc0);
+        Ok(())
+    }
+
     /// PUSH or POP (`base` 0x50 or 0x58) of a 64-bit register.
     fn push_pop(&mut self, base: u8, r: Reg64) -> R<()> {
         if r.0 >= 8 {
@@ -1111,6 +1119,22 @@ mod tests {
         assert_eq!(a_err(), Err(AsmError::Form("cmpxchg")));
         fn a_err() -> R<()> {
             Asm::new().lock_cmpxchg(qword_ptr(rax), ecx)
+        }
+    }
+
+    #[test]
+    fn setcc_al_is_every_condition_into_al() {
+        for cc in 0..16u8 {
+            let mut a = Asm::new();
+            a.setcc_al(cc).unwrap();
+            let x = a.finish().unwrap();
+            assert_eq!(x.len(), 3);
+            let i = decode(&x)[0];
+            assert!(format!("{:?}", i.mnemonic()).starts_with("Set"));
+            assert_eq!(i.op0_register(), iced_x86::Register::AL);
+            // The condition of the short Jcc with the same number.
+            let j = decode(&[0x70 | cc, 0])[0];
+            assert_eq!(i.condition_code(), j.condition_code(), "cc {cc}");
         }
     }
 
