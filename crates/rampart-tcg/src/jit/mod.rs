@@ -777,6 +777,14 @@ unsafe extern "sysv64" fn cond_helper(cpu: *const Cpu, cc: u64) -> u64 {
     cpu.flags.condition(cc as u8) as u64
 }
 
+/// Set CF and OF to those of `f` (the interpreter's `Flags::set_arith`), keeping the other
+/// arithmetic flags: after a rotate.
+unsafe extern "sysv64" fn cf_of_helper(cpu: *mut Cpu, f: u64) {
+    // SAFETY: as in `load_helper`.
+    let cpu = unsafe { &mut *cpu };
+    cpu.flags.set_arith(flags::CF | flags::OF, f);
+}
+
 // ---- the translator ----
 
 /// Host registers of generated code: `rbx` the `Cpu` (biased, see [`CPU_BIAS`]), `r12` the
@@ -1547,6 +1555,12 @@ impl Tr<'_> {
                 dst: Dst::Reg(g),
                 count: Src::Imm(c),
             } if c & count_mask(size) != 0 => self.shift_imm(m, size, g, c & count_mask(size)),
+            Fast::Shift {
+                op: m @ (M::Rol | M::Ror),
+                size,
+                dst: Dst::Reg(g),
+                count: Src::Imm(c),
+            } if c & count_mask(size) != 0 => self.rotate_imm(m == M::Rol, size, g, c),
             Fast::Cmov { cc, size, dst, src } => self.cmov(i, ip, cc, size, dst, &src),
             Fast::Setcc {
                 cc,
@@ -1746,6 +1760,52 @@ impl Tr<'_> {
         // (Materialized: the next Jcc asks `cond_helper`.)
         self.flags = None;
         self.a.mov(rax, rcx)?;
+        self.set_from_rax(g, size)
+    }
+
+    /// ROL (`left`) or ROR of register `g` (`size` bytes) by immediate `c` (non-zero once
+    /// masked): the result inline, CF and OF computed with the interpreter's rules and set by
+    /// `cf_of_helper`, which keeps the other flags as the interpreter does.
+    fn rotate_imm(&mut self, left: bool, size: u8, g: u8, c: u64) -> R<()> {
+        let bits = u32::from(size) * 8;
+        let r = ((c & count_mask(size)) % u64::from(bits)) as u32;
+        self.get(rcx, ecx, g, size)?;
+        if r != 0 {
+            self.a.mov(rdx, rcx)?;
+            if left {
+                self.a.shl(rcx, r)?;
+                self.a.shr(rdx, bits - r)?;
+            } else {
+                self.a.shr(rcx, r)?;
+                self.a.shl(rdx, bits - r)?;
+            }
+            // (Bits above `size` are left over; nothing below reads them, and the register
+            // takes only its `size` bytes.)
+            self.a.or(rcx, rdx)?;
+        }
+        // CF in edx; OF (CF xor the bit below it: bit 0 and the top bit for ROL, the top two
+        // bits for ROR) in r8d, then at bit 11.
+        self.a.mov(rdx, rcx)?;
+        self.a.mov(r8, rcx)?;
+        if left {
+            self.a.shr(r8, bits - 1)?;
+        } else {
+            self.a.shr(rdx, bits - 1)?;
+            self.a.shr(r8, bits - 2)?;
+        }
+        self.a.and(edx, 1)?;
+        self.a.xor(r8d, edx)?;
+        self.a.and(r8d, 1)?;
+        self.a.shl(r8d, 11)?;
+        self.a.or(edx, r8d)?;
+        // (R14 is kept across the helper call.)
+        self.a.mov(r14, rcx)?;
+        self.a.lea(rdi, qword_ptr(CPU - CPU_BIAS))?;
+        self.a.mov(esi, edx)?;
+        self.call_helper(cf_of_helper as *const () as usize)?;
+        // (The other flags are what they were, lazy or not: the next Jcc asks `cond_helper`.)
+        self.flags = None;
+        self.a.mov(rax, r14)?;
         self.set_from_rax(g, size)
     }
 
@@ -2717,11 +2777,11 @@ mod tests {
         u64::MAX,
     ];
 
-    /// SHL, SHR and SAR of a register by every immediate count at every size: the results
-    /// and RFLAGS (as PUSHFQ sees them, then a Jcc on each flag) match the interpreter.
+    /// SHL, SHR, SAR, ROL and ROR of a register by every immediate count at every size: the
+    /// results and RFLAGS (as PUSHFQ sees them, then a Jcc on each flag) match the interpreter.
     #[test]
     fn translated_shifts_by_an_immediate_match_the_interpreter() {
-        for op in 0..3 {
+        for op in 0..5 {
             for size in [1u8, 2, 4, 8] {
                 let counts = if size == 8 { 64 } else { 32 };
                 let code = assemble(|a| {
@@ -2737,7 +2797,9 @@ mod tests {
                         match op {
                             0 => on_rax!(a, size, shl, c, c, c, c)?,
                             1 => on_rax!(a, size, shr, c, c, c, c)?,
-                            _ => on_rax!(a, size, sar, c, c, c, c)?,
+                            2 => on_rax!(a, size, sar, c, c, c, c)?,
+                            3 => on_rax!(a, size, rol, c, c, c, c)?,
+                            _ => on_rax!(a, size, ror, c, c, c, c)?,
                         }
                         a.setl(bl)?;
                         a.pushfq()?;
