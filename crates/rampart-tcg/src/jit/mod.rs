@@ -895,6 +895,10 @@ struct Tr<'c> {
     /// The operation and size the lazy flags record holds, when an instruction emitted
     /// inline earlier in this translation wrote it (and nothing since may have changed it).
     flags: Option<(LazyOp, u8)>,
+    /// The instruction being emitted is followed, in this translation, by one that writes the
+    /// whole lazy flags record without reading it and cannot fault or leave ([`overwrites_flags`]):
+    /// nothing can read this one's record, so an ALU operation of a register need not write it.
+    record_dead: bool,
     /// The instruction being emitted: its index and address.
     cur: (usize, u64),
     /// Where the translation goes and what it runs under.
@@ -1666,6 +1670,11 @@ impl Tr<'_> {
                 }
             }
         }
+        if matches!(dst, Dst::Reg(_)) && self.record_dead {
+            // (The next instruction writes the whole record before anything can read it.)
+            self.flags = None;
+            return Ok(());
+        }
         self.record(lazy, size)?;
         self.flags = Some((lazy, size));
         if stored {
@@ -2093,6 +2102,28 @@ fn place_shared(arena: &mut Arena, jumps: usize) -> R<Option<Shared>> {
     }))
 }
 
+/// Whether `op`, emitted inline by [`Tr::alu`], writes the whole lazy flags record (operation,
+/// size, operands and result) without reading the one before, and can neither fault nor leave
+/// the translation first: an ALU operation other than ADC/SBB between registers or with an
+/// immediate.
+fn overwrites_flags(op: &Op) -> bool {
+    matches!(
+        op.fast,
+        Fast::Alu {
+            op: AluOp::Add
+                | AluOp::Sub
+                | AluOp::Cmp
+                | AluOp::And
+                | AluOp::Or
+                | AluOp::Xor
+                | AluOp::Test,
+            dst: Dst::Reg(_),
+            src: Src::Reg(_) | Src::Imm(_),
+            ..
+        }
+    )
+}
+
 /// The memory operand, source register and size of a CMPXCHG the translator emits inline
 /// ([`Tr::cmpxchg`]): memory with a 32- or 64-bit general register, 64-bit addressing.
 fn inline_cmpxchg(g: &Generic) -> Option<(Addr, u8, u8)> {
@@ -2154,6 +2185,7 @@ fn translate(
         cached: None,
         epilogue,
         flags: None,
+        record_dead: false,
         cur: (0, ip),
         place,
         len,
@@ -2176,6 +2208,7 @@ fn translate(
     t.a.mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_page)), page)?;
     let mut at = ip;
     for (i, op) in ops[..len].iter().enumerate() {
+        t.record_dead = ops[..len].get(i + 1).is_some_and(overwrites_flags);
         t.op(i, at, op)?;
         at = op.next_ip;
     }
@@ -2818,6 +2851,56 @@ mod tests {
                 assert_eq!(interpreted, translated, "op {op} size {size}");
             }
         }
+    }
+
+    /// The flags an ALU operation of registers leaves are still there for an ADC after it
+    /// (which reads CF) and for the fault of a compare with memory after it (the exception
+    /// frame's RFLAGS): the translator leaves a record out only before an instruction that
+    /// writes the whole record without reading it and cannot fault.
+    #[test]
+    fn flags_stay_for_an_instruction_that_reads_them_or_faults_first() {
+        let code = edge_loop(|a| {
+            a.mov(rax, qword_ptr(rsi))?;
+            a.mov(rbx, qword_ptr(rsi + 8))?;
+            a.mov(rcx, rbx)?;
+            a.mov(rdx, rax)?;
+            a.add(rax, rbx)?;
+            a.adc(rcx, rdx)?;
+            a.sub(rdx, rbx)?;
+            a.sbb(rcx, rax)?;
+            a.xor(rax, rdx)?;
+            a.cmp(rcx, rbx)?;
+            a.pushfq()?;
+            a.pop(rdx)?;
+            a.mov(qword_ptr(rdi), rcx)?;
+            a.mov(qword_ptr(rdi + 8), rdx)?;
+            a.add(rdi, 16)
+        });
+        let n = (EDGES.len() - 1) * 2;
+        let [interpreted, translated] = both_ways(&code, &EDGES, n);
+        assert_eq!(interpreted, translated);
+
+        // ADD sets CF and ZF, then a compare with unmapped memory faults (#PF): the handler's
+        // frame holds the ADD's flags.
+        let code = assemble(|a| {
+            a.mov(rax, u64::MAX)?;
+            a.mov(rbx, 1u64)?;
+            a.cmp(rax, 5)?;
+            a.add(rax, rbx)?;
+            a.cmp(rcx, qword_ptr(0x4000_0000u64))
+        });
+        let frame = |jit: bool| {
+            let mut m = machine_translating_at_once(jit);
+            m.load_code(&code);
+            let out = m.run(1_000);
+            assert_eq!(out.exception, Some(14));
+            let top = out.cpu.gpr[4];
+            out.mem.read_u64(top + 24).unwrap() & crate::flags::ARITH
+        };
+        let want = frame(false);
+        let (cf, zf) = (crate::flags::CF, crate::flags::ZF);
+        assert_eq!(want & (cf | zf), cf | zf);
+        assert_eq!(frame(true), want);
     }
 
     /// SETcc into a register on every condition, after an inline ALU operation (host flags),
