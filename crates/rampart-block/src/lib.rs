@@ -85,6 +85,12 @@ impl GuestBuf {
         self.len
     }
 
+    /// Its address, for a back end that moves the bytes itself (a test's, a fuzz harness's
+    /// in-memory disk): only through raw pointer copies, never a reference.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

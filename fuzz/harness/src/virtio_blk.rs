@@ -2,7 +2,8 @@
 //!
 //! The input is the driver's side of one virtqueue: byte 0 picks the queue size (1..=256),
 //! bytes 1-2 the available index, byte 3 the disk's flags (bit 0 read-only, bit 1 discard
-//! support, bit 2 event indices); the rest fills the first 64 KiB of a 1 MiB guest memory,
+//! support, bit 2 event indices, bit 3 reads and writes straight between guest buffers and
+//! the disk, which lets the device merge adjacent requests); the rest fills the first 64 KiB of a 1 MiB guest memory,
 //! which holds the descriptor table at 0, the available ring at 0x1000 and the used ring at
 //! 0x2000 — descriptors, indirect tables and request buffers can point anywhere, in RAM or not.
 //! Checks, beyond "returns Ok or Err without panicking":
@@ -11,7 +12,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use rampart_block::{BlockBackend, BlockError};
+use rampart_block::{BlockBackend, BlockError, GuestBuf};
 use rampart_devices::virtio::block::BlockRequests;
 
 const DISK_BYTES: usize = 64 << 10;
@@ -21,6 +22,8 @@ struct MemDisk {
     data: Mutex<Vec<u8>>,
     read_only: bool,
     discard: bool,
+    /// Serves `read_guest_at`/`write_guest_at` (as a raw image does).
+    direct: bool,
 }
 
 impl MemDisk {
@@ -74,6 +77,40 @@ impl BlockBackend for MemDisk {
     fn supports_discard(&self) -> bool {
         self.discard
     }
+    fn read_guest_at(&self, offset: u64, bufs: &[GuestBuf]) -> Result<bool, BlockError> {
+        if !self.direct {
+            return Ok(false);
+        }
+        let len = bufs.iter().map(|b| b.len() as u64).sum();
+        let (mut at, _) = self.range(offset, len)?;
+        let data = self.lock();
+        for b in bufs {
+            let from = &data[at..at + b.len()];
+            // SAFETY: `GuestBuf::new`'s contract: the buffer is one mapping of this process,
+            // writable, for as long as it is used; `from` is as long and cannot overlap it.
+            unsafe { std::ptr::copy(from.as_ptr(), b.as_ptr(), b.len()) };
+            at += b.len();
+        }
+        Ok(true)
+    }
+    fn write_guest_at(&self, offset: u64, bufs: &[GuestBuf]) -> Result<bool, BlockError> {
+        if !self.direct {
+            return Ok(false);
+        }
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let len = bufs.iter().map(|b| b.len() as u64).sum();
+        let (mut at, _) = self.range(offset, len)?;
+        let mut data = self.lock();
+        for b in bufs {
+            let to = &mut data[at..at + b.len()];
+            // SAFETY: as in `read_guest_at` (the buffer is readable).
+            unsafe { std::ptr::copy(b.as_ptr(), to.as_mut_ptr(), b.len()) };
+            at += b.len();
+        }
+        Ok(true)
+    }
 }
 
 pub fn run(data: &[u8]) {
@@ -86,6 +123,7 @@ pub fn run(data: &[u8]) {
         data: Mutex::new(pattern.clone()),
         read_only: flags & 1 != 0,
         discard: flags & 2 != 0,
+        direct: flags & 8 != 0,
     });
     let stats = Arc::new(rampart_block::stats::BlockStats::new());
     let mut requests = BlockRequests::new(disk.clone(), "fuzz", stats);
