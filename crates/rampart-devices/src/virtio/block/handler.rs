@@ -164,13 +164,16 @@ impl BlockRequests {
         }
         let straight = self.straight(batch);
         for p in batch.drain(..) {
-            let len = match (&straight, &p.span) {
-                (Some(code), Some(span)) => span.finish(mem, *code),
+            let len = match (straight, &p.span) {
+                (Straight::Answered(code), Some(span)) => span.finish(mem, code),
                 _ => match (
                     Reader::<()>::new(mem, p.chain.clone()),
                     Writer::<()>::new(mem, p.chain.clone()),
                 ) {
-                    (Ok(r), Ok(w)) => self.request(mem, &p.chain, r, w),
+                    (Ok(r), Ok(w)) => {
+                        let direct = matches!(straight, Straight::OneByOne { direct: true });
+                        self.request(mem, &p.chain, r, w, direct)
+                    }
                     (Err(e), _) | (_, Err(e)) => {
                         debug!("virtio-blk: request with unusable buffers: {e}");
                         0
@@ -186,22 +189,34 @@ impl BlockRequests {
     }
 
     /// Moves the data of a batch of [`Span`]s straight between their guest buffers and the
-    /// image in one transfer, and accounts each request. Returns the status byte they all get,
-    /// or `None` if the batch must be served request by request: not all spans, the back end
-    /// cannot, or a merged transfer failed (each request is then tried on its own, so that
-    /// only the failing ones fail).
-    fn straight(&mut self, batch: &[Pending<'_>]) -> Option<u32> {
-        let spans: Vec<&Span> = batch
+    /// image in one transfer, and accounts each request: [`Straight::Answered`] with the
+    /// status byte they all get. Otherwise the batch is served request by request: it is not
+    /// all spans, the back end cannot take it, or a merged transfer failed (each request is
+    /// then tried on its own, so that only the failing ones fail).
+    fn straight(&mut self, batch: &[Pending<'_>]) -> Straight {
+        let one_by_one = Straight::OneByOne { direct: true };
+        let Some(spans) = batch
             .iter()
             .map(|p| p.span.as_ref())
-            .collect::<Option<_>>()?;
-        let first = spans.first()?;
-        let bufs: Vec<GuestBuf> = spans.iter().flat_map(|s| s.bufs.iter().copied()).collect();
+            .collect::<Option<Vec<&Span>>>()
+        else {
+            return one_by_one;
+        };
+        let Some(first) = spans.first() else {
+            return one_by_one;
+        };
+        let merged: Vec<GuestBuf>;
+        let bufs: &[GuestBuf] = if let [one] = spans[..] {
+            &one.bufs
+        } else {
+            merged = spans.iter().flat_map(|s| s.bufs.iter().copied()).collect();
+            &merged
+        };
         let start = Instant::now();
         let result = if first.write {
-            self.disk.write_guest_at(first.offset, &bufs)
+            self.disk.write_guest_at(first.offset, bufs)
         } else {
-            self.disk.read_guest_at(first.offset, &bufs)
+            self.disk.read_guest_at(first.offset, bufs)
         };
         let io = if first.write {
             IoKind::Write
@@ -214,17 +229,21 @@ impl BlockRequests {
                     let end = s.write.then_some(s.offset + s.len as u64);
                     self.stats.done(io, s.len as u64, start.elapsed(), end);
                 }
-                Some(VIRTIO_BLK_S_OK)
+                Straight::Answered(VIRTIO_BLK_S_OK)
             }
-            Ok(false) => None,
+            // (A lone request the back end cannot take straight is copied, not asked again;
+            // the parts of a merged one may each be taken.)
+            Ok(false) => Straight::OneByOne {
+                direct: spans.len() > 1,
+            },
             Err(e) if spans.len() > 1 => {
                 debug!("virtio-blk: merged transfer failed ({e}); serving its requests one by one");
-                None
+                one_by_one
             }
             Err(e) => {
                 debug!("virtio-blk: back end error: {e}");
                 self.stats.failed(io, start.elapsed());
-                Some(VIRTIO_BLK_S_IOERR)
+                Straight::Answered(VIRTIO_BLK_S_IOERR)
             }
         }
     }
@@ -281,13 +300,16 @@ impl BlockRequests {
         })
     }
 
-    /// Serves one request; returns the number of bytes written into the guest's buffers.
+    /// Serves one request, asking the back end to move its data straight between guest
+    /// buffers and the image first if `direct`; returns the number of bytes written into the
+    /// guest's buffers.
     fn request<'m>(
         &mut self,
         mem: &'m GuestMemoryMmap,
         chain: &Chain<'m>,
         mut reader: Reader<'m>,
         mut writer: Writer<'m>,
+        direct: bool,
     ) -> u32 {
         let writable = writer.available_bytes();
         if writable == 0 {
@@ -312,6 +334,7 @@ impl BlockRequests {
                 chain,
                 reader: &mut reader,
                 writer: &mut writer,
+                direct,
             };
             let result = self.execute(kind, sector, io);
             self.account(kind, &result, start);
@@ -367,6 +390,7 @@ impl BlockRequests {
             chain,
             reader,
             writer,
+            direct,
         } = io_;
         let io = |e: rampart_block::BlockError| {
             debug!("virtio-blk: back end error: {e}");
@@ -380,7 +404,9 @@ impl BlockRequests {
                 }
                 let offset = self.range(sector, len as u64)?;
                 // The data is the writable part before the status byte.
-                let bufs = guest_bufs(mem, chain.clone().writable().map(desc), 0, len);
+                let bufs = direct
+                    .then(|| guest_bufs(mem, chain.clone().writable().map(desc), 0, len))
+                    .flatten();
                 let direct = match bufs {
                     Some(b) => self.disk.read_guest_at(offset, &b).map_err(io)?,
                     None => false,
@@ -404,7 +430,9 @@ impl BlockRequests {
                 let offset = self.range(sector, len as u64)?;
                 // The data is the readable part after the header.
                 let skip = reader.bytes_read();
-                let bufs = guest_bufs(mem, chain.clone().readable().map(desc), skip, len);
+                let bufs = direct
+                    .then(|| guest_bufs(mem, chain.clone().readable().map(desc), skip, len))
+                    .flatten();
                 let direct = match bufs {
                     Some(b) => self.disk.write_guest_at(offset, &b).map_err(io)?,
                     None => false,
@@ -502,6 +530,15 @@ type Chain<'m> = virtio_queue::DescriptorChain<&'m GuestMemoryMmap>;
 /// Most guest buffers one merged transfer may carry: one `preadv`/`pwritev` (`IOV_MAX`).
 const MERGE_BUFFERS: usize = 1024;
 
+/// How [`BlockRequests::straight`] left a batch.
+#[derive(Clone, Copy)]
+enum Straight {
+    /// Moved and accounted: every request gets this status byte.
+    Answered(u32),
+    /// To serve request by request, asking the back end for the straight path if `direct`.
+    OneByOne { direct: bool },
+}
+
 /// A request taken from the queue, waiting to be served with the ones it merges with.
 struct Pending<'m> {
     chain: Chain<'m>,
@@ -555,13 +592,15 @@ fn joins(batch: &[Pending<'_>], span: Option<&Span>) -> bool {
         && bufs <= MERGE_BUFFERS
 }
 
-/// What a request's execution works on: guest memory, its chain, and the chain's readable
-/// part (past the header) and writable part (before the status byte).
+/// What a request's execution works on: guest memory, its chain, the chain's readable part
+/// (past the header) and writable part (before the status byte), and whether to ask the back
+/// end for the straight path first.
 struct Io<'a, 'm> {
     mem: &'m GuestMemoryMmap,
     chain: &'a Chain<'m>,
     reader: &'a mut Reader<'m>,
     writer: &'a mut Writer<'m>,
+    direct: bool,
 }
 
 /// A descriptor's address and length.
