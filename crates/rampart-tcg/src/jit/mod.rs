@@ -1254,6 +1254,22 @@ impl Tr<'_> {
         self.set64_from(4, r15)
     }
 
+    /// `rax` = the target of RET or of an indirect JMP/CALL of instruction `i` (at `ip`), read
+    /// from `src` and checked canonical (#GP otherwise). Returns the instruction's fault exit.
+    fn branch_target(&mut self, i: usize, ip: u64, src: &Src) -> R<Label> {
+        let fault = self.stub(StubKind::Fault { i, ip });
+        let gp = self.stub(StubKind::FaultGp { i, ip });
+        self.src(src, 8, fault)?;
+        self.canonical_rax(gp)?;
+        Ok(fault)
+    }
+
+    /// Leave instruction `i` for the address in `rax`, through the jump cache.
+    fn leave_to_rax(&mut self, i: usize) -> R<()> {
+        let end = self.stub(StubKind::EndRax { i });
+        self.a.jmp(end)
+    }
+
     /// `rax` = source `s` at `size` (zero-extended).
     fn src(&mut self, s: &Src, size: u8, fault: Label) -> R<()> {
         match *s {
@@ -1518,36 +1534,24 @@ impl Tr<'_> {
                 self.set64_from(dst, rax)
             }
             Fast::Ret => {
-                let fault = self.stub(StubKind::Fault { i, ip });
-                let gp = self.stub(StubKind::FaultGp { i, ip });
-                self.load(&RSP_TOP, 8, fault)?;
-                self.canonical_rax(gp)?;
+                self.branch_target(i, ip, &Src::Mem(RSP_TOP))?;
                 self.a.add(qword_ptr(CPU - CPU_BIAS + gpr_off(4)), 8)?;
                 self.forget(4);
-                let end = self.stub(StubKind::EndRax { i });
-                self.a.jmp(end)
+                self.leave_to_rax(i)
             }
             // Indirect JMP and CALL: through the jump cache, as RET.
             Fast::JmpInd { ref src } => {
-                let fault = self.stub(StubKind::Fault { i, ip });
-                let gp = self.stub(StubKind::FaultGp { i, ip });
-                self.src(src, 8, fault)?;
-                self.canonical_rax(gp)?;
-                let end = self.stub(StubKind::EndRax { i });
-                self.a.jmp(end)
+                self.branch_target(i, ip, src)?;
+                self.leave_to_rax(i)
             }
             Fast::CallInd { ref src } => {
-                let fault = self.stub(StubKind::Fault { i, ip });
-                let gp = self.stub(StubKind::FaultGp { i, ip });
-                self.src(src, 8, fault)?;
-                self.canonical_rax(gp)?;
+                let fault = self.branch_target(i, ip, src)?;
                 // (R14 is kept across the store helper.)
                 self.a.mov(r14, rax)?;
                 self.a.mov(r8, op.next_ip)?;
                 self.push_r8(fault)?;
                 self.a.mov(rax, r14)?;
-                let end = self.stub(StubKind::EndRax { i });
-                self.a.jmp(end)
+                self.leave_to_rax(i)
             }
             Fast::Jmp { target } if is_canonical(target) => {
                 let taken = self.exit_to(i, target);
