@@ -85,6 +85,12 @@ impl Arena {
         })
     }
 
+    /// The executable address of the arena's first byte: every translation lies less than
+    /// [`u32::MAX`] bytes after it.
+    pub(crate) fn exec_base(&self) -> usize {
+        self.rx as usize
+    }
+
     /// Where [`Arena::put`] would put `len` bytes of hot code (`cold` false) or
     /// [`Arena::put_cold`] cold code or data: the executable address, or `None` if they do not
     /// fit in what is left.

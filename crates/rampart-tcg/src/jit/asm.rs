@@ -737,6 +737,11 @@ impl Asm {
         self.op_rm(8, &[0x63], d.0, rm, false)
     }
 
+    /// PREFETCHT0 m: a hint to fetch the line of `s` into every cache level.
+    pub(crate) fn prefetcht0(&mut self, s: Ptr) -> R<()> {
+        self.op_rm(4, &[0x0f, 0x18], 1 | REG_IS_EXT, Rm::Mem(s.mem), false)
+    }
+
     pub(crate) fn lea(&mut self, d: Reg64, s: Ptr) -> R<()> {
         self.op_rm(8, &[0x8d], d.0, Rm::Mem(s.mem), false)
     }
@@ -782,18 +787,6 @@ impl Asm {
     /// IMUL r64, r/m64.
     pub(crate) fn imul_2(&mut self, d: Reg64, s: Reg64) -> R<()> {
         self.op_rm(8, &[0x0f, 0xaf], d.0, Rm::Reg(s.0), false)
-    }
-
-    /// IMUL r64, r/m64, imm32.
-    pub(crate) fn imul_3(&mut self, d: Reg64, s: Reg64, v: i32) -> R<()> {
-        if let Ok(v8) = i8::try_from(v) {
-            self.op_rm(8, &[0x6b], d.0, Rm::Reg(s.0), false)?;
-            self.byte(v8 as u8);
-        } else {
-            self.op_rm(8, &[0x69], d.0, Rm::Reg(s.0), false)?;
-            self.imm(i64::from(v), 4);
-        }
-        Ok(())
     }
 
     /// LOCK CMPXCHG m, r (the accumulator is RAX at the operand's size).
@@ -1049,6 +1042,8 @@ mod tests {
             movsxd(rax, eax) / ic::rax, ic::eax;
             lea(rdx, qword_ptr(r13 + 0x600)) / ic::rdx, ic::qword_ptr(ic::r13 + 0x600);
             inc(rax) / ic::rax;
+            prefetcht0(byte_ptr(rax)) / ic::byte_ptr(ic::rax);
+            prefetcht0(byte_ptr(r9 + 0x10)) / ic::byte_ptr(ic::r9 + 0x10);
             inc(qword_ptr(r12 + 0x40)) / ic::qword_ptr(ic::r12 + 0x40);
             not(rax) / ic::rax;
             shl(rcx, 12u32) / ic::rcx, 12u32;
@@ -1058,8 +1053,6 @@ mod tests {
             sar(rdx, 63u32) / ic::rdx, 63u32;
             shr(r8, 1u32) / ic::r8, 1u32;
             imul_2(rcx, rdx) / ic::rcx, ic::rdx;
-            imul_3(rcx, rcx, 56) / ic::rcx, ic::rcx, 56;
-            imul_3(rcx, rcx, 560) / ic::rcx, ic::rcx, 560;
             cmovne(rax, rbp) / ic::rax, ic::rbp;
             push(rbx) / ic::rbx;
             push(r15) / ic::r15;

@@ -129,16 +129,19 @@ struct Link {
 }
 
 /// A cell of the jump cache: the translation last run at a guest address, with the stamp it
-/// ran under (generated code reads it, at these offsets).
+/// ran under (generated code reads it, at these offsets). Sixteen bytes, so that the whole
+/// cache (256 KiB) stays in the host's second-level cache: every RET reads a cell.
 #[derive(Debug, Clone, Copy)]
-#[repr(C, align(32))]
+#[repr(C, align(16))]
 pub(crate) struct JumpCell {
     target: u64,
     /// The stamp (never [`NO_STAMP`] for a filled cell).
-    stamp: u64,
-    /// The translation's entry (`Compiled::chain_entry`).
-    entry: u64,
+    stamp: u32,
+    /// The translation's entry (`Compiled::chain_entry`), as an offset from the arena's
+    /// [`Arena::exec_base`].
+    entry: u32,
 }
+const _: () = assert!(size_of::<JumpCell>() == 16 && ARENA_BYTES <= u32::MAX as usize);
 
 /// The stamp of exits never linked and jump cells never filled: no call runs under it.
 const NO_STAMP: u32 = u32::MAX;
@@ -149,7 +152,7 @@ impl Default for JumpCell {
     fn default() -> Self {
         Self {
             target: 0,
-            stamp: u64::from(NO_STAMP),
+            stamp: NO_STAMP,
             entry: 0,
         }
     }
@@ -278,9 +281,12 @@ struct Shared {
     /// Return to the run loop with the value in `rax`.
     epilogue: usize,
     /// Called with a guest address in `rax` (RIP already holds it) and `rcx` instructions
-    /// retired in this translation (the budget already holds the rest): returns with the jump
-    /// cache's cell for it in `rdx` if that holds (the caller jumps to its entry), else exits.
+    /// retired in this translation (the budget already holds the rest): returns with the entry
+    /// of the translation the jump cache names for it in `rdx` if it has one (the caller jumps
+    /// there), else exits.
     jump: usize,
+    /// The jump cache's first cell.
+    jumps: usize,
 }
 
 /// (Validation generation, TLB epoch << 1 | user) pairs whose link stamps are remembered: a
@@ -458,11 +464,21 @@ impl Jit {
         if !self.valid(c) {
             return;
         }
+        let Some(base) = self.arena.as_ref().map(Arena::exec_base) else {
+            return;
+        };
+        let Some(entry) = c
+            .chain_entry
+            .checked_sub(base)
+            .and_then(|e| u32::try_from(e).ok())
+        else {
+            return;
+        };
         if let Some(cell) = self.jumps.get_mut(jump_slot(rip)) {
             *cell = JumpCell {
                 target: rip,
-                stamp: u64::from(stamp),
-                entry: c.chain_entry as u64,
+                stamp,
+                entry,
             };
         }
     }
@@ -910,6 +926,8 @@ struct Tr<'c> {
     exits: Vec<(Option<(Label, Label)>, u64)>,
     /// The shared exit through the jump cache ([`Shared::jump`]).
     jump_exit: Label,
+    /// The jump cache's first cell ([`Shared::jumps`]).
+    jumps: usize,
     /// Offset from the copy of its instructions of the copy of the first generic one (see
     /// [`Arena::put_pair`]), and the generic instructions emitted so far.
     generic_base: usize,
@@ -985,7 +1003,7 @@ impl Tr<'_> {
         self.a.mov(ecx, i as u32 + 1)?;
         let to = self.jump_exit;
         self.a.call_label(to)?;
-        self.a.jmp(qword_ptr(rdx + offset_of!(JumpCell, entry)))
+        self.a.jmp_reg(rdx)
     }
 
     /// The code of a [`StubKind::Chain`] stub, exit `n` of this translation: hot, a compare
@@ -1265,6 +1283,16 @@ impl Tr<'_> {
     }
 
     /// Leave instruction `i` for the address in `rax`, through the jump cache.
+    /// Ask the host to bring the jump cache cell of `ret`, a CALL's return address, into its
+    /// caches: the RET that comes back there reads it (the hash scatters the cells, so the one
+    /// RET needs is often out of the cache by then), and waiting for that read is waiting
+    /// before the jump to the caller's code. Here, the callee runs meanwhile.
+    fn prefetch_return(&mut self, ret: u64) -> R<()> {
+        let cell = self.jumps + jump_slot(ret) * size_of::<JumpCell>();
+        self.a.mov(rax, cell as u64)?;
+        self.a.prefetcht0(byte_ptr(rax))
+    }
+
     fn leave_to_rax(&mut self, i: usize) -> R<()> {
         let end = self.stub(StubKind::EndRax { i });
         self.a.jmp(end)
@@ -1521,6 +1549,7 @@ impl Tr<'_> {
             }
             Fast::Call { target } if is_canonical(target) => {
                 let fault = self.stub(StubKind::Fault { i, ip });
+                self.prefetch_return(op.next_ip)?;
                 self.a.mov(r8, op.next_ip)?;
                 self.push_r8(fault)?;
                 let taken = self.exit_to(i, target);
@@ -1545,6 +1574,7 @@ impl Tr<'_> {
                 self.leave_to_rax(i)
             }
             Fast::CallInd { ref src } => {
+                self.prefetch_return(op.next_ip)?;
                 let fault = self.branch_target(i, ip, src)?;
                 // (R14 is kept across the store helper.)
                 self.a.mov(r14, rax)?;
@@ -2065,23 +2095,27 @@ fn place_shared(arena: &mut Arena, jumps: usize) -> R<Option<Shared>> {
     }
     a.ret()?;
     // Called with a guest address in rax (RIP holds it too) and rcx instructions retired
-    // here: returns with the jump cache's cell for it in rdx if that names the address under
-    // the call's stamp (the caller jumps to its entry, which checks the budget), else leaves
-    // for the run loop.
+    // here: returns with the entry of the translation in its jump cache cell in rdx if that
+    // names the address under the call's stamp (the caller jumps there; the entry checks the
+    // budget), else leaves for the run loop.
     a.set_label(&mut jump)?;
     let mut plain = a.create_label();
     a.mov(rdx, rax)?;
     a.mov(rsi, JUMP_HASH)?;
     a.imul_2(rdx, rsi)?;
     a.shr(rdx, 64 - JUMP_BITS)?;
-    a.imul_3(rdx, rdx, size_of::<JumpCell>() as i32)?;
+    a.shl(rdx, size_of::<JumpCell>().trailing_zeros())?;
     a.mov(rsi, jumps as u64)?;
     a.add(rdx, rsi)?;
     a.cmp(rax, qword_ptr(rdx + offset_of!(JumpCell, target)))?;
     a.jne(plain)?;
-    a.mov(rsi, qword_ptr(ENV + offset_of!(Env<'_>, stamp)))?;
-    a.cmp(rsi, qword_ptr(rdx + offset_of!(JumpCell, stamp)))?;
+    // (The call's stamp fits 32 bits: it is a handed-out stamp or 0.)
+    a.mov(esi, dword_ptr(ENV + offset_of!(Env<'_>, stamp)))?;
+    a.cmp(esi, dword_ptr(rdx + offset_of!(JumpCell, stamp)))?;
     a.jne(plain)?;
+    a.mov(edx, dword_ptr(rdx + offset_of!(JumpCell, entry)))?;
+    a.mov(rsi, arena.exec_base() as u64)?;
+    a.add(rdx, rsi)?;
     a.inc(qword_ptr(ENV + offset_of!(Env<'_>, jumped)))?;
     a.ret()?;
     a.set_label(&mut plain)?;
@@ -2103,6 +2137,7 @@ fn place_shared(arena: &mut Arena, jumps: usize) -> R<Option<Shared>> {
         entry: at + n,
         epilogue: at + e,
         jump: at + j,
+        jumps,
     }))
 }
 
@@ -2195,6 +2230,7 @@ fn translate(
         len,
         exits: Vec::new(),
         jump_exit,
+        jumps: shared.jumps,
         generic_base: pair_offset::<Op>(len),
         generic_used: 0,
         generics,
