@@ -102,19 +102,40 @@ fn access_bit(a: Access) -> u8 {
 /// Slots of each of the two read tables of [`Tlb::fast`] (a power of two).
 pub(crate) const FAST_ENTRIES: usize = 1024;
 
-/// A RAM page for translated code (`crate::jit`): `tag` is the virtual page number plus one
-/// (0: empty), `host` the address of the page's bytes in the RAM mapping, which
-/// [`crate::memory::StableRam`] promises stays valid. Filled only after an access of the
-/// table's kind through the TLB succeeded at the table's privilege, and emptied with the TLB
-/// entry it came from.
-#[derive(Debug, Clone, Copy, Default)]
+/// A RAM page for translated code (`crate::jit`): `tag` is the virtual page number
+/// ([`FastEntry::EMPTY`]: none), `addend` what to add to a virtual address in the page for the
+/// address of its byte in the RAM mapping (the page's host address minus its virtual address,
+/// wrapping), which [`crate::memory::StableRam`] promises stays valid. Filled only after an
+/// access of the table's kind through the TLB succeeded at the table's privilege, and emptied
+/// with the TLB entry it came from.
+#[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub(crate) struct FastEntry {
     pub(crate) tag: u64,
-    pub(crate) host: u64,
+    pub(crate) addend: u64,
     /// The physical page number (for the code-page watch of stores).
     pub(crate) ppn: u64,
     _pad: u64,
+}
+
+impl FastEntry {
+    /// The tag of an empty entry: no page number (an address shifted right by 12) is this.
+    pub(crate) const EMPTY: u64 = u64::MAX;
+
+    fn is_empty(&self) -> bool {
+        self.tag == Self::EMPTY
+    }
+}
+
+impl Default for FastEntry {
+    fn default() -> Self {
+        Self {
+            tag: Self::EMPTY,
+            addend: 0,
+            ppn: 0,
+            _pad: 0,
+        }
+    }
 }
 
 /// A direct-mapped software TLB of 4 KiB translations.
@@ -187,7 +208,7 @@ impl Tlb {
             let slot = table + vpn as usize % FAST_ENTRIES;
             for t in [&mut self.fast, &mut self.fast_w] {
                 if let Some(f) = t.get_mut(slot) {
-                    if f.tag == vpn.wrapping_add(1) {
+                    if f.tag == vpn {
                         *f = FastEntry::default();
                     }
                 }
@@ -248,14 +269,14 @@ impl Tlb {
             _ => (&mut self.fast, slot),
         };
         // (A slot already filled is listed already: refills of it are not listed again.)
-        let was_empty = table.get(slot).is_some_and(|f| f.tag == 0);
+        let was_empty = table.get(slot).is_some_and(FastEntry::is_empty);
         if was_empty && self.fast_filled.len() < FAST_FILLED_MAX {
             self.fast_filled.push(listed as u16);
         }
         if let Some(f) = table.get_mut(slot) {
             *f = FastEntry {
-                tag: vpn.wrapping_add(1),
-                host,
+                tag: vpn,
+                addend: host.wrapping_sub(vpn << 12),
                 ppn: pa_page >> 12,
                 _pad: 0,
             };
@@ -657,7 +678,12 @@ mod tests {
 
     #[test]
     fn emptying_the_host_address_tables_clears_every_filled_slot_however_many() {
-        let empty = |t: &Tlb| t.fast.iter().chain(t.fast_w.iter()).all(|f| f.tag == 0);
+        let empty = |t: &Tlb| {
+            t.fast
+                .iter()
+                .chain(t.fast_w.iter())
+                .all(FastEntry::is_empty)
+        };
         for fills in [
             0usize,
             3,

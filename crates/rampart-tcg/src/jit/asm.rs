@@ -1043,6 +1043,10 @@ mod tests {
             lea(rdx, qword_ptr(r13 + 0x600)) / ic::rdx, ic::qword_ptr(ic::r13 + 0x600);
             inc(rax) / ic::rax;
             prefetcht0(byte_ptr(rax)) / ic::byte_ptr(ic::rax);
+            movzx(eax, byte_ptr(rax + rdx * 1)) / ic::eax, ic::byte_ptr(ic::rax + ic::rdx);
+            mov(rax, qword_ptr(rax + rdx * 1)) / ic::rax, ic::qword_ptr(ic::rax + ic::rdx);
+            mov(word_ptr(rax + rdx * 1), r8w) / ic::word_ptr(ic::rax + ic::rdx), ic::r8w;
+            mov(byte_ptr(rax + rdx * 1), r8b) / ic::byte_ptr(ic::rax + ic::rdx), ic::r8b;
             prefetcht0(byte_ptr(r9 + 0x10)) / ic::byte_ptr(ic::r9 + 0x10);
             inc(qword_ptr(r12 + 0x40)) / ic::qword_ptr(ic::r12 + 0x40);
             not(rax) / ic::rax;

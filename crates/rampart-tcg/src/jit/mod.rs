@@ -1160,8 +1160,9 @@ impl Tr<'_> {
     }
 
     /// Look the address in `rdx` up in the host-address table whose pointer is at `table` in
-    /// the [`Env`]: with a hit for a `size`-byte access within the page, `rcx` is the entry and
-    /// `rax` the offset in the page; otherwise jump to `slow`. `rdx` is kept.
+    /// the [`Env`]: with a hit for a `size`-byte access within the page, `rcx` is the entry
+    /// (whose addend added to `rdx` is the host address); otherwise jump to `slow`. `rdx` is
+    /// kept.
     fn fast_entry(&mut self, table: usize, size: u8, slow: Label) -> R<()> {
         // rcx = the slot of the page (its byte offset in the table, straight from the
         // address); rax = its tag.
@@ -1180,13 +1181,16 @@ impl Tr<'_> {
             self.a.mov(rax, rdx)?;
         }
         self.a.shr(rax, 12)?;
-        self.a.inc(rax)?;
         self.a
             .cmp(rax, qword_ptr(rcx + offset_of!(FastEntry, tag)))?;
-        self.a.jne(slow)?;
-        self.a.mov(eax, edx)?;
-        self.a.and(eax, 0xfff)?;
-        Ok(())
+        self.a.jne(slow)
+    }
+
+    /// `rax` = the addend of the host-address entry in `rcx` ([`Tr::fast_entry`]): the host
+    /// address of the access is `rax + rdx`.
+    fn addend(&mut self) -> R<()> {
+        self.a
+            .mov(rax, qword_ptr(rcx + offset_of!(FastEntry, addend)))
     }
 
     /// `rax` = `size` bytes at `addr`: inline from the host address of a RAM page found in
@@ -1205,13 +1209,12 @@ impl Tr<'_> {
             back,
         });
         self.fast_entry(offset_of!(Env<'_>, fast), size, slow)?;
-        self.a
-            .add(rax, qword_ptr(rcx + offset_of!(FastEntry, host)))?;
+        self.addend()?;
         match size {
-            1 => self.a.movzx(eax, byte_ptr(rax))?,
-            2 => self.a.movzx(eax, word_ptr(rax))?,
-            4 => self.a.mov(eax, dword_ptr(rax))?,
-            _ => self.a.mov(rax, qword_ptr(rax))?,
+            1 => self.a.movzx(eax, byte_ptr(rax + rdx * 1))?,
+            2 => self.a.movzx(eax, word_ptr(rax + rdx * 1))?,
+            4 => self.a.mov(eax, dword_ptr(rax + rdx * 1))?,
+            _ => self.a.mov(rax, qword_ptr(rax + rdx * 1))?,
         }
         self.a.set_label(&mut back)
     }
@@ -1232,13 +1235,12 @@ impl Tr<'_> {
         });
         self.fast_entry(offset_of!(Env<'_>, fast_w), size, slow)?;
         self.code_watch(slow)?;
-        self.a
-            .add(rax, qword_ptr(rcx + offset_of!(FastEntry, host)))?;
+        self.addend()?;
         match size {
-            1 => self.a.mov(byte_ptr(rax), r8b)?,
-            2 => self.a.mov(word_ptr(rax), r8w)?,
-            4 => self.a.mov(dword_ptr(rax), r8d)?,
-            _ => self.a.mov(qword_ptr(rax), r8)?,
+            1 => self.a.mov(byte_ptr(rax + rdx * 1), r8b)?,
+            2 => self.a.mov(word_ptr(rax + rdx * 1), r8w)?,
+            4 => self.a.mov(dword_ptr(rax + rdx * 1), r8d)?,
+            _ => self.a.mov(qword_ptr(rax + rdx * 1), r8)?,
         }
         self.a.xor(eax, eax)?;
         self.a.set_label(&mut back)
@@ -1444,8 +1446,8 @@ impl Tr<'_> {
         self.a.jne(slow)?;
         self.fast_entry(offset_of!(Env<'_>, fast_w), size, slow)?;
         self.code_watch(slow)?;
-        self.a
-            .add(rax, qword_ptr(rcx + offset_of!(FastEntry, host)))?;
+        self.addend()?;
+        self.a.add(rax, rdx)?;
         // The host address aligned too, whatever the alignment of the page the memory gave
         // (a locked access across a cache line is a bus lock, or SIGBUS on some hosts).
         self.a.test(eax, u32::from(size) - 1)?;
