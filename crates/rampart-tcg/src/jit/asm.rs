@@ -161,6 +161,16 @@ impl From<Reg64> for Mem {
     }
 }
 
+impl Mem {
+    /// This address plus a signed displacement.
+    pub(crate) fn plus(self, d: i64) -> Mem {
+        Mem {
+            disp: self.disp.saturating_add(d),
+            ..self
+        }
+    }
+}
+
 impl Add<usize> for Reg64 {
     type Output = Mem;
     fn add(self, d: usize) -> Mem {
@@ -1042,6 +1052,10 @@ mod tests {
             movsxd(rax, eax) / ic::rax, ic::eax;
             lea(rdx, qword_ptr(r13 + 0x600)) / ic::rdx, ic::qword_ptr(ic::r13 + 0x600);
             inc(rax) / ic::rax;
+            lea(rdx, qword_ptr(Mem::from(r13).plus(-0x48))) / ic::rdx, ic::qword_ptr(ic::r13 - 0x48);
+            lea(rdx, qword_ptr(rdx + rax * 8)) / ic::rdx, ic::qword_ptr(ic::rdx + ic::rax * 8);
+            lea(rdx, qword_ptr(rdx + rax * 1)) / ic::rdx, ic::qword_ptr(ic::rdx + ic::rax);
+            add(rdx, -0x48) / ic::rdx, -0x48;
             prefetcht0(byte_ptr(rax)) / ic::byte_ptr(ic::rax);
             movzx(eax, byte_ptr(rax + rdx * 1)) / ic::eax, ic::byte_ptr(ic::rax + ic::rdx);
             mov(rax, qword_ptr(rax + rdx * 1)) / ic::rax, ic::qword_ptr(ic::rax + ic::rdx);
