@@ -1066,6 +1066,15 @@ impl Tr<'_> {
         }
     }
 
+    /// General register `g` at `size` = `rax`, already zero-extended from `size` (a 32-bit
+    /// value needs no masking then), with x86's merge rules.
+    fn set_from_rax_zx(&mut self, g: u8, size: u8) -> R<()> {
+        if size == 4 && g < 16 {
+            return self.set64_from(g, rax);
+        }
+        self.set_from_rax(g, size)
+    }
+
     /// General register `g` at `size` = `rax` (masked to `size`), with x86's merge rules.
     fn set_from_rax(&mut self, g: u8, size: u8) -> R<()> {
         if g >= 16 {
@@ -1503,9 +1512,10 @@ impl Tr<'_> {
             Fast::Nop => Ok(()),
             Fast::Mov { size, dst, src } => {
                 let fault = self.stub(StubKind::Fault { i, ip });
+                // (`src` leaves the value zero-extended from its size.)
                 self.src(&src, size, fault)?;
                 match dst {
-                    Dst::Reg(g) => self.set_from_rax(g, size),
+                    Dst::Reg(g) => self.set_from_rax_zx(g, size),
                     Dst::Mem(addr) => {
                         self.a.mov(r8, rax)?;
                         self.ea(&addr)?;
@@ -1532,13 +1542,13 @@ impl Tr<'_> {
                     }
                 }
                 self.mask(rax, eax, dsize)?;
-                self.set_from_rax(dst, dsize)
+                self.set_from_rax_zx(dst, dsize)
             }
             Fast::Lea { size, dst, addr } => {
                 self.ea(&addr)?;
                 self.a.mov(rax, rdx)?;
                 self.mask(rax, eax, size)?;
-                self.set_from_rax(dst, size)
+                self.set_from_rax_zx(dst, size)
             }
             Fast::Alu {
                 op: aop,
@@ -1708,7 +1718,7 @@ impl Tr<'_> {
             match dst {
                 Dst::Reg(g) => {
                     self.a.mov(rax, rcx)?;
-                    self.set_from_rax(g, size)?;
+                    self.set_from_rax_zx(g, size)?;
                 }
                 Dst::Mem(addr) => {
                     self.a.mov(qword_ptr(ENV + offset_of!(Env<'_>, tmp)), rcx)?;
@@ -1743,6 +1753,34 @@ impl Tr<'_> {
         let c = c as u32;
         // a (zero-extended) in r14; the result in rcx; CF in edx; OF (at bit 11) in r8d.
         self.get(r14, r14d, g, size)?;
+        if self.record_dead {
+            // The next instruction writes every flag before anything can read one: the
+            // result alone.
+            match m {
+                M::Shl => {
+                    self.a.mov(rcx, r14)?;
+                    self.a.shl(rcx, c)?;
+                }
+                M::Shr => {
+                    self.a.mov(rcx, r14)?;
+                    self.a.shr(rcx, c)?;
+                }
+                _ => {
+                    self.a.mov(rcx, r14)?;
+                    match size {
+                        1 => self.a.movsx(rcx, cl)?,
+                        2 => self.a.movsx(rcx, cx)?,
+                        4 => self.a.movsxd(rcx, ecx)?,
+                        _ => {}
+                    }
+                    self.a.sar(rcx, c.min(63))?;
+                }
+            }
+            self.mask(rcx, ecx, size)?;
+            self.flags = None;
+            self.a.mov(rax, rcx)?;
+            return self.set_from_rax_zx(g, size);
+        }
         match m {
             M::Shl => {
                 self.a.mov(rcx, r14)?;
@@ -1841,6 +1879,13 @@ impl Tr<'_> {
             // (Bits above `size` are left over; nothing below reads them, and the register
             // takes only its `size` bytes.)
             self.a.or(rcx, rdx)?;
+        }
+        if self.record_dead {
+            // The next instruction writes every flag before anything can read one: no CF and
+            // OF to set.
+            self.flags = None;
+            self.a.mov(rax, rcx)?;
+            return self.set_from_rax(g, size);
         }
         // CF in edx; OF (CF xor the bit below it: bit 0 and the top bit for ROL, the top two
         // bits for ROR) in r8d, then at bit 11.
@@ -2865,6 +2910,53 @@ mod tests {
         0x8000_0000_0000_0000,
         u64::MAX,
     ];
+
+    /// Shifts and rotates by an immediate whose flags the next instruction (an ADD or CMP)
+    /// replaces: translated, they skip the flags, and the results, and the flags after the
+    /// next instruction, match the interpreter's at every size and count.
+    #[test]
+    fn translated_shifts_whose_flags_are_overwritten_match_the_interpreter() {
+        for op in 0..5 {
+            for size in [1u8, 2, 4, 8] {
+                let counts = if size == 8 { 64 } else { 32 };
+                let code = assemble(|a| {
+                    a.mov(rsi, DATA)?;
+                    a.mov(rdi, DATA + 0x8000)?;
+                    a.mov(r9d, EDGES.len() as u32)?;
+                    let mut top = a.create_label();
+                    a.set_label(&mut top)?;
+                    for c in 1..counts {
+                        a.mov(rax, qword_ptr(rsi))?;
+                        a.mov(rbx, rax)?;
+                        match op {
+                            0 => on_rax!(a, size, shl, c, c, c, c)?,
+                            1 => on_rax!(a, size, shr, c, c, c, c)?,
+                            2 => on_rax!(a, size, sar, c, c, c, c)?,
+                            3 => on_rax!(a, size, rol, c, c, c, c)?,
+                            _ => on_rax!(a, size, ror, c, c, c, c)?,
+                        }
+                        if c % 2 == 0 {
+                            a.add(rbx, 5)?;
+                        } else {
+                            a.cmp(rbx, rax)?;
+                        }
+                        a.pushfq()?;
+                        a.pop(rdx)?;
+                        a.mov(qword_ptr(rdi), rax)?;
+                        a.mov(qword_ptr(rdi + 8), rdx)?;
+                        a.mov(qword_ptr(rdi + 16), rbx)?;
+                        a.add(rdi, 24)?;
+                    }
+                    a.add(rsi, 8)?;
+                    a.dec(r9d)?;
+                    a.jne(top)
+                });
+                let n = EDGES.len() * (counts as usize - 1) * 3;
+                let [interpreted, translated] = both_ways(&code, &EDGES, n);
+                assert_eq!(interpreted, translated, "op {op} size {size}");
+            }
+        }
+    }
 
     /// SHL, SHR, SAR, ROL and ROR of a register by every immediate count at every size: the
     /// results and RFLAGS (as PUSHFQ sees them, then a Jcc on each flag) match the interpreter.
