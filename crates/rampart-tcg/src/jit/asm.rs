@@ -355,6 +355,8 @@ pub(crate) struct Asm {
     labels: Vec<Option<(u8, u64)>>,
     /// (section, offset of a rel32 field, its label).
     fixups: Vec<(u8, u32, Label)>,
+    /// Labels placed in the hot section so far.
+    hot_labels: usize,
 }
 
 impl Default for Asm {
@@ -369,6 +371,7 @@ impl Asm {
             bufs: [Vec::with_capacity(4096), Vec::with_capacity(4096)],
             sec: 0,
             labels: Vec::with_capacity(64),
+            hot_labels: 0,
             fixups: Vec::with_capacity(64),
         }
     }
@@ -389,6 +392,9 @@ impl Asm {
         match self.labels.get_mut(l.0 as usize) {
             Some(slot @ None) => {
                 *slot = Some(at);
+                if self.sec == 0 {
+                    self.hot_labels += 1;
+                }
                 Ok(())
             }
             _ => Err(AsmError::Rebound),
@@ -411,6 +417,13 @@ impl Asm {
     }
 
     /// Bytes in the hot (`cold` false) or cold section.
+    /// Where the hot section stands: its length and the labels placed in it. Equal marks
+    /// mean nothing was emitted, and no label placed (which other code could jump to), in
+    /// between: a straight line.
+    pub(crate) fn mark(&self) -> (usize, usize) {
+        (self.bufs[0].len(), self.hot_labels)
+    }
+
     pub(crate) fn len(&self, cold: bool) -> usize {
         self.bufs[usize::from(cold)].len()
     }

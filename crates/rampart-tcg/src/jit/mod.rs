@@ -915,6 +915,10 @@ struct Tr<'c> {
     /// whole lazy flags record without reading it and cannot fault or leave ([`overwrites_flags`]):
     /// nothing can read this one's record, so an ALU operation of a register need not write it.
     record_dead: bool,
+    /// Where the hot code stood ([`Asm::mark`]) when the host's arithmetic flags last were
+    /// the guest's ones `flags` records: at that same mark they still are, and a condition
+    /// needs no [`Tr::host_flags`].
+    flags_live: Option<(usize, usize)>,
     /// The instruction being emitted: its index and address.
     cur: (usize, u64),
     /// Where the translation goes and what it runs under.
@@ -1559,7 +1563,10 @@ impl Tr<'_> {
             Fast::Jcc { cc, target } if is_canonical(target) && self.host_cc(cc) => {
                 let taken = self.exit_to(i, target);
                 self.host_flags()?;
-                self.a.jcc(cc, taken)
+                self.a.jcc(cc, taken)?;
+                // (A branch keeps the flags: a second one on them needs none rebuilt.)
+                self.flags_live = Some(self.a.mark());
+                Ok(())
             }
             Fast::Jcc { cc, target } if is_canonical(target) => {
                 let taken = self.exit_to(i, target);
@@ -1704,15 +1711,27 @@ impl Tr<'_> {
                 self.a.mov(rbp, rax)?;
             }
         }
+        // At the guest's width, so that the host's flags are the guest's (and the result is
+        // zero-extended as it is: a 32-bit operation clears the upper half, and a narrower
+        // one leaves the zeroes of r14's zero-extension).
         self.a.mov(rcx, r14)?;
-        match aop {
-            AluOp::Add => self.a.add(rcx, rbp)?,
-            AluOp::Sub | AluOp::Cmp => self.a.sub(rcx, rbp)?,
-            AluOp::And | AluOp::Test => self.a.and(rcx, rbp)?,
-            AluOp::Or => self.a.or(rcx, rbp)?,
-            _ => self.a.xor(rcx, rbp)?,
+        macro_rules! at_size {
+            ($f:ident) => {
+                match size {
+                    1 => self.a.$f(cl, bpl)?,
+                    2 => self.a.$f(cx, bp)?,
+                    4 => self.a.$f(ecx, ebp)?,
+                    _ => self.a.$f(rcx, rbp)?,
+                }
+            };
         }
-        self.mask(rcx, ecx, size)?;
+        match aop {
+            AluOp::Add => at_size!(add),
+            AluOp::Sub | AluOp::Cmp => at_size!(sub),
+            AluOp::And | AluOp::Test => at_size!(and),
+            AluOp::Or => at_size!(or),
+            _ => at_size!(xor),
+        }
         let mut stored = false;
         if write {
             match dst {
@@ -1739,6 +1758,9 @@ impl Tr<'_> {
         self.flags = Some((lazy, size));
         if stored {
             self.end_if_code_written(i, op.next_ip)?;
+        } else {
+            // (Only moves since the operation: its flags are still the host's.)
+            self.flags_live = Some(self.a.mark());
         }
         Ok(())
     }
@@ -2053,6 +2075,9 @@ impl Tr<'_> {
         let Some((op, size)) = self.flags else {
             return Ok(());
         };
+        if self.flags_live == Some(self.a.mark()) {
+            return Ok(());
+        }
         let f = offset_of!(Cpu, flags);
         let (a, b, res) = (
             CPU - CPU_BIAS + f + Flags::OFF_A,
@@ -2286,6 +2311,7 @@ fn translate(
         epilogue,
         flags: None,
         record_dead: false,
+        flags_live: None,
         cur: (0, ip),
         place,
         len,
@@ -2910,6 +2936,83 @@ mod tests {
         0x8000_0000_0000_0000,
         u64::MAX,
     ];
+
+    /// Branches one after the other on the flags of one CMP or SUB (the host's flags kept
+    /// live between them), then one more after a load (which changes the host's flags, so
+    /// they are rebuilt): every path taken matches the interpreter's, at every width.
+    #[test]
+    fn translated_branches_on_the_same_flags_match_the_interpreter() {
+        fn jcc(a: &mut CodeAssembler, cc: u8, l: CodeLabel) -> Result<(), IcedError> {
+            match cc {
+                0 => a.jo(l),
+                1 => a.jno(l),
+                2 => a.jb(l),
+                3 => a.jae(l),
+                4 => a.je(l),
+                5 => a.jne(l),
+                6 => a.jbe(l),
+                7 => a.ja(l),
+                8 => a.js(l),
+                9 => a.jns(l),
+                10 => a.jp(l),
+                11 => a.jnp(l),
+                12 => a.jl(l),
+                13 => a.jge(l),
+                14 => a.jle(l),
+                _ => a.jg(l),
+            }
+        }
+        let triples: [[u8; 3]; 6] = [
+            [2, 4, 12],
+            [7, 5, 13],
+            [0, 8, 10],
+            [14, 6, 15],
+            [3, 9, 11],
+            [5, 12, 2],
+        ];
+        for sub in [false, true] {
+            for size in [1u8, 2, 4, 8] {
+                for t in triples {
+                    let code = assemble(|a| {
+                        a.mov(rsi, DATA)?;
+                        a.mov(rdi, DATA + 0x8000)?;
+                        a.mov(r9d, (EDGES.len() - 1) as u32)?;
+                        let mut top = a.create_label();
+                        let mut next = a.create_label();
+                        let mut l = [a.create_label(), a.create_label(), a.create_label()];
+                        a.set_label(&mut top)?;
+                        a.mov(rax, qword_ptr(rsi))?;
+                        a.mov(rbx, qword_ptr(rsi + 8))?;
+                        if sub {
+                            on_rax!(a, size, sub, bl, bx, ebx, rbx)?;
+                        } else {
+                            on_rax!(a, size, cmp, bl, bx, ebx, rbx)?;
+                        }
+                        jcc(a, t[0], l[0])?;
+                        jcc(a, t[1], l[1])?;
+                        a.mov(rdx, qword_ptr(rsi + 8))?;
+                        jcc(a, t[2], l[2])?;
+                        a.mov(qword_ptr(rdi), 9)?;
+                        a.jmp(next)?;
+                        for (k, label) in l.iter_mut().enumerate() {
+                            a.set_label(label)?;
+                            a.mov(qword_ptr(rdi), k as i32)?;
+                            a.jmp(next)?;
+                        }
+                        a.set_label(&mut next)?;
+                        a.mov(qword_ptr(rdi + 8), rax)?;
+                        a.add(rdi, 16)?;
+                        a.add(rsi, 8)?;
+                        a.dec(r9d)?;
+                        a.jne(top)
+                    });
+                    let n = (EDGES.len() - 1) * 2;
+                    let [interpreted, translated] = both_ways(&code, &EDGES, n);
+                    assert_eq!(interpreted, translated, "sub {sub} size {size} {t:?}");
+                }
+            }
+        }
+    }
 
     /// Shifts and rotates by an immediate whose flags the next instruction (an ADD or CMP)
     /// replaces: translated, they skip the flags, and the results, and the flags after the
