@@ -1706,7 +1706,8 @@ impl Tr<'_> {
         }
         match *src {
             Src::Imm(v) => self.a.mov(rbp, v)?,
-            _ => {
+            Src::Reg(g) => self.get(rbp, ebp, g, size)?,
+            Src::Mem(_) => {
                 self.src(src, size, fault)?;
                 self.a.mov(rbp, rax)?;
             }
@@ -1735,6 +1736,8 @@ impl Tr<'_> {
         let mut stored = false;
         if write {
             match dst {
+                // (A 32- or 64-bit result, zero-extended, goes from rcx as it is.)
+                Dst::Reg(g) if size >= 4 && g < 16 => self.set64_from(g, rcx)?,
                 Dst::Reg(g) => {
                     self.a.mov(rax, rcx)?;
                     self.set_from_rax_zx(g, size)?;
