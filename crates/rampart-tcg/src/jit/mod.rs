@@ -2252,6 +2252,32 @@ fn overwrites_flags(op: &Op) -> bool {
     )
 }
 
+/// Whether the flags op `i` of `ops` writes are never read: past moves that neither touch
+/// the flags nor can fault or leave (MOV, MOVZX/MOVSX between registers or of an immediate,
+/// LEA), the next operation overwrites them all first ([`overwrites_flags`]).
+fn flags_dead_after(ops: &[Op], i: usize) -> bool {
+    for op in ops.iter().skip(i + 1) {
+        if overwrites_flags(op) {
+            return true;
+        }
+        let neutral = matches!(
+            op.fast,
+            Fast::Mov {
+                dst: Dst::Reg(_),
+                src: Src::Reg(_) | Src::Imm(_),
+                ..
+            } | Fast::Extend {
+                src: Src::Reg(_) | Src::Imm(_),
+                ..
+            } | Fast::Lea { .. }
+        );
+        if !neutral {
+            return false;
+        }
+    }
+    false
+}
+
 /// The memory operand, source register and size of a CMPXCHG the translator emits inline
 /// ([`Tr::cmpxchg`]): memory with a 32- or 64-bit general register, 64-bit addressing.
 fn inline_cmpxchg(g: &Generic) -> Option<(Addr, u8, u8)> {
@@ -2338,7 +2364,7 @@ fn translate(
     t.a.mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_page)), page)?;
     let mut at = ip;
     for (i, op) in ops[..len].iter().enumerate() {
-        t.record_dead = ops[..len].get(i + 1).is_some_and(overwrites_flags);
+        t.record_dead = flags_dead_after(&ops[..len], i);
         t.op(i, at, op)?;
         at = op.next_ip;
     }
@@ -3124,37 +3150,60 @@ mod tests {
             a.sbb(rcx, rax)?;
             a.xor(rax, rdx)?;
             a.cmp(rcx, rbx)?;
+            // Moves between an operation and the next one: its flags stay for ADC, and go
+            // for CMP.
+            a.add(rax, rbx)?;
+            a.mov(rdx, rax)?;
+            a.lea(r8, qword_ptr(rax + rdx * 2 + 3))?;
+            a.movzx(r10d, cl)?;
+            a.adc(rcx, r8)?;
+            a.shl(rdx, 3)?;
+            a.mov(r11, 7u64)?;
+            a.lea(r10, qword_ptr(rdx + 1))?;
+            a.cmp(r10, r11)?;
+            a.setb(r11b)?;
             a.pushfq()?;
             a.pop(rdx)?;
             a.mov(qword_ptr(rdi), rcx)?;
             a.mov(qword_ptr(rdi + 8), rdx)?;
-            a.add(rdi, 16)
+            a.mov(qword_ptr(rdi + 16), r11)?;
+            a.mov(qword_ptr(rdi + 24), r10)?;
+            a.add(rdi, 32)
         });
-        let n = (EDGES.len() - 1) * 2;
+        let n = (EDGES.len() - 1) * 4;
         let [interpreted, translated] = both_ways(&code, &EDGES, n);
         assert_eq!(interpreted, translated);
 
-        // ADD sets CF and ZF, then a compare with unmapped memory faults (#PF): the handler's
-        // frame holds the ADD's flags.
-        let code = assemble(|a| {
-            a.mov(rax, u64::MAX)?;
-            a.mov(rbx, 1u64)?;
-            a.cmp(rax, 5)?;
-            a.add(rax, rbx)?;
-            a.cmp(rcx, qword_ptr(0x4000_0000u64))
-        });
-        let frame = |jit: bool| {
-            let mut m = machine_translating_at_once(jit);
-            m.load_code(&code);
-            let out = m.run(1_000);
-            assert_eq!(out.exception, Some(14));
-            let top = out.cpu.gpr[4];
-            out.mem.read_u64(top + 24).unwrap() & crate::flags::ARITH
-        };
-        let want = frame(false);
-        let (cf, zf) = (crate::flags::CF, crate::flags::ZF);
-        assert_eq!(want & (cf | zf), cf | zf);
-        assert_eq!(frame(true), want);
+        // ADD sets CF and ZF, then (past a move) a compare with unmapped memory faults (#PF):
+        // the handler's frame holds the ADD's flags.
+        // Or a load between the ADD and a CMP that would overwrite its flags faults.
+        for load_faults in [false, true] {
+            let code = assemble(|a| {
+                a.mov(rax, u64::MAX)?;
+                a.mov(rbx, 1u64)?;
+                a.cmp(rax, 5)?;
+                a.add(rax, rbx)?;
+                a.mov(rdx, rax)?;
+                if load_faults {
+                    a.mov(rdx, qword_ptr(0x4000_0000u64))?;
+                    a.cmp(rcx, rbx)
+                } else {
+                    a.cmp(rcx, qword_ptr(0x4000_0000u64))
+                }
+            });
+            let frame = |jit: bool| {
+                let mut m = machine_translating_at_once(jit);
+                m.load_code(&code);
+                let out = m.run(1_000);
+                assert_eq!(out.exception, Some(14));
+                let top = out.cpu.gpr[4];
+                out.mem.read_u64(top + 24).unwrap() & crate::flags::ARITH
+            };
+            let want = frame(false);
+            let (cf, zf) = (crate::flags::CF, crate::flags::ZF);
+            assert_eq!(want & (cf | zf), cf | zf);
+            assert_eq!(frame(true), want, "load faults: {load_faults}");
+        }
     }
 
     /// SETcc into a register on every condition, after an inline ALU operation (host flags),
