@@ -3043,23 +3043,27 @@ mod tests {
         }
     }
 
-    /// Shifts and rotates by an immediate whose flags the next instruction (an ADD or CMP)
-    /// replaces: translated, they skip the flags, and the results, and the flags after the
-    /// next instruction, match the interpreter's at every size and count.
-    #[test]
-    fn translated_shifts_whose_flags_are_overwritten_match_the_interpreter() {
+    /// For each of SHL, SHR, SAR, ROL and ROR and each size: a loop over [`EDGES`] that runs,
+    /// for each count of `counts`, `before` (with the value in RAX), the shift of RAX by the
+    /// count, then `after`, which stores three words at RDI and moves it on; the words match
+    /// the interpreter's.
+    fn shift_rounds_match(
+        counts: impl Fn(u8) -> std::ops::Range<u32>,
+        before: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+        after: impl Fn(&mut CodeAssembler, u32) -> Result<(), IcedError>,
+    ) {
         for op in 0..5 {
             for size in [1u8, 2, 4, 8] {
-                let counts = if size == 8 { 64 } else { 32 };
+                let counts = counts(size);
                 let code = assemble(|a| {
                     a.mov(rsi, DATA)?;
                     a.mov(rdi, DATA + 0x8000)?;
                     a.mov(r9d, EDGES.len() as u32)?;
                     let mut top = a.create_label();
                     a.set_label(&mut top)?;
-                    for c in 1..counts {
+                    for c in counts.clone() {
                         a.mov(rax, qword_ptr(rsi))?;
-                        a.mov(rbx, rax)?;
+                        before(a)?;
                         match op {
                             0 => on_rax!(a, size, shl, c, c, c, c)?,
                             1 => on_rax!(a, size, shr, c, c, c, c)?,
@@ -3067,70 +3071,60 @@ mod tests {
                             3 => on_rax!(a, size, rol, c, c, c, c)?,
                             _ => on_rax!(a, size, ror, c, c, c, c)?,
                         }
-                        if c % 2 == 0 {
-                            a.add(rbx, 5)?;
-                        } else {
-                            a.cmp(rbx, rax)?;
-                        }
-                        a.pushfq()?;
-                        a.pop(rdx)?;
-                        a.mov(qword_ptr(rdi), rax)?;
-                        a.mov(qword_ptr(rdi + 8), rdx)?;
-                        a.mov(qword_ptr(rdi + 16), rbx)?;
+                        after(a, c)?;
                         a.add(rdi, 24)?;
                     }
                     a.add(rsi, 8)?;
                     a.dec(r9d)?;
                     a.jne(top)
                 });
-                let n = EDGES.len() * (counts as usize - 1) * 3;
+                let n = EDGES.len() * counts.len() * 3;
                 let [interpreted, translated] = both_ways(&code, &EDGES, n);
                 assert_eq!(interpreted, translated, "op {op} size {size}");
             }
         }
     }
 
+    /// Shifts and rotates by an immediate whose flags the next instruction (an ADD or CMP)
+    /// replaces: translated, they skip the flags, and the results, and the flags after the
+    /// next instruction, match the interpreter's at every size and count.
+    #[test]
+    fn translated_shifts_whose_flags_are_overwritten_match_the_interpreter() {
+        shift_rounds_match(
+            |size| 1..if size == 8 { 64 } else { 32 },
+            |a| a.mov(rbx, rax),
+            |a, c| {
+                if c % 2 == 0 {
+                    a.add(rbx, 5)?;
+                } else {
+                    a.cmp(rbx, rax)?;
+                }
+                a.pushfq()?;
+                a.pop(rdx)?;
+                a.mov(qword_ptr(rdi), rax)?;
+                a.mov(qword_ptr(rdi + 8), rdx)?;
+                a.mov(qword_ptr(rdi + 16), rbx)
+            },
+        );
+    }
+
     /// SHL, SHR, SAR, ROL and ROR of a register by every immediate count at every size: the
     /// results and RFLAGS (as PUSHFQ sees them, then a Jcc on each flag) match the interpreter.
     #[test]
     fn translated_shifts_by_an_immediate_match_the_interpreter() {
-        for op in 0..5 {
-            for size in [1u8, 2, 4, 8] {
-                let counts = if size == 8 { 64 } else { 32 };
-                let code = assemble(|a| {
-                    a.mov(rsi, DATA)?;
-                    a.mov(rdi, DATA + 0x8000)?;
-                    a.mov(r9d, EDGES.len() as u32)?;
-                    let mut top = a.create_label();
-                    a.set_label(&mut top)?;
-                    for c in 0..counts {
-                        a.mov(rax, qword_ptr(rsi))?;
-                        // Flags before: ones the shift must replace (or keep, count 0).
-                        a.cmp(rax, 3)?;
-                        match op {
-                            0 => on_rax!(a, size, shl, c, c, c, c)?,
-                            1 => on_rax!(a, size, shr, c, c, c, c)?,
-                            2 => on_rax!(a, size, sar, c, c, c, c)?,
-                            3 => on_rax!(a, size, rol, c, c, c, c)?,
-                            _ => on_rax!(a, size, ror, c, c, c, c)?,
-                        }
-                        a.setl(bl)?;
-                        a.pushfq()?;
-                        a.pop(rdx)?;
-                        a.mov(qword_ptr(rdi), rax)?;
-                        a.mov(qword_ptr(rdi + 8), rdx)?;
-                        a.mov(byte_ptr(rdi + 16), bl)?;
-                        a.add(rdi, 24)?;
-                    }
-                    a.add(rsi, 8)?;
-                    a.dec(r9d)?;
-                    a.jne(top)
-                });
-                let n = EDGES.len() * counts as usize * 3;
-                let [interpreted, translated] = both_ways(&code, &EDGES, n);
-                assert_eq!(interpreted, translated, "op {op} size {size}");
-            }
-        }
+        shift_rounds_match(
+            |size| 0..if size == 8 { 64 } else { 32 },
+            // Flags before: ones the shift must replace (or keep, count 0).
+            |a| a.cmp(rax, 3),
+            |a, _| {
+                a.setl(bl)?;
+                a.pushfq()?;
+                a.pop(rdx)?;
+                a.mov(qword_ptr(rdi), rax)?;
+                a.mov(qword_ptr(rdi + 8), rdx)?;
+                a.mov(byte_ptr(rdi + 16), bl)
+            },
+        );
     }
 
     /// The flags an ALU operation of registers leaves are still there for an ADC after it
