@@ -3,9 +3,10 @@
 //! The input is the driver's side of one virtqueue: byte 0 picks the queue size (1..=256),
 //! bytes 1-2 the available index, byte 3 the disk's flags (bit 0 read-only, bit 1 discard
 //! support, bit 2 event indices, bit 3 reads and writes straight between guest buffers and
-//! the disk, which lets the device merge adjacent requests); the rest fills the first 64 KiB of a 1 MiB guest memory,
-//! which holds the descriptor table at 0, the available ring at 0x1000 and the used ring at
-//! 0x2000 — descriptors, indirect tables and request buffers can point anywhere, in RAM or not.
+//! the disk, which lets the device merge adjacent requests); the rest fills the first 64 KiB
+//! of a 1 MiB guest memory, which holds the descriptor table at 0, the available ring at
+//! 0x1000 and the used ring at 0x2000 — descriptors, indirect tables and request buffers can
+//! point anywhere, in RAM or not.
 //! Checks, beyond "returns Ok or Err without panicking":
 //! - a read-only disk is never changed;
 //! - one pass uses at most a queue's worth of buffers (no chain is served twice, nothing loops).

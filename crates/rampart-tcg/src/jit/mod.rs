@@ -911,9 +911,10 @@ struct Tr<'c> {
     /// The operation and size the lazy flags record holds, when an instruction emitted
     /// inline earlier in this translation wrote it (and nothing since may have changed it).
     flags: Option<(LazyOp, u8)>,
-    /// The instruction being emitted is followed, in this translation, by one that writes the
-    /// whole lazy flags record without reading it and cannot fault or leave ([`overwrites_flags`]):
-    /// nothing can read this one's record, so an ALU operation of a register need not write it.
+    /// The flags the instruction being emitted writes are never read ([`flags_dead_after`]):
+    /// a later instruction of this translation writes the whole lazy flags record first, with
+    /// only moves that cannot fault or leave in between, so an ALU operation of a register, or
+    /// a shift or rotate by an immediate, need not write them.
     record_dead: bool,
     /// Where the hot code stood ([`Asm::mark`]) when the host's arithmetic flags last were
     /// the guest's ones `flags` records: at that same mark they still are, and a condition
@@ -1776,54 +1777,17 @@ impl Tr<'_> {
     fn shift_imm(&mut self, m: M, size: u8, g: u8, c: u64) -> R<()> {
         let bits = u32::from(size) * 8;
         let c = c as u32;
-        // a (zero-extended) in r14; the result in rcx; CF in edx; OF (at bit 11) in r8d.
+        // a (zero-extended) in r14 (sign-extended in r8 for SAR); the result in rcx; CF in
+        // edx; OF (at bit 11) in r8d.
         self.get(r14, r14d, g, size)?;
-        if self.record_dead {
-            // The next instruction writes every flag before anything can read one: the
-            // result alone.
-            match m {
-                M::Shl => {
-                    self.a.mov(rcx, r14)?;
-                    self.a.shl(rcx, c)?;
-                }
-                M::Shr => {
-                    self.a.mov(rcx, r14)?;
-                    self.a.shr(rcx, c)?;
-                }
-                _ => {
-                    self.a.mov(rcx, r14)?;
-                    match size {
-                        1 => self.a.movsx(rcx, cl)?,
-                        2 => self.a.movsx(rcx, cx)?,
-                        4 => self.a.movsxd(rcx, ecx)?,
-                        _ => {}
-                    }
-                    self.a.sar(rcx, c.min(63))?;
-                }
-            }
-            self.mask(rcx, ecx, size)?;
-            self.flags = None;
-            self.a.mov(rax, rcx)?;
-            return self.set_from_rax_zx(g, size);
-        }
         match m {
             M::Shl => {
                 self.a.mov(rcx, r14)?;
                 self.a.shl(rcx, c)?;
-                if c <= bits {
-                    self.a.mov(rdx, r14)?;
-                    self.a.shr(rdx, bits - c)?;
-                    self.a.and(edx, 1)?;
-                } else {
-                    self.a.xor(edx, edx)?;
-                }
             }
             M::Shr => {
                 self.a.mov(rcx, r14)?;
                 self.a.shr(rcx, c)?;
-                self.a.mov(rdx, r14)?;
-                self.a.shr(rdx, c - 1)?;
-                self.a.and(edx, 1)?;
             }
             _ => {
                 self.a.mov(r8, r14)?;
@@ -1835,6 +1799,29 @@ impl Tr<'_> {
                 }
                 self.a.mov(rcx, r8)?;
                 self.a.sar(rcx, c.min(63))?;
+            }
+        }
+        if self.record_dead {
+            // The next instruction writes every flag before anything can read one: the
+            // result alone.
+            self.mask(rcx, ecx, size)?;
+            self.flags = None;
+            self.a.mov(rax, rcx)?;
+            return self.set_from_rax_zx(g, size);
+        }
+        match m {
+            M::Shl if c <= bits => {
+                self.a.mov(rdx, r14)?;
+                self.a.shr(rdx, bits - c)?;
+                self.a.and(edx, 1)?;
+            }
+            M::Shl => self.a.xor(edx, edx)?,
+            M::Shr => {
+                self.a.mov(rdx, r14)?;
+                self.a.shr(rdx, c - 1)?;
+                self.a.and(edx, 1)?;
+            }
+            _ => {
                 self.a.mov(rdx, r8)?;
                 self.a.sar(rdx, (c - 1).min(63))?;
                 self.a.and(edx, 1)?;
