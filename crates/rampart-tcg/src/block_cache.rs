@@ -3,11 +3,11 @@
 //!
 //! A block is a run of instructions decoded from one guest-physical page, ending after the
 //! first instruction that may transfer control other than a conditional branch (a taken one
-//! leaves the block at run time), before an
-//! instruction that would cross the page (or the block's byte budget), or at
-//! [`MAX_INSNS`] instructions. It is keyed by its linear start address (the decode depends on
-//! the IP for RIP-relative operands and branch targets) and holds the exact bytes it was
-//! decoded from.
+//! leaves the block at run time), after an instruction that crosses into the next page (the
+//! only one whose bytes may come from a second page: see "Blocks across a page" below), before
+//! one that would exceed the block's byte budget, or at [`MAX_INSNS`] instructions. It is
+//! keyed by its linear start address (the decode depends on the IP for RIP-relative operands
+//! and branch targets) and holds the exact bytes it was decoded from.
 //!
 //! # Why blocks are validated by their bytes
 //! A hit requires the bytes now in guest RAM at the block's *current* translation to equal the
@@ -24,6 +24,17 @@
 //! (`Cpu::code_gen`: each run slice, event delivery, serializing instruction, or store of this
 //! CPU to a page holding a block validated in the generation), which keeps the comparison off
 //! the path of loops.
+//!
+//! # Blocks across a page
+//! An instruction that starts on a page and ends on the next one ends its block. The block's
+//! bytes then come from two guest-physical pages: the second page is translated (without
+//! faulting) whenever the block is validated outside its generation, both parts are compared,
+//! and the run loop watches and marks both pages, so a write into either ends the generation
+//! and a store of the block itself into either ends the block (`Cpu::code_page2`). If the
+//! second page does not translate, the block is built again without that instruction, which
+//! then runs on the single-instruction path and faults there, after the ones before it
+//! retired. (Linux's hot paths have a few such instructions: each used to cost a return to
+//! the run loop and a decode on every pass.)
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, Mnemonic};
 
@@ -41,8 +52,18 @@ const SLOT_BITS: u32 = 16;
 const WAYS: usize = 4;
 /// Most instructions in one block.
 pub(crate) const MAX_INSNS: usize = 32;
-/// Most code bytes in one block (also the fetch window when a block is built).
+/// Most code bytes in one block on its first page (also the fetch window when a block is
+/// built).
 pub(crate) const MAX_BYTES: usize = 256;
+/// Most bytes of a block on the next page: an instruction that crosses into it (at most 15
+/// bytes) has at least one byte on the first.
+pub(crate) const MAX_INSN_TAIL: usize = 14;
+
+/// How many bytes from linear `ip` to the end of its page (physical and linear pages share
+/// their offsets).
+pub(crate) fn first_page_bytes(ip: u64) -> usize {
+    (crate::memory::PAGE_SIZE - ip % crate::memory::PAGE_SIZE) as usize
+}
 
 /// One instruction of a block as the run loop sees it: its pre-decoded form, or
 /// [`Fast::Generic`] for the next entry of the block's [`Generic`] instructions. Kept small (48
@@ -77,6 +98,9 @@ pub(crate) struct Code {
     pub(crate) runs: u32,
     /// Its translation (`crate::jit`), once compiled.
     pub(crate) jit: Option<crate::jit::Compiled>,
+    /// The guest-physical address of the page its last instruction crosses into, where it was
+    /// last validated (`None` for a block within one page).
+    pub(crate) page2: Option<u64>,
 }
 
 /// What a block validation holds for: the validation generation (`Cpu::code_gen`), the TLB
@@ -217,10 +241,13 @@ impl BlockCache {
     /// already validated at `pa` in the generation of `stamp` is not compared again (see
     /// `Cpu::code_gen` for when a generation ends); a hit records `stamp` for
     /// [`BlockCache::validated`].
+    /// A block that crosses into the next page needs `pa2`, where that page translates now
+    /// (`None`: it does not, and the block is not found).
     pub(crate) fn lookup(
         &mut self,
         ip: u64,
         pa: u64,
+        pa2: Option<u64>,
         stamp: Stamp,
         mem: &dyn GuestMemory,
     ) -> Option<usize> {
@@ -229,13 +256,30 @@ impl BlockCache {
         if b.code.ops.is_empty() {
             return None;
         }
+        let (on1, on2) = b.bytes.split_at(first_page_bytes(ip).min(b.bytes.len()));
+        let page2 = if on2.is_empty() { None } else { Some(pa2?) };
         let t = self.tag(i)?;
-        let intact = (t.gen == stamp.gen && t.checked_pa == pa) || mem.code_matches(pa, &b.bytes);
+        let intact = (t.gen == stamp.gen && t.checked_pa == pa && b.code.page2 == page2)
+            || (mem.code_matches(pa, on1) && page2.is_none_or(|p| mem.code_matches(p, on2)));
         if !intact {
             return None;
         }
         self.tag_mut(i)?.record(stamp, pa);
+        self.blocks.get_mut(i)?.code.page2 = page2;
         Some(i)
+    }
+
+    /// Whether the block at `ip`, if there is one, crosses into the next page.
+    pub(crate) fn crosses(&self, ip: u64) -> bool {
+        self.find(ip)
+            .and_then(|i| self.blocks.get(i))
+            .is_some_and(|b| b.bytes.len() > first_page_bytes(ip))
+    }
+
+    /// Where the block in slot `i` was last validated on the page its last instruction
+    /// crosses into, if it crosses.
+    pub(crate) fn page2(&self, i: usize) -> Option<u64> {
+        self.blocks.get(i).and_then(|b| b.code.page2)
     }
 
     /// The slot and code address of a block starting at `ip` already validated under `stamp`
@@ -260,20 +304,25 @@ impl BlockCache {
         })
     }
 
-    /// [`BlockCache::build`] from the bytes at guest-physical `pa`, just read under `stamp`:
-    /// the block counts as validated there. If no block forms, `pa` is remembered (see
-    /// [`BlockCache::steps_at`]).
+    /// [`BlockCache::build`] from the bytes at guest-physical `pa` (and, past the page's end,
+    /// at `pa2`, the next page's), just read under `stamp`: the block counts as validated
+    /// there. If no block forms, `pa` is remembered (see [`BlockCache::steps_at`]).
     pub(crate) fn build_at(
         &mut self,
         ip: u64,
         pa: u64,
+        pa2: Option<u64>,
         code: &[u8],
         fast: bool,
         stamp: Stamp,
     ) -> Option<usize> {
         let built = self.build(ip, code, fast);
         match built {
-            Some(i) => self.tag_mut(i)?.record(stamp, pa),
+            Some(i) => {
+                self.tag_mut(i)?.record(stamp, pa);
+                let b = self.blocks.get_mut(i)?;
+                b.code.page2 = pa2.filter(|_| b.bytes.len() > first_page_bytes(ip));
+            }
             None => {
                 if let Some(i) = self.find(ip) {
                     self.tag_mut(i)?.checked_pa = pa;
@@ -302,10 +351,11 @@ impl BlockCache {
     }
 
     /// Decode a block of 64-bit code starting at linear `ip` from `code` (the RAM bytes from
-    /// the block's physical start, within its page). Returns its slot, or `None` if not even
-    /// the first instruction decodes completely within `code` (the caller then runs it on the
-    /// single-instruction path, which handles page-crossing and invalid instructions). The
-    /// block is not validated anywhere yet (see [`BlockCache::build_at`]).
+    /// the block's physical start: within its page, or on to at most [`MAX_INSN_TAIL`] bytes of
+    /// the next one). No instruction starts on the next page. Returns its slot, or `None` if
+    /// not even the first instruction decodes completely within `code` (the caller then runs
+    /// it on the single-instruction path, which handles page-crossing and invalid
+    /// instructions). The block is not validated anywhere yet (see [`BlockCache::build_at`]).
     /// `fast`: lower instructions to their pre-decoded forms (`crate::fast`).
     pub(crate) fn build(&mut self, ip: u64, code: &[u8], fast: bool) -> Option<usize> {
         if self.sets.is_empty() {
@@ -326,7 +376,8 @@ impl BlockCache {
         let mut used = 0usize;
         let mut ops = Vec::new();
         let mut generic = Vec::new();
-        while ops.len() < MAX_INSNS && decoder.can_decode() {
+        let first = first_page_bytes(ip);
+        while ops.len() < MAX_INSNS && used < first && decoder.can_decode() {
             let instr = decoder.decode();
             if decoder.last_error() != DecoderError::None || instr.is_invalid() {
                 break;
@@ -363,6 +414,7 @@ impl BlockCache {
             generic: generic.into_boxed_slice(),
             runs: 0,
             jit: None,
+            page2: None,
         };
         Some(i)
     }
@@ -423,6 +475,52 @@ mod tests {
     }
 
     #[test]
+    fn a_block_ends_with_an_instruction_across_its_page_and_is_validated_on_both() {
+        // At 0x40_0ffc: nop; nop; mov eax, 0x44332211 (two bytes on the first page, three on
+        // the second); then, on the second page, a nop that must not join the block.
+        let ip = 0x40_0ffc;
+        let code = [0x90, 0x90, 0xb8, 0x11, 0x22, 0x33, 0x44, 0x90];
+        let mut m = FlatMemory::new(0x10000);
+        m.load(0x2ffc, &code[..4]).unwrap();
+        m.load(0x5000, &code[4..]).unwrap();
+        let mut c = BlockCache::default();
+        let i = c
+            .build_at(ip, 0x2ffc, Some(0x5000), &code, true, st(1))
+            .unwrap();
+        assert_eq!(c.block(i).code.ops.len(), 3);
+        assert_eq!(c.block(i).bytes.len(), 7);
+        assert!(c.crosses(ip) && !c.crosses(ip + 1));
+        assert_eq!(c.page2(i), Some(0x5000));
+        // Found only with the second page, and only where its bytes are the block's.
+        assert_eq!(c.lookup(ip, 0x2ffc, None, st(2), &m), None);
+        assert_eq!(c.lookup(ip, 0x2ffc, Some(0x6000), st(2), &m), None);
+        assert_eq!(c.lookup(ip, 0x2ffc, Some(0x5000), st(2), &m), Some(i));
+        m.load(0x6000, &code[4..]).unwrap();
+        assert_eq!(c.lookup(ip, 0x2ffc, Some(0x6000), st(3), &m), Some(i));
+        assert_eq!(c.page2(i), Some(0x6000), "where it was validated last");
+        // A change on either page.
+        m.load(0x6002, &[0x45]).unwrap();
+        assert_eq!(c.lookup(ip, 0x2ffc, Some(0x6000), st(4), &m), None);
+        m.load(0x6002, &[0x44]).unwrap();
+        m.load(0x2ffd, &[0x91]).unwrap();
+        assert_eq!(c.lookup(ip, 0x2ffc, Some(0x6000), st(5), &m), None);
+        // Without the second page's bytes, the block stops before the crossing instruction.
+        let i = c
+            .build_at(ip, 0x2ffc, None, &code[..4], true, st(6))
+            .unwrap();
+        assert_eq!(c.block(i).code.ops.len(), 2);
+        assert!(!c.crosses(ip));
+        assert_eq!(c.page2(i), None);
+        assert_eq!(
+            c.lookup(ip, 0x2ffc, None, st(7), &m),
+            None,
+            "0x2ffd changed"
+        );
+        m.load(0x2ffd, &[0x90]).unwrap();
+        assert_eq!(c.lookup(ip, 0x2ffc, None, st(7), &m), Some(i));
+    }
+
+    #[test]
     fn block_stops_before_an_instruction_cut_off_by_the_window() {
         // nop; then the first two bytes of mov eax, imm32.
         let mut c = BlockCache::default();
@@ -437,12 +535,12 @@ mod tests {
         // address translates to the same physical address; a block built there later (another
         // physical page, or the slot reused) ends that.
         assert!(c
-            .build_at(0x2000, 0x7000, &[0xb8, 1], true, st(1))
+            .build_at(0x2000, 0x7000, None, &[0xb8, 1], true, st(1))
             .is_none());
         assert!(c.steps_at(0x2000, 0x7000));
         assert!(!c.steps_at(0x2000, 0x8000), "another physical page");
         assert!(!c.steps_at(0x1000, 0x7000) && !c.steps_at(0x4000, 0x7000));
-        c.build_at(0x2000, 0x8000, &[0xb8, 1, 0, 0, 0], true, st(1))
+        c.build_at(0x2000, 0x8000, None, &[0xb8, 1, 0, 0, 0], true, st(1))
             .unwrap();
         assert!(!c.steps_at(0x2000, 0x7000) && !c.steps_at(0x2000, 0x8000));
     }
@@ -454,20 +552,28 @@ mod tests {
         m.load(0x2000, &code).unwrap();
         let mut c = BlockCache::default();
         let i = c.build(0x40_0000, &code, true).unwrap();
-        assert_eq!(c.lookup(0x40_0000, 0x2000, st(1), &m), Some(i));
-        assert_eq!(c.lookup(0x40_1000, 0x2000, st(2), &m), None, "other ip");
+        assert_eq!(c.lookup(0x40_0000, 0x2000, None, st(1), &m), Some(i));
         assert_eq!(
-            c.lookup(0x40_0000, 0x3000, st(3), &m),
+            c.lookup(0x40_1000, 0x2000, None, st(2), &m),
+            None,
+            "other ip"
+        );
+        assert_eq!(
+            c.lookup(0x40_0000, 0x3000, None, st(3), &m),
             None,
             "other bytes there"
         );
         m.load(0x2001, &[0xcc]).unwrap();
         assert_eq!(
-            c.lookup(0x40_0000, 0x2000, st(4), &m),
+            c.lookup(0x40_0000, 0x2000, None, st(4), &m),
             None,
             "bytes changed"
         );
-        assert_eq!(c.lookup(0x40_0000, 0x10_0000, st(5), &m), None, "not RAM");
+        assert_eq!(
+            c.lookup(0x40_0000, 0x10_0000, None, st(5), &m),
+            None,
+            "not RAM"
+        );
     }
 
     #[test]
@@ -477,25 +583,25 @@ mod tests {
         m.load(0x2000, &code).unwrap();
         let mut c = BlockCache::default();
         let i = c.build(0x40_0000, &code, true).unwrap();
-        assert_eq!(c.lookup(0x40_0000, 0x2000, st(7), &m), Some(i));
+        assert_eq!(c.lookup(0x40_0000, 0x2000, None, st(7), &m), Some(i));
         m.load(0x2001, &[0xcc]).unwrap();
         assert_eq!(
-            c.lookup(0x40_0000, 0x2000, st(7), &m),
+            c.lookup(0x40_0000, 0x2000, None, st(7), &m),
             Some(i),
             "same generation"
         );
         assert_eq!(
-            c.lookup(0x40_0000, 0x2000, st(8), &m),
+            c.lookup(0x40_0000, 0x2000, None, st(8), &m),
             None,
             "next generation"
         );
         m.load(0x2001, &[0x90]).unwrap();
         assert_eq!(
-            c.lookup(0x40_0000, 0x3000, st(8), &m),
+            c.lookup(0x40_0000, 0x3000, None, st(8), &m),
             None,
             "other frame, compared"
         );
-        assert_eq!(c.lookup(0x40_0000, 0x2000, st(8), &m), Some(i));
+        assert_eq!(c.lookup(0x40_0000, 0x2000, None, st(8), &m), Some(i));
         assert_eq!(c.validated(0x40_0000, st(8)), Some((i, 0x2000)));
         let other_epoch = Stamp { epoch: 1, ..st(8) };
         let user = Stamp {
@@ -512,7 +618,7 @@ mod tests {
     fn a_built_block_is_validated_where_its_bytes_were_read() {
         let mut c = BlockCache::default();
         let i = c
-            .build_at(0x40_0000, 0x2000, &[0x90, 0xc3], true, st(3))
+            .build_at(0x40_0000, 0x2000, None, &[0x90, 0xc3], true, st(3))
             .unwrap();
         assert_eq!(c.validated(0x40_0000, st(3)), Some((i, 0x2000)));
         assert_eq!(c.validated(0x40_0000, st(4)), None);
@@ -540,7 +646,7 @@ mod tests {
             .collect();
         let slots: Vec<usize> = (0..WAYS)
             .map(|k| {
-                c.build_at(ips[k], 0x2000, &code, true, st(k as u64 + 1))
+                c.build_at(ips[k], 0x2000, None, &code, true, st(k as u64 + 1))
                     .unwrap()
             })
             .collect();
@@ -550,27 +656,27 @@ mod tests {
         let late = st(WAYS as u64 + 1);
         for k in (0..WAYS).filter(|&k| k != 1) {
             assert_eq!(
-                c.lookup(ips[k], 0x2000, late, &m),
+                c.lookup(ips[k], 0x2000, None, late, &m),
                 Some(slots[k]),
                 "all kept"
             );
         }
         let newer = st(WAYS as u64 + 2);
         assert_eq!(
-            c.build_at(ips[WAYS], 0x2000, &code, true, newer),
+            c.build_at(ips[WAYS], 0x2000, None, &code, true, newer),
             Some(slots[1])
         );
-        assert_eq!(c.lookup(ips[1], 0x2000, newer, &m), None);
-        assert_eq!(c.lookup(ips[0], 0x2000, newer, &m), Some(slots[0]));
+        assert_eq!(c.lookup(ips[1], 0x2000, None, newer, &m), None);
+        assert_eq!(c.lookup(ips[0], 0x2000, None, newer, &m), Some(slots[0]));
         // Building again at an address already held reuses its slot (never two entries).
         let again = st(WAYS as u64 + 3);
         assert_eq!(
-            c.build_at(ips[0], 0x2000, &code, true, again),
+            c.build_at(ips[0], 0x2000, None, &code, true, again),
             Some(slots[0])
         );
-        assert_eq!(c.lookup(ips[WAYS], 0x2000, again, &m), Some(slots[1]));
+        assert_eq!(c.lookup(ips[WAYS], 0x2000, None, again, &m), Some(slots[1]));
         // A step-only mark takes a slot of its own too, and a block built there replaces it.
-        let d = c.build_at(0x1000 * 40, 0x7000, &[0xb8, 1], true, st(6));
+        let d = c.build_at(0x1000 * 40, 0x7000, None, &[0xb8, 1], true, st(6));
         assert!(d.is_none());
         assert!(c.steps_at(0x1000 * 40, 0x7000));
     }

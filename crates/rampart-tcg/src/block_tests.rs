@@ -239,6 +239,155 @@ fn an_instruction_crossing_a_page_at_a_block_start_runs_its_current_bytes_every_
     assert_eq!(m.cpu.gpr[0], 0x3333_3344);
 }
 
+/// At `CODE`: `jmp CODE + 0xff8`; there `inc ebx` three times, then at `CODE + 0xffe` a
+/// `jmp rel32` that crosses into the next page (one byte of its displacement on the first,
+/// three on the second), to `CODE + 0x20` (`mov eax, 1; hlt`); the same displacement with
+/// `0xf1` instead of `0xf0` on the second page goes to `CODE + 0x120` (`mov eax, 2; hlt`).
+/// Nothing else is on the second page. `before` goes in front of the `inc`s, ending at
+/// `CODE + 0xff8`.
+fn load_block_across_a_page(m: &mut crate::testutil::Machine, before: &[u8]) {
+    let start = CODE + 0xff8 - before.len() as u64;
+    let mut code = vec![0xe9];
+    code.extend_from_slice(&(start.wrapping_sub(CODE + 5) as u32).to_le_bytes());
+    m.load_code(&code);
+    m.mem.load(CODE + 0x20, &mov_eax_hlt(1)).unwrap();
+    m.mem.load(CODE + 0x120, &mov_eax_hlt(2)).unwrap();
+    let mut block = before.to_vec();
+    block.extend_from_slice(&[0xff, 0xc3, 0xff, 0xc3, 0xff, 0xc3, 0xe9]);
+    block.extend_from_slice(&(CODE + 0x20).wrapping_sub(CODE + 0x1003).to_le_bytes()[..4]);
+    m.mem.load(start, &block).unwrap();
+    assert_eq!(&block[block.len() - 3..], &[0xf0, 0xff, 0xff]);
+}
+
+#[test]
+fn a_block_ending_across_a_page_watches_the_second_page() {
+    let (mut m, watch) = watched_machine(RAM as u64, true);
+    load_block_across_a_page(&mut m, &[]);
+    m.cpu.gpr[3] = 0;
+    for n in 1..=4 {
+        run_again_from_code(&mut m);
+        assert_eq!((m.cpu.gpr[0], m.cpu.gpr[3]), (1, 3 * n));
+    }
+    assert!(
+        m.cpu.blocks.crosses(CODE + 0xff8),
+        "one block, to the page's end and past it"
+    );
+    let gen = m.cpu.code_gen;
+    run_again_from_code(&mut m);
+    assert_eq!(m.cpu.code_gen, gen, "no generation ended");
+    // A reported write into the second page alone: it was watched, the next run sees it.
+    let changes = watch.changes();
+    m.mem.load(CODE + 0x1000, &[0xf1]).unwrap();
+    assert_eq!(watch.changes(), changes + 1);
+    run_again_from_code(&mut m);
+    assert_eq!((m.cpu.gpr[0], m.cpu.gpr[3]), (2, 18));
+    // And back, seen again: the page was watched anew.
+    m.mem.load(CODE + 0x1000, &[0xf0]).unwrap();
+    run_again_from_code(&mut m);
+    assert_eq!(m.cpu.gpr[0], 1);
+}
+
+#[test]
+fn a_store_of_a_block_into_the_second_page_of_its_last_instruction_takes_effect() {
+    // mov byte [CODE + 0x1000], 0xf1 in front: it changes the crossing JMP's target, which the
+    // block decoded before the store ran. Every run (interpreted first, then translated)
+    // must take the new target.
+    let mut store = vec![0xc6, 0x04, 0x25];
+    store.extend_from_slice(&((CODE + 0x1000) as u32).to_le_bytes());
+    store.push(0xf1);
+    let mut m = crate::testutil::Machine::new();
+    load_block_across_a_page(&mut m, &store);
+    for _ in 0..4 {
+        m.mem.load(CODE + 0x1000, &[0xf0]).unwrap();
+        run_again_from_code(&mut m);
+        assert_eq!(m.cpu.gpr[0], 2);
+    }
+}
+
+#[test]
+fn a_block_across_a_page_entered_from_another_translation_sees_its_store_into_the_second_page() {
+    // The block: mov byte [rdx], 0xf1; inc ebx (x3); the crossing JMP. Five passes, each from
+    // a loop whose code picks rdx without a branch: DATA, and on the last pass the JMP's own
+    // displacement on the second page. Each pass leaves `Cpu::run` at an OUT and comes back
+    // in the same validation generation (a sole CPU), so by the last one the run loop enters
+    // the loop's code, which goes straight into the block's translation: the block's own
+    // entry must say that its second page is running code.
+    let (mut m, _watch) = watched_machine(RAM as u64, true);
+    load_block_across_a_page(&mut m, &[0xc6, 0x02, 0xf1]);
+    let top = CODE + 5;
+    let mut code = vec![0xb9, 5, 0, 0, 0]; // mov ecx, 5
+    code.push(0xba); // mov edx, DATA
+    code.extend_from_slice(&(DATA as u32).to_le_bytes());
+    code.push(0xbe); // mov esi, CODE + 0x1000
+    code.extend_from_slice(&((CODE + 0x1000) as u32).to_le_bytes());
+    code.extend_from_slice(&[0x83, 0xf9, 0x01, 0x0f, 0x44, 0xd6]); // cmp ecx, 1; cmove edx, esi
+    code.push(0xe9); // jmp to the block
+    let next = CODE + code.len() as u64 + 4;
+    code.extend_from_slice(&(CODE + 0xff5).wrapping_sub(next).to_le_bytes()[..4]);
+    assert!(code.len() <= 0x20);
+    m.load_code(&code);
+    // The old target: mov eax, 1; out 0x80, al; dec ecx; jnz top; hlt.
+    let mut old = mov_eax_hlt(1);
+    old.pop();
+    old.extend_from_slice(&[0xe6, 0x80, 0xff, 0xc9, 0x0f, 0x85]);
+    old.extend_from_slice(&top.wrapping_sub(CODE + 0x20 + 15).to_le_bytes()[..4]);
+    old.push(0xf4);
+    m.mem.load(CODE + 0x20, &old).unwrap();
+    m.cpu.gpr[3] = 0;
+    m.cpu.rip = CODE;
+    m.cpu.halted = false;
+    let mut outs = 0;
+    loop {
+        match m.cpu.run(&mut m.mem, 1000) {
+            Exit::IoOut { .. } => outs += 1,
+            Exit::Halt => break,
+            e => panic!("{e:?}"),
+        }
+    }
+    assert_eq!((m.cpu.gpr[0], m.cpu.gpr[3], outs), (2, 15, 4));
+}
+
+#[test]
+fn a_block_ending_across_a_page_follows_the_second_page_when_it_is_remapped_or_unmapped() {
+    // 4 KiB pages for 0..2 MiB (page table at 0xa000), identity at first.
+    let mut m = crate::testutil::Machine::new();
+    for p in 0..512u64 {
+        m.mem.write_u64(0xa000 + p * 8, (p << 12) | 7).unwrap();
+    }
+    m.mem.write_u64(0x3000, 0xa000 | 7).unwrap();
+    m.cpu.flush_tlb();
+    load_block_across_a_page(&mut m, &[]);
+    // A copy of the second page, with the other target, at physical 0x30_0000.
+    m.mem.load(0x30_0000, &[0xf1, 0xff, 0xff]).unwrap();
+    m.cpu.gpr[3] = 0;
+    for _ in 0..3 {
+        run_again_from_code(&mut m);
+        assert_eq!(m.cpu.gpr[0], 1);
+    }
+    let pte = 0xa000 + ((CODE + 0x1000) >> 12) * 8;
+    m.mem.write_u64(pte, 0x30_0000 | 7).unwrap();
+    m.cpu.flush_tlb();
+    for _ in 0..3 {
+        run_again_from_code(&mut m);
+        assert_eq!(m.cpu.gpr[0], 2);
+    }
+    // Unmapped: the JMP faults on its second page, after the INCs before it retired.
+    m.mem.write_u64(pte, 0).unwrap();
+    m.cpu.flush_tlb();
+    m.cpu.gpr[3] = 0;
+    m.cpu.rip = CODE;
+    m.cpu.halted = false;
+    let t = m.run(100);
+    assert_eq!(t.exception, Some(14));
+    assert_eq!(t.cpu.cr2, CODE + 0x1000);
+    assert_eq!(t.cpu.gpr[3], 3);
+    assert_eq!(
+        t.mem_u64(t.cpu.gpr[4] + 8),
+        CODE + 0xffe,
+        "the JMP's address"
+    );
+}
+
 #[test]
 fn a_tiny_block_table_runs_the_same_as_the_default_one() {
     // Three passes over 40 functions (`add eax, k; ret`), each at its own address: with 16

@@ -228,7 +228,12 @@ pub struct Cpu {
     /// Guest-physical page number of the block being run (`u64::MAX` outside a block): a
     /// store of this CPU to it ends the block.
     pub(crate) code_page: u64,
-    /// This CPU stored to `code_page` since the block started.
+    /// Guest-physical page number of the page the running block's last instruction crosses
+    /// into (`u64::MAX` if it does not): a store of this CPU to it ends the block too. Set by
+    /// the run loop and by translations that cross; others may leave a stale one, which only
+    /// ends a block early.
+    pub(crate) code_page2: u64,
+    /// This CPU stored to `code_page` (or `code_page2`) since the block started.
     pub(crate) code_written: bool,
     /// The block validation generation: a decoded block found intact in this generation runs
     /// again without comparing its bytes. A generation ends at every `Cpu::run` call (so
@@ -422,6 +427,7 @@ impl Cpu {
             decoded: crate::decode_cache::DecodeCache::default(),
             blocks: crate::block_cache::BlockCache::default(),
             code_page: u64::MAX,
+            code_page2: u64::MAX,
             code_written: false,
             code_gen: 1,
             sole_cpu: false,

@@ -20,10 +20,11 @@
 //!   start is translated through the MMU and its bytes compared with guest RAM
 //!   ([`GuestMemory::code_matches`]), so code changed by anyone (this CPU, another vCPU, DMA)
 //!   never runs stale (a block found intact is not compared again within one validation
-//!   generation: see `Cpu::code_gen`); a store of this CPU into the running block's page, a
-//!   TLB flush or a mode change ends the block. Most instructions of a block are lowered to
-//!   pre-decoded forms (`fast`) that run without looking at the decoded `Instruction` again.
-//!   Other instructions (outside 64-bit mode, crossing a page, or
+//!   generation: see `Cpu::code_gen`); a store of this CPU into the running block's page (or
+//!   the next one, which the block's last instruction may cross into), a TLB flush or a mode
+//!   change ends the block. Most instructions of a block are lowered to pre-decoded forms
+//!   (`fast`) that run without looking at the decoded `Instruction` again. Other
+//!   instructions (outside 64-bit mode, crossing into a page that does not translate, or
 //!   fetched from MMIO) are fetched one at a time through the MMU (also across a page
 //!   boundary) and decoded with the bitness of CS (64, or 32/16 from CS.D; the 0x66/0x67
 //!   prefixes are iced's business). Outside 64-bit mode RIP holds the CS offset (EIP or IP)
@@ -255,24 +256,44 @@ impl Cpu {
                 };
                 let pa = self.translate(mem, rip, access)?;
                 self.watch_code(mem, pa);
-                let slot = match self.blocks.lookup(rip, pa, stamp, mem) {
+                let first = block_cache::first_page_bytes(rip);
+                let mut pa2 = None;
+                if self.blocks.crosses(rip) {
+                    pa2 = self.next_code_page(mem, rip, access);
+                }
+                let slot = match self.blocks.lookup(rip, pa, pa2, stamp, mem) {
                     Some(i) => Some(i),
                     None if self.blocks.steps_at(rip, pa) => None,
                     None => {
-                        let window = block_cache::MAX_BYTES
-                            .min((memory::PAGE_SIZE - pa % memory::PAGE_SIZE) as usize);
-                        let mut code = [0u8; block_cache::MAX_BYTES];
+                        let window = block_cache::MAX_BYTES.min(first);
+                        let mut code = [0u8; block_cache::MAX_BYTES + block_cache::MAX_INSN_TAIL];
+                        let mut len = window;
+                        if window == first && pa2.is_none() {
+                            // The block may end with an instruction that crosses the page.
+                            pa2 = self.next_code_page(mem, rip, access);
+                        }
+                        if let Some(p2) = pa2.filter(|_| window == first) {
+                            let tail = &mut code[window..window + block_cache::MAX_INSN_TAIL];
+                            if mem.read_ram(p2, tail) {
+                                len += tail.len();
+                            }
+                        }
                         if mem.read_ram(pa, &mut code[..window]) {
+                            let pa2 = pa2.filter(|_| len > window);
+                            let fast = self.fast_ops;
                             self.blocks
-                                .build_at(rip, pa, &code[..window], self.fast_ops, stamp)
+                                .build_at(rip, pa, pa2, &code[..len], fast, stamp)
                         } else {
                             None
                         }
                     }
                 };
-                if slot.is_some() {
-                    // (A block validated earlier in this generation has its page marked.)
+                if let Some(i) = slot {
+                    // (A block validated earlier in this generation has its pages marked.)
                     self.mark_code_page(pa);
+                    if let Some(p2) = self.blocks.page2(i) {
+                        self.mark_code_page(p2);
+                    }
                 }
                 (slot, pa)
             }
@@ -286,20 +307,22 @@ impl Cpu {
         let mut generic = code.generic.iter();
         let epoch = self.tlb.epoch;
         self.code_page = pa >> 12;
+        self.code_page2 = code.page2.map_or(u64::MAX, |p| p >> 12);
         self.code_written = false;
         let mut r = Ok(());
         let mut start = 0;
         if let Some(jit) = self.jit.as_mut() {
             // Compiled at the threshold, and again at once if its code space was recycled.
-            // (A block found valid on another page with the same bytes: its translation
-            // names the page it was compiled for.)
+            // (A block found valid on other pages with the same bytes: its translation
+            // names the pages it was compiled for.)
+            let pages = [self.code_page, self.code_page2];
             let stale = code
                 .jit
-                .is_some_and(|c| !jit.valid(&c) || c.code_page != pa >> 12);
+                .is_some_and(|c| !jit.valid(&c) || c.code_pages != pages);
             if code.jit.is_none() || stale {
                 code.runs = code.runs.saturating_add(1);
                 if code.runs == jit.threshold || stale {
-                    code.jit = jit.compile(rip, pa >> 12, &code.ops, &code.generic);
+                    code.jit = jit.compile(rip, pages, &code.ops, &code.generic);
                 }
             }
             let epoch_user = stamp.epoch << 1 | u64::from(user);
@@ -387,8 +410,30 @@ impl Cpu {
             }
         }
         self.code_page = u64::MAX;
+        self.code_page2 = u64::MAX;
         self.blocks.put_code(slot, code);
         r
+    }
+
+    /// The guest-physical address of the page after the one of linear `ip`, for a block
+    /// whose last instruction crosses into it, if it translates now for a fetch under
+    /// `access`. No fault is raised (CR2 is kept): the instruction faults when it runs on the
+    /// single-instruction path. The walk may set accessed bits, as a processor's prefetch may.
+    /// Its code is watched from now on, as [`Cpu::watch_code`] does before code is read.
+    fn next_code_page(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        ip: u64,
+        access: Access,
+    ) -> Option<u64> {
+        let la = ip.wrapping_add(block_cache::first_page_bytes(ip) as u64);
+        let cr2 = self.cr2;
+        let pa = self.translate(mem, la, access).ok();
+        self.cr2 = cr2;
+        if let Some(p) = pa {
+            self.watch_code(mem, p);
+        }
+        pa
     }
 
     /// Execute one instruction (faults are returned, not delivered).

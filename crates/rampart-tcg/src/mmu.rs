@@ -644,7 +644,7 @@ impl Cpu {
     /// may hit a page of a block validated in this generation, the generation ends.
     #[inline]
     pub(crate) fn note_store(&mut self, pa: u64) {
-        if pa >> 12 == self.code_page {
+        if pa >> 12 == self.code_page || pa >> 12 == self.code_page2 {
             self.code_written = true;
         }
         if self.code_page_marked(pa) {

@@ -106,9 +106,11 @@ pub(crate) struct Compiled {
     gen: u64,
     /// Instructions covered, from the block's first.
     pub(crate) len: u16,
-    /// The guest-physical page it was compiled for (`Cpu::code_page` while it runs, set by
-    /// its entry): a block found valid on another page with the same bytes is compiled again.
-    pub(crate) code_page: u64,
+    /// The guest-physical pages it was compiled for (`Cpu::code_page` and, for a block that
+    /// crosses into the next page, `Cpu::code_page2` while it runs, set by its entry;
+    /// `u64::MAX` for none): a block found valid on other pages with the same bytes is
+    /// compiled again.
+    pub(crate) code_pages: [u64; 2],
 }
 
 /// A chaining exit: one per exit of a translation to a fixed address (a taken branch, a
@@ -319,12 +321,13 @@ impl Jit {
         c.gen == self.gen
     }
 
-    /// Compile the block at `ip` on guest-physical page `code_page` with instructions `ops`,
+    /// Compile the block at `ip` on guest-physical pages `code_pages` (the second `u64::MAX`
+    /// unless its last instruction crosses into it) with instructions `ops`,
     /// whose generic ones take the entries of `generic` in turn (as in `block_cache::Code`).
     pub(crate) fn compile(
         &mut self,
         ip: u64,
-        code_page: u64,
+        code_pages: [u64; 2],
         ops: &[Op],
         generic: &[Generic],
     ) -> Option<Compiled> {
@@ -367,7 +370,7 @@ impl Jit {
             let first_link = self.links.len();
             let place = Place {
                 ip,
-                code_page,
+                code_pages,
                 ops_at,
                 first_link,
             };
@@ -416,7 +419,7 @@ impl Jit {
                 chain_entry: entry,
                 gen: self.gen,
                 len: t.len,
-                code_page,
+                code_pages,
             });
         }
         None
@@ -943,9 +946,9 @@ struct Tr<'c> {
 
 /// What a translation is made for.
 struct Place {
-    /// The block's address and guest-physical page.
+    /// The block's address and guest-physical pages (see [`Compiled::code_pages`]).
     ip: u64,
-    code_page: u64,
+    code_pages: [u64; 2],
     /// Where its own copy of its instructions is (see [`Arena::put_pair`]).
     ops_at: usize,
     /// The index in `Jit::links` of its first chaining exit.
@@ -2347,8 +2350,16 @@ fn translate(
     t.a.jcc(2, out)?;
     t.a.cmp(byte_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_written)), 0)?;
     t.a.jne(out)?;
-    let page = i32::try_from(place.code_page).map_err(|_| AsmError::TooLarge)?;
+    let [page, page2] = place.code_pages;
+    let page = i32::try_from(page).map_err(|_| AsmError::TooLarge)?;
     t.a.mov(qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_page)), page)?;
+    if page2 != u64::MAX {
+        let page2 = i32::try_from(page2).map_err(|_| AsmError::TooLarge)?;
+        t.a.mov(
+            qword_ptr(CPU - CPU_BIAS + offset_of!(Cpu, code_page2)),
+            page2,
+        )?;
+    }
     let mut at = ip;
     for (i, op) in ops[..len].iter().enumerate() {
         t.record_dead = flags_dead_after(&ops[..len], i);
