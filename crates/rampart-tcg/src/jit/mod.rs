@@ -208,6 +208,9 @@ pub(crate) struct Env<'a> {
     jumped: u64,
     /// Generic instructions run (by [`generic_helper`]).
     generic: u64,
+    /// Instructions retired in the call up to the last one that set an interrupt shadow and
+    /// went on (0: none did).
+    shadow_at: u64,
 }
 
 /// A call of translated code, through its generation's shared prologue:
@@ -592,6 +595,7 @@ pub(crate) fn call(
         exit_link: 0,
         jumped: 0,
         generic: 0,
+        shadow_at: 0,
     };
     // SAFETY: `c.entry` is the shared prologue `place_shared` emitted and `c.chain_entry` the
     // start of code `translate` emitted, both copied in completely by `Arena::put` in the
@@ -610,10 +614,16 @@ pub(crate) fn call(
         let f: Entry = std::mem::transmute::<usize, Entry>(c.entry);
         f(cpu, &mut env, c.chain_entry)
     };
+    let retired = left.saturating_sub(env.left);
+    // An interrupt shadow lasts one instruction: gone if one retired after the instruction
+    // that set it (a fault there is delivered, which clears it too).
+    if env.shadow_at != 0 && retired > env.shadow_at {
+        cpu.interrupt_shadow = false;
+    }
     Ran {
         ret: r,
         event: env.event,
-        retired: left.saturating_sub(env.left),
+        retired,
         exit_link: env.exit_link.checked_sub(1),
         jumped: env.jumped,
         generic: env.generic,
@@ -726,8 +736,12 @@ unsafe extern "sysv64" fn op_helper(
 /// instruction (a change of RIP, a halt, a store into the block's page, a change of TLB epoch
 /// or mode), and also where what the translation runs under would no longer hold: a change of
 /// privilege (the inline accesses use the tables of the privilege at the call) or of the
-/// validation generation, and an interrupt shadow (the interpreter clears it at the next
-/// instruction, which translated code does not).
+/// validation generation. An interrupt shadow (STI that sets IF, MOV SS, POP SS) goes on: the
+/// helper notes where it retired ([`Env::shadow_at`]), and the run loop clears the shadow if
+/// anything retired after it in the call (the interpreter clears it at the next instruction,
+/// which translated code does not). Interrupts are only taken between calls, so leaving
+/// here would only cost a return to the run loop (STI and POPF are a Linux kernel's way out
+/// of every critical section).
 unsafe extern "sysv64" fn generic_helper(
     cpu: *mut Cpu,
     env: *mut Env<'_>,
@@ -756,14 +770,18 @@ unsafe extern "sysv64" fn generic_helper(
             if cpu.next_rip != g.instr.next_ip()
                 || cpu.halted
                 || cpu.code_written
-                || cpu.interrupt_shadow
                 || cpu.code_gen != gen
                 || (cpu.tlb.epoch << 1 | u64::from(cpu.user_access())) != env.epoch_user
                 || !cpu.in_64bit_mode() =>
         {
             END
         }
-        Ok(()) => CONTINUE,
+        Ok(()) => {
+            if cpu.interrupt_shadow {
+                env.shadow_at = before + 1;
+            }
+            CONTINUE
+        }
         Err(e) => {
             env.event = Some(e);
             FAULTED
@@ -2631,8 +2649,9 @@ mod tests {
     }
 
     /// Generic instructions run inside translations give the interpreter's result: the same
-    /// registers (the TSC RDTSC reads included), RIP, TSC and exits (an OUT leaves once, past
-    /// itself) at every budget cut.
+    /// registers (the TSC RDTSC reads included), RIP, TSC, interrupt shadow (STI's, which
+    /// translated code goes on past) and exits (an OUT leaves once, past itself) at every
+    /// budget cut.
     #[test]
     fn generic_instructions_in_translations_match_the_interpreter_at_every_budget() {
         // (Each OUT ends its slice.)
@@ -2645,8 +2664,8 @@ mod tests {
         );
         assert_eq!(exits, want_exits);
         assert_eq!(
-            (done.gpr, done.rip, done.tsc),
-            (want.gpr, want.rip, want.tsc)
+            (done.gpr, done.rip, done.tsc, done.interrupt_shadow),
+            (want.gpr, want.rip, want.tsc, want.interrupt_shadow)
         );
         for budget in (1..64).chain([97, 233, 399, 997]) {
             for slice in [budget, 7] {
@@ -2654,11 +2673,48 @@ mod tests {
                 let (want, want_exits, _) = generic_loop(false, budget, slice);
                 assert_eq!(exits, want_exits, "budget {budget}, slices of {slice}");
                 assert_eq!(
-                    (got.gpr, got.rip, got.tsc),
-                    (want.gpr, want.rip, want.tsc),
+                    (got.gpr, got.rip, got.tsc, got.interrupt_shadow),
+                    (want.gpr, want.rip, want.tsc, want.interrupt_shadow),
                     "budget {budget}, slices of {slice}"
                 );
             }
+        }
+    }
+
+    /// A translation goes on past an STI that opens the interrupt window; the shadow it set
+    /// is gone once another instruction retired, as in the interpreter, at every budget cut.
+    #[test]
+    fn an_interrupt_shadow_in_a_translation_lasts_one_instruction() {
+        // cli; sti; inc eax; jmp next; (next:) hlt -- four instructions in one translation,
+        // whose call ends after the JMP.
+        let code = assemble(|a| {
+            let mut next = a.create_label();
+            a.cli()?;
+            a.sti()?;
+            a.inc(eax)?;
+            a.jmp(next)?;
+            a.set_label(&mut next)?;
+            a.hlt()
+        });
+        for budget in 1..=5 {
+            let mut got = machine_translating_at_once(true);
+            let mut want = machine_translating_at_once(false);
+            for m in [&mut got, &mut want] {
+                m.load_code(&code);
+                m.cpu.run(&mut m.mem, budget);
+            }
+            if budget == 4 {
+                // One call ran all four: the translation went on past the STI (it used to
+                // leave there, and the INC was translated as a block of its own).
+                assert_eq!(got.cpu.jit.as_ref().map(|j| j.generic), Some(2));
+                assert_eq!(got.cpu.jit_blocks(), 1);
+            }
+            assert_eq!(
+                (got.cpu.gpr, got.cpu.rip, got.cpu.interrupt_shadow),
+                (want.cpu.gpr, want.cpu.rip, want.cpu.interrupt_shadow),
+                "budget {budget}"
+            );
+            assert_eq!(got.cpu.interrupt_shadow, budget == 2, "budget {budget}");
         }
     }
 
