@@ -257,8 +257,10 @@ impl Cpu {
                 let pa = self.translate(mem, rip, access)?;
                 self.watch_code(mem, pa);
                 let first = block_cache::first_page_bytes(rip);
+                // (Only a block starting within `MAX_BYTES` of its page's end can cross it: the
+                // check spares the other blocks a second search of their set.)
                 let mut pa2 = None;
-                if self.blocks.crosses(rip) {
+                if first <= block_cache::MAX_BYTES && self.blocks.crosses(rip) {
                     pa2 = self.next_code_page(mem, rip, access);
                 }
                 let slot = match self.blocks.lookup(rip, pa, pa2, stamp, mem) {
@@ -267,19 +269,17 @@ impl Cpu {
                     None => {
                         let window = block_cache::MAX_BYTES.min(first);
                         let mut code = [0u8; block_cache::MAX_BYTES + block_cache::MAX_INSN_TAIL];
-                        let mut len = window;
-                        if window == first && pa2.is_none() {
-                            // The block may end with an instruction that crosses the page.
-                            pa2 = self.next_code_page(mem, rip, access);
+                        let tail = window..window + block_cache::MAX_INSN_TAIL;
+                        // The block may end with an instruction that crosses the page: the
+                        // next page's first bytes, if it translates and is RAM.
+                        let pa2 = match pa2 {
+                            _ if window < first => None,
+                            Some(p2) => Some(p2),
+                            None => self.next_code_page(mem, rip, access),
                         }
-                        if let Some(p2) = pa2.filter(|_| window == first) {
-                            let tail = &mut code[window..window + block_cache::MAX_INSN_TAIL];
-                            if mem.read_ram(p2, tail) {
-                                len += tail.len();
-                            }
-                        }
+                        .filter(|&p2| mem.read_ram(p2, &mut code[tail.clone()]));
+                        let len = if pa2.is_some() { tail.end } else { window };
                         if mem.read_ram(pa, &mut code[..window]) {
-                            let pa2 = pa2.filter(|_| len > window);
                             let fast = self.fast_ops;
                             self.blocks
                                 .build_at(rip, pa, pa2, &code[..len], fast, stamp)
@@ -493,7 +493,7 @@ impl Cpu {
             user: self.user_access(),
         };
         let mut bytes = [0u8; MAX_INSN_LEN];
-        let first = MAX_INSN_LEN.min((memory::PAGE_SIZE - la % memory::PAGE_SIZE) as usize);
+        let first = MAX_INSN_LEN.min(block_cache::first_page_bytes(la));
         // Fast path: code in RAM, decoded in place (no copy), often straight from the cache.
         let pa = self.translate(mem, la, access)?;
         if let Some(code) = mem.ram_slice(pa, first) {
